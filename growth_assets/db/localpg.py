@@ -1,0 +1,146 @@
+"""A throwaway local PostgreSQL cluster (``initdb`` + ``pg_ctl`` on a free port).
+
+Used by the demo and the tests when ``DATABASE_URL`` is unset. ``initdb`` refuses to run
+as root, so as root every server command runs as the ``postgres`` system user
+(``runuser -u postgres --``) and the data directory is handed to that user.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+SERVER_USER = "postgres"
+DB_NAME = "growth"
+
+
+class LocalPgError(RuntimeError):
+    pass
+
+
+def find_bindir() -> Path:
+    """PostgreSQL's server binaries: ``PG_BINDIR``, ``pg_config --bindir``, or Debian's layout."""
+    env = os.environ.get("PG_BINDIR")
+    candidates = [Path(env)] if env else []
+    if shutil.which("pg_config"):
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
+        if out.returncode == 0:
+            candidates.append(Path(out.stdout.strip()))
+    candidates += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]
+    for c in candidates:
+        if (c / "initdb").exists() and (c / "pg_ctl").exists():
+            return c
+    raise LocalPgError(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found; install postgresql "
+        "(Debian: apt-get install -y postgresql) or set PG_BINDIR"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _as_server_user(cmd: list[str]) -> list[str]:
+    if os.geteuid() == 0:
+        return ["runuser", "-u", SERVER_USER, "--", *cmd]
+    return cmd
+
+
+def _run(cmd: list[str], what: str) -> None:
+    out = subprocess.run(_as_server_user(cmd), capture_output=True, text=True)
+    if out.returncode != 0:
+        raise LocalPgError(f"{what} failed ({out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
+
+
+@dataclass
+class LocalCluster:
+    datadir: Path
+    port: int
+
+    @property
+    def user(self) -> str:
+        return SERVER_USER if os.geteuid() == 0 else os.environ.get("USER", SERVER_USER)
+
+    def url(self, dbname: str = DB_NAME) -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{dbname}"
+
+    @property
+    def logfile(self) -> Path:
+        return self.datadir / "server.log"
+
+    def is_running(self) -> bool:
+        try:
+            with psycopg.connect(self.url("postgres"), connect_timeout=2):
+                return True
+        except psycopg.OperationalError:
+            return False
+
+    def stop(self) -> None:
+        if (self.datadir / "postmaster.pid").exists():
+            bindir = find_bindir()
+            _run([str(bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "fast", "-w", "stop"], "pg_ctl stop")
+
+
+def ensure_cluster(datadir: Path | str, port: int | None = None) -> LocalCluster:
+    """Create (once) and start (if stopped) a cluster in ``datadir``; idempotent.
+
+    The port is chosen once and remembered in ``datadir/PORT``. The ``growth`` database is
+    created if missing. Returns the running cluster.
+    """
+    datadir = Path(datadir).resolve()
+    bindir = find_bindir()
+    portfile = datadir.parent / f"{datadir.name}.port"
+    if portfile.exists():
+        port = int(portfile.read_text().strip())
+    port = port or free_port()
+    cluster = LocalCluster(datadir, port)
+    if not (datadir / "PG_VERSION").exists():
+        datadir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(datadir, SERVER_USER, SERVER_USER)
+            # the server user must be able to reach its data directory
+            for parent in datadir.parents:
+                mode = parent.stat().st_mode
+                if not mode & 0o001:
+                    raise LocalPgError(f"{parent} is not traversable by the {SERVER_USER} user")
+        datadir.chmod(0o700)
+        _run([str(bindir / "initdb"), "-D", str(datadir), "-A", "trust", "-U", cluster.user,
+              "-E", "UTF8", "--locale=C.UTF-8"], "initdb")
+    portfile.write_text(str(port))
+    if not cluster.is_running():
+        _run([str(bindir / "pg_ctl"), "-D", str(datadir), "-l", str(cluster.logfile), "-w", "-t", "60",
+              "-o", f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' "
+                    "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+                    "-c max_connections=200",
+              "start"], "pg_ctl start")
+        deadline = time.monotonic() + 30
+        while not cluster.is_running():
+            if time.monotonic() > deadline:
+                raise LocalPgError(f"server did not accept connections; see {cluster.logfile}")
+            time.sleep(0.2)
+    with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,)).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{DB_NAME}"')
+    return cluster
+
+
+def stop_cluster(datadir: Path | str) -> bool:
+    """Stop the cluster in ``datadir`` if it runs; True if something was stopped."""
+    datadir = Path(datadir).resolve()
+    if not (datadir / "postmaster.pid").exists():
+        return False
+    portfile = datadir.parent / f"{datadir.name}.port"
+    port = int(portfile.read_text()) if portfile.exists() else 0
+    LocalCluster(datadir, port).stop()
+    return True

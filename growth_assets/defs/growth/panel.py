@@ -1,0 +1,195 @@
+"""The weekly panel (spec §1, §5): built and stored inside PostgreSQL, read back for a fit.
+
+``build_panel`` aggregates the source tables in SQL and stores the result in
+``growth_panel`` under a ``panel_id`` (source, lookback, window), so a step in another
+process or pod reads exactly the rows that were built. No raw rows go through pandas.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from importlib import resources
+from typing import Any
+
+import pandas as pd
+import psycopg
+from psycopg.types.json import Jsonb
+
+from ...model.contract import ContractError
+from ...settings import SCORE_SOURCES
+
+SOURCES = ("mirt_ability", "student_topic_theta", "features_topic_daily", "weekly_kpi")
+
+
+def monday_of(d: date | datetime) -> date:
+    if isinstance(d, datetime):
+        d = d.astimezone(timezone.utc).date() if d.tzinfo else d.date()
+    return d - timedelta(days=d.weekday())
+
+
+@dataclass(frozen=True)
+class Window:
+    """The ``lookback_weeks`` complete ISO weeks before the week of ``as_of`` (UTC)."""
+
+    as_of: date
+    lookback_weeks: int
+
+    @property
+    def week_start(self) -> date:
+        """The Monday of ``as_of``: the ``weekly_kpi`` week that receives P."""
+        return monday_of(self.as_of)
+
+    @property
+    def start(self) -> date:
+        return self.week_start - timedelta(weeks=self.lookback_weeks)
+
+    @property
+    def end(self) -> date:
+        """Exclusive: the Monday of ``as_of``."""
+        return self.week_start
+
+    @property
+    def last_week(self) -> date:
+        return self.week_start - timedelta(weeks=1)
+
+    def week_monday(self, week_index: int) -> date:
+        return self.start + timedelta(weeks=week_index)
+
+    @classmethod
+    def for_partition(cls, partition_key: str, lookback_weeks: int) -> "Window":
+        """A weekly partition is keyed by the last complete week of its window."""
+        try:
+            last = date.fromisoformat(partition_key)
+        except ValueError:
+            raise ContractError("partition_key", "must be an ISO date (a Monday)", partition_key) from None
+        if last.isoweekday() != 1:
+            raise ContractError("partition_key", "must be a Monday", partition_key)
+        return cls(as_of=last + timedelta(weeks=1), lookback_weeks=lookback_weeks)
+
+
+@dataclass(frozen=True)
+class PanelInfo:
+    """What ``weekly_scores`` hands downstream: where the panel is, and what it holds."""
+
+    panel_id: str
+    as_of: date
+    window_start: date
+    window_end: date
+    lookback_weeks: int
+    score_source: str
+    n_rows: int
+    n_students: int
+    rows_by_source: dict[str, int] = field(default_factory=dict)
+    excluded: dict[str, int] = field(default_factory=dict)
+    students_with_3_weeks: int = 0
+    observations: int = 0
+
+    @property
+    def week_start(self) -> date:
+        return self.window_end
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("as_of", "window_start", "window_end"):
+            d[k] = d[k].isoformat()
+        return d
+
+
+def _sql(name: str) -> str:
+    return (resources.files("growth_assets.defs.growth") / "sql" / name).read_text()
+
+
+def panel_id_for(window: Window, score_source: str) -> str:
+    return f"{score_source}:L{window.lookback_weeks}:{window.start.isoformat()}"
+
+
+def build_panel(
+    conn: psycopg.Connection,
+    window: Window,
+    score_source: str = "theta",
+    now: datetime | None = None,
+) -> PanelInfo:
+    """Aggregate the sources into the panel of ``window`` and store it; one transaction."""
+    if score_source not in SCORE_SOURCES:
+        raise ContractError("BRMS_SCORE_SOURCE", f"must be one of {SCORE_SOURCES}", score_source)
+    now = now or datetime.now(timezone.utc)
+    params = {
+        "window_start": window.start,
+        "window_end": window.end,
+        "now": now,
+    }
+    panel_id = panel_id_for(window, score_source)
+    query = _sql("panel_theta.sql" if score_source == "theta" else "panel_accuracy.sql")
+    with conn.transaction():
+        conn.execute("DELETE FROM growth_panel WHERE panel_id = %(panel_id)s", {"panel_id": panel_id})
+        conn.execute(
+            "INSERT INTO growth_panel (panel_id, student_id, week, score, source) "
+            f"SELECT %(panel_id)s, student_id, week, score, source FROM ({query}) p",
+            {**params, "panel_id": panel_id},
+        )
+        stats = conn.execute(
+            """
+            WITH per_student AS (
+                SELECT student_id, count(*) AS weeks FROM growth_panel
+                WHERE panel_id = %(panel_id)s GROUP BY student_id)
+            SELECT (SELECT count(*) FROM growth_panel WHERE panel_id = %(panel_id)s),
+                   (SELECT count(*) FROM per_student),
+                   (SELECT count(*) FROM per_student WHERE weeks >= 3)
+            """,
+            {"panel_id": panel_id},
+        ).fetchone()
+        by_source = dict(
+            conn.execute(
+                "SELECT source, count(*) FROM growth_panel WHERE panel_id = %s GROUP BY source",
+                (panel_id,),
+            ).fetchall()
+        )
+        observations = conn.execute(
+            f"SELECT coalesce(sum(n), 0) FROM ({query}) p", params
+        ).fetchone()[0]
+        excl_cur = conn.execute(_sql("panel_exclusions.sql"), params)
+        excluded = dict(zip([c.name for c in excl_cur.description], excl_cur.fetchone()))
+        info = PanelInfo(
+            panel_id=panel_id,
+            as_of=window.as_of,
+            window_start=window.start,
+            window_end=window.end,
+            lookback_weeks=window.lookback_weeks,
+            score_source=score_source,
+            n_rows=int(stats[0]),
+            n_students=int(stats[1]),
+            students_with_3_weeks=int(stats[2]),
+            rows_by_source={s: int(by_source.get(s, 0)) for s in SOURCES},
+            excluded={k: int(v) for k, v in excluded.items()},
+            observations=int(observations),
+        )
+        conn.execute(
+            """
+            INSERT INTO growth_panel_meta (panel_id, window_start, window_end, as_of, score_source, stats)
+            VALUES (%s, %s, %s, %s, %s, %s)
+            ON CONFLICT (panel_id) DO UPDATE SET window_start = EXCLUDED.window_start,
+                window_end = EXCLUDED.window_end, as_of = EXCLUDED.as_of,
+                score_source = EXCLUDED.score_source, stats = EXCLUDED.stats, created_at = now()
+            """,
+            (panel_id, window.start, window.end, window.as_of, score_source, Jsonb(info.as_dict())),
+        )
+    return info
+
+
+def load_panel(conn: psycopg.Connection, panel_id: str) -> pd.DataFrame:
+    """The stored panel as a DataFrame (student_id, week, score, source), via COPY."""
+    buf = io.BytesIO()
+    with conn.cursor().copy(
+        "COPY (SELECT student_id, week, score, source FROM growth_panel WHERE panel_id = %s "
+        "ORDER BY student_id, week) TO STDOUT (FORMAT csv, HEADER true)",
+        (panel_id,),
+    ) as copy:
+        for chunk in copy:
+            buf.write(chunk)
+    buf.seek(0)
+    return pd.read_csv(
+        buf, dtype={"student_id": str, "week": "int64", "score": "float64", "source": str},
+        keep_default_na=False,
+    )

@@ -1,0 +1,95 @@
+"""Shared fixtures: a real PostgreSQL the tests start themselves, a fresh database per test.
+
+With ``DATABASE_URL`` unset (the usual case), a throwaway cluster is created in a temporary
+directory (``initdb`` + ``pg_ctl`` on a free port, through the ``postgres`` user when root)
+and stopped at the end of the session. With ``TEST_DATABASE_ADMIN_URL`` set, that server is
+used instead. Each test that asks for ``db_url`` gets its own database, cloned from a
+migrated template, so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from growth_assets.db import localpg
+from growth_assets.db.migrate import migrate
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE_DIR = Path(os.environ.get("GROWTH_REFERENCE_DIR", REPO.parent / "shared" / "reference"))
+TEMPLATE = "growth_test_template"
+
+
+def _with_db(url: str, dbname: str) -> str:
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{dbname}"
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> Iterator[str]:
+    admin = os.environ.get("TEST_DATABASE_ADMIN_URL")
+    if admin:
+        yield admin
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="growth-pg-"))
+    tmp.chmod(0o755)
+    cluster = localpg.ensure_cluster(tmp / "data")
+    try:
+        yield cluster.url("postgres")
+    finally:
+        cluster.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_admin_url: str) -> str:
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}"')
+        conn.execute(f'CREATE DATABASE "{TEMPLATE}"')
+    migrate(_with_db(pg_admin_url, TEMPLATE))
+    return TEMPLATE
+
+
+def _create_db(admin_url: str, template: str | None) -> str:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+    return name
+
+
+def _drop_db(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db_url(pg_admin_url: str, pg_template: str) -> Iterator[str]:
+    """A fresh, migrated database for this test."""
+    name = _create_db(pg_admin_url, pg_template)
+    try:
+        yield _with_db(pg_admin_url, name)
+    finally:
+        _drop_db(pg_admin_url, name)
+
+
+@pytest.fixture
+def empty_db_url(pg_admin_url: str) -> Iterator[str]:
+    """A fresh database with no tables at all (for migration tests)."""
+    name = _create_db(pg_admin_url, None)
+    try:
+        yield _with_db(pg_admin_url, name)
+    finally:
+        _drop_db(pg_admin_url, name)
+
+
+@pytest.fixture
+def conn(db_url: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(db_url) as c:
+        yield c

@@ -1,0 +1,66 @@
+import psycopg
+import pytest
+
+from growth_assets.db.migrate import MigrationError, available, migrate
+
+TABLES = {"mirt_ability", "student_topic_theta", "features_topic_daily", "weekly_kpi",
+          "growth_brms_meta", "growth_student_posterior", "growth_panel", "growth_panel_meta",
+          "dagster_asset_value"}
+
+
+def tables(conn):
+    return {r[0] for r in conn.execute(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()}
+
+
+def test_migrations_apply_once_then_are_a_no_op(empty_db_url):
+    first = migrate(empty_db_url)
+    assert first == [v for v, _ in available()] and len(first) >= 2
+    assert migrate(empty_db_url) == []
+    with psycopg.connect(empty_db_url) as conn:
+        assert TABLES <= tables(conn)
+        versions = [r[0] for r in conn.execute("SELECT version FROM growth_schema_migrations ORDER BY 1")]
+        assert versions == first
+
+
+def test_changed_migration_is_refused(empty_db_url):
+    migrate(empty_db_url)
+    with psycopg.connect(empty_db_url) as conn:
+        conn.execute("UPDATE growth_schema_migrations SET checksum = 'x' WHERE version = %s",
+                     (available()[0][0],))
+    with pytest.raises(MigrationError, match="changed after it was applied"):
+        migrate(empty_db_url)
+
+
+def test_migrate_keeps_and_rekeys_the_seed_systems_tables(empty_db_url):
+    """The seed kept only the latest value per user; its rows stay and history becomes possible."""
+    with psycopg.connect(empty_db_url) as conn:
+        conn.execute("CREATE TABLE mirt_ability (user_id text PRIMARY KEY, theta float, se float,"
+                     " model text, version text, fitted_at timestamptz)")
+        conn.execute("CREATE TABLE student_topic_theta (user_id text, topic_id text, theta float,"
+                     " se float, model text, version text, fitted_at timestamptz,"
+                     " PRIMARY KEY (user_id, topic_id))")
+        conn.execute("CREATE TABLE weekly_kpi (user_id text, week_start date, kpis jsonb NOT NULL"
+                     " DEFAULT '{}', created_at timestamptz, updated_at timestamptz,"
+                     " PRIMARY KEY (user_id, week_start))")
+        conn.execute("INSERT INTO mirt_ability VALUES ('u1', 0.5, 0.2, 'm', 'v', '2026-11-02T10:00Z')")
+        conn.execute("INSERT INTO weekly_kpi (user_id, week_start, kpis) VALUES ('u1', '2026-11-02', '{\"I_t\": 1}')")
+    migrate(empty_db_url)
+    migrate(empty_db_url)
+    with psycopg.connect(empty_db_url) as conn:
+        assert conn.execute("SELECT theta FROM mirt_ability WHERE user_id='u1'").fetchone()[0] == 0.5
+        # history: a second calibration of the same user is a second row
+        conn.execute("INSERT INTO mirt_ability (user_id, theta, se, model, version, fitted_at)"
+                     " VALUES ('u1', 0.7, 0.2, 'm', 'v', '2026-11-09T10:00Z')")
+        assert conn.execute("SELECT count(*) FROM mirt_ability WHERE user_id='u1'").fetchone()[0] == 2
+        # a re-run of the same calibration is not a duplicate
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("INSERT INTO mirt_ability (user_id, theta, se, model, version, fitted_at)"
+                         " VALUES ('u1', 0.7, 0.2, 'm', 'v', '2026-11-09T10:00Z')")
+    with psycopg.connect(empty_db_url) as conn:
+        conn.execute("INSERT INTO student_topic_theta VALUES ('u1','t1',0.1,0.2,'m','v','2026-11-02T10:00Z')")
+        conn.execute("INSERT INTO student_topic_theta VALUES ('u1','t1',0.2,0.2,'m','v','2026-11-09T10:00Z')")
+        assert conn.execute("SELECT count(*) FROM student_topic_theta").fetchone()[0] == 2
+        assert conn.execute("SELECT kpis FROM weekly_kpi").fetchone()[0] == {"I_t": 1}
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("INSERT INTO weekly_kpi (user_id, week_start) VALUES ('u2', '2026-11-03')")

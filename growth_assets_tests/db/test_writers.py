@@ -1,0 +1,160 @@
+import threading
+import time
+from datetime import date
+
+import psycopg
+import pytest
+
+from growth_assets.db.writers import merge_weekly_kpi, write_fit_run
+from growth_assets.model.contract import ContractError, FitResultError
+from growth_assets_tests.support.results import make_result
+
+WEEK = date(2026, 11, 23)
+P_WEEK = date(2026, 12, 14)
+
+
+def kpis(conn, user, week=WEEK):
+    row = conn.execute("SELECT kpis FROM weekly_kpi WHERE user_id=%s AND week_start=%s", (user, week)).fetchone()
+    return None if row is None else row[0]
+
+
+def merge(conn, rows, **kw):
+    args = dict(week_start=WEEK, target=0.0, p_week=P_WEEK, run_id="native-20261123-043000", source="native")
+    args.update(kw)
+    return merge_weekly_kpi(conn, rows, **args)
+
+
+def test_fit_run_and_students_are_stored_together(conn):
+    res = make_result(5)
+    assert write_fit_run(conn, res, status="passed", window_start=date(2026, 8, 31),
+                         window_end=WEEK, week_start=WEEK, score_source="theta",
+                         source_counts={"mirt_ability": 60}) == 5
+    meta = conn.execute("SELECT engine, status, n_students, n_obs, horizon_week, target, priors,"
+                        " posterior_summary->'b_week'->>'rhat', window_start FROM growth_brms_meta").fetchall()
+    assert len(meta) == 1
+    engine, status, n_students, n_obs, h, target, pri, rhat, ws = meta[0]
+    assert (engine, status, n_students, n_obs, h, target) == ("native", "passed", 5, 60, 15, 0.0)
+    assert pri[0] == {"class": "Intercept", "dist": "normal", "args": [0.0, 2.5]}
+    assert float(rhat) == 1.001 and ws == date(2026, 8, 31)
+    stored = conn.execute('SELECT user_id, mean_a, "P" FROM growth_student_posterior ORDER BY user_id').fetchall()
+    assert [(u, round(a, 6), round(p, 9)) for u, a, p in stored] == [
+        (r["student_id"], round(r["mean_a"], 6), round(r["P"], 9)) for r in res["predictions"]]
+    # a retried write of the same run replaces it, it does not duplicate
+    write_fit_run(conn, res, status="failed_checks", status_reasons=["rhat"])
+    assert conn.execute("SELECT count(*) FROM growth_student_posterior").fetchone()[0] == 5
+    assert conn.execute("SELECT status, status_reasons FROM growth_brms_meta").fetchone() == ("failed_checks", ["rhat"])
+
+
+def test_a_malformed_result_is_refused_before_anything_is_written(conn):
+    res = make_result(3)
+    res["predictions"][2]["P"] = [0.4]  # an array where a number belongs
+    with pytest.raises(FitResultError, match=r"predictions\[2\]\.P"):
+        write_fit_run(conn, res, status="passed")
+    truncated = make_result(3)
+    del truncated["predictions"][1:]
+    with pytest.raises(FitResultError, match="one prediction per student"):
+        write_fit_run(conn, truncated, status="passed")
+    assert conn.execute("SELECT count(*) FROM growth_brms_meta").fetchone()[0] == 0
+
+
+def test_a_fit_run_that_fails_half_way_leaves_nothing(conn):
+    res = make_result(4)
+    res["predictions"][3]["student_id"] = "bad\x00id"  # PostgreSQL text cannot hold NUL: COPY fails late
+    with pytest.raises(psycopg.Error):
+        write_fit_run(conn, res, status="passed")
+    conn.rollback()
+    assert conn.execute("SELECT count(*) FROM growth_brms_meta").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM growth_student_posterior").fetchone()[0] == 0
+
+
+def test_merge_keeps_keys_other_writers_own(conn):
+    conn.execute("INSERT INTO weekly_kpi (user_id, week_start, kpis) VALUES"
+                 " ('u1', %s, '{\"I_t\": 0.4, \"E_t\": 2, \"sigma\": 9}')", (WEEK,))
+    conn.commit()
+    assert merge(conn, [("u1", 0.7, 0.2), ("u2", 0.1, None)]) == 2
+    assert kpis(conn, "u1") == {"I_t": 0.4, "E_t": 2, "P": 0.7, "sigma": 0.2, "P_target": 0.0,
+                                "P_week": "2026-12-14", "P_run_id": "native-20261123-043000",
+                                "P_source": "native"}
+    # a missing sigma is written as null, so an older sigma cannot outlive its P
+    assert kpis(conn, "u2")["sigma"] is None and kpis(conn, "u2")["P"] == 0.1
+    merge(conn, [("u1", 0.9, 0.1)], target=1.5, run_id=None, source="posterior")
+    k = kpis(conn, "u1")
+    assert (k["P"], k["P_target"], k["P_source"], k["I_t"], k["P_run_id"]) == (0.9, 1.5, "posterior", 0.4, None)
+
+
+def _other_writer_update(url, user, key, value, hold, done):
+    with psycopg.connect(url) as c:
+        c.execute("INSERT INTO weekly_kpi (user_id, week_start, kpis) VALUES (%s, %s, jsonb_build_object(%s::text, %s::int))"
+                  " ON CONFLICT (user_id, week_start) DO UPDATE SET kpis = weekly_kpi.kpis || EXCLUDED.kpis",
+                  (user, WEEK, key, value))
+        hold.wait(10)
+        c.commit()
+    done.set()
+
+
+def test_merge_waits_for_a_concurrent_writer_and_keeps_its_keys(db_url):
+    """Other writer holds the row (uncommitted) while the P merge runs; both keys survive."""
+    with psycopg.connect(db_url) as c:
+        c.execute("INSERT INTO weekly_kpi (user_id, week_start) VALUES ('u1', %s)", (WEEK,))
+    hold, done = threading.Event(), threading.Event()
+    t = threading.Thread(target=_other_writer_update, args=(db_url, "u1", "I_t", 7, hold, done))
+    t.start()
+    time.sleep(0.3)  # the other writer now holds u1's row lock
+    result = {}
+
+    def run_merge():
+        with psycopg.connect(db_url) as c:
+            result["n"] = merge(c, [("u1", 0.6, 0.3), ("u3", 0.2, 0.3)])
+
+    m = threading.Thread(target=run_merge)
+    m.start()
+    time.sleep(0.3)
+    assert m.is_alive(), "the merge should be waiting on the other writer's row lock"
+    hold.set()
+    t.join(10), m.join(10)
+    assert done.is_set() and result["n"] == 2
+    with psycopg.connect(db_url) as c:
+        assert kpis(c, "u1") == {**kpis(c, "u1"), "I_t": 7, "P": 0.6}
+
+
+def test_other_writer_waits_for_an_open_merge_and_keeps_p(db_url):
+    """The P merge holds the row (uncommitted); the other writer's upsert on a row that did not
+    exist yet waits, then merges into it instead of failing or replacing it."""
+    hold, done = threading.Event(), threading.Event()
+    with psycopg.connect(db_url) as c:
+        with c.transaction():
+            merge(c, [("u9", 0.5, 0.1)])  # nested: a savepoint, the outer transaction stays open
+            t = threading.Thread(target=_other_writer_update, args=(db_url, "u9", "A_t", 3, hold, done))
+            t.start()
+            time.sleep(0.4)
+            assert not done.is_set()
+        hold.set()
+        t.join(10)
+        assert done.is_set()
+        k = kpis(c, "u9")
+        assert k["P"] == 0.5 and k["A_t"] == 3 and k["P_source"] == "native"
+
+
+def test_a_merge_that_fails_half_way_leaves_nothing_behind(conn):
+    merge(conn, [("u1", 0.3, 0.1)])
+    with pytest.raises(psycopg.Error):
+        merge(conn, [("u1", 0.8, 0.1), ("u2", 0.8, 0.1), ("bad\x00", 0.8, 0.1)])
+    conn.rollback()
+    assert kpis(conn, "u1")["P"] == 0.3
+    assert kpis(conn, "u2") is None
+
+
+@pytest.mark.parametrize("rows,kw,field", [
+    ([("u1", float("nan"), 0.1)], {}, "P"),
+    ([("u1", 1.2, 0.1)], {}, "P"),
+    ([("u1", 0.5, float("inf"))], {}, "sigma"),
+    ([(None, 0.5, 0.1)], {}, "user_id"),
+    ([("u1", 0.5, 0.1)], {"week_start": date(2026, 11, 24)}, "week_start"),
+    ([("u1", 0.5, 0.1)], {"source": "guess"}, "P_source"),
+    ([("u1", 0.5, 0.1)], {"target": float("nan")}, "P_target"),
+])
+def test_bad_kpi_input_names_the_field_and_writes_nothing(conn, rows, kw, field):
+    with pytest.raises(ContractError) as e:
+        merge(conn, rows, **kw)
+    assert e.value.field == field
+    assert conn.execute("SELECT count(*) FROM weekly_kpi").fetchone()[0] == 0

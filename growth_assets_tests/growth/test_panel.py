@@ -1,0 +1,129 @@
+"""weekly_scores's panel against hand-built fixtures (spec §1, §5)."""
+
+from datetime import date, datetime, timezone
+
+import pytest
+
+from growth_assets.defs.growth.panel import Window, build_panel, load_panel
+from growth_assets.model.contract import ContractError
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
+MONDAY = date(2026, 11, 23)  # window: weeks starting 2026-08-31 .. 2026-11-16
+
+
+def insert(conn, table, rows):
+    cols = list(rows[0])
+    q = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))})"
+    with conn.cursor() as cur:
+        cur.executemany(q, [tuple(r[c] for c in cols) for r in rows])
+
+
+@pytest.fixture
+def fixture_db(conn):
+    ma = lambda u, th, ts: {"user_id": u, "theta": th, "se": 0.2, "model": "m", "version": "v", "fitted_at": ts}
+    insert(conn, "mirt_ability", [
+        ma("A", 1.0, "2026-08-31T00:00:00Z"),          # week 0, first second of the window
+        ma("A", 2.0, "2026-09-06T23:59:59Z"),          # week 0, last second: mean 1.5
+        ma("A", 0.5, "2026-09-14T12:00:00Z"),          # week 2 (week 1 has no mirt row)
+        ma("A", float("nan"), "2026-09-21T12:00:00Z"),  # week 3: NaN, left out
+        ma("A", float("inf"), "2026-09-22T12:00:00Z"),  # week 3: inf, left out
+        ma("A", 7.0, "2026-08-31T00:30:00+09:00"),     # 2026-08-30 15:30 UTC: before the window
+        ma("A", 8.0, "2026-11-23T01:00:00Z"),          # the run's own week: not complete, left out
+        ma(None, 3.0, "2026-09-01T00:00:00Z"),         # NULL id, left out
+        ma("A", 9.0, "2030-01-07T00:00:00Z"),          # dated in the future
+    ])
+    sti = lambda u, t, th, ts: {"user_id": u, "topic_id": t, "theta": th, "se": 0.3, "model": "m",
+                                "version": "v", "fitted_at": ts}
+    insert(conn, "student_topic_theta", [
+        sti("A", "t1", 9.0, "2026-09-01T00:00:00Z"),   # week 0: mirt_ability wins
+        sti("A", "t1", 3.0, "2026-09-08T00:00:00Z"),   # week 1: mean over topics
+        sti("A", "t1", 3.0, "2026-09-09T00:00:00Z"),   #   (t1 twice: still one topic)
+        sti("A", "t2", 5.0, "2026-09-10T00:00:00Z"),   # -> (3 + 5) / 2 = 4
+    ])
+    ftd = lambda u, t, d, th, att=10, cor=5: {"user_id": u, "topic_id": t, "date": d, "attempts": att,
+                                              "correct": cor, "avg_time_ms": 1000, "theta_estimate": th}
+    insert(conn, "features_topic_daily", [
+        ftd("B", "t1", "2026-09-21", 0.2, 10, 7),      # B only here: week 3
+        ftd("B", "t2", "2026-09-27", 0.4, 10, 9),      # week 3 (Sunday): mean 0.3; accuracy 16/20
+        ftd("B", "t1", "2026-11-22", 0.9),             # week 11: the last week of the window
+        ftd("B", "t1", "2026-11-23", 5.0),             # the run's own week: left out
+        ftd("A", "t1", "2026-08-31", 6.0, 4, 1),       # A week 0: theta loses to mirt; accuracy 0.25
+        ftd("A", "t2", "2026-09-01", None, 5, 7),      # correct > attempts: left out of accuracy
+    ])
+    insert(conn, "weekly_kpi", [
+        {"user_id": "C", "week_start": "2026-11-09", "kpis": '{"ability_estimate": 1.1, "I_t": 3}'},
+        {"user_id": "D", "week_start": "2026-11-09", "kpis": '{"ability_estimate": "high"}'},
+    ])
+    conn.commit()
+    return conn
+
+
+def rows(df):
+    return {(r.student_id, r.week): (round(r.score, 9), r.source) for r in df.itertuples()}
+
+
+EXPECTED_THETA = {
+    ("A", 0): (1.5, "mirt_ability"),
+    ("A", 1): (4.0, "student_topic_theta"),
+    ("A", 2): (0.5, "mirt_ability"),
+    ("B", 3): (0.3, "features_topic_daily"),
+    ("B", 11): (0.9, "features_topic_daily"),
+    ("C", 10): (1.1, "weekly_kpi"),
+}
+
+
+@pytest.mark.parametrize("as_of", [MONDAY, date(2026, 11, 25)], ids=["monday", "mid-week"])
+def test_theta_panel_is_calendar_indexed_with_the_first_source_per_student_week(fixture_db, as_of):
+    window = Window(as_of, 12)
+    assert (window.start, window.end, window.last_week) == (date(2026, 8, 31), MONDAY, date(2026, 11, 16))
+    info = build_panel(fixture_db, window, "theta", now=NOW)
+    panel = load_panel(fixture_db, info.panel_id)
+    assert rows(panel) == EXPECTED_THETA
+    assert list(panel.columns) == ["student_id", "week", "score", "source"]
+    assert info.n_rows == 6 and info.n_students == 3
+    assert info.rows_by_source == {"mirt_ability": 2, "student_topic_theta": 1,
+                                   "features_topic_daily": 2, "weekly_kpi": 1}
+    assert info.excluded["non_finite_theta"] == 2
+    assert info.excluded["null_user_id"] == 1
+    assert info.excluded["future_dated"] == 1
+    assert info.students_with_3_weeks == 1
+
+
+def test_rebuilding_a_panel_replaces_it(fixture_db):
+    w = Window(MONDAY, 12)
+    first = build_panel(fixture_db, w, "theta", now=NOW)
+    again = build_panel(fixture_db, w, "theta", now=NOW)
+    assert first.panel_id == again.panel_id
+    assert len(load_panel(fixture_db, again.panel_id)) == 6
+
+
+def test_accuracy_panel_is_on_the_raw_0_1_scale(fixture_db):
+    info = build_panel(fixture_db, Window(MONDAY, 12), "accuracy", now=NOW)
+    panel = load_panel(fixture_db, info.panel_id)
+    got = {(r.student_id, r.week): round(r.score, 9) for r in panel.itertuples()}
+    # B wk 11 has attempts 10 / correct 5 from the helper's defaults
+    assert got == {("A", 0): 0.25, ("B", 3): 0.8, ("B", 11): 0.5}
+    assert panel["score"].between(0, 1).all()
+    assert info.excluded["invalid_attempts"] == 1
+    assert set(panel["source"]) == {"features_topic_daily"}
+
+
+def test_lookback_shorter_window(fixture_db):
+    info = build_panel(fixture_db, Window(MONDAY, 2), "theta", now=NOW)
+    panel = load_panel(fixture_db, info.panel_id)
+    # weeks starting 2026-11-09 (0) and 2026-11-16 (1)
+    assert rows(panel) == {("B", 1): (0.9, "features_topic_daily"), ("C", 0): (1.1, "weekly_kpi")}
+
+
+def test_partition_key_maps_to_the_window_that_ends_with_it():
+    w = Window.for_partition("2026-11-16", 12)
+    assert w.as_of == MONDAY and w.start == date(2026, 8, 31) and w.week_start == MONDAY
+    with pytest.raises(ContractError, match="partition_key: must be a Monday"):
+        Window.for_partition("2026-11-17", 12)
+    with pytest.raises(ContractError, match="partition_key"):
+        Window.for_partition("last week", 12)
+
+
+def test_unknown_score_source_names_the_setting(conn):
+    with pytest.raises(ContractError, match="BRMS_SCORE_SOURCE"):
+        build_panel(conn, Window(MONDAY, 12), "zscore", now=NOW)

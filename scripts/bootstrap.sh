@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Create or refresh the project's virtualenv (.venv) and install the package with its
+# test extras. Idempotent: a second run with an unchanged pyproject.toml does nothing.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${GROWTH_VENV:-$root/.venv}"
+python="${PYTHON:-python3}"
+stamp="$venv/.growth-assets-installed"
+want="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)"
+
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$venv/bin/python" -c "import growth_assets" 2>/dev/null; then
+  echo "bootstrap: $venv is up to date"
+  exit 0
+fi
+if [ ! -x "$venv/bin/python" ]; then
+  echo "bootstrap: creating $venv"
+  "$python" -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install --quiet --upgrade "pip>=24"
+echo "bootstrap: installing growth_assets and its dependencies"
+"$venv/bin/python" -m pip install --quiet -e "$root[test]" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+echo "$want" > "$stamp"
+echo "bootstrap: done"
