@@ -1,0 +1,228 @@
+"""``growth-assets``: the project's commands (database, demo cohort, demo run, fit a CSV)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+log = logging.getLogger("growth_assets")
+
+
+def local_dir() -> Path:
+    """Where the demo keeps its database, Dagster home and outputs (git-ignored)."""
+    return Path(os.environ.get("GROWTH_LOCAL_DIR", ".local")).resolve()
+
+
+def _pg_datadir() -> Path:
+    return local_dir() / "pg" / "data"
+
+
+def _database_url(start_local: bool = True) -> str:
+    """DATABASE_URL, or the demo's local cluster (started if needed)."""
+    from .settings import Settings
+
+    url = Settings.from_env().database_url
+    if url:
+        return url
+    if not start_local:
+        raise SystemExit("DATABASE_URL is not set; run `growth-assets db start` for a local database")
+    from .db import localpg
+
+    cluster = localpg.ensure_cluster(_pg_datadir())
+    return cluster.url()
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from .db import localpg
+    from .db.migrate import migrate
+
+    if args.action == "start":
+        cluster = localpg.ensure_cluster(_pg_datadir())
+        print(f"DATABASE_URL={cluster.url()}")
+        return 0
+    if args.action == "stop":
+        stopped = localpg.stop_cluster(_pg_datadir())
+        print("stopped the local database" if stopped else "the local database was not running")
+        return 0
+    if args.action == "url":
+        from .settings import Settings
+
+        url = Settings.from_env().database_url
+        if not url:
+            portfile = _pg_datadir().parent / "data.port"
+            if not portfile.exists():
+                print("no DATABASE_URL and no local database: run `growth-assets db start`", file=sys.stderr)
+                return 1
+            url = localpg.LocalCluster(_pg_datadir(), int(portfile.read_text())).url()
+        print(url)
+        return 0
+    applied = migrate(_database_url(start_local=False))
+    print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none (up to date)'}")
+    return 0
+
+
+def _as_of(value: str | None) -> date:
+    return date.fromisoformat(value) if value else datetime.now(timezone.utc).date()
+
+
+def cmd_seed_demo(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from .db.migrate import migrate
+    from .demo.cohort import seed_cohort
+
+    url = _database_url()
+    migrate(url)
+    truth = Path(args.truth_out) if args.truth_out else local_dir() / "demo" / "true_lines.csv"
+    with psycopg.connect(url) as conn:
+        rep = seed_cohort(conn, args.students, args.weeks, args.seed, _as_of(args.as_of), truth)
+    print(f"seeded {rep.students} students x {rep.weeks} weeks from {rep.first_week}: "
+          f"{rep.mirt_rows} mirt_ability, {rep.topic_rows} student_topic_theta, "
+          f"{rep.daily_rows} features_topic_daily rows; true lines in {rep.truth_path}")
+    return 0
+
+
+def dagster_home() -> Path:
+    """The demo's Dagster instance: its own DAGSTER_HOME with storage on the local PostgreSQL."""
+    home = local_dir() / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text(
+        "# written by growth-assets demo: the demo's own instance, on the demo's PostgreSQL\n"
+        "storage:\n  postgres:\n    postgres_url:\n      env: DAGSTER_PG_URL\n"
+        "telemetry:\n  enabled: false\n"
+    )
+    return home
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import dagster as dg
+    import psycopg
+
+    from .db.migrate import migrate
+    from .defs import build_definitions
+    from .defs.growth import weekly_assets
+    from .demo.cohort import seed_cohort
+    from .settings import Settings
+
+    url = _database_url()
+    os.environ.setdefault("DATABASE_URL", url)
+    migrate(url)
+    as_of = _as_of(args.as_of)
+    with psycopg.connect(url) as conn:
+        rep = seed_cohort(conn, args.students, args.weeks, args.seed, as_of,
+                          local_dir() / "demo" / "true_lines.csv")
+    print(f"seeded {rep.students} students x {rep.weeks} weeks")
+    home = dagster_home()
+    os.environ["DAGSTER_HOME"] = str(home)
+    os.environ["DAGSTER_PG_URL"] = url.replace("postgresql://", "postgresql+psycopg2://", 1)
+    settings = Settings.from_env()
+    defs = build_definitions(settings)
+    last_week = as_of - timedelta(days=as_of.weekday()) - timedelta(weeks=1)
+    print(f"materializing partition {last_week} with the {settings.chosen_engine} engine "
+          f"(Dagster home {home})")
+    with dg.DagsterInstance.get() as instance:
+        res = dg.materialize(weekly_assets, partition_key=last_week.isoformat(), instance=instance,
+                             resources=defs.resources, raise_on_error=False)
+    for ev in res.get_asset_check_evaluations():
+        print(f"  check {ev.check_name}: {'passed' if ev.passed else 'FAILED ' + ev.severity.value}")
+    if not res.success:
+        print("the weekly graph failed; see the Dagster UI (dagster dev) for the run", file=sys.stderr)
+        return 1
+    out = res.output_for_node("weekly_kpi_P")
+    print(f"run {out['run_id']}: P written for {out['rows_written']} students "
+          f"(P from {out['P_min']:.3f} to {out['P_max']:.3f})")
+    print(f"browse it: DAGSTER_HOME={home} DAGSTER_PG_URL=... dagster dev -w workspace.yaml")
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .defs.resources import GrowthEngineResource
+    from .model.contract import horizon_week, validate_fit_result, validate_panel
+    from .model.engine import FitSettings
+    from .settings import Settings
+
+    s = Settings.from_env()
+    panel = validate_panel(pd.read_csv(args.panel, dtype={"student_id": str}))
+    lookback = args.lookback_weeks or int(panel["week"].max()) + 1
+    settings = FitSettings(
+        n_chains=args.chains or s.n_chains, n_samples=args.samples or s.n_samples,
+        seed=s.seed if args.seed is None else args.seed,
+        horizon_week=horizon_week(lookback, args.horizon_weeks),
+        target=s.metrics_default_target if args.target is None else args.target,
+        lookback_weeks=lookback,
+    )
+    engine = GrowthEngineResource(
+        engine=args.engine, r_brms_base_url=s.r_brms_base_url,
+        r_brms_timeout_secs=s.r_brms_timeout_secs, r_brms_internal_token=s.r_brms_internal_token,
+    ).get_engine()
+    result = validate_fit_result(engine.fit(panel, settings))
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    d = result["diagnostics"]
+    print(f"{result['run_id']}: {result['n_students']} students, max R-hat {d['max_rhat']:.4f}, "
+          f"min ESS bulk {d['min_ess_bulk']:.0f}, {d['n_divergent']} divergent -> {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="growth-assets", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    db = sub.add_parser("db", help="the database: start/stop the local one, migrate DATABASE_URL")
+    db.add_argument("action", choices=["start", "stop", "migrate", "url"])
+    db.set_defaults(func=cmd_db)
+
+    sd = sub.add_parser("seed-demo", help="write a synthetic cohort into the source tables")
+    sd.add_argument("--students", type=int, default=1000)
+    sd.add_argument("--weeks", type=int, default=12)
+    sd.add_argument("--seed", type=int, default=1)
+    sd.add_argument("--as-of", help="ISO date; the cohort covers the weeks before its week (default today, UTC)")
+    sd.add_argument("--truth-out", help="CSV of each student's true line (default .local/demo/true_lines.csv)")
+    sd.set_defaults(func=cmd_seed_demo)
+
+    dm = sub.add_parser("demo", help="local database + synthetic cohort + the weekly graph")
+    dm.add_argument("--students", type=int, default=500)
+    dm.add_argument("--weeks", type=int, default=12)
+    dm.add_argument("--seed", type=int, default=1)
+    dm.add_argument("--as-of")
+    dm.set_defaults(func=cmd_demo)
+
+    ft = sub.add_parser("fit", help="fit a CSV panel (student_id,week,score) and write the spec JSON")
+    ft.add_argument("--engine", choices=["native", "brms"], required=True)
+    ft.add_argument("--panel", required=True)
+    ft.add_argument("--out", required=True)
+    ft.add_argument("--horizon-weeks", type=int, default=4)
+    ft.add_argument("--lookback-weeks", type=int, help="default: the panel's max week + 1")
+    ft.add_argument("--target", type=float)
+    ft.add_argument("--chains", type=int)
+    ft.add_argument("--samples", type=int)
+    ft.add_argument("--seed", type=int)
+    ft.set_defaults(func=cmd_fit)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    from .db.localpg import LocalPgError
+    from .model.contract import ContractError
+    from .settings import SettingsError
+
+    try:
+        return args.func(args)
+    except (ContractError, SettingsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except LocalPgError as e:
+        print(f"error: local database: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

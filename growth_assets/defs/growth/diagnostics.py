@@ -1,0 +1,84 @@
+"""The diagnostics rules of a fit: one function decides, the checks and the run status use it.
+
+R-hat: ERROR when max > 1.05, WARN when > 1.01. ESS (bulk and tail): ERROR when min < 100,
+WARN when < 400. Divergent transitions: ERROR above 1 % of the kept draws, WARN above 0.
+A NaN diagnostic is an ERROR (it means the summary could not be computed).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+RHAT_CHECK = "rhat_below_threshold"
+ESS_CHECK = "ess_above_threshold"
+DIVERGENCE_CHECK = "divergent_transitions_below_threshold"
+CHECK_NAMES = (RHAT_CHECK, ESS_CHECK, DIVERGENCE_CHECK)
+
+
+class DiagnosticThresholds(dg.ConfigurableResource):
+    """Thresholds of the diagnostics checks; overridable per run in the launchpad."""
+
+    rhat_warn: float = Field(1.01, gt=1.0, description="WARN when max R-hat exceeds this")
+    rhat_error: float = Field(1.05, gt=1.0, description="ERROR when max R-hat exceeds this")
+    ess_warn: float = Field(400.0, ge=0, description="WARN when min bulk/tail ESS is below this")
+    ess_error: float = Field(100.0, ge=0, description="ERROR when min bulk/tail ESS is below this")
+    divergent_error_share: float = Field(
+        0.01, ge=0, le=1, description="ERROR when divergent transitions exceed this share of kept draws")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    check_name: str
+    passed: bool
+    severity: str  # "ERROR" | "WARN": what a failure of this outcome means
+    observed: float
+    warn_threshold: float
+    error_threshold: float
+    description: str
+
+    def metadata(self) -> dict[str, Any]:
+        return {"observed": self.observed, "warn_threshold": self.warn_threshold,
+                "error_threshold": self.error_threshold, "description": self.description}
+
+
+def _grade(name: str, observed: float, warn: float, error: float, higher_is_worse: bool,
+           what: str) -> Outcome:
+    if not math.isfinite(observed):
+        return Outcome(name, False, "ERROR", observed, warn, error, f"{what} is not finite")
+    bad_err = observed > error if higher_is_worse else observed < error
+    bad_warn = observed > warn if higher_is_worse else observed < warn
+    cmp = ">" if higher_is_worse else "<"
+    if bad_err:
+        return Outcome(name, False, "ERROR", observed, warn, error, f"{what} {observed:.4g} {cmp} {error:.4g}")
+    if bad_warn:
+        return Outcome(name, False, "WARN", observed, warn, error, f"{what} {observed:.4g} {cmp} {warn:.4g}")
+    return Outcome(name, True, "ERROR", observed, warn, error, f"{what} {observed:.4g} within thresholds")
+
+
+def evaluate(result: Mapping[str, Any], t: DiagnosticThresholds) -> list[Outcome]:
+    """Grade a spec §8 fit result against the thresholds: one outcome per check."""
+    d = result["diagnostics"]
+    kept = max(1, int(result["n_chains"]) * (int(result["n_samples"]) - int(result["n_warmup"])))
+    ess = min(float(d["min_ess_bulk"]), float(d["min_ess_tail"]))
+    n_div = float(d["n_divergent"])
+    share = n_div / kept
+    div = _grade(DIVERGENCE_CHECK, share, 0.0, t.divergent_error_share, True, "divergent share")
+    div = Outcome(div.check_name, div.passed, div.severity, n_div, 0.0, t.divergent_error_share * kept,
+                  f"{int(n_div)} divergent transitions of {kept} kept draws ({share:.2%})")
+    return [
+        _grade(RHAT_CHECK, float(d["max_rhat"]), t.rhat_warn, t.rhat_error, True, "max R-hat"),
+        _grade(ESS_CHECK, ess, t.ess_warn, t.ess_error, False, "min bulk/tail ESS"),
+        div,
+    ]
+
+
+def run_status(outcomes: list[Outcome]) -> tuple[str, list[str]]:
+    """``failed_checks`` when any ERROR outcome failed (WARNs do not stop a fit)."""
+    errors = [o.description for o in outcomes if not o.passed and o.severity == "ERROR"]
+    return ("failed_checks" if errors else "passed"), errors

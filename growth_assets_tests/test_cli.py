@@ -1,0 +1,94 @@
+"""The `growth-assets` commands, run as a user runs them (a subprocess of the console script)."""
+
+import json
+import os
+import shutil
+import tempfile
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from growth_assets.model.contract import validate_fit_result
+from growth_assets_tests.conftest import REFERENCE_DIR
+
+CLI = [sys.executable, "-m", "growth_assets.cli"]
+
+
+def run(args, env_extra=None, cwd=None):
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env.update(env_extra or {})
+    return subprocess.run(CLI + args, capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+
+
+def test_local_database_start_is_idempotent_and_stops():
+    tmp_path = Path(tempfile.mkdtemp(prefix="growth-cli-"))  # the postgres user must reach it
+    tmp_path.chmod(0o755)
+    env = {"GROWTH_LOCAL_DIR": str(tmp_path / "local")}
+    first = run(["db", "start"], env)
+    assert first.returncode == 0, first.stderr
+    url = first.stdout.strip().removeprefix("DATABASE_URL=")
+    second = run(["db", "start"], env)
+    assert second.stdout.strip() == first.stdout.strip()
+    assert run(["db", "url"], env).stdout.strip() == url
+    try:
+        with psycopg.connect(url) as c:
+            assert c.execute("SELECT 1").fetchone() == (1,)
+        assert "applied" in run(["db", "migrate"], {"DATABASE_URL": url}).stdout
+    finally:
+        stop = run(["db", "stop"], env)
+    assert stop.returncode == 0 and "stopped" in stop.stdout
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(url, connect_timeout=2)
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the data directory to the postgres user")
+def test_unreachable_data_directory_is_a_one_line_error(tmp_path):
+    out = run(["db", "start"], {"GROWTH_LOCAL_DIR": str(tmp_path / "local")})
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "is not traversable by the postgres user" in out.stderr
+
+
+def test_migrate_then_seed_demo(db_url, tmp_path):
+    out = run(["db", "migrate"], {"DATABASE_URL": db_url})
+    assert out.returncode == 0 and "up to date" in out.stdout
+    truth = tmp_path / "truth.csv"
+    out = run(["seed-demo", "--students", "150", "--weeks", "12", "--seed", "4", "--as-of", "2026-11-23",
+               "--truth-out", str(truth)], {"DATABASE_URL": db_url})
+    assert out.returncode == 0, out.stderr
+    assert "seeded 150 students x 12 weeks from 2026-08-31" in out.stdout
+    with psycopg.connect(db_url) as c:
+        assert c.execute("SELECT count(DISTINCT user_id) FROM features_topic_daily").fetchone()[0] == 150
+    assert len(truth.read_text().splitlines()) == 151
+
+
+@pytest.mark.slow
+def test_fit_native_writes_the_spec_json(tmp_path):
+    out_file = tmp_path / "fit.json"
+    out = run(["fit", "--engine", "native", "--panel", str(REFERENCE_DIR / "sleepstudy.csv"),
+               "--out", str(out_file), "--chains", "2", "--samples", "400", "--seed", "11",
+               "--target", "300"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = validate_fit_result(json.loads(out_file.read_text()))
+    assert res["engine"] == "native" and res["n_students"] == 18 and res["n_obs"] == 180
+    # lookback from the panel (weeks 0..9), horizon 4 weeks after its last week
+    assert (res["lookback_weeks"], res["horizon_week"], res["target"], res["seed"]) == (10, 13, 300.0, 11)
+    assert 230 < res["posterior_summary"]["b_Intercept"]["mean"] < 270
+
+
+@pytest.mark.parametrize("csv,field", [
+    ("student_id,week,score\na,0,1\na,1,nan\nb,0,2\n", "score"),
+    ("student_id,week,score\na,0,1\na,0,2\nb,0,2\n", "student_id,week"),
+    ("student_id,week,score\na,0.5,1\na,1,2\nb,0,2\n", "week"),
+    ("student_id,week\na,0\n", "columns"),
+])
+def test_fit_refuses_a_bad_panel_naming_the_field(tmp_path, csv, field):
+    panel = tmp_path / "p.csv"
+    panel.write_text(csv)
+    out = run(["fit", "--engine", "native", "--panel", str(panel), "--out", str(tmp_path / "o.json")])
+    assert out.returncode == 2
+    assert out.stderr.startswith(f"error: {field}:"), out.stderr
+    assert not (tmp_path / "o.json").exists()

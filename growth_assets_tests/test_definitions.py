@@ -1,0 +1,29 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_definitions_load_with_the_four_assets_and_their_checks():
+    from growth_assets.definitions import defs
+
+    dg.Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {
+        "weekly_scores", "brms_posterior", "growth_brms_meta", "weekly_kpi_P"}
+    checks = {k.name for k in graph.asset_check_keys}
+    assert {"rhat_below_threshold", "ess_above_threshold", "divergent_transitions_below_threshold"} <= checks
+    for key in graph.get_all_asset_keys():
+        assert graph.get(key).description, f"{key} has no description"
+
+
+def test_dagster_cli_validates_the_workspace():
+    env = {**os.environ, "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
+    out = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+                         cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Validation successful" in out.stdout + out.stderr
