@@ -8,6 +8,14 @@ python="${PYTHON:-python3}"
 stamp="$venv/.growth-assets-installed"
 want="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)"
 
+# PostgreSQL's server binaries (initdb, pg_ctl) for the local clusters of the demo and tests.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+  echo "bootstrap: installing PostgreSQL (Debian package postgresql)"
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+fi
+
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$venv/bin/python" -c "import growth_assets" 2>/dev/null; then
   echo "bootstrap: $venv is up to date"
   exit 0
