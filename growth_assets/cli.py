@@ -119,7 +119,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"seeded {rep.students} students x {rep.weeks} weeks")
     home = dagster_home()
     os.environ["DAGSTER_HOME"] = str(home)
-    os.environ["DAGSTER_PG_URL"] = url.replace("postgresql://", "postgresql+psycopg2://", 1)
+    os.environ["DAGSTER_PG_URL"] = url
     settings = Settings.from_env()
     defs = build_definitions(settings)
     last_week = as_of - timedelta(days=as_of.weekday()) - timedelta(weeks=1)
@@ -136,8 +136,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = res.output_for_node("weekly_kpi_P")
     print(f"run {out['run_id']}: P written for {out['rows_written']} students "
           f"(P from {out['P_min']:.3f} to {out['P_max']:.3f})")
-    print(f"browse it: DAGSTER_HOME={home} DAGSTER_PG_URL=... dagster dev -w workspace.yaml")
+    print("browse it: .venv/bin/growth-assets dev   (Dagster UI on http://127.0.0.1:3000)")
     return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    """``dagster dev`` on the demo's instance and database, in the foreground."""
+    import signal
+
+    url = _database_url()
+    env = {**os.environ, "DATABASE_URL": url, "DAGSTER_PG_URL": url, "DAGSTER_HOME": str(dagster_home())}
+    workspace = Path(args.workspace).resolve()
+    # a shell that started us in the background may have left SIGINT/SIGTERM ignored;
+    # dagster dev must be stoppable by them
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.execvpe(sys.executable, [sys.executable, "-m", "dagster", "dev", "-w", str(workspace),
+                                "-h", args.host, "-p", str(args.port)], env)
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -192,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--seed", type=int, default=1)
     dm.add_argument("--as-of")
     dm.set_defaults(func=cmd_demo)
+
+    dv = sub.add_parser("dev", help="the Dagster UI and daemon on the demo's database (dagster dev)")
+    dv.add_argument("--host", default="127.0.0.1")
+    dv.add_argument("--port", type=int, default=3000)
+    dv.add_argument("--workspace", default="workspace.yaml")
+    dv.set_defaults(func=cmd_dev)
 
     ft = sub.add_parser("fit", help="fit a CSV panel (student_id,week,score) and write the spec JSON")
     ft.add_argument("--engine", choices=["native", "brms"], required=True)

@@ -93,6 +93,8 @@ class Settings:
     r_brms_internal_token: str | None = field(default=None, repr=False)
     metrics_use_bayesian: bool = True
     metrics_default_target: float = 0.0
+    alert_webhook_url: str | None = field(default=None, repr=False)
+    dagster_webserver_url: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -116,6 +118,8 @@ class Settings:
             r_brms_internal_token=_get(env, "R_BRMS_INTERNAL_TOKEN"),
             metrics_use_bayesian=env_bool(env, "METRICS_USE_BAYESIAN", True),
             metrics_default_target=env_float(env, "METRICS_DEFAULT_TARGET", 0.0),
+            alert_webhook_url=_get(env, "ALERT_WEBHOOK_URL"),
+            dagster_webserver_url=_get(env, "DAGSTER_WEBSERVER_URL"),
         )
 
     @property

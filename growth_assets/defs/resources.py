@@ -43,6 +43,8 @@ class GrowthSettings(dg.ConfigurableResource):
     horizon_weeks: int = Field(4, ge=0, description="BRMS_HORIZON_WEEKS after the window's last week")
     target: float = Field(0.0, description="METRICS_DEFAULT_TARGET: the goal P is computed for")
     update_kpi: bool = Field(True, description="BRMS_UPDATE_KPI: write P into weekly_kpi")
+    min_share_3_weeks: float = Field(0.5, ge=0, le=1,
+                                     description="WARN when fewer students than this share have 3+ weeks")
 
     def checked(self) -> "GrowthSettings":
         if self.score_source not in SCORE_SOURCES:
@@ -131,8 +133,14 @@ class PostgresValueIOManager(dg.ConfigurableIOManager):
 def resources_from_settings(settings: Settings) -> dict[str, Any]:
     """The resources of the deployed definitions, from the environment's settings."""
     url = settings.database_url or ""
+    from .alerts.sensors import AlertWebhook
+
     token = dg.EnvVar("R_BRMS_INTERNAL_TOKEN") if settings.r_brms_internal_token else None
     return {
+        # the webhook URL is a secret of sorts (Slack's carries a token): shown as an env var
+        "alert_webhook": AlertWebhook(
+            url=dg.EnvVar("ALERT_WEBHOOK_URL") if settings.alert_webhook_url else None,
+            webserver_url=settings.dagster_webserver_url),
         "postgres": PostgresResource(database_url=dg.EnvVar("DATABASE_URL") if url else ""),
         "io_manager": PostgresValueIOManager(database_url=dg.EnvVar("DATABASE_URL") if url else ""),
         "growth": GrowthSettings(

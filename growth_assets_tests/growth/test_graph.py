@@ -10,76 +10,15 @@ import pytest
 from growth_assets.defs.growth import weekly_assets
 from growth_assets.defs.growth.diagnostics import (
     DIVERGENCE_CHECK, ESS_CHECK, RHAT_CHECK, DiagnosticThresholds, evaluate, run_status)
-from growth_assets.defs.resources import (GrowthEngineResource, GrowthSettings, PostgresResource,
-                                          PostgresValueIOManager)
 from growth_assets.demo.cohort import seed_cohort
+from growth_assets_tests.support.graph import AS_OF, PARTITION, ReplayEngine, failure_text, resources
 from growth_assets_tests.support.results import make_result
-
-AS_OF = date(2026, 11, 23)
-PARTITION = "2026-11-16"  # the week that closed before AS_OF
-
-
-def resources(db_url, engine=None, **growth):
-    g = dict(n_chains=2, n_samples=400, seed=7)
-    g.update(growth)
-    return {
-        "postgres": PostgresResource(database_url=db_url),
-        "io_manager": PostgresValueIOManager(database_url=db_url),
-        "growth": GrowthSettings(**g),
-        "engine": engine or GrowthEngineResource(engine="native"),
-        "diagnostics_thresholds": DiagnosticThresholds(),
-    }
-
-
-class ReplayEngine(dg.ConfigurableResource):
-    """Fault injection for the checks: an engine whose result has chosen diagnostics.
-
-    Not a stand-in for a real engine: the tests that claim an engine works use the real one.
-    """
-
-    max_rhat: float = 1.0
-    n_divergent: int = 0
-    min_ess: float = 2000.0
-    fail: bool = False
-
-    def get_engine(self):
-        outer = self
-
-        class _E:
-            name = "native"
-
-            def fit(self, panel, settings):
-                if outer.fail:
-                    raise RuntimeError("sampler crashed")
-                ids = sorted(panel["student_id"].unique())
-                r = make_result(len(ids), run_id=settings.run_id, h=settings.horizon_week,
-                                target=settings.target)
-                for p, sid in zip(r["predictions"], ids):
-                    p["student_id"] = sid
-                r["n_obs"] = len(panel)
-                r["diagnostics"].update(max_rhat=outer.max_rhat, n_divergent=outer.n_divergent,
-                                        min_ess_bulk=outer.min_ess, min_ess_tail=outer.min_ess)
-                return r
-
-        return _E()
-
 
 @pytest.fixture
 def seeded(db_url):
     with psycopg.connect(db_url) as conn:
         seed_cohort(conn, 60, 12, seed=3, as_of=AS_OF)
     return db_url
-
-
-def failure_text(res) -> str:
-    """The failed step's error with its causes, as the UI shows them."""
-    out = []
-    for ev in res.get_step_failure_events():
-        err = ev.event_specific_data.error
-        while err is not None:
-            out.append(err.message)
-            err = err.cause
-    return "\n".join(out)
 
 
 def count(url, sql, *args):
@@ -93,7 +32,10 @@ def test_whole_graph_on_the_native_engine_writes_meta_students_and_p(seeded):
                          resources=resources(seeded, n_chains=4, n_samples=1000))
     assert res.success
     checks = {e.check_name: e.passed for e in res.get_asset_check_evaluations()}
-    assert set(checks) == {RHAT_CHECK, ESS_CHECK, DIVERGENCE_CHECK}
+    assert set(checks) == {RHAT_CHECK, ESS_CHECK, DIVERGENCE_CHECK, "panel_not_empty", "scores_finite",
+                           "at_least_two_students", "share_students_with_3_weeks", "p_within_0_1",
+                           "rows_written_equal_students_fitted"}
+    assert all(checks.values()), checks
     scores_md = res.asset_materializations_for_node("weekly_scores")[0].metadata
     n_students = scores_md["students"].value
     assert n_students == 60 and scores_md["rows"].value > 60 * 5
@@ -148,7 +90,9 @@ def test_warn_checks_do_not_block(seeded):
                          resources=resources(seeded, ReplayEngine(max_rhat=1.02, min_ess=300.0, n_divergent=1)))
     assert res.success
     ev = {e.check_name: e for e in res.get_asset_check_evaluations()}
-    assert all(not e.passed and e.severity == dg.AssetCheckSeverity.WARN for e in ev.values())
+    fit_checks = [ev[n] for n in (RHAT_CHECK, ESS_CHECK, DIVERGENCE_CHECK)]
+    assert all(not e.passed and e.severity == dg.AssetCheckSeverity.WARN for e in fit_checks)
+    assert ev["rows_written_equal_students_fitted"].passed and ev["p_within_0_1"].passed
     assert count(seeded, "SELECT count(*) FROM growth_brms_meta WHERE status='passed'") == 1
     assert count(seeded, "SELECT count(*) FROM weekly_kpi WHERE kpis ? 'P'") == 60
 
@@ -171,13 +115,25 @@ def test_a_failing_engine_writes_nothing(seeded):
     assert count(seeded, "SELECT count(*) FROM weekly_kpi WHERE kpis ? 'P'") == 0
 
 
-def test_an_empty_window_stops_with_an_error_naming_the_field(db_url):
+def test_an_empty_window_is_stopped_by_the_blocking_data_checks(db_url):
     res = dg.materialize(weekly_assets, partition_key=PARTITION, resources=resources(db_url, ReplayEngine()),
                          raise_on_error=False)
     assert not res.success
-    failure = res.get_step_failure_events()[0]
-    assert failure.step_key == "brms_posterior"
-    assert "rows: at least 3 rows are needed (got 0)" in failure_text(res)
+    ev = {e.check_name: e for e in res.get_asset_check_evaluations()}
+    assert not ev["panel_not_empty"].passed and ev["panel_not_empty"].metadata["observed"].value == 0
+    assert not ev["at_least_two_students"].passed
+    assert res.is_node_untouched("brms_posterior")
+
+
+def test_a_panel_too_small_to_fit_stops_with_an_error_naming_the_field(db_url):
+    with psycopg.connect(db_url) as c:  # 2 students, 2 rows: past the data checks, not the contract
+        c.execute("INSERT INTO mirt_ability (user_id, theta, se, model, version, fitted_at) VALUES"
+                  " ('a', 0.1, 0.2, 'm', 'v', '2026-11-17T10:00Z'), ('b', 0.3, 0.2, 'm', 'v', '2026-11-17T10:00Z')")
+    res = dg.materialize(weekly_assets, partition_key=PARTITION, resources=resources(db_url, ReplayEngine()),
+                         raise_on_error=False)
+    assert not res.success
+    assert res.get_step_failure_events()[0].step_key == "brms_posterior"
+    assert "rows: at least 3 rows are needed (got 2)" in failure_text(res)
 
 
 def test_unsupported_family_is_a_clear_error(seeded):
@@ -210,6 +166,19 @@ def test_each_threshold_grades_as_specified(diag, expect):
     status, reasons = run_status(list(out.values()))
     assert status == ("failed_checks" if any(s == "ERROR" for _, s in expect.values()) else "passed")
     assert len(reasons) == sum(1 for _, s in expect.values() if s == "ERROR")
+
+
+def test_the_share_of_students_with_3_weeks_warns(db_url):
+    with psycopg.connect(db_url) as c:  # 3 students with one week each
+        c.execute("INSERT INTO mirt_ability (user_id, theta, se, model, version, fitted_at) VALUES"
+                  " ('a', 0.1, 0.2, 'm', 'v', '2026-11-17T10:00Z'), ('b', 0.3, 0.2, 'm', 'v', '2026-11-17T10:00Z'),"
+                  " ('c', 0.2, 0.2, 'm', 'v', '2026-11-10T10:00Z')")
+    res = dg.materialize(weekly_assets, partition_key=PARTITION, resources=resources(db_url, ReplayEngine()))
+    ev = {e.check_name: e for e in res.get_asset_check_evaluations()}
+    share = ev["share_students_with_3_weeks"]
+    assert not share.passed and share.severity == dg.AssetCheckSeverity.WARN
+    assert share.metadata["observed"].value == 0.0 and share.metadata["threshold"].value == 0.5
+    assert res.success  # a WARN does not block
 
 
 def test_thresholds_are_configurable():

@@ -28,6 +28,24 @@ weekly_partitions = dg.WeeklyPartitionsDefinition(
 
 GROUP = "growth"
 
+# Due by Monday 06:00 UTC; the 04:30 run must land after 04:00 (lower bound) to count.
+weekly_freshness = dg.FreshnessPolicy.cron(deadline_cron="0 6 * * 1", lower_bound_delta=timedelta(hours=2),
+                                           timezone="UTC")
+
+SCORES_NOT_EMPTY = "panel_not_empty"
+SCORES_FINITE = "scores_finite"
+SCORES_TWO_STUDENTS = "at_least_two_students"
+SCORES_THREE_WEEKS = "share_students_with_3_weeks"
+KPI_P_IN_RANGE = "p_within_0_1"
+KPI_ROWS_MATCH = "rows_written_equal_students_fitted"
+
+
+def _check(name: str, passed: bool, severity: str, description: str, **metadata) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=name, passed=bool(passed), description=description, metadata=metadata,
+        severity=dg.AssetCheckSeverity.ERROR if severity == "ERROR" else dg.AssetCheckSeverity.WARN,
+    )
+
 
 @contextmanager
 def contract_failures():
@@ -46,9 +64,20 @@ def _window(context: dg.AssetExecutionContext, growth: GrowthSettings) -> Window
     group_name=GROUP,
     partitions_def=weekly_partitions,
     kinds={"postgres", "sql"},
+    freshness_policy=weekly_freshness,
+    check_specs=[
+        dg.AssetCheckSpec(SCORES_NOT_EMPTY, asset="weekly_scores", blocking=True,
+                          description="the window has rows to fit"),
+        dg.AssetCheckSpec(SCORES_FINITE, asset="weekly_scores", blocking=True,
+                          description="every stored score is finite"),
+        dg.AssetCheckSpec(SCORES_TWO_STUDENTS, asset="weekly_scores", blocking=True,
+                          description="at least 2 students (the model needs a population)"),
+        dg.AssetCheckSpec(SCORES_THREE_WEEKS, asset="weekly_scores",
+                          description="WARN when fewer than half the students have 3 or more weeks"),
+    ],
 )
 def weekly_scores(context: dg.AssetExecutionContext, postgres: PostgresResource,
-                  growth: GrowthSettings) -> PanelInfo:
+                  growth: GrowthSettings):
     """The panel the model is fitted to: one row per (student, week) of the 12 complete weeks
     before the run's week (spec §1, §5).
 
@@ -64,7 +93,11 @@ def weekly_scores(context: dg.AssetExecutionContext, postgres: PostgresResource,
     t0 = time.monotonic()
     with postgres.connect() as conn, contract_failures():
         info = build_panel(conn, window, growth.score_source)
-    context.add_output_metadata({
+        non_finite = conn.execute(
+            "SELECT count(*) FROM growth_panel WHERE panel_id = %s"
+            " AND score IN ('NaN', 'Infinity', '-Infinity')", (info.panel_id,)).fetchone()[0]
+    share3 = info.students_with_3_weeks / info.n_students if info.n_students else 0.0
+    yield dg.Output(info, metadata={
         "panel_id": info.panel_id,
         "rows": dg.MetadataValue.int(info.n_rows),
         "students": dg.MetadataValue.int(info.n_students),
@@ -77,7 +110,15 @@ def weekly_scores(context: dg.AssetExecutionContext, postgres: PostgresResource,
         **{f"excluded_{k}": dg.MetadataValue.int(v) for k, v in info.excluded.items()},
         "seconds": dg.MetadataValue.float(round(time.monotonic() - t0, 3)),
     })
-    return info
+    yield _check(SCORES_NOT_EMPTY, info.n_rows > 0, "ERROR", f"{info.n_rows} rows in the window",
+                 observed=info.n_rows, threshold=1)
+    yield _check(SCORES_FINITE, non_finite == 0, "ERROR", f"{non_finite} non-finite scores",
+                 observed=int(non_finite), threshold=0)
+    yield _check(SCORES_TWO_STUDENTS, info.n_students >= 2, "ERROR", f"{info.n_students} students",
+                 observed=info.n_students, threshold=2)
+    yield _check(SCORES_THREE_WEEKS, share3 >= growth.min_share_3_weeks, "WARN",
+                 f"{share3:.1%} of students have 3 or more weeks",
+                 observed=float(share3), threshold=float(growth.min_share_3_weeks))
 
 
 def _summary_table(result: dict[str, Any]) -> dg.MetadataValue:
@@ -115,6 +156,10 @@ def fit_metadata(result: dict[str, Any]) -> dict[str, Any]:
     group_name=GROUP,
     partitions_def=weekly_partitions,
     kinds={"python"},
+    freshness_policy=weekly_freshness,
+    # on Kubernetes (k8s_job_executor) the fit step gets a pod sized for sampling
+    op_tags={"dagster-k8s/config": {"container_config": {"resources": {
+        "requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"cpu": "2", "memory": "6Gi"}}}}},
     check_specs=[
         dg.AssetCheckSpec(name, asset="brms_posterior", blocking=True, description=desc)
         for name, desc in zip(CHECK_NAMES, (
@@ -149,8 +194,9 @@ def brms_posterior(context: dg.AssetExecutionContext, weekly_scores: PanelInfo,
     with contract_failures():
         result = validate_fit_result(raw)
     result.setdefault("diagnostics", {}).setdefault("elapsed_s", time.monotonic() - t0)
-    yield dg.Output(result, metadata={**fit_metadata(result), "wall_seconds": dg.MetadataValue.float(
-        round(time.monotonic() - t0, 3))})
+    p = np.array([x["P"] for x in result["predictions"]], dtype=float)
+    yield dg.Output(result, metadata={**fit_metadata(result), "P_distribution": dg.MetadataValue.md(p_histogram_md(p)),
+                                      "wall_seconds": dg.MetadataValue.float(round(time.monotonic() - t0, 3))})
     for o in evaluate(result, diagnostics_thresholds):
         yield dg.AssetCheckResult(
             check_name=o.check_name, passed=o.passed,
@@ -159,7 +205,8 @@ def brms_posterior(context: dg.AssetExecutionContext, weekly_scores: PanelInfo,
         )
 
 
-@dg.asset(group_name=GROUP, partitions_def=weekly_partitions, kinds={"postgres"})
+@dg.asset(group_name=GROUP, partitions_def=weekly_partitions, kinds={"postgres"},
+          freshness_policy=weekly_freshness)
 def growth_brms_meta(context: dg.AssetExecutionContext, brms_posterior: dict[str, Any],
                      weekly_scores: PanelInfo, postgres: PostgresResource,
                      growth: GrowthSettings, diagnostics_thresholds: DiagnosticThresholds) -> str:
@@ -189,9 +236,16 @@ def growth_brms_meta(context: dg.AssetExecutionContext, brms_posterior: dict[str
     return brms_posterior["run_id"]
 
 
-@dg.asset(group_name=GROUP, partitions_def=weekly_partitions, kinds={"postgres"})
+@dg.asset(
+    group_name=GROUP, partitions_def=weekly_partitions, kinds={"postgres"}, freshness_policy=weekly_freshness,
+    check_specs=[
+        dg.AssetCheckSpec(KPI_P_IN_RANGE, asset="weekly_kpi_P", description="every stored P is within [0, 1]"),
+        dg.AssetCheckSpec(KPI_ROWS_MATCH, asset="weekly_kpi_P",
+                          description="weekly_kpi rows written equal the students fitted"),
+    ],
+)
 def weekly_kpi_P(context: dg.AssetExecutionContext, growth_brms_meta: str, weekly_scores: PanelInfo,
-                 postgres: PostgresResource, growth: GrowthSettings) -> dict[str, Any]:
+                 postgres: PostgresResource, growth: GrowthSettings):
     """Each fitted student's goal probability ``P`` and its uncertainty ``sigma`` merged into
     ``weekly_kpi.kpis`` of the run's week, with ``P_target``, ``P_week`` (the Monday of the
     horizon week), ``P_run_id`` and ``P_source``; other keys of ``kpis`` are kept.
@@ -214,17 +268,25 @@ def weekly_kpi_P(context: dg.AssetExecutionContext, growth_brms_meta: str, weekl
             )
         if not growth.update_kpi:
             context.log.info("BRMS_UPDATE_KPI=false: P of run %s not written to weekly_kpi", run_id)
-            context.add_output_metadata({"run_id": run_id, "written": False,
-                                         "reason": "BRMS_UPDATE_KPI=false", "rows_written": 0})
-            return {"run_id": run_id, "rows_written": 0, "written": False}
+            yield dg.Output({"run_id": run_id, "rows_written": 0, "written": False},
+                            metadata={"run_id": run_id, "written": False,
+                                      "reason": "BRMS_UPDATE_KPI=false", "rows_written": 0})
+            yield _check(KPI_P_IN_RANGE, True, "ERROR", "nothing written (BRMS_UPDATE_KPI=false)")
+            yield _check(KPI_ROWS_MATCH, True, "ERROR", "nothing written (BRMS_UPDATE_KPI=false)")
+            return
         p_week = window_start + timedelta(weeks=int(h))
         rows = conn.execute(
             'SELECT user_id, "P", sigma FROM growth_student_posterior WHERE run_id = %s', (run_id,)
         ).fetchall()
         n = merge_weekly_kpi(conn, rows, week_start=week_start, target=target, p_week=p_week,
                              run_id=run_id, source=engine)
+        stored = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE (kpis->>'P')::float8 BETWEEN 0 AND 1)"
+            " FROM weekly_kpi WHERE week_start = %s AND kpis->>'P_run_id' = %s", (week_start, run_id)).fetchone()
     p = np.array([r[1] for r in rows], dtype=float)
-    context.add_output_metadata({
+    out = {"run_id": run_id, "rows_written": n, "written": True, "students_fitted": len(rows),
+           "P_min": float(p.min()) if p.size else None, "P_max": float(p.max()) if p.size else None}
+    yield dg.Output(out, metadata={
         "run_id": run_id, "written": True, "rows_written": dg.MetadataValue.int(n),
         "students_fitted": dg.MetadataValue.int(len(rows)),
         "week_start": week_start.isoformat(), "P_week": p_week.isoformat(),
@@ -232,9 +294,25 @@ def weekly_kpi_P(context: dg.AssetExecutionContext, growth_brms_meta: str, weekl
         "share_P_at_least_0_5": dg.MetadataValue.float(float((p >= 0.5).mean()) if p.size else float("nan")),
         "P_min": dg.MetadataValue.float(float(p.min()) if p.size else float("nan")),
         "P_max": dg.MetadataValue.float(float(p.max()) if p.size else float("nan")),
+        "P_distribution": dg.MetadataValue.md(p_histogram_md(p)),
     })
-    return {"run_id": run_id, "rows_written": n, "written": True, "students_fitted": len(rows),
-            "P_min": float(p.min()) if p.size else None, "P_max": float(p.max()) if p.size else None}
+    yield _check(KPI_P_IN_RANGE, stored[1] == stored[0], "ERROR",
+                 f"{stored[0] - stored[1]} stored P outside [0, 1]", observed=int(stored[0] - stored[1]), threshold=0)
+    yield _check(KPI_ROWS_MATCH, stored[0] == len(rows) == n, "ERROR",
+                 f"{stored[0]} rows carry this run's P for {len(rows)} students fitted",
+                 observed=int(stored[0]), threshold=len(rows))
+
+
+def p_histogram_md(p: np.ndarray, bins: int = 10) -> str:
+    """The distribution of P as a small markdown table (renders inline: under 1,000 chars)."""
+    if p.size == 0:
+        return "no students"
+    counts, edges = np.histogram(p, bins=bins, range=(0.0, 1.0))
+    top = max(int(counts.max()), 1)
+    lines = ["| P | students | |", "|---|---:|---|"]
+    for c, lo, hi in zip(counts, edges[:-1], edges[1:]):
+        lines.append(f"| {lo:.1f}–{hi:.1f} | {int(c)} | {'█' * round(12 * int(c) / top)} |")
+    return "\n".join(lines)
 
 
 weekly_assets = [weekly_scores, brms_posterior, growth_brms_meta, weekly_kpi_P]
@@ -243,4 +321,5 @@ weekly_growth_job = dg.define_asset_job(
     "weekly_growth_job",
     selection=dg.AssetSelection.assets(*weekly_assets),
     description="The weekly growth graph with its diagnostics checks.",
+    tags={"growth/fit": "weekly"},  # the instance runs one such job at a time
 )

@@ -1,0 +1,616 @@
+"""Goal-attainment probability ``P`` of a student, read or computed through a fallback chain.
+
+The seed's call shape::
+
+    from growth_assets.db import get_session
+    from growth_assets.metrics import compute_goal_attainment_probability
+    with get_session() as s:
+        compute_goal_attainment_probability(s, "user-123", target=150.0)
+
+``METRICS_USE_BAYESIAN`` and ``METRICS_DEFAULT_TARGET`` are read (``Settings.from_env()``) when
+a function is called, never at import.
+
+The chain (spec §6, §7), with METRICS_USE_BAYESIAN=true
+--------------------------------------------------------
+
+1. ``stored``: the ``P`` in ``weekly_kpi.kpis`` of the user's latest week (the row with the
+   greatest ``week_start``; for :func:`calculate_and_store_weekly_kpi` and
+   :func:`refresh_active_users`, the row of the week being written). It counts only if ALL
+   of these hold:
+
+   - ``P`` is a JSON number within [0, 1];
+   - ``P_target`` is a JSON number equal to the requested target (relative/absolute tolerance
+     1e-12: PostgreSQL keeps 15 significant digits when ``merge_weekly_kpi`` turns the double
+     into jsonb);
+   - ``P_run_id`` equals the ``run_id`` of the latest run with status ``passed`` (so a P of a
+     superseded run, of a run that later failed, or with no run at all does not count);
+   - ``P_source`` is the engine of that run (``brms``/``native``: written by the weekly
+     graph) or ``posterior`` (written by :func:`calculate_and_store_weekly_kpi` from that
+     run's posterior, path 2).
+
+   Hence a stored ``P_source = 'normal'`` P never counts: it has no run (``P_run_id`` is
+   null) and the Normal approximation is recomputed from the latest theta instead (cheap,
+   and fresher than a stored copy). A legacy P without ``P_target`` never counts.
+
+2. ``run`` / ``population``: the latest ``growth_brms_meta`` run with status ``passed``
+   (greatest ``fitted_at``, then greatest ``run_id``), at its ``horizon_week`` h, for the
+   requested target, in closed form (:func:`contract.line_prediction`): the expected score
+   ``a + b h`` is Normal with mean ``mean_a + h mean_b`` and variance
+   ``var_a + 2 h cov_ab + h^2 var_b``; ``P = 1 - Phi((target - mu) / sigma)``. No network call.
+
+   - ``run``: the student has a row in ``growth_student_posterior`` for that run: its line
+     posterior (mean_a, mean_b, var_a, var_b, cov_ab) is used. (The stored ``"P"`` column is
+     the engine's exact mixture P at the run's own target; the closed form above is used for
+     every target so that one rule serves all targets; both agree within 0.02, tested.)
+   - ``population``: the student was not in that fit but has scores since the run's
+     ``window_start``. The line posterior comes from the run's population posterior (plug-in
+     posterior means of ``b_Intercept``, ``b_week``, ``sd_student_id__Intercept`` (t0),
+     ``sd_student_id__week`` (t1), ``cor_student_id__Intercept__week`` (rho), ``sigma``) and
+     the student's own data, as the conditional Normal of the Gaussian mixed model::
+
+         prior       (a, b) ~ N(beta, Sigma),  beta = (b_Intercept, b_week),
+                     Sigma = [[t0^2, rho t0 t1], [rho t0 t1, t1^2]]
+         data        y = X (a, b)' + e,  e ~ N(0, sigma^2 I),  X = [1, week]  (n x 2)
+         posterior   cov  = (Sigma^-1 + X'X / sigma^2)^-1
+                     mean = cov (Sigma^-1 beta + X'y / sigma^2)
+
+     X'X = [[n, sum w], [sum w, sum w^2]] and X'y = (sum y, sum w y), so the student enters
+     only through five sums, computed in SQL.
+
+     The student's data (score source ``theta``, the default; also when a run does not
+     record its source): per calendar week, the mean of the student's ``mirt_ability.theta``
+     rows (finite theta, ``window_start <= fitted_at <= now()``), ``week`` = whole weeks since
+     the run's ``window_start`` (UTC Mondays, as the panel, spec §1; weeks after the window
+     count too, with their calendar index). Only ``mirt_ability`` is read, not the panel's
+     lower-priority theta sources (student_topic_theta, features_topic_daily.theta_estimate,
+     weekly_kpi ability_estimate): a student known only from those falls through to path 3
+     (which needs mirt_ability too, so gets None). A run with score source ``accuracy``
+     uses ``sum(correct) / sum(attempts)`` of ``features_topic_daily`` per week, as its panel.
+     The plug-in ignores the hyperparameters' posterior uncertainty (the engines average over
+     it), which for a cohort of tens of students or more is small against the student's own
+     uncertainty (tested against a real native fit).
+
+3. ``normal``: the Normal approximation (spec §7) from the user's latest ``mirt_ability`` row
+   with a non-NULL theta: ``P = 1 - Phi((target - theta) / se)``; no such row, a non-finite
+   theta or se, or ``se <= 0``: no P.
+
+With METRICS_USE_BAYESIAN=false only path 3 is tried. Nothing applies: ``P`` is None.
+
+Every answer records which path gave it and why each earlier path did not apply
+(:class:`GoalAnswer`); the single-user functions log it at INFO on the logger
+``growth_assets.metrics``; the batch form logs one INFO summary (counts per path and per
+reason) and each user's answer at DEBUG. A NaN/infinite target or an empty user id raises
+:class:`ContractError` naming the field. Database errors propagate (nothing is swallowed).
+
+Queries: one per path for any number of users (``= ANY(%s)`` arrays), never one per user.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any
+
+import numpy as np
+import psycopg
+from scipy.special import ndtr
+
+from .db.writers import check_monday, merge_weekly_kpi
+from .model.contract import ContractError, check_target, line_prediction
+from .settings import Settings
+
+log = logging.getLogger("growth_assets.metrics")
+
+PATHS = ("stored", "run", "population", "normal", "none")
+_TARGET_RTOL = 1e-12
+
+
+@dataclass(frozen=True)
+class GoalAnswer:
+    """One user's goal-attainment probability and where it came from.
+
+    ``path``: ``stored`` (a weekly_kpi P), ``run`` (the student's line posterior in the
+    latest passed run), ``population`` (the run's population posterior + the student's own
+    data), ``normal`` (spec §7) or ``none`` (P is None). ``reasons``: why each earlier path
+    did not apply, in order. ``source``: the ``P_source`` this answer is stored under.
+    ``p_week``: the Monday of the horizon week (paths stored/run/population).
+    """
+
+    user_id: str
+    target: float
+    P: float | None
+    sigma: float | None = None
+    mu: float | None = None
+    path: str = "none"
+    reasons: tuple[str, ...] = ()
+    run_id: str | None = None
+    source: str | None = None
+    p_week: date | None = None
+    kpi_week: date | None = None  # path stored: the weekly_kpi row it was read from
+    n_obs: int | None = None  # path run/population: the student's observations (weeks)
+
+
+@dataclass
+class _Run:
+    run_id: str
+    engine: str | None
+    horizon_week: int | None
+    window_start: date | None
+    score_source: str | None
+    summary: dict[str, Any] | None
+
+
+@dataclass
+class _Pending:
+    user_id: str
+    reasons: list[str] = field(default_factory=list)
+
+
+# --- argument checks ---------------------------------------------------------------------------
+
+
+def _check_user(user_id: Any) -> str:
+    if not isinstance(user_id, str) or not user_id.strip():
+        raise ContractError("user_id", "missing or empty", user_id)
+    return user_id
+
+
+def _resolve_target(target: Any, settings: Settings) -> float:
+    return check_target(settings.metrics_default_target if target is None else target)
+
+
+def _same_target(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=_TARGET_RTOL, abs_tol=_TARGET_RTOL)
+
+
+def _parse_date(v: str | None) -> date | None:
+    try:
+        return date.fromisoformat(v) if v else None
+    except ValueError:
+        return None
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+# --- the queries (one per path, for any number of users) ------------------------------------------
+
+
+def _latest_runs(session: psycopg.Connection) -> tuple[_Run | None, tuple[str, str] | None]:
+    """(the latest passed run, (run_id, status) of the latest run of any status)."""
+    rows = session.execute(
+        """
+        (SELECT 'passed' AS which, run_id, engine, status, horizon_week, window_start,
+                score_source, posterior_summary
+         FROM growth_brms_meta WHERE status = 'passed'
+         ORDER BY fitted_at DESC NULLS LAST, run_id DESC LIMIT 1)
+        UNION ALL
+        (SELECT 'any', run_id, engine, status, NULL, NULL, NULL, NULL
+         FROM growth_brms_meta
+         ORDER BY fitted_at DESC NULLS LAST, run_id DESC LIMIT 1)
+        """
+    ).fetchall()
+    passed = latest = None
+    for which, run_id, engine, status, h, ws, src, summary in rows:
+        if which == "passed":
+            passed = _Run(run_id, engine, h, ws, src, summary)
+        else:
+            latest = (run_id, status)
+    return passed, latest
+
+
+def _stored_rows(session: psycopg.Connection, users: list[str], kpi_week: date | None) -> dict[str, tuple]:
+    keys = ("kpis -> 'P', kpis -> 'sigma', kpis -> 'P_target', kpis ->> 'P_run_id', "
+            "kpis ->> 'P_source', kpis ->> 'P_week'")
+    if kpi_week is None:
+        rows = session.execute(
+            f"SELECT DISTINCT ON (user_id) user_id, week_start, {keys} FROM weekly_kpi"
+            " WHERE user_id = ANY(%s) ORDER BY user_id, week_start DESC",
+            (users,),
+        ).fetchall()
+    else:
+        rows = session.execute(
+            f"SELECT user_id, week_start, {keys} FROM weekly_kpi"
+            " WHERE user_id = ANY(%s) AND week_start = %s",
+            (users, kpi_week),
+        ).fetchall()
+    return {r[0]: r[1:] for r in rows}
+
+
+def _posterior_rows(session: psycopg.Connection, run_id: str, users: list[str]) -> dict[str, tuple]:
+    rows = session.execute(
+        "SELECT user_id, n_obs, mean_a, mean_b, var_a, var_b, cov_ab FROM growth_student_posterior"
+        " WHERE run_id = %s AND user_id = ANY(%s)",
+        (run_id, users),
+    ).fetchall()
+    return {r[0]: r[1:] for r in rows}
+
+
+_THETA_SUMS = """
+WITH wk AS (
+    SELECT user_id,
+           (date_trunc('week', fitted_at AT TIME ZONE 'UTC')::date - %(ws)s::date) / 7 AS w,
+           avg(theta) AS y
+    FROM mirt_ability
+    WHERE user_id = ANY(%(users)s)
+      AND fitted_at >= (%(ws)s::date)::timestamp AT TIME ZONE 'UTC' AND fitted_at <= now()
+      AND theta IS NOT NULL AND theta NOT IN ('NaN', 'Infinity', '-Infinity')
+    GROUP BY 1, 2
+)
+SELECT user_id, count(*), sum(w)::float8, sum(w * w)::float8, sum(y), sum(w * y) FROM wk GROUP BY 1
+"""
+
+_ACCURACY_SUMS = """
+WITH wk AS (
+    SELECT user_id, (date_trunc('week', date::timestamp)::date - %(ws)s::date) / 7 AS w,
+           sum(correct)::float8 / sum(attempts) AS y
+    FROM features_topic_daily
+    WHERE user_id = ANY(%(users)s) AND date >= %(ws)s::date
+      AND date <= (now() AT TIME ZONE 'UTC')::date
+      AND attempts > 0 AND correct >= 0 AND correct <= attempts
+    GROUP BY 1, 2
+)
+SELECT user_id, count(*), sum(w)::float8, sum(w * w)::float8, sum(y), sum(w * y) FROM wk GROUP BY 1
+"""
+
+
+def _data_sums(session: psycopg.Connection, run: _Run, users: list[str]) -> dict[str, tuple]:
+    """Per user: (n weeks, sum w, sum w^2, sum y, sum w y) since the run's window_start."""
+    sql = _ACCURACY_SUMS if run.score_source == "accuracy" else _THETA_SUMS
+    rows = session.execute(sql, {"ws": run.window_start, "users": users}).fetchall()
+    return {r[0]: tuple(r[1:]) for r in rows}
+
+
+def _latest_theta(session: psycopg.Connection, users: list[str]) -> dict[str, tuple]:
+    rows = session.execute(
+        "SELECT DISTINCT ON (user_id) user_id, theta, se FROM mirt_ability"
+        " WHERE user_id = ANY(%s) AND theta IS NOT NULL"
+        " ORDER BY user_id, fitted_at DESC NULLS LAST",
+        (users,),
+    ).fetchall()
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+# --- the mathematics ---------------------------------------------------------------------------
+
+
+def population_line_posterior(
+    summary: dict[str, Any], n: np.ndarray, sw: np.ndarray, sww: np.ndarray,
+    sy: np.ndarray, swy: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(mean_a, mean_b, var_a, var_b, cov_ab) of a new student's line, vectorised.
+
+    The conditional Normal of the mixed model at the plug-in posterior means of the
+    population parameters (module docstring, path 2):
+    cov = (Sigma^-1 + X'X/sigma^2)^-1, mean = cov (Sigma^-1 beta + X'y/sigma^2),
+    with X'X = [[n, sw], [sw, sww]] and X'y = (sy, swy).
+    """
+    def mean(name: str) -> float:
+        try:
+            v = summary[name]["mean"]
+        except (KeyError, TypeError):
+            raise ContractError(f"posterior_summary.{name}.mean", "missing in the run") from None
+        if not _is_number(v):
+            raise ContractError(f"posterior_summary.{name}.mean", "must be a finite number", v)
+        return float(v)
+
+    b0, b1 = mean("b_Intercept"), mean("b_week")
+    t0, t1 = mean("sd_student_id__Intercept"), mean("sd_student_id__week")
+    rho, sigma = mean("cor_student_id__Intercept__week"), mean("sigma")
+    if not (t0 > 0 and t1 > 0 and sigma > 0 and -1 < rho < 1):
+        raise ContractError("posterior_summary", "sd's and sigma must be > 0 and |cor| < 1",
+                            (t0, t1, rho, sigma))
+    c = rho * t0 * t1
+    det_s = t0 * t0 * t1 * t1 - c * c
+    # Sigma^-1 = [[p00, p01], [p01, p11]]
+    p00, p01, p11 = t1 * t1 / det_s, -c / det_s, t0 * t0 / det_s
+    s2 = sigma * sigma
+    q00, q01, q11 = p00 + n / s2, p01 + sw / s2, p11 + sww / s2  # posterior precision
+    det_q = q00 * q11 - q01 * q01
+    var_a, cov_ab, var_b = q11 / det_q, -q01 / det_q, q00 / det_q
+    r0 = p00 * b0 + p01 * b1 + sy / s2
+    r1 = p01 * b0 + p11 * b1 + swy / s2
+    mean_a = var_a * r0 + cov_ab * r1
+    mean_b = cov_ab * r0 + var_b * r1
+    return mean_a, mean_b, var_a, var_b, cov_ab
+
+
+# --- the chain -----------------------------------------------------------------------------
+
+
+def _stored_reason(row: tuple | None, target: float, run: _Run | None, where: str) -> str | None:
+    """None if the stored P counts (path 1 rules), else why not."""
+    if row is None:
+        return f"stored: no weekly_kpi row ({where})"
+    week, p, _sigma, p_target, p_run_id, p_source, _p_week = row
+    at = f"weekly_kpi {week.isoformat()}"
+    if p is None:
+        return f"stored: no P in {at}"
+    if not _is_number(p) or not 0.0 <= float(p) <= 1.0:
+        return f"stored: P in {at} is not a number within [0, 1] ({p!r})"
+    if not _is_number(p_target):
+        return f"stored: P in {at} has no P_target (legacy row)"
+    if not _same_target(float(p_target), target):
+        return f"stored: P in {at} was computed for target {p_target}, not {target}"
+    if run is None:
+        return f"stored: P in {at} (run {p_run_id}) is not from a passed run: there is none"
+    if p_run_id != run.run_id:
+        return f"stored: P in {at} is from run {p_run_id}, not the latest passed run {run.run_id}"
+    if p_source not in (run.engine, "posterior"):
+        return f"stored: P in {at} has P_source {p_source!r}, not {run.engine!r} or 'posterior'"
+    return None
+
+
+def _answers(
+    session: psycopg.Connection,
+    user_ids: Sequence[str],
+    target: float,
+    use_bayesian: bool,
+    kpi_week: date | None = None,
+) -> dict[str, GoalAnswer]:
+    users = list(dict.fromkeys(user_ids))
+    pending = {u: _Pending(u) for u in users}
+    out: dict[str, GoalAnswer] = {}
+    if not users:
+        return out
+
+    if use_bayesian:
+        run, latest = _latest_runs(session)
+        where = "latest week" if kpi_week is None else f"week {kpi_week.isoformat()}"
+        # 1. stored P
+        stored = _stored_rows(session, users, kpi_week)
+        for u in users:
+            why = _stored_reason(stored.get(u), target, run, where)
+            if why is None:
+                week, p, sigma, _t, p_run_id, p_source, p_week = stored[u]
+                out[u] = GoalAnswer(
+                    u, target, float(p), float(sigma) if _is_number(sigma) else None, None,
+                    "stored", tuple(pending[u].reasons), p_run_id, p_source,
+                    _parse_date(p_week), week)
+                del pending[u]
+            else:
+                pending[u].reasons.append(why)
+        # 2. the latest passed run
+        if pending and run is None:
+            if latest is None:
+                why = "run: no growth_brms_meta run"
+            else:
+                why = f"run: no run passed its checks (latest run {latest[0]} is {latest[1]})"
+            for p in pending.values():
+                p.reasons.append(why)
+        elif pending:
+            if run.horizon_week is None:
+                raise ContractError("growth_brms_meta.horizon_week", f"missing in run {run.run_id}")
+            h = int(run.horizon_week)
+            p_week = (run.window_start + timedelta(weeks=h)) if run.window_start else None
+            todo = list(pending)
+            post = _posterior_rows(session, run.run_id, todo)
+            if post:
+                ids = [u for u in todo if u in post]
+                arr = np.array([post[u][1:] for u in ids], dtype=float)
+                mu, sd, p = line_prediction(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3], arr[:, 4], h, target)
+                for i, u in enumerate(ids):
+                    out[u] = GoalAnswer(u, target, float(p[i]), float(sd[i]), float(mu[i]), "run",
+                                        tuple(pending.pop(u).reasons), run.run_id, "posterior",
+                                        p_week, None, int(post[u][0]))
+            todo = list(pending)
+            if todo and run.window_start is None:
+                for u in todo:
+                    pending[u].reasons.append(
+                        f"population: student not in run {run.run_id}, and the run has no window_start")
+            elif todo:
+                sums = _data_sums(session, run, todo)
+                ids = [u for u in todo if u in sums]
+                for u in todo:
+                    if u not in sums:
+                        pending[u].reasons.append(
+                            f"population: student not in run {run.run_id} and has no scores since "
+                            f"{run.window_start.isoformat()}")
+                if ids:
+                    arr = np.array([sums[u] for u in ids], dtype=float)
+                    ma, mb, va, vb, cab = population_line_posterior(
+                        run.summary or {}, arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3], arr[:, 4])
+                    mu, sd, p = line_prediction(ma, mb, va, vb, cab, h, target)
+                    for i, u in enumerate(ids):
+                        out[u] = GoalAnswer(u, target, float(p[i]), float(sd[i]), float(mu[i]),
+                                            "population",
+                                            tuple(pending.pop(u).reasons) + (f"run: student not in run {run.run_id}",),
+                                            run.run_id, "posterior", p_week, None, int(sums[u][0]))
+    else:
+        for p in pending.values():
+            p.reasons.append("METRICS_USE_BAYESIAN=false: Normal approximation only")
+
+    # 3. Normal approximation (spec §7; vectorised, the same arithmetic as
+    #    contract.normal_approximation: P = clip(1 - Phi((target - theta) / se), 0, 1))
+    if pending:
+        theta = _latest_theta(session, list(pending))
+        ok: list[str] = []
+        for u in list(pending):
+            if u not in theta:
+                why = "normal: no theta in mirt_ability"
+            else:
+                th, se = theta[u]
+                if se is None:
+                    why = "normal: latest theta has no se"
+                elif not (math.isfinite(th) and math.isfinite(se)):
+                    why = f"normal: latest theta/se not finite ({th}, {se})"
+                elif se <= 0:
+                    why = f"normal: latest se <= 0 ({se})"
+                else:
+                    ok.append(u)
+                    continue
+            reasons = pending.pop(u).reasons
+            reasons.append(why)
+            out[u] = GoalAnswer(u, target, None, path="none", reasons=tuple(reasons))
+        if ok:
+            arr = np.array([theta[u] for u in ok], dtype=float)
+            p = np.clip(ndtr(-((target - arr[:, 0]) / arr[:, 1])), 0.0, 1.0)
+            for i, u in enumerate(ok):
+                out[u] = GoalAnswer(u, target, float(p[i]), float(arr[i, 1]), float(arr[i, 0]),
+                                    "normal", tuple(pending.pop(u).reasons), None, "normal")
+    return {u: out[u] for u in users}
+
+
+def _log_one(a: GoalAnswer) -> None:
+    log.info("goal probability user=%s path=%s P=%s target=%s run_id=%s; earlier paths: %s",
+             a.user_id, a.path, a.P, a.target, a.run_id, "; ".join(a.reasons) or "-")
+
+
+# --- public API --------------------------------------------------------------------------------
+
+
+def explain_goal_attainment_probability(
+    session: psycopg.Connection, user_id: str, target: float | None = None
+) -> GoalAnswer:
+    """The answer of :func:`compute_goal_attainment_probability` with its path and reasons."""
+    settings = Settings.from_env()
+    user_id = _check_user(user_id)
+    t = _resolve_target(target, settings)
+    a = _answers(session, [user_id], t, settings.metrics_use_bayesian)[user_id]
+    _log_one(a)
+    return a
+
+
+def compute_goal_attainment_probability(
+    session: psycopg.Connection, user_id: str, target: float | None = None
+) -> float | None:
+    """P(the student reaches ``target``) through the chain of the module docstring, or None."""
+    return explain_goal_attainment_probability(session, user_id, target).P
+
+
+def compute_goal_attainment_probabilities(
+    session: psycopg.Connection, user_ids: Iterable[str], target: float | None = None,
+    *, kpi_week: date | None = None,
+) -> dict[str, GoalAnswer]:
+    """The batch form: ``{user_id: GoalAnswer}`` for many users, one query per path.
+
+    ``kpi_week``: read path 1 from that week's weekly_kpi row instead of each user's latest.
+    Duplicates are answered once. Logs one INFO summary and each answer at DEBUG.
+    """
+    settings = Settings.from_env()
+    users = [_check_user(u) for u in user_ids]
+    t = _resolve_target(target, settings)
+    if kpi_week is not None:
+        check_monday("kpi_week", kpi_week)
+    out = _answers(session, users, t, settings.metrics_use_bayesian, kpi_week)
+    if log.isEnabledFor(logging.DEBUG):
+        for a in out.values():
+            log.debug("goal probability user=%s path=%s P=%s; earlier paths: %s",
+                      a.user_id, a.path, a.P, "; ".join(a.reasons) or "-")
+    paths = Counter(a.path for a in out.values())
+    reasons = Counter(r.split(":")[0] + ":" + _reason_kind(r) for a in out.values() for r in a.reasons)
+    log.info("goal probabilities for %d users, target=%s: paths %s; fall-through reasons %s",
+             len(out), t, dict(paths), dict(reasons))
+    return out
+
+
+def _reason_kind(reason: str) -> str:
+    """A short class of a reason, for the batch summary (no ids or numbers)."""
+    r = reason.split(":", 1)[1]
+    for key in ("no weekly_kpi row", "no P_target", "no P", "not a number", "target",
+                "there is none", "not the latest passed run", "P_source", "no growth_brms_meta",
+                "passed its checks", "no window_start", "no scores", "no theta", "no se",
+                "not finite", "se <= 0", "Normal approximation only"):
+        if key in r:
+            return key
+    return "other"
+
+
+def calculate_and_store_weekly_kpi(
+    session: psycopg.Connection, user_id: str, week_start: date, target: float | None = None
+) -> GoalAnswer:
+    """Compute P and sigma through the chain and merge them into that week's ``weekly_kpi``.
+
+    ``week_start`` must be a Monday (ContractError otherwise). A P already stored in that
+    week's row that counts under the path-1 rules (same target, latest passed run) is reused
+    and nothing is written. Otherwise the answer of paths 2/3 is merged with
+    ``merge_weekly_kpi`` (other keys of ``kpis`` are kept): ``P_source`` ``posterior`` for
+    path 2, ``normal`` for path 3; ``P_week`` the Monday of the run's horizon week (path 2)
+    or ``week_start`` (path 3, which has no horizon); ``P_run_id`` the run (path 2) or null.
+    No P (path none): nothing is written. Returns the answer.
+    """
+    user_id = _check_user(user_id)
+    check_monday("week_start", week_start)
+    settings = Settings.from_env()
+    t = _resolve_target(target, settings)
+    a = _answers(session, [user_id], t, settings.metrics_use_bayesian, kpi_week=week_start)[user_id]
+    _log_one(a)
+    if a.P is not None and a.path != "stored":
+        _store(session, [a], week_start)
+    return a
+
+
+def _store(session: psycopg.Connection, answers: list[GoalAnswer], week_start: date) -> int:
+    groups: dict[tuple, list[tuple[str, float, float | None]]] = {}
+    for a in answers:
+        if a.P is None or a.path == "stored":
+            continue
+        key = (a.target, a.p_week or week_start, a.run_id, a.source)
+        groups.setdefault(key, []).append((a.user_id, a.P, a.sigma))
+    n = 0
+    with session.transaction():
+        for (t, p_week, run_id, source), rows in groups.items():
+            # merge_weekly_kpi creates TEMP TABLE _kpi_p ON COMMIT DROP: inside an outer
+            # transaction (several groups here, or several calls in one session) the second
+            # CREATE would fail, so drop the previous one first.
+            session.execute("DROP TABLE IF EXISTS pg_temp._kpi_p")
+            n += merge_weekly_kpi(session, rows, week_start=week_start, target=t, p_week=p_week,
+                                  run_id=run_id, source=source)
+    return n
+
+
+def active_users(session: psycopg.Connection, week_start: date) -> list[str]:
+    """Users with rows in mirt_ability (fitted_at in the week, UTC) or features_topic_daily
+    (date in the week) during the week starting ``week_start``."""
+    check_monday("week_start", week_start)
+    ts0 = datetime.combine(week_start, time(), timezone.utc)
+    rows = session.execute(
+        """
+        SELECT user_id FROM mirt_ability
+        WHERE fitted_at >= %(ts0)s AND fitted_at < %(ts1)s AND user_id <> ''
+        UNION
+        SELECT user_id FROM features_topic_daily
+        WHERE date >= %(d0)s AND date < %(d1)s AND user_id <> ''
+        """,
+        {"ts0": ts0, "ts1": ts0 + timedelta(weeks=1), "d0": week_start,
+         "d1": week_start + timedelta(weeks=1)},
+    ).fetchall()
+    return sorted(r[0] for r in rows if r[0] is not None)
+
+
+def refresh_active_users(
+    session: psycopg.Connection, week_start: date, target: float | None = None
+) -> dict[str, int]:
+    """P for every user active in the week (see :func:`active_users`), through the batch
+    form (path 1 read from that week's row), merged into that week's ``weekly_kpi`` rows in
+    one transaction. Returns counts: users, one per path, and ``written``."""
+    check_monday("week_start", week_start)
+    settings = Settings.from_env()
+    t = _resolve_target(target, settings)
+    with session.transaction():
+        users = active_users(session, week_start)
+        answers = compute_goal_attainment_probabilities(session, users, t, kpi_week=week_start)
+        written = _store(session, list(answers.values()), week_start)
+    counts = {p: 0 for p in PATHS}
+    counts.update(Counter(a.path for a in answers.values()))
+    counts["users"] = len(answers)
+    counts["written"] = written
+    log.info("refresh_active_users week=%s target=%s: %s", week_start, t, counts)
+    return counts
+
+
+__all__ = [
+    "GoalAnswer",
+    "active_users",
+    "calculate_and_store_weekly_kpi",
+    "compute_goal_attainment_probabilities",
+    "compute_goal_attainment_probability",
+    "explain_goal_attainment_probability",
+    "population_line_posterior",
+    "refresh_active_users",
+]

@@ -1,0 +1,57 @@
+"""Builders shared by the metrics tests: runs, thetas and weekly_kpi rows in a real database."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+
+from psycopg.types.json import Jsonb
+
+from growth_assets.db.writers import write_fit_run
+from growth_assets_tests.support.results import make_result
+
+WINDOW_START = date(2026, 8, 31)  # 12 weeks before 2026-11-23
+WEEK = date(2026, 11, 23)  # the run's weekly_kpi week
+H = 15
+P_WEEK = WINDOW_START + timedelta(weeks=H)  # 2026-12-14
+
+
+def store_run(conn, run_id="native-20261123-043000", *, status="passed", n_students=3,
+              fitted_at=datetime(2026, 11, 23, 4, 30, tzinfo=timezone.utc), target=0.0,
+              h=H, window_start=WINDOW_START, summary_means=None, drop=()):
+    """A make_result run (students s00000..), stored with write_fit_run, fitted_at set."""
+    res = make_result(n_students, run_id=run_id, h=h, target=target)
+    if summary_means:
+        for k, v in summary_means.items():
+            res["posterior_summary"][k] = dict(res["posterior_summary"][k], mean=float(v))
+    if drop:
+        res["predictions"] = [p for p in res["predictions"] if p["student_id"] not in drop]
+        res["n_students"] = len(res["predictions"])
+    write_fit_run(conn, res, status=status, window_start=window_start, window_end=WEEK,
+                  week_start=WEEK, score_source="theta")
+    conn.execute("UPDATE growth_brms_meta SET fitted_at = %s WHERE run_id = %s", (fitted_at, run_id))
+    conn.commit()
+    return res
+
+
+def add_theta(conn, user, theta, se, fitted_at):
+    conn.execute("INSERT INTO mirt_ability (user_id, theta, se, model, version, fitted_at)"
+                 " VALUES (%s, %s, %s, 'm', 'v', %s)", (user, theta, se, fitted_at))
+    conn.commit()
+
+
+def set_kpis(conn, user, week, kpis):
+    conn.execute("INSERT INTO weekly_kpi (user_id, week_start, kpis) VALUES (%s, %s, %s)"
+                 " ON CONFLICT (user_id, week_start) DO UPDATE SET kpis = EXCLUDED.kpis",
+                 (user, week, Jsonb(kpis)))
+    conn.commit()
+
+
+def kpis(conn, user, week=WEEK):
+    row = conn.execute("SELECT kpis FROM weekly_kpi WHERE user_id=%s AND week_start=%s",
+                       (user, week)).fetchone()
+    return None if row is None else row[0]
+
+
+def stored_p(p=0.42, target=0.0, run_id="native-20261123-043000", source="native", sigma=0.3):
+    return {"P": p, "sigma": sigma, "P_target": target, "P_week": P_WEEK.isoformat(),
+            "P_run_id": run_id, "P_source": source}

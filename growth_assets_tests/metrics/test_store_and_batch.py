@@ -1,0 +1,202 @@
+"""calculate_and_store_weekly_kpi, the batch form and refresh_active_users."""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import date, datetime, timedelta, timezone
+
+import psycopg
+import pytest
+from scipy.stats import norm
+
+from growth_assets.db.writers import merge_weekly_kpi
+from growth_assets.metrics import (
+    calculate_and_store_weekly_kpi as store,
+    compute_goal_attainment_probabilities as batch,
+    explain_goal_attainment_probability as explain,
+    refresh_active_users,
+)
+from growth_assets.model.contract import ContractError
+
+from .helpers import P_WEEK, WEEK, add_theta, kpis, set_kpis, store_run, stored_p
+
+RUN = "native-20261123-043000"
+T0 = datetime(2026, 11, 24, 1, tzinfo=timezone.utc)  # in WEEK
+MEANS = {"b_Intercept": 0.1, "b_week": 0.05, "sd_student_id__Intercept": 0.8,
+         "sd_student_id__week": 0.05, "cor_student_id__Intercept__week": 0.2, "sigma": 0.3}
+
+
+@pytest.fixture(autouse=True)
+def bayesian(monkeypatch):
+    monkeypatch.setenv("METRICS_USE_BAYESIAN", "true")
+    monkeypatch.delenv("METRICS_DEFAULT_TARGET", raising=False)
+
+
+def test_week_start_must_be_a_monday(conn):
+    with pytest.raises(ContractError) as e:
+        store(conn, "s00000", date(2026, 11, 24))
+    assert e.value.field == "week_start"
+    with pytest.raises(ContractError) as e:
+        store(conn, "s00000", WEEK, target=math.nan)
+    assert e.value.field == "target"
+
+
+def test_store_writes_the_chain_answer_with_its_meaning(conn):
+    store_run(conn, summary_means=MEANS, drop=("s00001",))
+    add_theta(conn, "s00001", 0.3, 0.2, datetime(2026, 9, 2, tzinfo=timezone.utc))
+    add_theta(conn, "u-normal", 0.4, 0.2, datetime(2026, 8, 1, tzinfo=timezone.utc))  # before the window
+    a = store(conn, "s00000", WEEK, target=0.5)
+    assert a.path == "run"
+    assert kpis(conn, "s00000") == {"P": a.P, "sigma": a.sigma, "P_target": 0.5,
+                                    "P_week": P_WEEK.isoformat(), "P_run_id": RUN,
+                                    "P_source": "posterior"}
+    b = store(conn, "s00001", WEEK, target=0.5)
+    assert b.path == "population" and kpis(conn, "s00001")["P_source"] == "posterior"
+    assert kpis(conn, "s00001")["P"] == b.P
+    c = store(conn, "u-normal", WEEK, target=0.5)
+    assert c.path == "normal" and c.P == pytest.approx(norm.sf(0.5), abs=1e-12)
+    assert kpis(conn, "u-normal") == {"P": c.P, "sigma": 0.2, "P_target": 0.5,
+                                      "P_week": WEEK.isoformat(), "P_run_id": None,
+                                      "P_source": "normal"}
+    d = store(conn, "nobody", WEEK, target=0.5)
+    assert d.P is None and kpis(conn, "nobody") is None
+    # what was stored is now read back through path 1 (the 'posterior' P of this run)
+    assert explain(conn, "s00000", target=0.5).path == "stored"
+    assert explain(conn, "s00001", target=0.5).P == b.P
+    # ... but a stored Normal P is not (recomputed from the latest theta)
+    add_theta(conn, "u-normal", 0.6, 0.2, datetime(2026, 8, 2, tzinfo=timezone.utc))
+    assert explain(conn, "u-normal", target=0.5).P == pytest.approx(norm.sf(-0.5), abs=1e-12)
+
+
+def test_a_p_stored_for_that_target_and_week_is_reused(conn):
+    store_run(conn)
+    set_kpis(conn, "s00000", WEEK, {"E_t": 7, **stored_p(0.42)})
+    before = conn.execute("SELECT updated_at FROM weekly_kpi").fetchone()[0]
+    a = store(conn, "s00000", WEEK, target=0.0)
+    assert (a.path, a.P, a.kpi_week) == ("stored", 0.42, WEEK)
+    assert kpis(conn, "s00000") == {"E_t": 7, **stored_p(0.42)}
+    assert conn.execute("SELECT updated_at FROM weekly_kpi").fetchone()[0] == before
+    # another target: computed and merged, the other keys (E_t) kept
+    b = store(conn, "s00000", WEEK, target=0.3)
+    assert b.path == "run" and b.P != 0.42
+    assert kpis(conn, "s00000") == {"E_t": 7, "P": b.P, "sigma": b.sigma, "P_target": 0.3,
+                                    "P_week": P_WEEK.isoformat(), "P_run_id": RUN,
+                                    "P_source": "posterior"}
+    # path 1 reads the row of that week only: a P in the next week is not reused here
+    nxt = WEEK + timedelta(weeks=1)
+    set_kpis(conn, "s00002", nxt, stored_p(0.11))
+    c = store(conn, "s00002", WEEK, target=0.0)
+    assert c.path == "run" and c.reasons == ("stored: no weekly_kpi row (week 2026-11-23)",)
+
+
+def test_a_target_with_many_digits_still_matches_its_stored_p(conn):
+    # merge_weekly_kpi turns the double into jsonb with 15 significant digits
+    store_run(conn)
+    t = 1 / 3
+    a = store(conn, "s00000", WEEK, target=t)
+    stored_target = kpis(conn, "s00000")["P_target"]
+    b = explain(conn, "s00000", target=t)
+    assert (a.path, b.path, b.P) == ("run", "stored", a.P)
+    assert abs(stored_target - t) < 1e-14
+    assert explain(conn, "s00000", target=t + 1e-9).path == "run"
+
+
+def test_two_writers_on_the_same_row_keep_each_others_keys(conn, db_url):
+    store_run(conn)
+    # the weekly graph merges its P with other writers' keys present
+    set_kpis(conn, "s00000", WEEK, {"I_t": 0.5, "R_t": 2})
+    merge_weekly_kpi(conn, [("s00000", 0.77, 0.2)], week_start=WEEK, target=0.0, p_week=P_WEEK,
+                     run_id=RUN, source="native")
+    conn.commit()
+    # a daily writer adds a key
+    with psycopg.connect(db_url) as other:
+        other.execute("UPDATE weekly_kpi SET kpis = kpis || '{\"A_t\": 9}' WHERE user_id = 's00000'")
+    # calculate_and_store for another target merges; the graph's writer then merges again
+    a = store(conn, "s00000", WEEK, target=0.25)
+    conn.commit()
+    k = kpis(conn, "s00000")
+    assert (k["I_t"], k["R_t"], k["A_t"], k["P"], k["P_target"], k["P_source"]) == (
+        0.5, 2, 9, a.P, 0.25, "posterior")
+    with psycopg.connect(db_url) as other:
+        merge_weekly_kpi(other, [("s00000", 0.66, 0.1)], week_start=WEEK, target=0.0,
+                         p_week=P_WEEK, run_id=RUN, source="native")
+        other.execute("UPDATE weekly_kpi SET kpis = kpis || '{\"S\": 1}' WHERE user_id = 's00000'")
+    k = kpis(conn, "s00000")
+    assert (k["I_t"], k["R_t"], k["A_t"], k["S"], k["P"], k["P_target"], k["P_source"]) == (
+        0.5, 2, 9, 1, 0.66, 0.0, "native")
+
+
+class Counting:
+    """A session that counts its statements (to show one query per path, not per user)."""
+
+    def __init__(self, conn):
+        self.conn, self.n = conn, 0
+
+    def execute(self, *a, **k):
+        self.n += 1
+        return self.conn.execute(*a, **k)
+
+    def transaction(self):
+        return self.conn.transaction()
+
+
+def mixed_population(conn):
+    """Users on every path: stored, run, population, normal, none (each reason)."""
+    store_run(conn, "native-20261116-043000", fitted_at=datetime(2026, 11, 16, tzinfo=timezone.utc))
+    store_run(conn, n_students=30, summary_means=MEANS, drop=tuple(f"s{i:05d}" for i in range(20, 30)))
+    for i in range(0, 5):
+        set_kpis(conn, f"s{i:05d}", WEEK, stored_p(0.1 + 0.1 * i))  # stored
+    set_kpis(conn, "s00005", WEEK, stored_p(0.9, target=1.0))  # other target -> run
+    set_kpis(conn, "s00006", WEEK, stored_p(0.9, run_id="native-20261116-043000"))  # old run
+    for i in range(20, 26):  # not in the fit, with scores -> population
+        for w in range(0, 12, 1 + i % 3):
+            add_theta(conn, f"s{i:05d}", -0.5 + 0.05 * w + 0.01 * i, 0.2,
+                      datetime(2026, 8, 31, 8, tzinfo=timezone.utc) + timedelta(weeks=w))
+    for i in range(26, 30):  # not in the fit, no scores in the window -> normal / none
+        add_theta(conn, f"s{i:05d}", 0.1 * i - 2.7, 0.3 if i < 29 else 0.0,
+                  datetime(2026, 8, 1, tzinfo=timezone.utc))
+    return [f"s{i:05d}" for i in range(30)] + ["nobody", "s00003"]
+
+
+def test_batch_equals_the_single_user_form_for_every_user(conn, caplog):
+    users = mixed_population(conn)
+    with caplog.at_level(logging.INFO, logger="growth_assets.metrics"):
+        batch(conn, users, target=0.0)
+    summary = [r.getMessage() for r in caplog.records if "goal probabilities for 31 users" in r.getMessage()]
+    assert len(summary) == 1 and "'population': 6" in summary[0] and "stored:target" in summary[0]
+    for target in (0.0, 0.35):
+        counting = Counting(conn)
+        out = batch(counting, users, target=target)
+        assert counting.n == 5  # runs, stored P, run posterior, data sums, latest theta
+        assert list(out) == list(dict.fromkeys(users))
+        for u in out:
+            assert out[u] == explain(conn, u, target=target), u
+    paths = {u: a.path for u, a in batch(conn, users, target=0.0).items()}
+    from collections import Counter
+    assert Counter(paths.values()) == {"stored": 5, "run": 15, "population": 6, "normal": 3, "none": 2}
+
+
+def test_refresh_active_users_merges_in_one_transaction_and_counts(conn):
+    users = mixed_population(conn)
+    # activity in WEEK: a theta for a few users, practice for others
+    for u in ("s00000", "s00007", "s00021"):
+        add_theta(conn, u, 0.0, 0.2, T0)
+    conn.execute("INSERT INTO features_topic_daily (user_id, topic_id, date, attempts, correct)"
+                 " VALUES ('s00027', 't', '2026-11-25', 5, 3), ('s00029', 't', '2026-11-29', 5, 3),"
+                 " ('s00010', 't', '2026-11-30', 5, 3)")  # 11-30 is the next week
+    set_kpis(conn, "s00007", WEEK, {"I_t": 1})
+    conn.commit()
+    counts = refresh_active_users(conn, WEEK, target=0.0)
+    conn.commit()
+    assert counts == {"users": 5, "stored": 1, "run": 1, "population": 1, "normal": 1, "none": 1,
+                      "written": 3}
+    written = dict(conn.execute("SELECT user_id, kpis->>'P_source' FROM weekly_kpi"
+                                " WHERE week_start = %s AND kpis ? 'P'", (WEEK,)).fetchall())
+    assert {u: written.get(u) for u in ("s00000", "s00007", "s00021", "s00027", "s00029")} == {
+        "s00000": "native", "s00007": "posterior", "s00021": "posterior", "s00027": "normal",
+        "s00029": None}
+    assert kpis(conn, "s00007")["I_t"] == 1
+    single = explain(conn, "s00021", target=0.0)
+    assert kpis(conn, "s00021")["P"] == single.P and single.path == "stored"
+    assert users  # the population was built

@@ -1,0 +1,74 @@
+"""Helpers for tests that materialize the weekly graph."""
+
+from datetime import date
+
+import dagster as dg
+
+from growth_assets.defs.alerts import AlertWebhook
+from growth_assets.defs.growth.diagnostics import DiagnosticThresholds
+from growth_assets.defs.resources import (GrowthEngineResource, GrowthSettings, PostgresResource,
+                                          PostgresValueIOManager)
+from growth_assets_tests.support.results import make_result
+
+AS_OF = date(2026, 11, 23)
+PARTITION = "2026-11-16"  # the week that closed before AS_OF
+
+
+def resources(db_url, engine=None, alert_url=None, **growth):
+    g = dict(n_chains=2, n_samples=400, seed=7)
+    g.update(growth)
+    return {
+        "postgres": PostgresResource(database_url=db_url),
+        "io_manager": PostgresValueIOManager(database_url=db_url),
+        "growth": GrowthSettings(**g),
+        "engine": engine or GrowthEngineResource(engine="native"),
+        "diagnostics_thresholds": DiagnosticThresholds(),
+        "alert_webhook": AlertWebhook(url=alert_url),
+    }
+
+
+class ReplayEngine(dg.ConfigurableResource):
+    """Fault injection for the checks: an engine whose result has chosen diagnostics.
+
+    Not a stand-in for a real engine: the tests that claim an engine works use the real one.
+    """
+
+    max_rhat: float = 1.0
+    n_divergent: int = 0
+    min_ess: float = 2000.0
+    fail: bool = False
+
+    def get_engine(self):
+        outer = self
+
+        class _E:
+            name = "native"
+
+            def fit(self, panel, settings):
+                if outer.fail:
+                    raise RuntimeError("sampler crashed")
+                ids = sorted(panel["student_id"].unique())
+                r = make_result(len(ids), run_id=settings.run_id, h=settings.horizon_week,
+                                target=settings.target)
+                for p, sid in zip(r["predictions"], ids):
+                    p["student_id"] = sid
+                r["n_obs"] = len(panel)
+                r["diagnostics"].update(max_rhat=outer.max_rhat, n_divergent=outer.n_divergent,
+                                        min_ess_bulk=outer.min_ess, min_ess_tail=outer.min_ess)
+                return r
+
+        return _E()
+
+
+
+def failure_text(res) -> str:
+    """The failed step's error with its causes, as the UI shows them."""
+    out = []
+    for ev in res.get_step_failure_events():
+        err = ev.event_specific_data.error
+        while err is not None:
+            out.append(err.message)
+            err = err.cause
+    return "\n".join(out)
+
+
