@@ -21,8 +21,9 @@ def test_definitions_load_with_the_four_assets_and_their_checks():
         assert graph.get(key).description, f"{key} has no description"
 
 
-def test_dagster_cli_validates_the_workspace():
-    env = {**os.environ, "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
+def test_dagster_cli_validates_the_workspace(tmp_path):
+    # its own DAGSTER_HOME: the repository's dagster.yaml is the production (Kubernetes) instance
+    env = {**os.environ, "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none", "DAGSTER_HOME": str(tmp_path)}
     out = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
                          cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
