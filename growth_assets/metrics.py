@@ -555,10 +555,6 @@ def _store(session: psycopg.Connection, answers: list[GoalAnswer], week_start: d
     n = 0
     with session.transaction():
         for (t, p_week, run_id, source), rows in groups.items():
-            # merge_weekly_kpi creates TEMP TABLE _kpi_p ON COMMIT DROP: inside an outer
-            # transaction (several groups here, or several calls in one session) the second
-            # CREATE would fail, so drop the previous one first.
-            session.execute("DROP TABLE IF EXISTS pg_temp._kpi_p")
             n += merge_weekly_kpi(session, rows, week_start=week_start, target=t, p_week=p_week,
                                   run_id=run_id, source=source)
     return n

@@ -155,10 +155,12 @@ def merge_weekly_kpi(
             raise ContractError("sigma", f"must be finite and >= 0 (user {user_id})", sigma)
         checked.append((user_id, p, s))
     with conn.transaction():
+        # IF NOT EXISTS + TRUNCATE: a second merge in the same open transaction reuses it
         conn.execute(
-            "CREATE TEMP TABLE _kpi_p (user_id text NOT NULL, p double precision NOT NULL,"
+            "CREATE TEMP TABLE IF NOT EXISTS _kpi_p (user_id text NOT NULL, p double precision NOT NULL,"
             " sigma double precision) ON COMMIT DROP"
         )
+        conn.execute("TRUNCATE _kpi_p")
         with conn.cursor().copy("COPY _kpi_p (user_id, p, sigma) FROM STDIN") as copy:
             for row in checked:
                 copy.write_row(row)

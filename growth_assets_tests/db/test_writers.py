@@ -158,3 +158,10 @@ def test_bad_kpi_input_names_the_field_and_writes_nothing(conn, rows, kw, field)
         merge(conn, rows, **kw)
     assert e.value.field == field
     assert conn.execute("SELECT count(*) FROM weekly_kpi").fetchone()[0] == 0
+
+
+def test_two_merges_in_one_open_transaction(conn):
+    with conn.transaction():
+        merge(conn, [("u1", 0.3, 0.1)])
+        merge(conn, [("u2", 0.4, 0.1)], target=1.0)
+    assert kpis(conn, "u1")["P"] == 0.3 and kpis(conn, "u2")["P_target"] == 1.0

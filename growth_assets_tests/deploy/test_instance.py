@@ -1,0 +1,41 @@
+"""The production dagster.yaml loads: PostgreSQL storage and the Kubernetes run launcher."""
+
+import os
+from pathlib import Path
+
+import dagster as dg
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+DUMMY_KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: u, user: {token: dummy}}]
+contexts: [{name: x, context: {cluster: c, user: u, namespace: seedtest}}]
+current-context: x
+"""
+
+
+def test_production_instance_loads_with_the_k8s_launcher_and_postgres(db_url, tmp_path, monkeypatch):
+    cfg = yaml.safe_load((REPO / "dagster.yaml").read_text())
+    launcher = cfg["run_launcher"]["config"]
+    assert cfg["run_launcher"]["class"] == "K8sRunLauncher" and launcher["job_namespace"] == "seedtest"
+    # off-cluster: the same config, but the client reads a dummy kubeconfig instead of the pod's
+    (tmp_path / "kubeconfig").write_text(DUMMY_KUBECONFIG)
+    launcher.update(load_incluster_config=False, kubeconfig_file=str(tmp_path / "kubeconfig"))
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.setenv("DAGSTER_PG_URL", db_url)
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        from dagster_k8s import K8sRunLauncher
+        from dagster_postgres import PostgresRunStorage
+
+        assert isinstance(instance.run_launcher, K8sRunLauncher)
+        assert instance.run_launcher.job_namespace == "seedtest"
+        assert instance.run_launcher.instance_config_map == "dagster-instance"
+        assert isinstance(instance.run_storage, PostgresRunStorage)
+        assert instance.get_runs() == []  # storage reachable, tables created
+    import psycopg
+
+    with psycopg.connect(db_url) as c:
+        assert c.execute("SELECT to_regclass('public.runs') IS NOT NULL").fetchone()[0]

@@ -1,0 +1,146 @@
+# Validation of POST /growth/fit requests (spec §1, §3, §8).
+# Returns list(ok = TRUE, data = data.frame, params = list) or
+# list(ok = FALSE, status = 400/413, error, field, detail).
+
+# Any request key that tries to choose the model is refused: the model and
+# the priors are fixed on the server.
+FORBIDDEN_KEY_RE <- "formula|prior|family|model|stan|link|brms|likelihood|distribution"
+
+ALLOWED_KEYS <- c("rows", "n_samples", "n_chains", "seed", "horizon_week",
+                  "target", "lookback_weeks")
+
+invalid <- function(field, detail, status = 400L, error = "invalid_request") {
+  list(ok = FALSE, status = as.integer(status), error = error, field = field,
+       detail = detail)
+}
+
+is_scalar_number <- function(x) {
+  is.numeric(x) && length(x) == 1 && !is.na(x) && is.finite(x)
+}
+
+# Integer-valued JSON number within [lo, hi]; NULL means "use the default".
+check_int <- function(body, name, default, lo, hi) {
+  x <- body[[name]]
+  if (is.null(x)) return(list(ok = TRUE, value = default))
+  if (!is_scalar_number(x) || x != round(x) || x < lo || x > hi) {
+    return(invalid(name, sprintf("%s must be an integer in [%s, %s]", name,
+                                 format(lo, scientific = FALSE),
+                                 format(hi, scientific = FALSE))))
+  }
+  list(ok = TRUE, value = as.integer(x))
+}
+
+parse_json_body <- function(body_raw) {
+  if (is.null(body_raw) || length(body_raw) == 0) {
+    return(invalid("body", "the request body is empty; expected a JSON object"))
+  }
+  txt <- tryCatch(rawToChar(body_raw), error = function(e) NULL)
+  if (is.null(txt) || !validUTF8(txt)) {
+    return(invalid("body", "the request body is not valid UTF-8 text"))
+  }
+  body <- tryCatch(
+    jsonlite::fromJSON(txt, simplifyVector = TRUE, simplifyDataFrame = TRUE,
+                       simplifyMatrix = FALSE),
+    error = function(e) e
+  )
+  if (inherits(body, "error")) {
+    return(invalid("body", paste("malformed JSON:", strsplit(conditionMessage(body), "\n")[[1]][1]),
+                   error = "malformed_json"))
+  }
+  if (!is.list(body) || is.data.frame(body) || is.null(names(body)) ||
+      any(!nzchar(names(body)))) {
+    return(invalid("body", "the request body must be a JSON object"))
+  }
+  list(ok = TRUE, body = body)
+}
+
+validate_rows <- function(rows, max_rows) {
+  if (is.null(rows)) return(invalid("rows", "rows is required: a non-empty array of objects"))
+  if (is.list(rows) && !is.data.frame(rows) && length(rows) == 0) {
+    return(invalid("rows", "rows must be a non-empty array of objects"))
+  }
+  if (!is.data.frame(rows)) {
+    return(invalid("rows", "rows must be an array of objects {student_id, week, score}"))
+  }
+  n <- nrow(rows)
+  if (n == 0) return(invalid("rows", "rows must be a non-empty array of objects"))
+  if (n > max_rows) {
+    return(invalid("rows", sprintf("%d rows exceed the limit of %d (R_BRMS_MAX_ROWS)", n, max_rows),
+                   status = 413L, error = "payload_too_large"))
+  }
+  for (col in c("student_id", "week", "score")) {
+    if (!col %in% names(rows)) {
+      return(invalid(paste0("rows.", col), sprintf("every row needs '%s'", col)))
+    }
+  }
+  sid <- rows$student_id
+  if (!is.character(sid) || anyNA(sid) || any(!nzchar(sid))) {
+    return(invalid("rows.student_id", "student_id must be a non-empty string in every row"))
+  }
+  wk <- rows$week
+  if (!is.numeric(wk) || anyNA(wk) || any(!is.finite(wk)) || any(wk != round(wk)) ||
+      any(wk < 0) || any(wk > 1e6)) {
+    return(invalid("rows.week", "week must be an integer >= 0 in every row"))
+  }
+  sc <- rows$score
+  if (!is.numeric(sc) || anyNA(sc) || any(!is.finite(sc))) {
+    return(invalid("rows.score", "score must be a finite number in every row"))
+  }
+  data <- data.frame(student_id = sid, week = as.integer(wk), score = as.numeric(sc),
+                     stringsAsFactors = FALSE)
+  if (n < 3) return(invalid("rows", sprintf("at least 3 rows are needed, got %d", n)))
+  n_students <- length(unique(sid))
+  if (n_students < 2) {
+    return(invalid("rows", sprintf("at least 2 students are needed, got %d", n_students)))
+  }
+  dup <- duplicated(data[, c("student_id", "week")])
+  if (any(dup)) {
+    i <- which(dup)[1]
+    return(invalid("rows", sprintf("duplicate (student_id, week): row %d repeats student '%s' week %d",
+                                   i - 1L, substr(data$student_id[i], 1, 64), data$week[i])))
+  }
+  s <- stats::sd(data$score)
+  if (!is.finite(s) || s <= 0) {
+    return(invalid("rows.score", "sd(score) must be > 0 (all scores are equal)"))
+  }
+  list(ok = TRUE, data = data)
+}
+
+validate_fit_request <- function(body_raw, max_rows = 2000000L) {
+  p <- parse_json_body(body_raw)
+  if (!isTRUE(p$ok)) return(p)
+  body <- p$body
+
+  bad <- names(body)[grepl(FORBIDDEN_KEY_RE, names(body), ignore.case = TRUE)]
+  if (length(bad)) {
+    return(invalid(bad[1], sprintf(
+      "'%s' is not accepted: the model (%s, gaussian) and its priors are fixed by the server",
+      substr(bad[1], 1, 64), GROWTH_FORMULA), error = "model_is_fixed"))
+  }
+
+  r <- validate_rows(body$rows, max_rows)
+  if (!isTRUE(r$ok)) return(r)
+
+  params <- list()
+  chk <- check_int(body, "n_chains", 4L, 1, 8); if (!isTRUE(chk$ok)) return(chk)
+  params$n_chains <- chk$value
+  chk <- check_int(body, "n_samples", 2000L, 200, 20000); if (!isTRUE(chk$ok)) return(chk)
+  params$n_samples <- chk$value
+  chk <- check_int(body, "seed", NA_integer_, 0, .Machine$integer.max)
+  if (!isTRUE(chk$ok)) return(chk)
+  params$seed <- if (is.na(chk$value)) sample.int(.Machine$integer.max, 1) else chk$value
+  chk <- check_int(body, "lookback_weeks", 12L, 1, 520); if (!isTRUE(chk$ok)) return(chk)
+  params$lookback_weeks <- chk$value
+  chk <- check_int(body, "horizon_week", params$lookback_weeks - 1L + 4L, 0, 1e6)
+  if (!isTRUE(chk$ok)) return(chk)
+  params$horizon_week <- chk$value
+  tg <- body$target
+  if (is.null(tg)) {
+    params$target <- 0.0
+  } else if (!is_scalar_number(tg)) {
+    return(invalid("target", "target must be a finite number"))
+  } else {
+    params$target <- as.numeric(tg)
+  }
+  list(ok = TRUE, data = r$data, params = params)
+}

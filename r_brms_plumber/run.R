@@ -1,0 +1,54 @@
+#!/usr/bin/env Rscript
+# Entry point of the growth-model service.
+#
+#   Rscript r_brms_plumber/run.R [--port 8080] [--host 0.0.0.0]
+#
+# Environment (all optional):
+#   R_BRMS_INTERNAL_TOKEN         required token for every route but /healthz, /readyz
+#   R_BRMS_MAX_CONCURRENT_FITS    1      fits beyond this get 429 + Retry-After
+#   R_BRMS_MAX_ROWS               2000000 more rows: 413
+#   R_BRMS_MAX_BODY_BYTES         1 GiB  larger bodies: 413 (plumber)
+#   R_BRMS_MODEL_CACHE            cache dir of the compiled model
+#                                 (default tools::R_user_dir("r_brms_plumber", "cache"))
+#   R_BRMS_FIT_TIMEOUT_SECS       3600   a longer fit is stopped (500)
+#   R_BRMS_IDEMPOTENCY_TTL_SECS   900    how long a finished fit is kept for its Idempotency-Key
+#   R_BRMS_RETRY_AFTER_SECS       30     Retry-After value on 429/503
+#   R_BRMS_FIT_CORES              number of cores; parallel chains per fit
+#   R_BRMS_INLINE_VALIDATE_BYTES  1 MiB  larger bodies are parsed in the worker process
+#   R_BRMS_HOST / R_BRMS_PORT     defaults for --host / --port
+
+local({
+  args <- commandArgs(trailingOnly = TRUE)
+  get_arg <- function(name, default) {
+    i <- match(name, args)
+    if (!is.na(i) && i < length(args)) return(args[i + 1])
+    hit <- grep(paste0("^", name, "="), args, value = TRUE)
+    if (length(hit)) return(sub(paste0("^", name, "="), "", hit[1]))
+    default
+  }
+  file_arg <- grep("^--file=", commandArgs(FALSE), value = TRUE)
+  here <- if (length(file_arg)) dirname(normalizePath(sub("^--file=", "", file_arg[1]))) else getwd()
+
+  host <- get_arg("--host", Sys.getenv("R_BRMS_HOST", "0.0.0.0"))
+  port <- as.integer(get_arg("--port", Sys.getenv("R_BRMS_PORT", "8080")))
+  if (is.na(port) || port < 1 || port > 65535) stop("--port must be 1..65535")
+
+  suppressPackageStartupMessages({
+    library(plumber); library(promises)
+  })
+  app_env <- new.env(parent = globalenv())
+  for (f in list.files(file.path(here, "R"), pattern = "[.]R$", full.names = TRUE)) {
+    sys.source(f, envir = app_env)
+  }
+  cfg <- app_env$service_config()
+  options(plumber.maxRequestSize = cfg$max_body_bytes)
+  st <- app_env$new_service_state(cfg, r_dir = file.path(here, "R"))
+  app_env$.svc <- st
+
+  pr <- plumber::pr(file.path(here, "plumber.R"), envir = app_env)
+  app_env$log_line("r_brms_plumber: listening on %s:%d (token %s, max concurrent fits %d, max rows %d)",
+                   host, port, if (nzchar(cfg$token)) "required" else "NOT required",
+                   cfg$max_concurrent, cfg$max_rows)
+  app_env$service_start(st)
+  plumber::pr_run(pr, host = host, port = port, quiet = TRUE)
+})
