@@ -155,6 +155,31 @@ def cmd_dev(args: argparse.Namespace) -> int:
                                 "-h", args.host, "-p", str(args.port)], env)
 
 
+def service_dir() -> Path:
+    """The R service's folder: ``R_BRMS_SERVICE_DIR``, or ``r_brms_plumber/`` beside the package."""
+    d = Path(os.environ.get("R_BRMS_SERVICE_DIR") or Path(__file__).resolve().parents[1] / "r_brms_plumber")
+    if not (d / "run.R").exists():
+        raise SystemExit(f"the R service is not at {d} (set R_BRMS_SERVICE_DIR)")
+    return d
+
+
+def cmd_r_service(args: argparse.Namespace) -> int:
+    """The R brms service in the foreground; installs Debian's R packages first if missing."""
+    import shutil
+    import subprocess
+
+    d = service_dir()
+    installer = d.parent / "scripts" / "install_r.sh"
+    if installer.exists() and subprocess.run(["bash", str(installer), "--check"],
+                                             stdout=subprocess.DEVNULL).returncode != 0:
+        print("installing Debian's R packages for the brms service (scripts/install_r.sh)")
+        subprocess.run(["bash", str(installer)], check=True)
+    rscript = shutil.which("Rscript")
+    if not rscript:
+        raise SystemExit("Rscript not found: run scripts/install_r.sh")
+    os.execv(rscript, [rscript, str(d / "run.R"), "--port", str(args.port), "--host", args.host])
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -213,6 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     dv.add_argument("--port", type=int, default=3000)
     dv.add_argument("--workspace", default="workspace.yaml")
     dv.set_defaults(func=cmd_dev)
+
+    rs = sub.add_parser("r-service", help="run the R brms service in the foreground")
+    rs.add_argument("--port", type=int, default=8080)
+    rs.add_argument("--host", default="127.0.0.1")
+    rs.set_defaults(func=cmd_r_service)
 
     ft = sub.add_parser("fit", help="fit a CSV panel (student_id,week,score) and write the spec JSON")
     ft.add_argument("--engine", choices=["native", "brms"], required=True)

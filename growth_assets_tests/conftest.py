@@ -93,3 +93,62 @@ def empty_db_url(pg_admin_url: str) -> Iterator[str]:
 def conn(db_url: str) -> Iterator[psycopg.Connection]:
     with psycopg.connect(db_url) as c:
         yield c
+
+
+# --- the real R brms service ----------------------------------------------------------------
+
+class RService:
+    def __init__(self, port: int, token: str, log_path: Path, extra_env: dict | None = None):
+        import subprocess
+        import sys
+
+        self.url = f"http://127.0.0.1:{port}"
+        self.token = token
+        self.log_path = log_path
+        env = {**os.environ, "R_BRMS_INTERNAL_TOKEN": token, **(extra_env or {})}
+        self._log = log_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "growth_assets.cli", "r-service", "--port", str(port)],
+            env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 900) -> "RService":
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the R service exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"the R service was not ready in {timeout}s: {self.log_path.read_text()[-3000:]}")
+
+    def kill(self, sig=None) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig or signal.SIGKILL)
+            self.proc.wait(30)
+        self._log.close()
+
+    def client(self, **kw):
+        from growth_assets.model.brms_client import BrmsClient
+
+        return BrmsClient(self.url, token=self.token, **kw)
+
+
+@pytest.fixture(scope="session")
+def r_service(tmp_path_factory) -> Iterator[RService]:
+    """The real R brms service (compiled model cached across sessions), with a token set."""
+    from growth_assets.db.localpg import free_port
+
+    svc = RService(free_port(), f"tok-{uuid.uuid4().hex}", tmp_path_factory.mktemp("r") / "r-service.log")
+    try:
+        yield svc.wait_ready()
+    finally:
+        svc.kill()

@@ -73,6 +73,8 @@ class GrowthEngineResource(dg.ConfigurableResource):
     r_brms_base_url: str | None = Field(None, description="R_BRMS_BASE_URL")
     r_brms_timeout_secs: float = Field(600.0, gt=0, description="R_BRMS_TIMEOUT_SECS")
     r_brms_internal_token: str | None = Field(None, description="R_BRMS_INTERNAL_TOKEN (shown as an env var)")
+    r_brms_max_retries: int = Field(3, ge=0, le=10, description="retries on connection errors and 502/503/504")
+    r_brms_backoff_secs: float = Field(2.0, ge=0, description="first retry delay, doubled each retry")
 
     def get_engine(self) -> Engine:
         if self.engine not in ENGINE_CHOICES:
@@ -86,7 +88,8 @@ class GrowthEngineResource(dg.ConfigurableResource):
         from ..model.brms_client import BrmsClient
 
         return BrmsClient(base_url=self.r_brms_base_url, timeout_secs=self.r_brms_timeout_secs,
-                          token=self.r_brms_internal_token)
+                          token=self.r_brms_internal_token, max_retries=self.r_brms_max_retries,
+                          backoff_secs=self.r_brms_backoff_secs)
 
 
 class PostgresValueIOManager(dg.ConfigurableIOManager):

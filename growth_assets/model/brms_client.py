@@ -1,0 +1,144 @@
+"""The client of the R brms service (``r_brms_plumber``): the ``brms`` engine.
+
+httpx with explicit connect and read timeouts. Retries, with backoff, only where a retry
+cannot start a second copy of a fit:
+
+- connection errors (the request never reached the service) and 502/503/504;
+- a read timeout or a dropped connection *after* the request was sent: the fit may still
+  be running, so the retry carries the same ``Idempotency-Key`` and the service attaches it
+  to the running fit (or replays its stored result) instead of starting another.
+
+Never on other 4xx/5xx answers: those are errors, raised with the service's JSON message
+(``error``, ``field``, ``detail``). A 200 answer is checked against the contract (spec §8):
+a missing key, or an array where a number belongs, is a FitResultError naming the key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+import httpx
+import pandas as pd
+
+from .contract import FitResultError, validate_fit_result
+from .engine import FitSettings
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = (502, 503, 504)
+
+
+class BrmsServiceError(RuntimeError):
+    """The service refused or failed a request, or could not be reached."""
+
+    def __init__(self, message: str, status: int | None = None, error: str | None = None,
+                 field: str | None = None, detail: str | None = None):
+        super().__init__(message)
+        self.status, self.error, self.field, self.detail = status, error, field, detail
+
+
+class BrmsClient:
+    """Fits through ``POST /growth/fit``; implements the ``Engine`` protocol (name ``brms``)."""
+
+    name = "brms"
+
+    def __init__(self, base_url: str, timeout_secs: float = 600.0, token: str | None = None,
+                 connect_timeout_secs: float = 10.0, max_retries: int = 3, backoff_secs: float = 2.0,
+                 transport: httpx.BaseTransport | None = None):
+        if not base_url:
+            raise ValueError("R_BRMS_BASE_URL: must be set")
+        self.base_url = base_url.rstrip("/")
+        self.timeout = httpx.Timeout(timeout_secs, connect=connect_timeout_secs)
+        self.token = token
+        self.max_retries = max_retries
+        self.backoff_secs = backoff_secs
+        self._transport = transport
+
+    def _headers(self) -> dict[str, str]:
+        h = {"Accept": "application/json"}
+        if self.token:
+            h["Authorization"] = f"Bearer {self.token}"
+            h["X-Internal-Token"] = self.token
+        return h
+
+    def _client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=self.timeout, headers=self._headers(),
+                            transport=self._transport)
+
+    def health(self) -> bool:
+        with self._client() as c:
+            return c.get("/healthz", timeout=5).status_code == 200
+
+    def ready(self) -> bool:
+        with self._client() as c:
+            try:
+                return c.get("/readyz", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+    @staticmethod
+    def request_body(panel: pd.DataFrame, settings: FitSettings) -> bytes:
+        rows = panel[["student_id", "week", "score"]].to_json(orient="records", double_precision=15)
+        head = json.dumps({"n_samples": settings.n_samples, "n_chains": settings.n_chains,
+                           "seed": settings.seed, "horizon_week": settings.horizon_week,
+                           "target": settings.target, "lookback_weeks": settings.lookback_weeks})
+        return (head[:-1] + ', "rows": ' + rows + "}").encode()
+
+    def fit(self, panel: pd.DataFrame, settings: FitSettings) -> dict[str, Any]:
+        body = self.request_body(panel, settings)
+        key = str(uuid.uuid4())  # one fit, one key: every retry of it carries the same key
+        headers = {"Content-Type": "application/json", "Idempotency-Key": key}
+        attempt = 0
+        with self._client() as client:
+            while True:
+                attempt += 1
+                retry_after: str | None = None
+                try:
+                    resp = client.post("/growth/fit", content=body, headers=headers)
+                except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+                    reason = f"could not connect to {self.base_url} ({type(e).__name__})"
+                except (httpx.ReadTimeout, httpx.RemoteProtocolError, httpx.ReadError,
+                        httpx.WriteError) as e:
+                    reason = f"no answer from {self.base_url} ({type(e).__name__}); the fit may still run"
+                else:
+                    if resp.status_code not in RETRY_STATUSES:
+                        return self._result(resp, settings)
+                    reason = f"{self.base_url} answered {resp.status_code}"
+                    retry_after = resp.headers.get("Retry-After")
+                if attempt > self.max_retries:
+                    raise BrmsServiceError(f"brms service: {reason}; gave up after {attempt} attempts")
+                wait = self.backoff_secs * 2 ** (attempt - 1)
+                if retry_after and retry_after.isdigit():
+                    wait = max(wait, min(float(retry_after), 60.0))
+                log.warning("brms service: %s; retrying in %.1fs with the same Idempotency-Key", reason, wait)
+                time.sleep(wait)
+
+    def _result(self, resp: httpx.Response, settings: FitSettings) -> dict[str, Any]:
+        if resp.status_code != 200:
+            try:
+                err = resp.json()
+            except ValueError:
+                err = {}
+            if not isinstance(err, dict):
+                err = {}
+            msg = (f"brms service answered {resp.status_code}: {err.get('error', 'error')}"
+                   + (f" (field {err['field']})" if err.get("field") else "")
+                   + (f": {err['detail']}" if err.get("detail") else f": {resp.text[:300]}" if not err else ""))
+            raise BrmsServiceError(msg, resp.status_code, err.get("error"), err.get("field"), err.get("detail"))
+        try:
+            data = resp.json()
+        except ValueError:
+            raise FitResultError("<body>", "the response is not valid JSON (malformed or truncated)",
+                                 resp.text[:80]) from None
+        if isinstance(data, dict) and "status" in data and data.get("status") != "ok" and "run_id" not in data:
+            raise FitResultError("status", "an error inside a 200 answer", data.get("status"))
+        result = validate_fit_result(data)
+        if result["engine"] != "brms":
+            raise FitResultError("engine", "the brms service must answer engine 'brms'", result["engine"])
+        if settings.run_id:
+            result["run_id"] = settings.run_id
+        return result

@@ -1,0 +1,204 @@
+"""Fault injection: a fake HTTP server that misbehaves (never a stand-in for the real service).
+
+And the real service killed in the middle of a fit of the real graph.
+"""
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import dagster as dg
+import psycopg
+import pytest
+
+from growth_assets.defs.growth import weekly_assets
+from growth_assets.defs.resources import GrowthEngineResource
+from growth_assets.demo.cohort import seed_cohort
+from growth_assets.model.brms_client import BrmsClient, BrmsServiceError
+from growth_assets.model.contract import FitResultError
+from growth_assets.model.engine import FitSettings
+from growth_assets_tests.conftest import RService
+from growth_assets_tests.support.graph import AS_OF, PARTITION, failure_text, resources
+from growth_assets_tests.support.results import make_result
+
+import pandas as pd
+
+PANEL = pd.DataFrame({"student_id": ["s00000", "s00000", "s00001", "s00001"], "week": [0, 1, 0, 1],
+                      "score": [0.1, 0.3, -0.2, 0.0]})
+
+
+def valid_body() -> dict:
+    r = make_result(2, run_id="brms-20261123-043000")
+    r["engine"] = "brms"
+    return r
+
+
+class Fake:
+    """Answers POST /growth/fit with a scripted sequence of (status, body bytes, delay)."""
+
+    def __init__(self, script):
+        self.script = list(script)
+        self.requests: list[dict] = []
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.requests.append(dict(self.headers))
+                status, body, delay = outer.script.pop(0) if len(outer.script) > 1 else outer.script[0]
+                time.sleep(delay)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)) if status != 299 else "100000")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake():
+    made = []
+
+    def make(*script):
+        f = Fake(script)
+        made.append(f)
+        return f
+
+    yield make
+    for f in made:
+        f.close()
+
+
+def client(url, **kw):
+    return BrmsClient(url, token="t0k", backoff_secs=0.01, **kw)
+
+
+def ok(body: dict, delay: float = 0.0):
+    return (200, json.dumps(body).encode(), delay)
+
+
+def test_a_valid_answer_passes_and_carries_the_token_and_key(fake):
+    f = fake(ok(valid_body()))
+    res = client(f.url).fit(PANEL, FitSettings(n_chains=2, n_samples=400, run_id="brms-20261124-000000"))
+    assert res["run_id"] == "brms-20261124-000000" and res["engine"] == "brms"
+    h = f.requests[0]
+    assert h["Authorization"] == "Bearer t0k" and h["X-Internal-Token"] == "t0k" and h["Idempotency-Key"]
+
+
+@pytest.mark.parametrize("body,match", [
+    (b"<html>oops</html>", "not valid JSON"),
+    (json.dumps(valid_body()).encode()[:500], "not valid JSON"),
+    (json.dumps({"status": "error", "message": "model failed"}).encode(), "status: an error inside a 200 answer"),
+    (json.dumps({**valid_body(), "n_obs": [4]}).encode(), "n_obs: must be a plain JSON number"),
+    (json.dumps({k: v for k, v in valid_body().items() if k != "diagnostics"}).encode(), "diagnostics: missing"),
+    (json.dumps({**valid_body(), "engine": "native"}).encode(), "engine"),
+], ids=["garbage", "truncated", "200-with-error", "array-for-number", "missing-key", "wrong-engine"])
+def test_a_malformed_answer_is_an_error_naming_the_key(fake, body, match):
+    f = fake((200, body, 0))
+    with pytest.raises(FitResultError, match=match):
+        client(f.url).fit(PANEL, FitSettings(n_chains=2, n_samples=400))
+    assert len(f.requests) == 1  # a bad answer is not retried
+
+
+def test_502_503_504_are_retried_with_the_same_key(fake):
+    f = fake((503, b'{"error":"model_not_ready"}', 0), (502, b"bad gateway", 0), (504, b"", 0), ok(valid_body()))
+    client(f.url).fit(PANEL, FitSettings(n_chains=2, n_samples=400))
+    keys = {r["Idempotency-Key"] for r in f.requests}
+    assert len(f.requests) == 4 and len(keys) == 1
+
+
+@pytest.mark.parametrize("status,error", [(400, "invalid_request"), (401, "unauthorized"), (429, "too_many_fits"),
+                                          (500, "fit_failed"), (413, "payload_too_large")])
+def test_other_errors_are_raised_once_with_the_services_message(fake, status, error):
+    f = fake((status, json.dumps({"error": error, "field": "rows", "detail": "why"}).encode(), 0))
+    with pytest.raises(BrmsServiceError) as e:
+        client(f.url).fit(PANEL, FitSettings(n_chains=2, n_samples=400))
+    assert (e.value.status, e.value.error, e.value.field) == (status, error, "rows")
+    assert str(status) in str(e.value) and "why" in str(e.value)
+    assert len(f.requests) == 1
+
+
+def test_a_read_timeout_is_retried_with_the_same_key_then_gives_up(fake):
+    f = fake(ok(valid_body(), delay=1.5))
+    with pytest.raises(BrmsServiceError, match="gave up after 3 attempts"):
+        BrmsClient(f.url, timeout_secs=0.5, max_retries=2, backoff_secs=0.01).fit(
+            PANEL, FitSettings(n_chains=2, n_samples=400))
+    assert len(f.requests) == 3 and len({r["Idempotency-Key"] for r in f.requests}) == 1
+
+
+def test_nothing_listening_is_a_clear_error():
+    from growth_assets.db.localpg import free_port
+
+    with pytest.raises(BrmsServiceError, match="could not connect"):
+        BrmsClient(f"http://127.0.0.1:{free_port()}", max_retries=1, backoff_secs=0.01).fit(
+            PANEL, FitSettings(n_chains=2, n_samples=400))
+
+
+@pytest.fixture
+def seeded(db_url):
+    with psycopg.connect(db_url) as conn:
+        seed_cohort(conn, 40, 12, seed=8, as_of=AS_OF)
+    return db_url
+
+
+def brms_engine(url, token=None, **kw):
+    return GrowthEngineResource(engine="brms", r_brms_base_url=url, r_brms_internal_token=token,
+                                r_brms_backoff_secs=0.05, **kw)
+
+
+def nothing_written(url):
+    with psycopg.connect(url) as c:
+        return (c.execute("SELECT count(*) FROM growth_brms_meta").fetchone()[0] == 0
+                and c.execute("SELECT count(*) FROM growth_student_posterior").fetchone()[0] == 0
+                and c.execute("SELECT count(*) FROM weekly_kpi WHERE kpis ? 'P'").fetchone()[0] == 0)
+
+
+def test_a_truncated_answer_fails_the_asset_and_stores_nothing(fake, seeded):
+    f = fake((200, json.dumps(valid_body()).encode()[:300], 0))
+    res = dg.materialize(weekly_assets, partition_key=PARTITION, raise_on_error=False,
+                         resources=resources(seeded, brms_engine(f.url)))
+    assert not res.success and res.get_failed_step_keys() == {"brms_posterior"}
+    assert "not valid JSON" in failure_text(res)
+    assert nothing_written(seeded)
+
+
+@pytest.mark.r_service
+def test_the_service_killed_mid_fit_fails_the_asset_and_stores_nothing(seeded, tmp_path):
+    from growth_assets.db.localpg import free_port
+
+    svc = RService(free_port(), "kill-test-token", tmp_path / "r.log").wait_ready()
+    out = {}
+    try:
+        engine = brms_engine(svc.url, svc.token, r_brms_max_retries=2)
+        t = threading.Thread(target=lambda: out.update(res=dg.materialize(
+            weekly_assets, partition_key=PARTITION, raise_on_error=False,
+            resources=resources(seeded, engine, n_chains=4, n_samples=4000))))
+        t.start()
+        deadline = time.monotonic() + 120
+        import httpx
+        while time.monotonic() < deadline:  # wait until the fit is running
+            if httpx.get(f"{svc.url}/readyz", timeout=5).json().get("running_fits", 0) >= 1:
+                break
+            time.sleep(0.3)
+        else:
+            pytest.fail("the fit never started")
+        svc.kill()
+        t.join(180)
+    finally:
+        svc.kill()
+    res = out["res"]
+    assert not res.success and res.get_failed_step_keys() == {"brms_posterior"}
+    text = failure_text(res)
+    assert "brms service" in text and "gave up after 3 attempts" in text
+    assert nothing_written(seeded)
