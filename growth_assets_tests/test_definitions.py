@@ -14,7 +14,7 @@ def test_definitions_load_with_the_four_assets_and_their_checks():
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {
-        "weekly_scores", "brms_posterior", "growth_brms_meta", "weekly_kpi_P"}
+        "weekly_scores", "brms_posterior", "growth_brms_meta", "weekly_kpi_P", "daily_kpi_P"}
     checks = {k.name for k in graph.asset_check_keys}
     assert {"rhat_below_threshold", "ess_above_threshold", "divergent_transitions_below_threshold"} <= checks
     for key in graph.get_all_asset_keys():

@@ -8,6 +8,7 @@ from ..settings import Settings
 from .alerts import failure_alerts
 from .growth import weekly_assets, weekly_growth_job, weekly_growth_schedule
 from .growth.diagnostics import DiagnosticThresholds
+from .kpi import daily_kpi_job, daily_kpi_P, daily_kpi_schedule
 from .resources import resources_from_settings
 
 
@@ -16,9 +17,9 @@ def build_definitions(settings: Settings | None = None, **resource_overrides) ->
     resources = {**resources_from_settings(settings),
                  "diagnostics_thresholds": DiagnosticThresholds(), **resource_overrides}
     return dg.Definitions(
-        assets=weekly_assets,
-        jobs=[weekly_growth_job],
-        schedules=[weekly_growth_schedule],
+        assets=[*weekly_assets, daily_kpi_P],
+        jobs=[weekly_growth_job, daily_kpi_job],
+        schedules=[weekly_growth_schedule, daily_kpi_schedule],
         sensors=[failure_alerts],
         resources=resources,
     )

@@ -1,0 +1,51 @@
+"""The daily KPI refresh: P for the users active this week, through the fallback chain."""
+
+from datetime import date, datetime, timedelta, timezone
+
+import dagster as dg
+
+from ...metrics import PATHS, refresh_active_users
+from ..growth.panel import monday_of
+from ..resources import GrowthSettings, PostgresResource
+
+daily_freshness = dg.FreshnessPolicy.cron(deadline_cron="0 3 * * 1-5", lower_bound_delta=timedelta(hours=1),
+                                          timezone="UTC")
+
+
+class DailyRefreshConfig(dg.Config):
+    as_of: str | None = None  # ISO date; default: today (UTC)
+
+
+@dg.asset(group_name="kpi", kinds={"postgres"}, freshness_policy=daily_freshness)
+def daily_kpi_P(context: dg.AssetExecutionContext, config: DailyRefreshConfig, postgres: PostgresResource,
+                growth: GrowthSettings) -> dict:
+    """P and sigma for every user active in the current week (rows in mirt_ability or
+    features_topic_daily), through ``growth_assets.metrics``' batch form — the stored weekly P
+    when it is for this target and the latest passing run, else the run's line posterior, else
+    the Normal approximation — merged into this week's ``weekly_kpi`` rows in one transaction,
+    keeping every other key. The seed's ``compute-daily-kpis``."""
+    as_of = date.fromisoformat(config.as_of) if config.as_of else datetime.now(timezone.utc).date()
+    week_start = monday_of(as_of)
+    with postgres.connect() as conn:
+        counts = refresh_active_users(conn, week_start, target=growth.target)
+    context.add_output_metadata({
+        "week_start": week_start.isoformat(),
+        "target": dg.MetadataValue.float(float(growth.target)),
+        "users": dg.MetadataValue.int(counts["users"]),
+        "written": dg.MetadataValue.int(counts["written"]),
+        **{f"path_{p}": dg.MetadataValue.int(counts.get(p, 0)) for p in PATHS},
+    })
+    return {"week_start": week_start.isoformat(), **counts}
+
+
+daily_kpi_job = dg.define_asset_job("daily_kpi_job", selection=dg.AssetSelection.assets(daily_kpi_P),
+                                    description="The daily KPI refresh of P.")
+
+daily_kpi_schedule = dg.ScheduleDefinition(
+    name="compute_daily_kpis",  # the seed's CronJob
+    job=daily_kpi_job,
+    cron_schedule="10 2 * * 1-5",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="compute-daily-kpis: 02:10 UTC, Monday to Friday.",
+)
