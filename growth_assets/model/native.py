@@ -11,12 +11,27 @@ rows; ``b_Intercept`` reported is the intercept at week 0. Internally the scores
 standardised, ``(y - ybar) / s``: the priors then have fixed scales (``normal(0, 2.5)``,
 ``normal(0, 1)``, ``half-Cauchy(0, 1)``) and every cohort shares one compiled sampler.
 
+NUTS runs on z with q = m + L z, q the six unconstrained parameters and (m, L) the mode
+and Cholesky factor of the inverse Hessian of a Laplace fit. An affine map has a constant
+Jacobian, so the posterior is exactly the same; it only spares the sampler a step size
+that would otherwise shrink like 1/sqrt(cohort) (Stan's mass-matrix regularisation
+assumes unit scales).
+
 Configuration (environment):
 
 - ``GROWTH_JAX_CACHE_DIR``: JAX's persistent compilation cache (default
   ``$XDG_CACHE_HOME/growth_assets/jax`` or ``~/.cache/growth_assets/jax``); ``off``
   disables it. Set once per process, only if nothing set one before.
-- ``GROWTH_NATIVE_CHAIN_METHOD``: ``vectorized`` (default) or ``sequential``.
+- ``GROWTH_NATIVE_DEVICES``: XLA CPU devices the chains are spread over (default
+  min(2, CPUs)); applied through ``XLA_FLAGS`` when this module is imported before JAX
+  starts its backend (see ``ensure_host_devices``), else 1.
+- ``GROWTH_NATIVE_CHAIN_METHOD``: ``vectorized`` (default; pmap over devices, vmap
+  within) or ``sequential``.
+
+Reproducibility: the same panel, settings and seed give the same result on the same
+machine with the same device count (recorded as ``sampler.n_devices``); a different
+device layout batches the arithmetic differently and the chains drift apart in the last
+digits, then anywhere.
 """
 
 from __future__ import annotations
@@ -25,6 +40,7 @@ import math
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +118,16 @@ def _configure_jax_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def _x64():
+    """A context in which JAX computes in float64 (the process-wide setting is untouched)."""
+    ctx = getattr(jax, "enable_x64", None)
+    if ctx is not None:
+        return ctx(True)
+    from jax.experimental import enable_x64  # older JAX
+
+    return enable_x64()
+
+
 def engine_version() -> str:
     return f"native numpyro {numpyro.__version__} / jax {jax.__version__}"
 
@@ -168,7 +194,7 @@ def laplace(wbar: float, totals: np.ndarray, groups: tuple) -> tuple[np.ndarray,
     optimiser fails; correctness never depends on it, only speed."""
     from scipy.optimize import minimize
 
-    with jax.enable_x64(True):
+    with _x64():
         args = (jnp.float64(wbar), jnp.asarray(totals), tuple(jnp.asarray(a) for a in groups))
 
         def fun(q):
@@ -216,14 +242,32 @@ def _n_devices(n_chains: int) -> int:
 
 def _spread(n_dev: int):
     """A numpyro ``chain_method``: chains split over ``n_dev`` devices (pmap), vectorised
-    (vmap) within a device."""
+    (vmap) within a device.
+
+    numpyro hands over ``partial(mcmc._single_chain_mcmc, args=<data>, ...)``; the data
+    are passed to the pmapped function as arguments rather than closed over, so the
+    compiled program does not depend on the data: one compilation (in memory, and in the
+    persistent cache) serves every cohort with the same padded group count."""
+    compiled: dict[tuple, Any] = {}
 
     def method(fn):
-        pvfn = jax.pmap(jax.vmap(fn))
+        kw = dict(fn.keywords)
+        data = kw.pop("args")
+        key = (id(getattr(fn.func, "__self__", fn.func)), tuple(kw.get("collect_fields", ())),
+               tuple(kw.get("remove_sites", ())))
+        pvfn = compiled.get(key)
+        if pvfn is None:
+            func = fn.func
+
+            def one_chain(map_args, data):
+                return func(map_args, args=data, **kw)
+
+            pvfn = jax.pmap(jax.vmap(one_chain, in_axes=(0, None)), in_axes=(0, None))
+            compiled[key] = pvfn
 
         def run(map_args):
             split = jax.tree.map(lambda x: x.reshape((n_dev, -1) + x.shape[1:]), map_args)
-            out = pvfn(split)
+            out = pvfn(split, data)
             return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), out)
 
         return run
@@ -264,15 +308,15 @@ def sample_hyperparameters(
     """Run NUTS; return (draws in standardised units, each (chains, draws); extra fields).
 
     Chain k gets key k of ``split(PRNGKey(seed), n_chains)`` (numpyro's own rule); the
-    chains are spread over the host's XLA devices (see ``ensure_host_devices``), which
-    changes the wall time, not the draws."""
+    chains are spread over the host's XLA devices (see ``ensure_host_devices``). The draws
+    are a deterministic function of data, settings, seed, machine and device count."""
     n_chains = settings.n_chains
     n_draws = settings.n_samples - settings.n_warmup
     totals = native_math.panel_totals(groups)
     gt = tuple(np.asarray(a, dtype=np.float64) for a in groups.as_tuple())
     m, L, laplace_info = laplace(wbar, totals, gt)
     args = (np.float64(wbar), m, L, totals) + gt
-    with _lock, jax.enable_x64(True):
+    with _lock, _x64():
         n_dev = _n_devices(n_chains) if _chain_method() == "vectorized" else 1
         mcmc = _get_mcmc(n_chains, settings.n_warmup, n_draws, _chain_method(), n_dev)
         mcmc.run(jax.random.PRNGKey(int(settings.seed) % (2**32)), *args,
@@ -288,10 +332,11 @@ def sample_hyperparameters(
         "beta0": q[..., 0] - b_week * wbar,
         "tau0": np.exp(q[..., 2]),
         "tau1": np.exp(q[..., 3]),
-        "rho": 2.0 / (1.0 + np.exp(-q[..., 4])) - 1.0,
+        "rho": np.tanh(0.5 * q[..., 4]),  # 2 sigmoid(x) - 1
         "sigma": np.exp(q[..., 5]),
     }
     extra["laplace"] = laplace_info
+    extra["n_devices"] = n_dev
     return draws, extra
 
 
@@ -357,6 +402,34 @@ def student_predictions(
     return out, info
 
 
+@dataclass
+class NativeFit:
+    """The sampled hyperparameters of one panel, before they become a §8 result.
+
+    ``predict(h, target)`` gives the per-student quantities for any horizon and target
+    from the same draws (no refit)."""
+
+    panel: native_math.Panel
+    draws: dict[str, np.ndarray]  # standardised units, each (chains, draws)
+    extra: dict[str, Any]
+    n_groups: int
+    n_devices: int
+    timings: dict[str, float]
+    p_tolerance: float = P_TOLERANCE
+
+    @property
+    def flat_draws(self) -> dict[str, np.ndarray]:
+        return {k: v.reshape(-1) for k, v in self.draws.items()}
+
+    def population_draws(self) -> dict[str, np.ndarray]:
+        """brms's parameters (data units), each (chains, draws)."""
+        return brms_draws(self.draws, self.panel.ybar, self.panel.s)
+
+    def predict(self, h: float, target: float) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        return student_predictions(self.panel, self.flat_draws, float(h),
+                                   contract.check_target(target), self.p_tolerance)
+
+
 class NativeEngine:
     """In-process engine: collapsed random effects + NUTS (NumPyro) on the six
     hyperparameters + exact Rao-Blackwellised student lines."""
@@ -368,10 +441,10 @@ class NativeEngine:
             raise contract.ContractError("p_tolerance", "must be within [0, 0.5)", p_tolerance)
         self.p_tolerance = p_tolerance
 
-    def fit(self, panel: pd.DataFrame, settings: FitSettings) -> dict[str, Any]:
+    def sample(self, panel: pd.DataFrame, settings: FitSettings) -> NativeFit:
+        """Validate the panel (spec §1/§3; raises PanelError) and sample the posterior."""
         t0 = time.perf_counter()
         _configure_jax_cache()
-        target = contract.check_target(settings.target)
         df = contract.validate_panel(panel)
         ybar, s = contract.prior_scales(df["score"].to_numpy())
         red = native_math.reduce_panel(df, ybar, s)
@@ -379,21 +452,33 @@ class NativeEngine:
         n_groups = int(red.group.max()) + 1
         groups = native_math.group_stats(red, pad_to=native_math.padded_size(n_groups))
         t1 = time.perf_counter()
-
         draws, extra = sample_hyperparameters(groups, red.wbar, settings)
         t2 = time.perf_counter()
+        return NativeFit(red, draws, extra, n_groups, int(extra.pop("n_devices")),
+                         {"prepare": t1 - t0, "sample": t2 - t1}, self.p_tolerance)
 
-        pars = brms_draws(draws, ybar, s)
+    def fit(self, panel: pd.DataFrame, settings: FitSettings) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        target = contract.check_target(settings.target)
+        nf = self.sample(panel, settings)
+        return self.result(nf, settings, target, t0)
+
+    def result(self, nf: NativeFit, settings: FitSettings, target: float | None = None,
+               t0: float | None = None) -> dict[str, Any]:
+        """The spec §8 dict of a sampled fit (``elapsed_s`` counts from ``t0``, or is the
+        sampling time plus this call when ``t0`` is None)."""
+        if t0 is None:
+            t0 = time.perf_counter() - sum(nf.timings.values())
+        target = contract.check_target(settings.target if target is None else target)
+        t2 = time.perf_counter()
+        red = nf.panel
+        pars = nf.population_draws()
         summary = {p: native_diagnostics.summarise(pars[p]) for p in _PARAM_NAMES}
-        sampled = [native_diagnostics.summarise(pars[p]) for p in ("Intercept",)]
-        allstats = list(summary.values()) + sampled
-        n_steps = extra["num_steps"].astype(np.int64)
+        allstats = list(summary.values()) + [native_diagnostics.summarise(pars["Intercept"])]
+        n_steps = np.asarray(nf.extra["num_steps"]).astype(np.int64)
         depth = np.floor(np.log2(np.maximum(n_steps, 1))).astype(np.int64) + 1  # bit length
-        flat = {k: v.reshape(-1) for k, v in draws.items()}
-        preds, pinfo = student_predictions(
-            red, flat, float(settings.horizon_week), target, self.p_tolerance)
+        preds, pinfo = nf.predict(float(settings.horizon_week), target)
         t3 = time.perf_counter()
-
         predictions = [
             {"student_id": sid, "n_obs": n, "mean_a": ma, "mean_b": mb, "var_a": va,
              "var_b": vb, "cov_ab": cab, "mu": mu, "sigma": sg, "P": p}
@@ -403,13 +488,14 @@ class NativeEngine:
                 preds["var_b"].tolist(), preds["cov_ab"].tolist(), preds["mu"].tolist(),
                 preds["sigma"].tolist(), preds["P"].tolist())
         ]
-        elapsed = time.perf_counter() - t0
+        timings = dict(nf.timings)
+        timings.update({"students": t3 - t2, "assemble": time.perf_counter() - t3})
         return {
             "run_id": settings.run_id or contract.make_run_id("native"),
             "engine": "native",
             "engine_version": engine_version(),
             "formula": contract.FORMULA,
-            "priors": contract.priors(ybar, s),
+            "priors": contract.priors(red.ybar, red.s),
             "seed": int(settings.seed),
             "n_chains": int(settings.n_chains),
             "n_samples": int(settings.n_samples),
@@ -424,12 +510,13 @@ class NativeEngine:
                 "max_rhat": _nan_max([d["rhat"] for d in allstats]),
                 "min_ess_bulk": _nan_min([d["ess_bulk"] for d in allstats]),
                 "min_ess_tail": _nan_min([d["ess_tail"] for d in allstats]),
-                "n_divergent": int(np.asarray(extra["diverging"]).sum()),
+                "n_divergent": int(np.asarray(nf.extra["diverging"]).sum()),
                 "n_max_treedepth": int((depth >= MAX_TREE_DEPTH).sum()),
-                "elapsed_s": float(elapsed),
-                "timings_s": {"prepare": t1 - t0, "sample": t2 - t1,
-                              "students": t3 - t2, "assemble": time.perf_counter() - t3},
-                "parameters": "six brms population parameters and the centred Intercept",
+                "elapsed_s": float(time.perf_counter() - t0),
+                "timings_s": timings,
+                "parameters": "the six brms population parameters and the centred Intercept",
+                "max_tree_depth": MAX_TREE_DEPTH,
+                "mean_leapfrog_steps": float(n_steps.mean()),
             },
             "predictions": predictions,
             "student_level": "rao-blackwellised",
@@ -437,9 +524,14 @@ class NativeEngine:
                 "random effects integrated out; each student's line is the exact mixture over "
                 "hyperparameter draws of its conditional Normal posterior; mean/var/cov exact "
                 "(law of total variance); P = mean over draws of Phi, or Phi(E z) where its "
-                f"proven error bound is <= {self.p_tolerance}"),
+                f"proven error bound is <= {nf.p_tolerance}"),
             "p_method": pinfo,
-            "n_groups": n_groups,
+            "sampler": {
+                "algorithm": "NUTS (numpyro), q = m + L z preconditioned by a Laplace fit",
+                "laplace": nf.extra.get("laplace"),
+                "n_devices": nf.n_devices,
+                "n_groups": nf.n_groups,
+            },
         }
 
 
