@@ -64,3 +64,17 @@ def test_migrate_keeps_and_rekeys_the_seed_systems_tables(empty_db_url):
         assert conn.execute("SELECT kpis FROM weekly_kpi").fetchone()[0] == {"I_t": 1}
         with pytest.raises(psycopg.errors.CheckViolation):
             conn.execute("INSERT INTO weekly_kpi (user_id, week_start) VALUES ('u2', '2026-11-03')")
+
+
+def test_duplicate_calibrations_in_an_unkeyed_table_are_collapsed(empty_db_url):
+    with psycopg.connect(empty_db_url) as conn:
+        conn.execute("CREATE TABLE mirt_ability (user_id text, theta float, se float, model text,"
+                     " version text, fitted_at timestamptz)")
+        conn.execute("INSERT INTO mirt_ability VALUES"
+                     " ('u1', 0.5, 0.2, 'm', 'v', '2026-11-02T10:00Z'), ('u1', 0.5, 0.2, 'm', 'v', '2026-11-02T10:00Z'),"
+                     " ('u1', 0.6, 0.2, 'm', 'v', '2026-11-09T10:00Z'), ('u2', 0.1, 0.2, NULL, NULL, '2026-11-02T10:00Z'),"
+                     " ('u2', 0.1, 0.2, NULL, NULL, '2026-11-02T10:00Z')")
+    migrate(empty_db_url)
+    with psycopg.connect(empty_db_url) as conn:
+        rows = conn.execute("SELECT user_id, count(*) FROM mirt_ability GROUP BY 1 ORDER BY 1").fetchall()
+    assert rows == [("u1", 2), ("u2", 1)]

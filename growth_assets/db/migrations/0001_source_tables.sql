@@ -54,6 +54,27 @@ BEGIN
     END LOOP;
 END $$;
 
+-- A table without a key may hold the same calibration twice: keep one row of each before
+-- keying it (an exact duplicate is the same calibration, not more information).
+DO $$
+DECLARE
+    n bigint;
+BEGIN
+    DELETE FROM mirt_ability a USING mirt_ability b
+    WHERE a.ctid > b.ctid AND a.user_id IS NOT DISTINCT FROM b.user_id
+      AND a.model IS NOT DISTINCT FROM b.model AND a.version IS NOT DISTINCT FROM b.version
+      AND a.fitted_at IS NOT DISTINCT FROM b.fitted_at;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN RAISE NOTICE 'mirt_ability: removed % duplicate calibration row(s)', n; END IF;
+    DELETE FROM student_topic_theta a USING student_topic_theta b
+    WHERE a.ctid > b.ctid AND a.user_id IS NOT DISTINCT FROM b.user_id
+      AND a.topic_id IS NOT DISTINCT FROM b.topic_id
+      AND a.model IS NOT DISTINCT FROM b.model AND a.version IS NOT DISTINCT FROM b.version
+      AND a.fitted_at IS NOT DISTINCT FROM b.fitted_at;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN RAISE NOTICE 'student_topic_theta: removed % duplicate calibration row(s)', n; END IF;
+END $$;
+
 CREATE UNIQUE INDEX IF NOT EXISTS mirt_ability_calibration_key
     ON mirt_ability (user_id, model, version, fitted_at) NULLS NOT DISTINCT;
 CREATE INDEX IF NOT EXISTS mirt_ability_user_latest
