@@ -1,0 +1,165 @@
+"""Time the native engine on synthetic cohorts of N students x 12 weeks.
+
+Each size runs in its own subprocess (a fresh Python: JAX import, JIT or the persistent
+compilation cache, data generation, the fit), so its peak RSS (``ru_maxrss``) is that of
+one fit. Results go to ``benchmarks/results/native.json`` and ``native.md``.
+
+    python benchmarks/bench_native.py --sizes 10000,100000,1000000
+
+The synthetic panel follows spec §2 (in score units of a theta scale): b = (0.0, 0.05),
+sd = (0.8, 0.06), cor = 0.3, sigma = 0.35; every student-week is observed with
+probability 0.8 (at least one week per student), so the cohort has missing weeks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def synthetic_panel(n_students: int, n_weeks: int = 12, p_obs: float = 0.8, seed: int = 7):
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    tau = np.array([0.8, 0.06])
+    cor = 0.3
+    cov = np.array([[tau[0] ** 2, cor * tau[0] * tau[1]], [cor * tau[0] * tau[1], tau[1] ** 2]])
+    r = rng.multivariate_normal([0.0, 0.0], cov, size=n_students)
+    a, b = 0.0 + r[:, 0], 0.05 + r[:, 1]
+    obs = rng.random((n_students, n_weeks)) < p_obs
+    obs[np.arange(n_students), rng.integers(0, n_weeks, n_students)] = True
+    sid, week = np.nonzero(obs)
+    score = a[sid] + b[sid] * week + rng.normal(0.0, 0.35, size=len(sid))
+    ids = np.char.add("s", np.char.zfill(np.arange(n_students).astype(str), 7)).astype(object)
+    return pd.DataFrame({"student_id": ids[sid], "week": week.astype(np.int64), "score": score})
+
+
+def worker(n_students: int, n_chains: int, n_samples: int, seed: int, data_seed: int) -> dict:
+    sys.path.insert(0, str(REPO))
+    t0 = time.perf_counter()
+    panel = synthetic_panel(n_students, seed=data_seed)
+    t_gen = time.perf_counter() - t0
+    from growth_assets.model import contract
+    from growth_assets.model.engine import FitSettings
+    from growth_assets.model.native import NativeEngine, jax_cache_dir
+
+    t_import = time.perf_counter() - t0 - t_gen
+    settings = FitSettings(n_chains=n_chains, n_samples=n_samples, seed=seed,
+                           horizon_week=15, target=0.5)
+    t1 = time.perf_counter()
+    res = NativeEngine().fit(panel, settings)
+    t_fit = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    contract.validate_fit_result(res)
+    t_validate = time.perf_counter() - t2
+    d = res["diagnostics"]
+    return {
+        "n_students": n_students,
+        "n_rows": res["n_obs"],
+        "n_groups": res["sampler"]["n_groups"],
+        "n_chains": n_chains,
+        "n_samples": n_samples,
+        "data_seed": data_seed,
+        "fit_s": round(t_fit, 2),
+        "phases_s": {k: round(v, 2) for k, v in d["timings_s"].items()},
+        "generate_s": round(t_gen, 2),
+        "import_s": round(t_import, 2),
+        "validate_result_s": round(t_validate, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "max_rhat": round(d["max_rhat"], 4),
+        "min_ess_bulk": round(d["min_ess_bulk"], 0),
+        "n_divergent": d["n_divergent"],
+        "n_max_treedepth": d["n_max_treedepth"],
+        "n_p_exact": res["p_method"]["n_p_exact"],
+        "jax_cache_dir": str(jax_cache_dir()),
+        "estimates": {p: round(res["posterior_summary"][p]["mean"], 4)
+                      for p in contract.POPULATION_PARAMS},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="10000,100000,1000000",
+                    help="comma-separated numbers of students")
+    ap.add_argument("--chains", type=int, default=4)
+    ap.add_argument("--samples", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=1234, help="sampler seed")
+    ap.add_argument("--data-seed", type=int, default=7, help="seed of the synthetic panel")
+    ap.add_argument("--out", default=str(RESULTS / "native"),
+                    help="results path without extension (.json and .md are written)")
+    ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.worker is not None:
+        print(json.dumps(worker(args.worker, args.chains, args.samples, args.seed,
+                                args.data_seed)))
+        return 0
+
+    rows = []
+    for n in [int(x) for x in args.sizes.split(",") if x.strip()]:
+        cmd = [sys.executable, __file__, "--worker", str(n), "--chains", str(args.chains),
+               "--samples", str(args.samples), "--seed", str(args.seed),
+               "--data-seed", str(args.data_seed)]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            print(proc.stderr[-3000:], file=sys.stderr)
+            rows.append({"n_students": n, "error": proc.stderr.strip().splitlines()[-1:]})
+            continue
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
+        row["process_wall_s"] = round(wall, 2)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    meta = {
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "jax_cache_dir": os.environ.get("GROWTH_JAX_CACHE_DIR", "(default)"),
+        "load_average_at_start": os.getloadavg(),
+        "note": "fit_s = NativeEngine.fit (validate panel, reduce, NUTS, students, result "
+                "dicts); process_wall_s adds interpreter start, imports, data generation "
+                "and validate_fit_result; peak_rss_mb = ru_maxrss of the worker process",
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": rows}, indent=2) + "\n")
+    lines = [
+        "# Native engine benchmark", "",
+        f"{meta['when']}; Python {meta['python']}; {meta['machine']}; "
+        f"{args.chains} chains x {args.samples} iterations; synthetic data seed "
+        f"{args.data_seed}; JAX cache {meta['jax_cache_dir']}; load average at start "
+        f"{', '.join(f'{x:.2f}' for x in meta['load_average_at_start'])}.", "",
+        "| students | rows | groups | fit s | sample s | students s | process s | "
+        "peak RSS MB | max R-hat | min ESS bulk | divergent |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['n_students']} | error: {r['error']} |")
+            continue
+        ph = r["phases_s"]
+        lines.append(
+            f"| {r['n_students']:,} | {r['n_rows']:,} | {r['n_groups']} | {r['fit_s']} | "
+            f"{ph['sample']} | {ph['students']} | {r['process_wall_s']} | {r['peak_rss_mb']} | "
+            f"{r['max_rhat']} | {r['min_ess_bulk']:.0f} | {r['n_divergent']} |")
+    lines += ["", meta["note"] + ".", ""]
+    out.with_suffix(".md").write_text("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
