@@ -29,21 +29,9 @@ RESULTS = REPO / "benchmarks" / "results"
 
 
 def synthetic_panel(n_students: int, n_weeks: int = 12, p_obs: float = 0.8, seed: int = 7):
-    import numpy as np
-    import pandas as pd
+    from growth_assets.demo.cohort import simulate_panel
 
-    rng = np.random.default_rng(seed)
-    tau = np.array([0.8, 0.06])
-    cor = 0.3
-    cov = np.array([[tau[0] ** 2, cor * tau[0] * tau[1]], [cor * tau[0] * tau[1], tau[1] ** 2]])
-    r = rng.multivariate_normal([0.0, 0.0], cov, size=n_students)
-    a, b = 0.0 + r[:, 0], 0.05 + r[:, 1]
-    obs = rng.random((n_students, n_weeks)) < p_obs
-    obs[np.arange(n_students), rng.integers(0, n_weeks, n_students)] = True
-    sid, week = np.nonzero(obs)
-    score = a[sid] + b[sid] * week + rng.normal(0.0, 0.35, size=len(sid))
-    ids = np.char.add("s", np.char.zfill(np.arange(n_students).astype(str), 7)).astype(object)
-    return pd.DataFrame({"student_id": ids[sid], "week": week.astype(np.int64), "score": score})
+    return simulate_panel(n_students, seed, n_weeks=n_weeks, p_obs=p_obs)
 
 
 def worker(n_students: int, n_chains: int, n_samples: int, seed: int, data_seed: int) -> dict:

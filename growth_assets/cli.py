@@ -183,9 +183,9 @@ def cmd_r_service(args: argparse.Namespace) -> int:
 def cmd_fit(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .defs.resources import GrowthEngineResource
     from .model.contract import horizon_week, validate_fit_result, validate_panel
     from .model.engine import FitSettings
+    from .model.engines import make_engine
     from .settings import Settings
 
     s = Settings.from_env()
@@ -198,10 +198,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         target=s.metrics_default_target if args.target is None else args.target,
         lookback_weeks=lookback,
     )
-    engine = GrowthEngineResource(
-        engine=args.engine, r_brms_base_url=s.r_brms_base_url,
-        r_brms_timeout_secs=s.r_brms_timeout_secs, r_brms_internal_token=s.r_brms_internal_token,
-    ).get_engine()
+    engine = make_engine(args.engine, r_brms_base_url=s.r_brms_base_url,
+                         r_brms_timeout_secs=s.r_brms_timeout_secs, r_brms_internal_token=s.r_brms_internal_token)
     result = validate_fit_result(engine.fit(panel, settings))
     Path(args.out).write_text(json.dumps(result, indent=1))
     d = result["diagnostics"]

@@ -24,7 +24,7 @@ if [ ! -x "$venv/bin/python" ]; then
   echo "bootstrap: creating $venv"
   "$python" -m venv "$venv"
 fi
-"$venv/bin/python" -m pip install --quiet --upgrade "pip>=24"
+"$venv/bin/python" -m pip install --quiet --upgrade "pip>=24" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 echo "bootstrap: installing growth_assets and its dependencies"
 "$venv/bin/python" -m pip install --quiet -e "$root[test]" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 echo "$want" > "$stamp"

@@ -17,7 +17,8 @@ from pydantic import Field
 
 from ..model.contract import ContractError, horizon_week
 from ..model.engine import Engine, FitSettings
-from ..settings import ENGINE_CHOICES, SCORE_SOURCES, Settings
+from ..model.engines import make_engine
+from ..settings import SCORE_SOURCES, Settings
 
 
 class PostgresResource(dg.ConfigurableResource):
@@ -77,19 +78,10 @@ class GrowthEngineResource(dg.ConfigurableResource):
     r_brms_backoff_secs: float = Field(2.0, ge=0, description="first retry delay, doubled each retry")
 
     def get_engine(self) -> Engine:
-        if self.engine not in ENGINE_CHOICES:
-            raise ContractError("GROWTH_ENGINE", f"must be one of {ENGINE_CHOICES}", self.engine)
-        if self.engine == "native":
-            from ..model.native import NativeEngine
-
-            return NativeEngine()
-        if not self.r_brms_base_url:
-            raise ContractError("R_BRMS_BASE_URL", "must be set to use the brms engine", None)
-        from ..model.brms_client import BrmsClient
-
-        return BrmsClient(base_url=self.r_brms_base_url, timeout_secs=self.r_brms_timeout_secs,
-                          token=self.r_brms_internal_token, max_retries=self.r_brms_max_retries,
-                          backoff_secs=self.r_brms_backoff_secs)
+        return make_engine(self.engine, r_brms_base_url=self.r_brms_base_url,
+                           r_brms_timeout_secs=self.r_brms_timeout_secs,
+                           r_brms_internal_token=self.r_brms_internal_token,
+                           max_retries=self.r_brms_max_retries, backoff_secs=self.r_brms_backoff_secs)
 
 
 class PostgresValueIOManager(dg.ConfigurableIOManager):

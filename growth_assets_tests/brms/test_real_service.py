@@ -12,8 +12,8 @@ import pytest
 from growth_assets.model.brms_client import BrmsServiceError
 from growth_assets.model.contract import POPULATION_PARAMS, validate_fit_result
 from growth_assets.model.engine import FitSettings
-from growth_assets.demo.cohort import generate
 from growth_assets_tests.conftest import REFERENCE_DIR
+from growth_assets_tests.support.panels import cohort_panel
 
 pytestmark = pytest.mark.r_service
 
@@ -23,19 +23,6 @@ SMALL = dict(n_chains=2, n_samples=400, seed=3)
 @pytest.fixture(scope="module")
 def sleepstudy():
     return pd.read_csv(REFERENCE_DIR / "sleepstudy.csv", dtype={"student_id": str})
-
-
-def cohort_panel(n_students: int, seed: int = 1) -> pd.DataFrame:
-    from datetime import date
-
-    from growth_assets.demo.cohort import CohortParams
-
-    d = generate(n_students, 12, seed, date(2026, 8, 31), CohortParams(share_topic_only=0, share_daily_only=0))
-    m = d["mirt_ability"]
-    week = ((m["fitted_at"].dt.tz_convert("UTC").dt.tz_localize(None).dt.normalize()
-             - pd.Timestamp("2026-08-31")).dt.days // 7)
-    return (pd.DataFrame({"student_id": m["user_id"], "week": week, "score": m["theta"]})
-            .groupby(["student_id", "week"], as_index=False)["score"].mean())
 
 
 @pytest.mark.slow

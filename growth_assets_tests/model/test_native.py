@@ -13,6 +13,7 @@ import pytest
 from scipy.stats import beta as beta_dist
 from scipy.stats import halfcauchy, multivariate_normal, norm
 
+from growth_assets.demo.cohort import simulate_panel
 from growth_assets.model import contract, native, native_math
 from growth_assets.model.engine import FitSettings
 from growth_assets.model.native import NativeEngine
@@ -26,17 +27,9 @@ REFERENCE_DIR = Path(
 
 
 def synthetic(n_students: int, seed: int, n_weeks: int = 8, p_obs: float = 0.7) -> pd.DataFrame:
-    """Spec §2's model with missing weeks (every student keeps at least one week)."""
-    rng = np.random.default_rng(seed)
-    tau, cor = np.array([4.0, 0.8]), -0.3
-    cov = np.array([[tau[0] ** 2, cor * tau[0] * tau[1]], [cor * tau[0] * tau[1], tau[1] ** 2]])
-    r = rng.multivariate_normal([0.0, 0.0], cov, size=n_students)
-    a, b = 50.0 + r[:, 0], 1.5 + r[:, 1]
-    obs = rng.random((n_students, n_weeks)) < p_obs
-    obs[np.arange(n_students), rng.integers(0, n_weeks, n_students)] = True
-    sid, week = np.nonzero(obs)
-    score = a[sid] + b[sid] * week + rng.normal(0.0, 2.0, size=len(sid))
-    return pd.DataFrame({"student_id": [f"s{i:04d}" for i in sid], "week": week, "score": score})
+    """Spec §2's model on another scale than theta, with missing weeks."""
+    return simulate_panel(n_students, seed, n_weeks=n_weeks, p_obs=p_obs, intercept=50.0, slope=1.5,
+                          tau=(4.0, 0.8), cor=-0.3, sigma=2.0)
 
 
 def dense_student_posterior(y, w, beta, tau, rho, sigma):

@@ -1,0 +1,36 @@
+# syntax=docker/dockerfile:1
+# The Dagster image of growth_assets: the gRPC code server `growth`, the webserver, the daemon,
+# and the run/step pods the K8sRunLauncher starts from it (k8s/base).
+#
+#   docker build -f docker/user-code.Dockerfile -t growth-assets/user-code:0.1.0 .
+#
+# The install is scripts/bootstrap.sh, the script CI runs (scripts/test.sh), with the venv in
+# /opt/venv instead of .venv. (It also installs Debian's postgresql, which the image does not
+# need: bootstrap.sh has no switch to skip it.)
+FROM python:3.11.13-slim-bookworm
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    GROWTH_VENV=/opt/venv \
+    DAGSTER_HOME=/opt/dagster/dagster_home
+
+WORKDIR /opt/app
+# only what `pip install -e .[test]` needs: the project metadata and the package
+COPY pyproject.toml README.md ./
+COPY scripts/bootstrap.sh scripts/bootstrap.sh
+COPY growth_assets/ growth_assets/
+RUN GROWTH_VENV=/opt/venv bash scripts/bootstrap.sh \
+ && rm -rf /var/lib/apt/lists/* /root/.cache \
+ && /opt/venv/bin/python -c "import growth_assets.definitions, dagster_k8s, dagster_postgres, dagster_webserver"
+
+# non-root; the uid is the one the k8s manifests run as (runAsUser 10001)
+RUN groupadd --gid 10001 dagster \
+ && useradd --uid 10001 --gid 10001 --home-dir /opt/dagster --no-create-home --shell /usr/sbin/nologin dagster \
+ && install -d -o 10001 -g 10001 /opt/dagster /opt/dagster/dagster_home /opt/dagster/workspace
+USER 10001:10001
+ENV PATH=/opt/venv/bin:$PATH \
+    HOME=/opt/dagster
+
+EXPOSE 4000
+CMD ["dagster", "api", "grpc", "-m", "growth_assets.definitions", "-a", "defs", "-h", "0.0.0.0", "-p", "4000", "--location-name", "growth"]
