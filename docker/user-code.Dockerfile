@@ -5,8 +5,8 @@
 #   docker build -f docker/user-code.Dockerfile -t growth-assets/user-code:0.1.0 .
 #
 # The install is scripts/bootstrap.sh, the script CI runs (scripts/test.sh), with the venv in
-# /opt/venv instead of .venv. (It also installs Debian's postgresql, which the image does not
-# need: bootstrap.sh has no switch to skip it.)
+# /opt/venv instead of .venv, the runtime dependencies only (no test extras) and no PostgreSQL
+# server (the image talks to the platform's database).
 FROM python:3.11.13-slim-bookworm
 
 ENV PYTHONUNBUFFERED=1 \
@@ -20,7 +20,7 @@ WORKDIR /opt/app
 COPY pyproject.toml README.md ./
 COPY scripts/bootstrap.sh scripts/bootstrap.sh
 COPY growth_assets/ growth_assets/
-RUN GROWTH_VENV=/opt/venv bash scripts/bootstrap.sh \
+RUN GROWTH_VENV=/opt/venv GROWTH_EXTRAS="" GROWTH_SKIP_PG=1 bash scripts/bootstrap.sh \
  && rm -rf /var/lib/apt/lists/* /root/.cache \
  && /opt/venv/bin/python -c "import growth_assets.definitions, dagster_k8s, dagster_postgres, dagster_webserver"
 

@@ -83,7 +83,9 @@ def test_user_code_image_installs_with_bootstrap_into_opt_venv_and_runs_the_grpc
     (frm,) = of(ins, "FROM")
     assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", frm), frm
     runs = of(ins, "RUN")
-    assert any(re.search(r"GROWTH_VENV=/opt/venv\s+bash\s+scripts/bootstrap\.sh\b", r) for r in runs)
+    assert any(re.search(r"GROWTH_VENV=/opt/venv\s+(\w+=\S*\s+)*bash\s+scripts/bootstrap\.sh\b", r) for r in runs)
+    # the image installs the runtime only: no test extras, no PostgreSQL server
+    assert any(re.search(r'GROWTH_EXTRAS=""', r) and "GROWTH_SKIP_PG=1" in r for r in runs)
     for src in copied_sources(ins):
         assert (REPO / src).exists(), src
         assert dockerignore_keeps(df, src.rstrip("/")), f"{src} is excluded by the .dockerignore"
