@@ -57,7 +57,7 @@ def write_fit_run(
         if key in result:
             diagnostics[key] = result[key]
     with conn.transaction():
-        conn.execute(
+        cur = conn.execute(
             """
             INSERT INTO growth_brms_meta (
                 run_id, formula, priors, posterior_summary, diagnostics, fitted_at,
@@ -82,6 +82,10 @@ def write_fit_run(
                 n_samples = EXCLUDED.n_samples, score_source = EXCLUDED.score_source,
                 panel_id = EXCLUDED.panel_id, source_counts = EXCLUDED.source_counts,
                 dagster_run_id = EXCLUDED.dagster_run_id
+            -- a retry of the same Dagster run, or the same fit stored again, replaces it; another
+            -- fit with a colliding run_id (ids have one-second resolution) must not overwrite it
+            WHERE growth_brms_meta.dagster_run_id IS NOT DISTINCT FROM EXCLUDED.dagster_run_id
+               OR growth_brms_meta.posterior_summary = EXCLUDED.posterior_summary
             """,
             {
                 "run_id": run_id,
@@ -109,6 +113,8 @@ def write_fit_run(
                 "dagster_run_id": dagster_run_id,
             },
         )
+        if cur.rowcount == 0:
+            raise ContractError("run_id", "already stored by another run; refusing to overwrite it", run_id)
         conn.execute("DELETE FROM growth_student_posterior WHERE run_id = %s", (run_id,))
         cols = ", ".join(f'"{c}"' for c in ("run_id", *STUDENT_COLUMNS))
         with conn.cursor().copy(f"COPY growth_student_posterior ({cols}) FROM STDIN") as copy:

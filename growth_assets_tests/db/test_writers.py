@@ -165,3 +165,17 @@ def test_two_merges_in_one_open_transaction(conn):
         merge(conn, [("u1", 0.3, 0.1)])
         merge(conn, [("u2", 0.4, 0.1)], target=1.0)
     assert kpis(conn, "u1")["P"] == 0.3 and kpis(conn, "u2")["P_target"] == 1.0
+
+
+def test_a_colliding_run_id_from_another_run_is_refused_not_overwritten(conn):
+    first = make_result(2)
+    write_fit_run(conn, first, status="passed", dagster_run_id="dagster-run-A")
+    write_fit_run(conn, first, status="passed", dagster_run_id="dagster-run-A")  # a retry: fine
+    write_fit_run(conn, first, status="passed", dagster_run_id="dagster-run-C")  # the same fit again: fine
+    other = make_result(3)  # same run_id (same second), another fit
+    other["posterior_summary"]["b_week"]["mean"] = 0.2
+    with pytest.raises(ContractError, match="run_id: already stored by another run"):
+        write_fit_run(conn, other, status="passed", dagster_run_id="dagster-run-B")
+    conn.rollback()
+    assert conn.execute("SELECT n_students, dagster_run_id FROM growth_brms_meta").fetchone() == (2, "dagster-run-C")
+    assert conn.execute("SELECT count(*) FROM growth_student_posterior").fetchone()[0] == 2
