@@ -127,7 +127,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"(Dagster home {home})")
     with dg.DagsterInstance.get() as instance:
         res = dg.materialize(weekly_assets, partition_key=last_week.isoformat(), instance=instance,
-                             resources=defs.resources, raise_on_error=False)
+                             resources=defs.resources, raise_on_error=False,
+                             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
     for ev in res.get_asset_check_evaluations():
         print(f"  check {ev.check_name}: {'passed' if ev.passed else 'FAILED ' + ev.severity.value}")
     if not res.success:
