@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -71,6 +72,7 @@ def worker(n_students: int, n_chains: int, n_samples: int, seed: int, data_seed:
         "n_divergent": d["n_divergent"],
         "n_max_treedepth": d["n_max_treedepth"],
         "n_p_exact": res["p_method"]["n_p_exact"],
+        "program": res["sampler"].get("program"),
         "jax_cache_dir": str(jax_cache_dir()),
         "estimates": {p: round(res["posterior_summary"][p]["mean"], 4)
                       for p in contract.POPULATION_PARAMS},
@@ -87,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-seed", type=int, default=7, help="seed of the synthetic panel")
     ap.add_argument("--out", default=str(RESULTS / "native"),
                     help="results path without extension (.json and .md are written)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="fresh processes per size; the fastest (process wall) is reported")
     ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -100,15 +104,21 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, __file__, "--worker", str(n), "--chains", str(args.chains),
                "--samples", str(args.samples), "--seed", str(args.seed),
                "--data-seed", str(args.data_seed)]
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
-        wall = time.perf_counter() - t0
-        if proc.returncode != 0:
-            print(proc.stderr[-3000:], file=sys.stderr)
-            rows.append({"n_students": n, "error": proc.stderr.strip().splitlines()[-1:]})
-            continue
-        row = json.loads(proc.stdout.strip().splitlines()[-1])
-        row["process_wall_s"] = round(wall, 2)
+        tries = []
+        for _ in range(max(1, args.repeat)):
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+            wall = time.perf_counter() - t0
+            if proc.returncode != 0:
+                print(proc.stderr[-3000:], file=sys.stderr)
+                tries = [{"n_students": n, "error": proc.stderr.strip().splitlines()[-1:]}]
+                break
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            row["process_wall_s"] = round(wall, 2)
+            tries.append(row)
+        row = min(tries, key=lambda r: r.get("process_wall_s", math.inf))
+        if len(tries) > 1:
+            row["process_wall_all_s"] = [r["process_wall_s"] for r in tries]
         rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -118,9 +128,13 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "jax_cache_dir": os.environ.get("GROWTH_JAX_CACHE_DIR", "(default)"),
         "load_average_at_start": os.getloadavg(),
+        "repeat": args.repeat,
         "note": "fit_s = NativeEngine.fit (validate panel, reduce, NUTS, students, result "
                 "dicts); process_wall_s adds interpreter start, imports, data generation "
-                "and validate_fit_result; peak_rss_mb = ru_maxrss of the worker process",
+                "and validate_fit_result (the fastest of `repeat` fresh processes); "
+                "peak_rss_mb = ru_maxrss of the worker process; program = where the "
+                "compiled sampler came from (traced in the process, or loaded from the "
+                "executable cache: file)",
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -132,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.data_seed}; JAX cache {meta['jax_cache_dir']}; load average at start "
         f"{', '.join(f'{x:.2f}' for x in meta['load_average_at_start'])}.", "",
         "| students | rows | groups | fit s | sample s | students s | process s | "
-        "peak RSS MB | max R-hat | min ESS bulk | divergent |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "peak RSS MB | max R-hat | min ESS bulk | divergent | program |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         if "error" in r:
@@ -143,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"| {r['n_students']:,} | {r['n_rows']:,} | {r['n_groups']} | {r['fit_s']} | "
             f"{ph['sample']} | {ph['students']} | {r['process_wall_s']} | {r['peak_rss_mb']} | "
-            f"{r['max_rhat']} | {r['min_ess_bulk']:.0f} | {r['n_divergent']} |")
+            f"{r['max_rhat']} | {r['min_ess_bulk']:.0f} | {r['n_divergent']} | "
+            f"{r.get('program', '')} |")
     lines += ["", meta["note"] + ".", ""]
     out.with_suffix(".md").write_text("\n".join(lines))
     return 0

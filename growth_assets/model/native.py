@@ -25,8 +25,16 @@ Configuration (environment):
 - ``GROWTH_NATIVE_DEVICES``: XLA CPU devices the chains are spread over (default
   min(2, CPUs)); applied through ``XLA_FLAGS`` when this module is imported before JAX
   starts its backend (see ``ensure_host_devices``), else 1.
-- ``GROWTH_NATIVE_CHAIN_METHOD``: ``vectorized`` (default; pmap over devices, vmap
-  within) or ``sequential``.
+- ``GROWTH_NATIVE_CHAIN_METHOD``: ``vectorized`` (default; chains split over the
+  devices, vmap within) or ``sequential`` (numpyro's own loop, not cached on disk).
+
+Per-process fixed cost: tracing numpyro's NUTS and lowering it take ~3 s, which JAX's
+persistent cache does not spare. The compiled programs (the whole sampler run, and the
+Laplace fit's gradient and Hessian) are therefore kept as serialised executables next to
+that cache, ``<GROWTH_JAX_CACHE_DIR>/native_exec`` (``native_export``): a new process
+loads them (~0.3 s) and traces nothing; ``sampler.program`` in a result says whether the
+sampler was ``traced``, loaded from a ``file`` or reused from ``memory``. Results are
+bit-identical either way (the file holds the program the tracing process ran).
 
 Reproducibility: the same panel, settings and seed give the same result on the same
 machine with the same device count (recorded as ``sampler.n_devices``); a different
@@ -36,6 +44,7 @@ digits, then anywhere.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
@@ -47,22 +56,22 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
-from numpyro.distributions import constraints
 import pandas as pd
-from numpyro.infer import MCMC, NUTS
 
-from . import contract, native_diagnostics, native_math
+from . import contract, native_diagnostics, native_export, native_math
 from .engine import FitSettings
+
+# numpyro is imported only where a sampler is traced: a process that loads the compiled
+# sampler from the cache (native_export) never needs it.
 
 MAX_TREE_DEPTH = 10  # Stan's default, as brms runs it
 P_TOLERANCE = 1e-3  # max error of the cheap P; students above it get the exact mean over draws
 _STUDENT_CHUNK = 100_000
 _PARAM_NAMES = contract.POPULATION_PARAMS
 
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
-_mcmc_cache: dict[tuple, MCMC] = {}
+_mcmc_cache: dict[tuple, Any] = {}
 _cache_configured = False
 
 
@@ -129,7 +138,7 @@ def _x64():
 
 
 def engine_version() -> str:
-    return f"native numpyro {numpyro.__version__} / jax {jax.__version__}"
+    return f"native numpyro {native_export.package_version('numpyro')} / jax {jax.__version__}"
 
 
 # --- the model, in standardised units ------------------------------------------------------
@@ -171,6 +180,10 @@ def _model(wbar, m, L, totals, count, n, sw, sww, gbar, scatter, yy):
     """NUTS samples z with q = m + L z (an affine, constant-Jacobian reparametrisation:
     the posterior is unchanged; m and L from a Laplace fit make z about standard normal,
     so the sampler's step size does not shrink with the cohort)."""
+    import numpyro
+    import numpyro.distributions as dist
+    from numpyro.distributions import constraints
+
     z = numpyro.sample("z", dist.ImproperUniform(constraints.real_vector, (), event_shape=(6,)))
     q = m + L @ z
     numpyro.factor("log_posterior",
@@ -188,24 +201,51 @@ def _neg_hessian(q, wbar, totals, groups):
     return -jax.hessian(log_posterior_q)(q, wbar, totals, groups)
 
 
+def _executable_dir() -> Path | None:
+    return native_export.exec_cache_dir(jax_cache_dir())
+
+
+def _program(name: str, fn, args: tuple, retrace: bool = False):
+    """``fn`` (jitted, one device) compiled for ``args``, via the executable cache."""
+    exe, _ = native_export.compiled(name, lambda: fn, args, settings={}, retrace=retrace,
+                                    devices=jax.devices()[:1], directory=_executable_dir())
+    return exe
+
+
+def _laplace_mode(q0: np.ndarray, data: tuple, retrace: bool):
+    from scipy.optimize import minimize
+
+    proto = (q0,) + data
+    if not retrace:  # XLA loads it (without the GIL) while the optimiser runs
+        native_export.prefetch("laplace_hessian", proto, settings={},
+                               devices=jax.devices()[:1], directory=_executable_dir())
+    neg_lp_and_grad = _program("laplace_grad", _neg_lp_and_grad, proto, retrace)
+
+    def fun(q):
+        v, g = neg_lp_and_grad(np.asarray(q, dtype=np.float64), *data)
+        return float(v), np.asarray(g, dtype=np.float64)
+
+    res = minimize(fun, q0, jac=True, method="L-BFGS-B",
+                   options={"maxiter": 500, "gtol": 1e-9, "ftol": 1e-14})
+    m = np.asarray(res.x, dtype=np.float64)
+    H = np.asarray(_program("laplace_hessian", _neg_hessian, proto, retrace)(m, *data),
+                   dtype=np.float64)
+    return res, m, H
+
+
 def laplace(wbar: float, totals: np.ndarray, groups: tuple) -> tuple[np.ndarray, np.ndarray, dict]:
     """Mode and Cholesky factor of the inverse Hessian of the log posterior of q: the
     preconditioner (m, L) of the sampler. Falls back to a diagonal guess when the
     optimiser fails; correctness never depends on it, only speed."""
-    from scipy.optimize import minimize
-
+    q0 = np.array([0.0, 0.0, math.log(0.5), math.log(0.1), 0.0, math.log(0.5)])
     with _x64():
-        args = (jnp.float64(wbar), jnp.asarray(totals), tuple(jnp.asarray(a) for a in groups))
-
-        def fun(q):
-            v, g = _neg_lp_and_grad(jnp.asarray(q), *args)
-            return float(v), np.asarray(g, dtype=np.float64)
-
-        q0 = np.array([0.0, 0.0, math.log(0.5), math.log(0.1), 0.0, math.log(0.5)])
-        res = minimize(fun, q0, jac=True, method="L-BFGS-B",
-                       options={"maxiter": 500, "gtol": 1e-9, "ftol": 1e-14})
-        m = np.asarray(res.x, dtype=np.float64)
-        H = np.asarray(_neg_hessian(jnp.asarray(m), *args), dtype=np.float64)
+        data = (np.float64(wbar), np.asarray(totals, dtype=np.float64),
+                tuple(np.asarray(a, dtype=np.float64) for a in groups))
+        try:
+            res, m, H = _laplace_mode(q0, data, retrace=False)
+        except jax.errors.JaxRuntimeError as e:  # a cached program that does not run
+            log.warning("native engine: cached Laplace programs failed (%s); tracing again", e)
+            res, m, H = _laplace_mode(q0, data, retrace=True)
     info = {"converged": bool(res.success), "n_iter": int(res.nit)}
     H = 0.5 * (H + H.T)
     try:
@@ -240,65 +280,75 @@ def _n_devices(n_chains: int) -> int:
     return max(d for d in range(1, min(avail, n_chains) + 1) if n_chains % d == 0)
 
 
-def _spread(n_dev: int):
-    """A numpyro ``chain_method``: chains split over ``n_dev`` devices (pmap), vectorised
-    (vmap) within a device.
-
-    numpyro hands over ``partial(mcmc._single_chain_mcmc, args=<data>, ...)``; the data
-    are passed to the pmapped function as arguments rather than closed over, so the
-    compiled program does not depend on the data: one compilation (in memory, and in the
-    persistent cache) serves every cohort with the same padded group count."""
-    compiled: dict[tuple, Any] = {}
-
-    def method(fn):
-        kw = dict(fn.keywords)
-        data = kw.pop("args")
-        key = (id(getattr(fn.func, "__self__", fn.func)), tuple(kw.get("collect_fields", ())),
-               tuple(kw.get("remove_sites", ())))
-        pvfn = compiled.get(key)
-        if pvfn is None:
-            func = fn.func
-
-            def one_chain(map_args, data):
-                return func(map_args, args=data, **kw)
-
-            pvfn = jax.pmap(jax.vmap(one_chain, in_axes=(0, None)), in_axes=(0, None))
-            compiled[key] = pvfn
-
-        def run(map_args):
-            split = jax.tree.map(lambda x: x.reshape((n_dev, -1) + x.shape[1:]), map_args)
-            out = pvfn(split, data)
-            return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), out)
-
-        return run
-
-    method.__name__ = f"pmap{n_dev}_vmap"
-    return method
+_FIELDS = ("z", "diverging", "num_steps")
 
 
-_spread_methods: dict[int, Any] = {}
+def _nuts_mcmc(n_chains: int, n_warmup: int, n_draws: int, chain_method: Any):
+    from numpyro.infer import MCMC, NUTS
+
+    kernel = NUTS(_model, max_tree_depth=MAX_TREE_DEPTH, target_accept_prob=0.8)
+    return MCMC(kernel, num_warmup=n_warmup, num_samples=n_draws, num_chains=n_chains,
+                chain_method=chain_method, progress_bar=False, jit_model_args=True)
 
 
-def _get_mcmc(n_chains: int, n_warmup: int, n_draws: int, chain_method: str, n_dev: int) -> MCMC:
-    """One MCMC object per shape of the run: with ``jit_model_args`` it keeps its compiled
-    sampler for every data set with the same padded group count."""
-    key = (n_chains, n_warmup, n_draws, chain_method, n_dev)
+def _by_device(fn):  # pragma: no cover - a marker: chains are mapped by _sampler_program
+    raise NotImplementedError
+
+
+def _mesh(n_dev: int):
+    from jax.sharding import Mesh
+
+    return Mesh(np.array(jax.devices()[:n_dev]), ("chains",))
+
+
+def _sampler_program(n_chains: int, n_warmup: int, n_draws: int, n_dev: int):
+    """The whole run, warm-up and sampling of every chain, as one jitted function of
+    ``(key, data)``: chains split over ``n_dev`` devices (shard_map), vectorised (vmap)
+    within a device, and each chain numpyro's own single-chain MCMC (the program numpyro's
+    ``MCMC.run`` traces, with chain k on key k of ``split(key, n_chains)``).
+
+    The data are arguments, not constants, so one compiled program serves every cohort
+    with the same padded group count. Each chain returns its last state too: numpyro
+    returns it, and dropping it changes XLA's fusion and the last digits of the draws."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    mcmc = _nuts_mcmc(n_chains, n_warmup, n_draws, _by_device)
+
+    def one_chain(key, data):
+        states, last = mcmc._single_chain_mcmc((key, None, None), args=data, kwargs={},
+                                               collect_fields=_FIELDS, remove_sites=())
+        return ((states["z"]["z"], states["diverging"], states["num_steps"]),
+                tuple(jax.tree.leaves(last)))
+
+    mesh = _mesh(n_dev)
+    chains = PartitionSpec("chains")
+    per_device = jax.shard_map(jax.vmap(one_chain, in_axes=(0, None)), mesh=mesh,
+                               in_specs=(chains, PartitionSpec()), out_specs=chains,
+                               check_vma=False)
+
+    def program(key, data):
+        return per_device(jax.random.split(key, n_chains), data)
+
+    return jax.jit(program, in_shardings=NamedSharding(mesh, PartitionSpec()),
+                   out_shardings=NamedSharding(mesh, chains))
+
+
+def _prng_key(seed: int) -> np.ndarray:
+    """``jax.random.PRNGKey(seed % 2**32)`` (the default threefry key is (0, seed) for
+    seeds below 2**32), made without a JAX dispatch."""
+    s = int(seed) % (2**32)
+    if str(jax.config.jax_default_prng_impl) == "threefry2x32":
+        return np.array([0, s], dtype=np.uint32)
+    return np.asarray(jax.random.key_data(jax.random.PRNGKey(s)))
+
+
+def _get_mcmc(n_chains: int, n_warmup: int, n_draws: int, chain_method: str):
+    """numpyro's MCMC for chain_method ``sequential`` (one device, chains one after the
+    other); kept per shape of the run so that it keeps its compiled sampler."""
+    key = (n_chains, n_warmup, n_draws, chain_method)
     mcmc = _mcmc_cache.get(key)
     if mcmc is None:
-        kernel = NUTS(_model, max_tree_depth=MAX_TREE_DEPTH, target_accept_prob=0.8)
-        method: Any = chain_method
-        if n_dev > 1:
-            method = _spread_methods.setdefault(n_dev, _spread(n_dev))
-        mcmc = MCMC(
-            kernel,
-            num_warmup=n_warmup,
-            num_samples=n_draws,
-            num_chains=n_chains,
-            chain_method=method,
-            progress_bar=False,
-            jit_model_args=True,
-        )
-        _mcmc_cache[key] = mcmc
+        mcmc = _mcmc_cache[key] = _nuts_mcmc(n_chains, n_warmup, n_draws, chain_method)
     return mcmc
 
 
@@ -309,21 +359,54 @@ def sample_hyperparameters(
 
     Chain k gets key k of ``split(PRNGKey(seed), n_chains)`` (numpyro's own rule); the
     chains are spread over the host's XLA devices (see ``ensure_host_devices``). The draws
-    are a deterministic function of data, settings, seed, machine and device count."""
+    are a deterministic function of data, settings, seed, machine and device count, whether
+    the compiled sampler was traced in this process or loaded from the cache."""
     n_chains = settings.n_chains
     n_draws = settings.n_samples - settings.n_warmup
-    totals = native_math.panel_totals(groups)
+    totals = np.asarray(native_math.panel_totals(groups), dtype=np.float64)
     gt = tuple(np.asarray(a, dtype=np.float64) for a in groups.as_tuple())
+    key = _prng_key(settings.seed)
+    method = _chain_method()
+    n_dev = _n_devices(n_chains) if method == "vectorized" else 1
+    run_settings = {"n_chains": n_chains, "n_warmup": settings.n_warmup, "n_draws": n_draws,
+                    "n_devices": n_dev, "max_tree_depth": MAX_TREE_DEPTH,
+                    "target_accept_prob": 0.8}
+    if method == "vectorized":  # load the compiled sampler while the Laplace fit runs
+        with _x64():
+            native_export.prefetch(
+                "nuts", (key, (np.float64(wbar), np.zeros(6), np.zeros((6, 6)), totals) + gt),
+                settings=run_settings, devices=jax.devices()[:n_dev],
+                directory=_executable_dir())
     m, L, laplace_info = laplace(wbar, totals, gt)
-    args = (np.float64(wbar), m, L, totals) + gt
+    args = (np.float64(wbar), np.asarray(m, dtype=np.float64),
+            np.asarray(L, dtype=np.float64), totals) + gt
     with _lock, _x64():
-        n_dev = _n_devices(n_chains) if _chain_method() == "vectorized" else 1
-        mcmc = _get_mcmc(n_chains, settings.n_warmup, n_draws, _chain_method(), n_dev)
-        mcmc.run(jax.random.PRNGKey(int(settings.seed) % (2**32)), *args,
-                 extra_fields=("diverging", "num_steps"))
-        samples = {k: np.asarray(v, dtype=np.float64)
-                   for k, v in mcmc.get_samples(group_by_chain=True).items()}
-        extra = {k: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
+        if method == "vectorized":
+            def run(retrace: bool):
+                exe, info = native_export.compiled(
+                    "nuts",
+                    lambda: _sampler_program(n_chains, settings.n_warmup, n_draws, n_dev),
+                    (key, args), settings=run_settings, devices=jax.devices()[:n_dev],
+                    directory=_executable_dir(), retrace=retrace)
+                (z, diverging, num_steps), _ = exe(key, args)
+                return (np.asarray(z, dtype=np.float64), np.asarray(diverging),
+                        np.asarray(num_steps)), info
+
+            try:
+                (z, diverging, num_steps), program = run(False)
+            except jax.errors.JaxRuntimeError as e:  # a cached program that does not run
+                log.warning("native engine: cached sampler failed (%s); tracing again", e)
+                (z, diverging, num_steps), program = run(True)
+            samples = {"z": z}
+            extra = {"diverging": diverging, "num_steps": num_steps}
+        else:
+            program = {"source": "numpyro MCMC (sequential)"}
+            mcmc = _get_mcmc(n_chains, settings.n_warmup, n_draws, method)
+            mcmc.run(jnp.asarray(key), *args, extra_fields=("diverging", "num_steps"))
+            samples = {k: np.asarray(v, dtype=np.float64)
+                       for k, v in mcmc.get_samples(group_by_chain=True).items()}
+            extra = {k: np.asarray(v)
+                     for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
     q = m + samples["z"] @ L.T  # (chains, draws, 6)
     b_week = q[..., 1]
     draws = {
@@ -337,6 +420,7 @@ def sample_hyperparameters(
     }
     extra["laplace"] = laplace_info
     extra["n_devices"] = n_dev
+    extra["program"] = program
     return draws, extra
 
 
@@ -531,6 +615,11 @@ class NativeEngine:
                 "laplace": nf.extra.get("laplace"),
                 "n_devices": nf.n_devices,
                 "n_groups": nf.n_groups,
+                # where the compiled sampler came from: "traced" in this process, "file"
+                # (the executable cache, no tracing), "memory" (an earlier fit here)
+                "program": nf.extra.get("program", {}).get("source"),
+                "program_loaded": (nf.extra.get("program", {}).get("source") == "file"
+                                   or bool(nf.extra.get("program", {}).get("loaded"))),
             },
         }
 
