@@ -4,6 +4,7 @@ and agree with the manifests that run them."""
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 import shlex
 from pathlib import Path
@@ -91,7 +92,7 @@ def test_user_code_image_installs_with_bootstrap_into_opt_venv_and_runs_the_grpc
         assert dockerignore_keeps(df, src.rstrip("/")), f"{src} is excluded by the .dockerignore"
     assert "scripts/bootstrap.sh" in copied_sources(ins)
     uid = _user(ins)
-    cmd = " ".join(eval(of(ins, "CMD")[-1]))  # exec form: a JSON list
+    cmd = " ".join(json.loads(of(ins, "CMD")[-1]))  # exec form: a JSON list
     assert cmd.startswith("dagster api grpc -m growth_assets.definitions -a defs -h 0.0.0.0 -p 4000")
     assert re.search(r"PATH=/opt/venv/bin", " ".join(of(ins, "ENV")))
     for dname in ("growth-user-code", "dagster-webserver", "dagster-daemon"):
@@ -120,7 +121,7 @@ def test_r_image_installs_with_install_r_and_bakes_the_model_where_the_pod_looks
     baked = re.search(r"R_BRMS_MODEL_CACHE=(\S+)", env).group(1)
     uid = _user(ins)
     assert of(ins, "EXPOSE") == [str(r_default_port())]
-    assert eval(of(ins, "CMD")[-1])[:2] == ["Rscript", "/opt/r_brms_plumber/run.R"]
+    assert json.loads(of(ins, "CMD")[-1])[:2] == ["Rscript", "/opt/r_brms_plumber/run.R"]
     # the pod: same uid, and the init container copies exactly that baked directory
     deploy = find(base(), "Deployment", "r-brms-plumber")
     spec = deploy["spec"]["template"]["spec"]
