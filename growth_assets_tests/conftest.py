@@ -124,7 +124,7 @@ class RService:
                 if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
                     return self
             except httpx.HTTPError:
-                pass
+                pass  # not listening yet: poll again
             time.sleep(1)
         raise TimeoutError(f"the R service was not ready in {timeout}s: {self.log_path.read_text()[-3000:]}")
 

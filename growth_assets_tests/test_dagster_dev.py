@@ -89,7 +89,7 @@ class DagsterDev:
                 if entries and all(e["loadStatus"] == "LOADED" for e in entries):
                     return
             except (httpx.HTTPError, AssertionError, KeyError, TypeError):
-                pass
+                pass  # not up yet: poll again
             time.sleep(1)
         raise TimeoutError("dagster dev did not load the code location")
 

@@ -55,7 +55,7 @@ class Fake:
                 self.wfile.write(body)
 
             def log_message(self, *a):
-                pass
+                pass  # keep the test output quiet
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"

@@ -23,7 +23,7 @@ class Receiver:
                 self.wfile.write(b"ok")
 
             def log_message(self, *args):
-                pass
+                pass  # keep the test output quiet
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
