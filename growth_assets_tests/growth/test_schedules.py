@@ -16,10 +16,13 @@ def test_monday_tick_runs_the_week_that_just_closed(defs):
     s = defs.resolve_schedule_def("fit_bayesian_growth")
     assert s.cron_schedule == "30 4 * * 1" and s.execution_timezone == "UTC"
     assert s.job_name == "weekly_growth_job"
-    ctx = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 23, 4, 30, tzinfo=timezone.utc))
+    repo = defs.get_repository_def()
+    ctx = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 23, 4, 30, tzinfo=timezone.utc),
+                                    repository_def=repo)
     reqs = s.evaluate_tick(ctx).run_requests
     assert len(reqs) == 1 and reqs[0].partition_key == "2026-11-16"
-    nxt = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 30, 4, 30, tzinfo=timezone.utc))
+    nxt = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 30, 4, 30, tzinfo=timezone.utc),
+                                    repository_def=repo)
     assert s.evaluate_tick(nxt).run_requests[0].partition_key == "2026-11-23"
 
 

@@ -224,7 +224,7 @@ def growth_brms_meta(context: dg.AssetExecutionContext, brms_posterior: dict[str
             window_start=weekly_scores.window_start, window_end=weekly_scores.window_end,
             week_start=weekly_scores.week_start, score_source=weekly_scores.score_source,
             panel_id=weekly_scores.panel_id, source_counts=weekly_scores.rows_by_source,
-            dagster_run_id=context.run_id,
+            dagster_run_id=context.run.run_id,
         )
     if status != "passed":
         context.log.warning("run %s recorded as failed_checks: %s", brms_posterior["run_id"], "; ".join(reasons))
