@@ -73,7 +73,8 @@ def worker(n_students: int, n_chains: int, n_samples: int, seed: int, data_seed:
         "n_max_treedepth": d["n_max_treedepth"],
         "n_p_exact": res["p_method"]["n_p_exact"],
         "program": res["sampler"].get("program"),
-        "jax_cache_dir": str(jax_cache_dir()),
+        # home folded to ~: results are committed, and carry no path of the machine
+        "jax_cache_dir": str(jax_cache_dir()).replace(os.path.expanduser("~"), "~", 1),
         "estimates": {p: round(res["posterior_summary"][p]["mean"], 4)
                       for p in contract.POPULATION_PARAMS},
     }
