@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sys
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 log = logging.getLogger("growth_assets")
@@ -107,6 +107,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .defs import build_definitions
     from .defs.growth import weekly_assets
     from .demo.cohort import seed_cohort
+    from .model.window import Window
     from .settings import Settings
 
     url = _database_url()
@@ -122,7 +123,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     os.environ["DAGSTER_PG_URL"] = url
     settings = Settings.from_env()
     defs = build_definitions(settings)
-    last_week = as_of - timedelta(days=as_of.weekday()) - timedelta(weeks=1)
+    last_week = Window(as_of, settings.lookback_weeks).last_week
     print(f"materializing partition {last_week} with the {settings.chosen_engine} engine "
           f"(Dagster home {home})")
     with dg.DagsterInstance.get() as instance:

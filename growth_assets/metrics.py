@@ -97,10 +97,9 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from scipy.special import ndtr
 
 from .db.writers import check_monday, merge_weekly_kpi
-from .model.contract import ContractError, check_target, line_prediction
+from .model.contract import ContractError, check_target, line_prediction, normal_approximation_p
 from .settings import Settings
 
 log = logging.getLogger("growth_assets.metrics")
@@ -425,8 +424,7 @@ def _answers(
         for p in pending.values():
             p.reasons.append("METRICS_USE_BAYESIAN=false: Normal approximation only")
 
-    # 3. Normal approximation (spec §7; vectorised, the same arithmetic as
-    #    contract.normal_approximation: P = clip(1 - Phi((target - theta) / se), 0, 1))
+    # 3. Normal approximation (spec §7), for the users whose latest theta and se are usable
     if pending:
         theta = _latest_theta(session, list(pending))
         ok: list[str] = []
@@ -449,7 +447,7 @@ def _answers(
             out[u] = GoalAnswer(u, target, None, path="none", reasons=tuple(reasons))
         if ok:
             arr = np.array([theta[u] for u in ok], dtype=float)
-            p = np.clip(ndtr(-((target - arr[:, 0]) / arr[:, 1])), 0.0, 1.0)
+            p = normal_approximation_p(arr[:, 0], arr[:, 1], target)
             for i, u in enumerate(ok):
                 out[u] = GoalAnswer(u, target, float(p[i]), float(arr[i, 1]), float(arr[i, 0]),
                                     "normal", tuple(pending.pop(u).reasons), None, "normal")

@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 import psycopg
 
+from ..model.window import Window
+
 
 @dataclass(frozen=True)
 class CohortParams:
@@ -149,7 +151,7 @@ def seed_cohort(conn: psycopg.Connection, n_students: int, n_weeks: int, seed: i
                 as_of: date, truth_path: Path | None = None,
                 params: CohortParams = CohortParams()) -> SeedReport:
     """Write a cohort covering the ``n_weeks`` complete weeks before the week of ``as_of``."""
-    first_week = as_of - timedelta(days=as_of.weekday()) - timedelta(weeks=n_weeks)
+    first_week = Window(as_of, n_weeks).start
     data = generate(n_students, n_weeks, seed, first_week, params)
     with conn.transaction():
         n_mirt = _copy_upsert(conn, "mirt_ability",

@@ -158,6 +158,13 @@ def line_prediction(
 # --- §7: the Normal approximation ------------------------------------------------------
 
 
+def normal_approximation_p(mu: np.ndarray | float, sd: np.ndarray | float, target: float) -> np.ndarray:
+    """P = 1 - Phi((target - mu) / sd), clamped to [0, 1], for estimates already known to be
+    usable (finite mu, finite sd > 0); vectorised for the batch readers."""
+    mu, sd = np.asarray(mu, dtype=float), np.asarray(sd, dtype=float)
+    return np.clip(norm.sf((target - mu) / sd), 0.0, 1.0)
+
+
 def normal_approximation(mu: float | None, sd: float | None, target: float) -> float | None:
     """P = 1 - Phi((target - mu) / sd) from an ability estimate and its standard error.
 
@@ -168,7 +175,7 @@ def normal_approximation(mu: float | None, sd: float | None, target: float) -> f
     mu, sd = float(mu), float(sd)
     if not (math.isfinite(mu) and math.isfinite(sd)) or sd <= 0:
         return None
-    return float(min(1.0, max(0.0, norm.sf((target - mu) / sd))))
+    return float(normal_approximation_p(mu, sd, target))
 
 
 def check_target(target: Any) -> float:

@@ -1,6 +1,5 @@
 """The production dagster.yaml loads: PostgreSQL storage and the Kubernetes run launcher."""
 
-import os
 from pathlib import Path
 
 import dagster as dg

@@ -1,6 +1,5 @@
 """The weekly graph materialized with Dagster against a real PostgreSQL."""
 
-import copy
 from datetime import date
 
 import dagster as dg

@@ -1,8 +1,7 @@
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 import psycopg
-import pytest
 
 from dagster._utils.schedules import cron_string_iterator
 

@@ -5,7 +5,7 @@ from datetime import date, datetime, timedelta, timezone
 import dagster as dg
 
 from ...metrics import PATHS, refresh_active_users
-from ..growth.panel import monday_of
+from ...model.window import monday_of
 from ..resources import GrowthSettings, PostgresResource
 
 daily_freshness = dg.FreshnessPolicy.cron(deadline_cron="0 3 * * 1-5", lower_bound_delta=timedelta(hours=1),

@@ -1,0 +1,54 @@
+"""The lookback window of spec §1: ISO weeks starting Monday, in UTC."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+
+from .contract import ContractError
+
+
+def monday_of(d: date | datetime) -> date:
+    if isinstance(d, datetime):
+        d = d.astimezone(timezone.utc).date() if d.tzinfo else d.date()
+    return d - timedelta(days=d.weekday())
+
+
+@dataclass(frozen=True)
+class Window:
+    """The ``lookback_weeks`` complete ISO weeks before the week of ``as_of`` (UTC)."""
+
+    as_of: date
+    lookback_weeks: int
+
+    @property
+    def week_start(self) -> date:
+        """The Monday of ``as_of``: the ``weekly_kpi`` week that receives P."""
+        return monday_of(self.as_of)
+
+    @property
+    def start(self) -> date:
+        return self.week_start - timedelta(weeks=self.lookback_weeks)
+
+    @property
+    def end(self) -> date:
+        """Exclusive: the Monday of ``as_of``."""
+        return self.week_start
+
+    @property
+    def last_week(self) -> date:
+        return self.week_start - timedelta(weeks=1)
+
+    def week_monday(self, week_index: int) -> date:
+        return self.start + timedelta(weeks=week_index)
+
+    @classmethod
+    def for_partition(cls, partition_key: str, lookback_weeks: int) -> "Window":
+        """A weekly partition is keyed by the last complete week of its window."""
+        try:
+            last = date.fromisoformat(partition_key)
+        except ValueError:
+            raise ContractError("partition_key", "must be an ISO date (a Monday)", partition_key) from None
+        if last.isoweekday() != 1:
+            raise ContractError("partition_key", "must be a Monday", partition_key)
+        return cls(as_of=last + timedelta(weeks=1), lookback_weeks=lookback_weeks)
