@@ -105,7 +105,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from .db.migrate import migrate
     from .defs import build_definitions
-    from .defs.growth import weekly_assets
     from .demo.cohort import seed_cohort
     from .model.window import Window
     from .settings import Settings
@@ -124,20 +123,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     defs = build_definitions(settings)
     last_week = Window(as_of, settings.lookback_weeks).last_week
-    print(f"materializing partition {last_week} with the {settings.chosen_engine} engine "
+    print(f"running weekly_growth_job for partition {last_week} with the {settings.chosen_engine} engine "
           f"(Dagster home {home})")
+    job = defs.resolve_job_def("weekly_growth_job")
     with dg.DagsterInstance.get() as instance:
-        res = dg.materialize(weekly_assets, partition_key=last_week.isoformat(), instance=instance,
-                             resources=defs.resources, raise_on_error=False,
-                             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
+        res = job.execute_in_process(partition_key=last_week.isoformat(), instance=instance,
+                                     raise_on_error=False,
+                                     run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
     for ev in res.get_asset_check_evaluations():
         print(f"  check {ev.check_name}: {'passed' if ev.passed else 'FAILED ' + ev.severity.value}")
     if not res.success:
-        print("the weekly graph failed; see the Dagster UI (dagster dev) for the run", file=sys.stderr)
+        print("the weekly graph failed; see the Dagster UI (growth-assets dev) for the run", file=sys.stderr)
         return 1
-    out = res.output_for_node("weekly_kpi_P")
-    print(f"run {out['run_id']}: P written for {out['rows_written']} students "
-          f"(P from {out['P_min']:.3f} to {out['P_max']:.3f})")
+    md = {m.asset_key.to_user_string(): m.metadata for m in
+          (e.event_specific_data.materialization for e in res.get_asset_materialization_events())}
+    kpi = md["weekly_kpi_P"]
+    print(f"run {kpi['run_id'].value}: P written for {kpi['rows_written'].value} students "
+          f"(P from {kpi['P_min'].value:.3f} to {kpi['P_max'].value:.3f}, target {kpi['P_target'].value:g}, "
+          f"for the week of {kpi['P_week'].value})")
     print("browse it: .venv/bin/growth-assets dev   (Dagster UI on http://127.0.0.1:3000)")
     return 0
 
@@ -185,28 +188,33 @@ def cmd_r_service(args: argparse.Namespace) -> int:
 def cmd_fit(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .model.contract import horizon_week, validate_fit_result, validate_panel
+    from .model.contract import horizon_week
     from .model.engine import FitSettings
     from .model.engines import make_engine
+    from .model.panel import Panel
+    from .model.result import fit_panel
     from .settings import Settings
 
     s = Settings.from_env()
-    panel = validate_panel(pd.read_csv(args.panel, dtype={"student_id": str}))
-    lookback = args.lookback_weeks or int(panel["week"].max()) + 1
+    panel = Panel.from_frame(pd.read_csv(args.panel, dtype={"student_id": str}))
+    lookback = args.lookback_weeks or int(panel.week.max()) + 1
     settings = FitSettings(
-        n_chains=args.chains or s.n_chains, n_samples=args.samples or s.n_samples,
+        n_chains=s.n_chains if args.chains is None else args.chains,
+        n_samples=s.n_samples if args.samples is None else args.samples,
         seed=s.seed if args.seed is None else args.seed,
         horizon_week=horizon_week(lookback, args.horizon_weeks),
         target=s.metrics_default_target if args.target is None else args.target,
         lookback_weeks=lookback,
     )
-    engine = make_engine(args.engine, r_brms_base_url=s.r_brms_base_url,
-                         r_brms_timeout_secs=s.r_brms_timeout_secs, r_brms_internal_token=s.r_brms_internal_token)
-    result = validate_fit_result(engine.fit(panel, settings))
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    d = result["diagnostics"]
-    print(f"{result['run_id']}: {result['n_students']} students, max R-hat {d['max_rhat']:.4f}, "
-          f"min ESS bulk {d['min_ess_bulk']:.0f}, {d['n_divergent']} divergent -> {args.out}")
+    engine = make_engine(args.engine, r_brms_base_url=s.r_brms_base_url, r_brms_timeout_secs=s.r_brms_timeout_secs,
+                         r_brms_internal_token=s.r_brms_internal_token, native=s.native)
+    result = fit_panel(engine, panel, settings)
+    Path(args.out).write_text(json.dumps(result.to_json(), indent=1))
+    d = result.diagnostics
+    p = result.students.P
+    print(f"{result.run_id}: {result.n_students} students, max R-hat {d.max_rhat:.4f}, "
+          f"min ESS bulk {d.min_ess_bulk:.0f}, {d.n_divergent} divergent; target {result.target:g} at week "
+          f"{result.horizon_week}: P from {p.min():.3f} to {p.max():.3f} -> {args.out}")
     return 0
 
 
@@ -259,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # the commands print their steps; libraries (alembic, JAX, Dagster) speak only to warn
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     from .db.localpg import LocalPgError
     from .model.contract import ContractError

@@ -51,24 +51,21 @@ The chain (spec §6, §7), with METRICS_USE_BAYESIAN=true
          prior       (a, b) ~ N(beta, Sigma),  beta = (b_Intercept, b_week),
                      Sigma = [[t0^2, rho t0 t1], [rho t0 t1, t1^2]]
          data        y = X (a, b)' + e,  e ~ N(0, sigma^2 I),  X = [1, week]  (n x 2)
-         posterior   cov  = (Sigma^-1 + X'X / sigma^2)^-1
-                     mean = cov (Sigma^-1 beta + X'y / sigma^2)
+         posterior   cov = Sigma B^-1,  B = I + X'X Sigma / sigma^2 (no inverse of Sigma),
+                     mean = c + cov X'y / sigma^2
 
-     X'X = [[n, sum w], [sum w, sum w^2]] and X'y = (sum y, sum w y), so the student enters
-     only through five sums, computed in SQL.
+     (``model.lines``, the same code the native engine averages over its draws). X'X and
+     X'y are five sums per student, computed in SQL.
 
-     The student's data (score source ``theta``, the default; also when a run does not
-     record its source): per calendar week, the mean of the student's ``mirt_ability.theta``
-     rows (finite theta, ``window_start <= fitted_at <= now()``), ``week`` = whole weeks since
-     the run's ``window_start`` (UTC Mondays, as the panel, spec §1; weeks after the window
-     count too, with their calendar index). Only ``mirt_ability`` is read, not the panel's
-     lower-priority theta sources (student_topic_theta, features_topic_daily.theta_estimate,
-     weekly_kpi ability_estimate): a student known only from those falls through to path 3
-     (which needs mirt_ability too, so gets None). A run with score source ``accuracy``
-     uses ``sum(correct) / sum(attempts)`` of ``features_topic_daily`` per week, as its panel.
-     The plug-in ignores the hyperparameters' posterior uncertainty (the engines average over
-     it), which for a cohort of tens of students or more is small against the student's own
-     uncertainty (tested against a real native fit).
+     The student's data: the student-week scores of the panel's own query (``panel_query``:
+     for ``theta``, the first of mirt_ability, student_topic_theta, features_topic_daily's
+     theta_estimate and weekly_kpi's ability_estimate per week; for ``accuracy``,
+     correct / attempts), from the run's ``window_start`` up to now; ``week`` = whole weeks
+     since ``window_start`` (weeks after the window count too, with their calendar index).
+     So every student the fit could have seen, this path can serve. The plug-in ignores
+     the hyperparameters' posterior uncertainty (the engines average over it), which for a
+     cohort of tens of students or more is small against the student's own uncertainty
+     (tested against a real native fit).
 
 3. ``normal``: the Normal approximation (spec §7) from the user's latest ``mirt_ability`` row
    with a non-NULL theta: ``P = 1 - Phi((target - theta) / se)``; no such row, a non-finite
@@ -100,6 +97,7 @@ import psycopg
 
 from .db.writers import check_monday, merge_weekly_kpi
 from .model.contract import ContractError, check_target, line_prediction, normal_approximation_p
+from .model.lines import conditional_line
 from .settings import Settings
 
 log = logging.getLogger("growth_assets.metrics")
@@ -230,38 +228,20 @@ def _posterior_rows(session: psycopg.Connection, run_id: str, users: list[str]) 
     return {r[0]: r[1:] for r in rows}
 
 
-_THETA_SUMS = """
-WITH wk AS (
-    SELECT user_id,
-           (date_trunc('week', fitted_at AT TIME ZONE 'UTC')::date - %(ws)s::date) / 7 AS w,
-           avg(theta) AS y
-    FROM mirt_ability
-    WHERE user_id = ANY(%(users)s)
-      AND fitted_at >= (%(ws)s::date)::timestamp AT TIME ZONE 'UTC' AND fitted_at <= now()
-      AND theta IS NOT NULL AND theta NOT IN ('NaN', 'Infinity', '-Infinity')
-    GROUP BY 1, 2
-)
-SELECT user_id, count(*), sum(w)::float8, sum(w * w)::float8, sum(y), sum(w * y) FROM wk GROUP BY 1
-"""
-
-_ACCURACY_SUMS = """
-WITH wk AS (
-    SELECT user_id, (date_trunc('week', date::timestamp)::date - %(ws)s::date) / 7 AS w,
-           sum(correct)::float8 / sum(attempts) AS y
-    FROM features_topic_daily
-    WHERE user_id = ANY(%(users)s) AND date >= %(ws)s::date
-      AND date <= (now() AT TIME ZONE 'UTC')::date
-      AND attempts > 0 AND correct >= 0 AND correct <= attempts
-    GROUP BY 1, 2
-)
-SELECT user_id, count(*), sum(w)::float8, sum(w * w)::float8, sum(y), sum(w * y) FROM wk GROUP BY 1
-"""
-
-
 def _data_sums(session: psycopg.Connection, run: _Run, users: list[str]) -> dict[str, tuple]:
-    """Per user: (n weeks, sum w, sum w^2, sum y, sum w y) since the run's window_start."""
-    sql = _ACCURACY_SUMS if run.score_source == "accuracy" else _THETA_SUMS
-    rows = session.execute(sql, {"ws": run.window_start, "users": users}).fetchall()
+    """Per user: (n weeks, sum w, sum w^2, sum y, sum w y) of the student-week scores since the
+    run's window_start up to now, through the panel's own query (the same four sources in the
+    same priority, or accuracy, as the run's panel; weeks after the window keep their
+    calendar index)."""
+    from .defs.growth.panel import panel_query
+
+    query = panel_query(run.score_source or "theta")
+    now = datetime.now(timezone.utc)
+    rows = session.execute(
+        f"SELECT student_id, count(*), sum(week)::float8, sum(week * week)::float8, sum(score),"
+        f" sum(week * score) FROM ({query}) p GROUP BY 1",
+        {"window_start": run.window_start, "window_end": now.date() + timedelta(days=1), "now": now,
+         "users": users}).fetchall()
     return {r[0]: tuple(r[1:]) for r in rows}
 
 
@@ -282,13 +262,9 @@ def population_line_posterior(
     summary: dict[str, Any], n: np.ndarray, sw: np.ndarray, sww: np.ndarray,
     sy: np.ndarray, swy: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(mean_a, mean_b, var_a, var_b, cov_ab) of a new student's line, vectorised.
-
-    The conditional Normal of the mixed model at the plug-in posterior means of the
-    population parameters (module docstring, path 2):
-    cov = (Sigma^-1 + X'X/sigma^2)^-1, mean = cov (Sigma^-1 beta + X'y/sigma^2),
-    with X'X = [[n, sw], [sw, sww]] and X'y = (sy, swy).
-    """
+    """(mean_a, mean_b, var_a, var_b, cov_ab) of a new student's line, vectorised: the
+    conditional Normal of the mixed model (``model.lines``, the native engine's own code) at
+    the plug-in posterior means of the population parameters."""
     def mean(name: str) -> float:
         try:
             v = summary[name]["mean"]
@@ -298,25 +274,13 @@ def population_line_posterior(
             raise ContractError(f"posterior_summary.{name}.mean", "must be a finite number", v)
         return float(v)
 
-    b0, b1 = mean("b_Intercept"), mean("b_week")
     t0, t1 = mean("sd_student_id__Intercept"), mean("sd_student_id__week")
     rho, sigma = mean("cor_student_id__Intercept__week"), mean("sigma")
-    if not (t0 > 0 and t1 > 0 and sigma > 0 and -1 < rho < 1):
-        raise ContractError("posterior_summary", "sd's and sigma must be > 0 and |cor| < 1",
+    if not (t0 >= 0 and t1 >= 0 and sigma > 0 and -1 <= rho <= 1):
+        raise ContractError("posterior_summary", "sd's must be >= 0, sigma > 0 and |cor| <= 1",
                             (t0, t1, rho, sigma))
-    c = rho * t0 * t1
-    det_s = t0 * t0 * t1 * t1 - c * c
-    # Sigma^-1 = [[p00, p01], [p01, p11]]
-    p00, p01, p11 = t1 * t1 / det_s, -c / det_s, t0 * t0 / det_s
-    s2 = sigma * sigma
-    q00, q01, q11 = p00 + n / s2, p01 + sw / s2, p11 + sww / s2  # posterior precision
-    det_q = q00 * q11 - q01 * q01
-    var_a, cov_ab, var_b = q11 / det_q, -q01 / det_q, q00 / det_q
-    r0 = p00 * b0 + p01 * b1 + sy / s2
-    r1 = p01 * b0 + p11 * b1 + swy / s2
-    mean_a = var_a * r0 + cov_ab * r1
-    mean_b = cov_ab * r0 + var_b * r1
-    return mean_a, mean_b, var_a, var_b, cov_ab
+    return conditional_line(mean("b_Intercept"), mean("b_week"), t0, t1, rho, sigma,
+                            *(np.asarray(x, dtype=float) for x in (n, sw, sww, sy, swy)))
 
 
 # --- the chain -----------------------------------------------------------------------------

@@ -14,6 +14,38 @@ from dataclasses import dataclass, field
 SCORE_SOURCES = ("theta", "accuracy")
 FAMILIES = ("gaussian",)
 ENGINE_CHOICES = ("brms", "native")
+CHAIN_METHODS = ("vectorized", "sequential")
+
+
+@dataclass(frozen=True)
+class IntLimit:
+    """An integer setting's default and inclusive range, stated once for the environment,
+    the Dagster resources, the CLI, the engines and (kept equal by a test) the R service."""
+
+    env: str
+    default: int
+    lo: int
+    hi: int
+
+    def check(self, field_name: str, value) -> int:
+        from .model.contract import ContractError  # the model's error type, named by field
+
+        if isinstance(value, bool) or not isinstance(value, (int,)) and not (
+                isinstance(value, float) and value.is_integer()):
+            raise ContractError(field_name, "must be an integer", value)
+        v = int(value)
+        if not self.lo <= v <= self.hi:
+            raise ContractError(field_name, f"must be within {self.lo}..{self.hi}", v)
+        return v
+
+
+LOOKBACK_WEEKS = IntLimit("BRMS_LOOKBACK_WEEKS", 12, 1, 520)
+N_SAMPLES = IntLimit("BRMS_N_SAMPLES", 2000, 200, 20000)
+N_CHAINS = IntLimit("BRMS_N_CHAINS", 4, 1, 8)
+SEED = IntLimit("BRMS_SEED", 1234, 0, 2**31 - 1)
+HORIZON_WEEKS = IntLimit("BRMS_HORIZON_WEEKS", 4, 0, 520)
+HORIZON_WEEK = IntLimit("horizon_week", 15, 0, 1_000_000)  # (L - 1) + horizon, a week index
+R_BRMS_TIMEOUT_SECS = 600.0
 
 
 class SettingsError(ValueError):
@@ -76,39 +108,71 @@ def env_choice(env: Mapping[str, str], name: str, default: str | None, choices: 
     return raw.lower()
 
 
+def env_limit(env: Mapping[str, str], limit: IntLimit) -> int:
+    return env_int(env, limit.env, limit.default, limit.lo, limit.hi)
+
+
+def default_cache_dir(env: Mapping[str, str]) -> str:
+    base = _get(env, "XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "growth_assets", "jax")
+
+
+@dataclass(frozen=True)
+class NativeRuntime:
+    """How the native engine runs JAX (GROWTH_JAX_CACHE_DIR, GROWTH_NATIVE_DEVICES,
+    GROWTH_NATIVE_CHAIN_METHOD): read here, applied by the engine when it is built."""
+
+    cache_dir: str | None = None  # None: no persistent caches
+    devices: int | None = None  # None: min(2, CPUs)
+    chain_method: str = "vectorized"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "NativeRuntime":
+        env = os.environ if env is None else env
+        raw = env.get("GROWTH_JAX_CACHE_DIR")
+        if raw is None:
+            cache = default_cache_dir(env)
+        else:
+            cache = None if raw.strip().lower() in ("", "off", "none", "0") else raw.strip()
+        devices = env_int(env, "GROWTH_NATIVE_DEVICES", 0, 0, 256) or None
+        method = env_choice(env, "GROWTH_NATIVE_CHAIN_METHOD", "vectorized", CHAIN_METHODS)
+        return cls(cache, devices, method)
+
+
 @dataclass(frozen=True)
 class Settings:
-    database_url: str | None = None
-    lookback_weeks: int = 12
-    n_samples: int = 2000
-    n_chains: int = 4
-    seed: int = 1234
-    horizon_weeks: int = 4
+    database_url: str | None = field(default=None, repr=False)  # holds the password
+    lookback_weeks: int = LOOKBACK_WEEKS.default
+    n_samples: int = N_SAMPLES.default
+    n_chains: int = N_CHAINS.default
+    seed: int = SEED.default
+    horizon_weeks: int = HORIZON_WEEKS.default
     update_kpi: bool = True
     score_source: str = "theta"
     family: str = "gaussian"
     engine: str | None = None  # GROWTH_ENGINE; None: native unless R_BRMS_BASE_URL is set
     r_brms_base_url: str | None = None
-    r_brms_timeout_secs: float = 600.0
+    r_brms_timeout_secs: float = R_BRMS_TIMEOUT_SECS
     r_brms_internal_token: str | None = field(default=None, repr=False)
     metrics_use_bayesian: bool = True
     metrics_default_target: float = 0.0
     alert_webhook_url: str | None = field(default=None, repr=False)
     dagster_webserver_url: str | None = None
+    native: NativeRuntime = field(default_factory=NativeRuntime)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if env is None else env
-        timeout = env_float(env, "R_BRMS_TIMEOUT_SECS", 600.0)
+        timeout = env_float(env, "R_BRMS_TIMEOUT_SECS", R_BRMS_TIMEOUT_SECS)
         if timeout <= 0:
             raise SettingsError("R_BRMS_TIMEOUT_SECS", str(timeout), "must be > 0")
         return cls(
             database_url=_get(env, "DATABASE_URL"),
-            lookback_weeks=env_int(env, "BRMS_LOOKBACK_WEEKS", 12, 1, 520),
-            n_samples=env_int(env, "BRMS_N_SAMPLES", 2000, 200, 20000),
-            n_chains=env_int(env, "BRMS_N_CHAINS", 4, 1, 8),
-            seed=env_int(env, "BRMS_SEED", 1234, 0, 2**31 - 1),
-            horizon_weeks=env_int(env, "BRMS_HORIZON_WEEKS", 4, 0, 520),
+            lookback_weeks=env_limit(env, LOOKBACK_WEEKS),
+            n_samples=env_limit(env, N_SAMPLES),
+            n_chains=env_limit(env, N_CHAINS),
+            seed=env_limit(env, SEED),
+            horizon_weeks=env_limit(env, HORIZON_WEEKS),
             update_kpi=env_bool(env, "BRMS_UPDATE_KPI", True),
             score_source=env_choice(env, "BRMS_SCORE_SOURCE", "theta", SCORE_SOURCES),
             family=env_choice(env, "BRMS_FAMILY", "gaussian", FAMILIES),
@@ -120,6 +184,7 @@ class Settings:
             metrics_default_target=env_float(env, "METRICS_DEFAULT_TARGET", 0.0),
             alert_webhook_url=_get(env, "ALERT_WEBHOOK_URL"),
             dagster_webserver_url=_get(env, "DAGSTER_WEBSERVER_URL"),
+            native=NativeRuntime.from_env(env),
         )
 
     @property

@@ -11,7 +11,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from growth_assets.model.contract import validate_fit_result
+from growth_assets_tests.support.results import accepted_json, checked_json  # noqa: F401
+
 from growth_assets_tests.conftest import REFERENCE_DIR
 
 CLI = [sys.executable, "-m", "growth_assets.cli"]
@@ -72,7 +73,7 @@ def test_fit_native_writes_the_spec_json(tmp_path):
                "--out", str(out_file), "--chains", "2", "--samples", "400", "--seed", "11",
                "--target", "300"])
     assert out.returncode == 0, out.stderr[-3000:]
-    res = validate_fit_result(json.loads(out_file.read_text()))
+    res = checked_json(json.loads(out_file.read_text()))
     assert res["engine"] == "native" and res["n_students"] == 18 and res["n_obs"] == 180
     # lookback from the panel (weeks 0..9), horizon 4 weeks after its last week
     assert (res["lookback_weeks"], res["horizon_week"], res["target"], res["seed"]) == (10, 13, 300.0, 11)

@@ -13,8 +13,21 @@ def test_definitions_load_with_the_four_assets_and_their_checks():
 
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
+    sources = {"mirt_ability", "student_topic_theta", "features_topic_daily", "weekly_kpi"}
     assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {
-        "weekly_scores", "brms_posterior", "growth_brms_meta", "weekly_kpi_P", "daily_kpi_P"}
+        "weekly_scores", "brms_posterior", "growth_brms_meta", "weekly_kpi_P", "daily_kpi_P"} | sources
+    # lineage starts where the data does: the platform's tables, external (never materialized)
+    for name in sources:
+        assert not graph.get(dg.AssetKey(name)).is_materializable, name
+
+    def parents(name):
+        return {k.to_user_string() for k in graph.get(dg.AssetKey(name)).parent_keys}
+
+    assert parents("weekly_scores") == sources
+    assert parents("brms_posterior") == {"weekly_scores"}
+    assert parents("growth_brms_meta") == {"brms_posterior"}
+    assert parents("weekly_kpi_P") == {"growth_brms_meta"}
+    assert parents("daily_kpi_P") == sources | {"growth_brms_meta", "brms_posterior"}
     checks = {k.name for k in graph.asset_check_keys}
     assert {"rhat_below_threshold", "ess_above_threshold", "divergent_transitions_below_threshold"} <= checks
     for key in graph.get_all_asset_keys():

@@ -28,11 +28,16 @@ def available() -> list[tuple[str, str]]:
     return out
 
 
-def migrate(url_or_conn: str | psycopg.Connection) -> list[str]:
+def migrate_through(conn: psycopg.Connection, last: str) -> list[str]:
+    """Apply the migrations up to and including version ``last`` (upgrade tests)."""
+    return migrate(conn, through=last)
+
+
+def migrate(url_or_conn: str | psycopg.Connection, through: str | None = None) -> list[str]:
     """Apply the migrations not applied yet; return the versions applied by this call."""
     if isinstance(url_or_conn, str):
         with psycopg.connect(url_or_conn) as conn:
-            return migrate(conn)
+            return migrate(conn, through)
     conn = url_or_conn
     applied_now: list[str] = []
     with conn.transaction():
@@ -45,6 +50,8 @@ def migrate(url_or_conn: str | psycopg.Connection) -> list[str]:
         )
         done = dict(conn.execute("SELECT version, checksum FROM growth_schema_migrations").fetchall())
         for version, sql in available():
+            if through is not None and version > through:
+                break
             checksum = hashlib.sha256(sql.encode()).hexdigest()
             if version in done:
                 if done[version] != checksum:

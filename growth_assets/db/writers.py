@@ -1,6 +1,7 @@
-"""The writers of a fit: ``growth_brms_meta`` + per-student posterior rows, and the
-``weekly_kpi`` merge of P. Each is one transaction; each writes set-based (COPY), never one
-statement per student.
+"""The writers, one per owning asset: the fit (``growth_fit`` + per-student posterior
+rows), the run record (``growth_brms_meta``), and the ``weekly_kpi`` merge of P. Each is
+one transaction; each writes set-based (COPY, INSERT … SELECT), never one statement per
+student.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import date
 from typing import Any
 
+import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
-from ..model.contract import ContractError, validate_fit_result
+from ..model.contract import ContractError
+from ..model.result import FitResult
 
 P_SOURCES = ("brms", "native", "posterior", "normal")
 RUN_STATUSES = ("passed", "failed_checks")
@@ -28,9 +31,69 @@ def check_monday(field: str, d: date) -> date:
     return d
 
 
-def write_fit_run(
+def jsonable(obj: Any) -> Any:
+    """Plain JSON for jsonb: numpy scalars and arrays as Python values, NaN and inf as null
+    (PostgreSQL's jsonb has no NaN: "Token NaN is invalid")."""
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_fit(
     conn: psycopg.Connection,
-    result: Mapping[str, Any],
+    result: FitResult,
+    *,
+    partition_key: str | None = None,
+    dagster_run_id: str | None = None,
+    panel_id: str | None = None,
+) -> int:
+    """Store one fit (``brms_posterior``'s tables): its ``growth_fit`` row and its
+    per-student line posteriors in ``growth_student_posterior``.
+
+    One transaction: the fit and all its students, or nothing. Writing the same run_id again
+    from the same Dagster run (a retried step) replaces it; another fit with a colliding
+    run_id (ids have one-second resolution) is refused, never overwritten. Returns the
+    number of student rows written.
+    """
+    run_id = result.run_id
+    header = jsonable(result.header_json())
+    with conn.transaction():
+        cur = conn.execute(
+            """
+            INSERT INTO growth_fit (run_id, partition_key, dagster_run_id, panel_id, engine, result)
+            VALUES (%s, %s, %s, %s, %s, %s)
+            ON CONFLICT (run_id) DO UPDATE SET
+                partition_key = EXCLUDED.partition_key, dagster_run_id = EXCLUDED.dagster_run_id,
+                panel_id = EXCLUDED.panel_id, engine = EXCLUDED.engine, result = EXCLUDED.result,
+                created_at = now()
+            WHERE growth_fit.dagster_run_id IS NOT DISTINCT FROM EXCLUDED.dagster_run_id
+            """,
+            (run_id, partition_key, dagster_run_id, panel_id, result.engine, Jsonb(header)),
+        )
+        if cur.rowcount == 0:
+            raise ContractError("run_id", "already stored by another run; refusing to overwrite it", run_id)
+        conn.execute("DELETE FROM growth_student_posterior WHERE run_id = %s", (run_id,))
+        s = result.students
+        cols = ", ".join(f'"{c}"' for c in ("run_id", *STUDENT_COLUMNS))
+        columns = [s.student_id.tolist(), s.n_obs.tolist()] + [
+            getattr(s, c).tolist() for c in STUDENT_COLUMNS[2:]]
+        with conn.cursor().copy(f"COPY growth_student_posterior ({cols}) FROM STDIN") as copy:
+            for row in zip(*columns):
+                copy.write_row((run_id, *row))
+    return len(s)
+
+
+def write_run_record(
+    conn: psycopg.Connection,
+    fit: Mapping[str, Any],
     *,
     status: str,
     status_reasons: Sequence[str] = (),
@@ -40,88 +103,43 @@ def write_fit_run(
     score_source: str | None = None,
     panel_id: str | None = None,
     source_counts: Mapping[str, int] | None = None,
+    partition_key: str | None = None,
     dagster_run_id: str | None = None,
-) -> int:
-    """Store one fit: its ``growth_brms_meta`` row and its per-student posterior rows.
-
-    One transaction: either the run and all its students are stored, or nothing is. Writing
-    the same run_id again replaces that run (a retried step does not duplicate). Returns the
-    number of student rows written.
+) -> None:
+    """The ``growth_brms_meta`` row of a stored fit (``growth_brms_meta``'s table): the
+    seed's columns (formula, priors, posterior summary, diagnostics, fitted_at) and what
+    was added (engine, window, counts, status). ``fit`` is the fit's ``growth_fit.result``.
     """
-    result = validate_fit_result(result)
     if status not in RUN_STATUSES:
         raise ContractError("status", f"must be one of {RUN_STATUSES}", status)
-    run_id = result["run_id"]
-    diagnostics = dict(result["diagnostics"])
-    for key in ("student_level",):
-        if key in result:
-            diagnostics[key] = result[key]
+    diagnostics = dict(fit["diagnostics"])
+    if "student_level" in fit:
+        diagnostics["student_level"] = fit["student_level"]
+    params = {
+        "run_id": fit["run_id"], "formula": fit["formula"], "priors": Jsonb(fit["priors"]),
+        "summary": Jsonb(fit["posterior_summary"]), "diagnostics": Jsonb(jsonable(diagnostics)),
+        "engine": fit["engine"], "engine_version": fit["engine_version"], "status": status,
+        "reasons": Jsonb(list(status_reasons)), "window_start": window_start,
+        "window_end": window_end, "week_start": week_start, "n_students": fit["n_students"],
+        "n_obs": fit["n_obs"], "horizon_week": fit["horizon_week"], "target": fit["target"],
+        "seed": fit["seed"], "n_chains": fit["n_chains"], "n_samples": fit["n_samples"],
+        "score_source": score_source, "panel_id": panel_id,
+        "source_counts": Jsonb(dict(source_counts)) if source_counts is not None else None,
+        "partition_key": partition_key, "dagster_run_id": dagster_run_id,
+    }
+    cols = ("run_id, formula, priors, posterior_summary, diagnostics, fitted_at, engine, "
+            "engine_version, status, status_reasons, window_start, window_end, week_start, "
+            "n_students, n_obs, horizon_week, target, seed, n_chains, n_samples, score_source, "
+            "panel_id, source_counts, partition_key, dagster_run_id")
+    vals = ("%(run_id)s, %(formula)s, %(priors)s, %(summary)s, %(diagnostics)s, now(), %(engine)s, "
+            "%(engine_version)s, %(status)s, %(reasons)s, %(window_start)s, %(window_end)s, "
+            "%(week_start)s, %(n_students)s, %(n_obs)s, %(horizon_week)s, %(target)s, %(seed)s, "
+            "%(n_chains)s, %(n_samples)s, %(score_source)s, %(panel_id)s, %(source_counts)s, "
+            "%(partition_key)s, %(dagster_run_id)s")
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in (x.strip() for x in cols.split(",")) if c != "run_id")
     with conn.transaction():
-        cur = conn.execute(
-            """
-            INSERT INTO growth_brms_meta (
-                run_id, formula, priors, posterior_summary, diagnostics, fitted_at,
-                engine, engine_version, status, status_reasons, window_start, window_end,
-                week_start, n_students, n_obs, horizon_week, target, seed, n_chains, n_samples,
-                score_source, panel_id, source_counts, dagster_run_id)
-            VALUES (%(run_id)s, %(formula)s, %(priors)s, %(summary)s, %(diagnostics)s, now(),
-                    %(engine)s, %(engine_version)s, %(status)s, %(reasons)s, %(window_start)s,
-                    %(window_end)s, %(week_start)s, %(n_students)s, %(n_obs)s, %(horizon_week)s,
-                    %(target)s, %(seed)s, %(n_chains)s, %(n_samples)s, %(score_source)s,
-                    %(panel_id)s, %(source_counts)s, %(dagster_run_id)s)
-            ON CONFLICT (run_id) DO UPDATE SET
-                formula = EXCLUDED.formula, priors = EXCLUDED.priors,
-                posterior_summary = EXCLUDED.posterior_summary,
-                diagnostics = EXCLUDED.diagnostics, fitted_at = EXCLUDED.fitted_at,
-                engine = EXCLUDED.engine, engine_version = EXCLUDED.engine_version,
-                status = EXCLUDED.status, status_reasons = EXCLUDED.status_reasons,
-                window_start = EXCLUDED.window_start, window_end = EXCLUDED.window_end,
-                week_start = EXCLUDED.week_start, n_students = EXCLUDED.n_students,
-                n_obs = EXCLUDED.n_obs, horizon_week = EXCLUDED.horizon_week,
-                target = EXCLUDED.target, seed = EXCLUDED.seed, n_chains = EXCLUDED.n_chains,
-                n_samples = EXCLUDED.n_samples, score_source = EXCLUDED.score_source,
-                panel_id = EXCLUDED.panel_id, source_counts = EXCLUDED.source_counts,
-                dagster_run_id = EXCLUDED.dagster_run_id
-            -- a retry of the same Dagster run, or the same fit stored again, replaces it; another
-            -- fit with a colliding run_id (ids have one-second resolution) must not overwrite it
-            WHERE growth_brms_meta.dagster_run_id IS NOT DISTINCT FROM EXCLUDED.dagster_run_id
-               OR growth_brms_meta.posterior_summary = EXCLUDED.posterior_summary
-            """,
-            {
-                "run_id": run_id,
-                "formula": result["formula"],
-                "priors": Jsonb(result["priors"]),
-                "summary": Jsonb(result["posterior_summary"]),
-                "diagnostics": Jsonb(diagnostics),
-                "engine": result["engine"],
-                "engine_version": result["engine_version"],
-                "status": status,
-                "reasons": Jsonb(list(status_reasons)),
-                "window_start": window_start,
-                "window_end": window_end,
-                "week_start": week_start,
-                "n_students": result["n_students"],
-                "n_obs": result["n_obs"],
-                "horizon_week": result["horizon_week"],
-                "target": result["target"],
-                "seed": result["seed"],
-                "n_chains": result["n_chains"],
-                "n_samples": result["n_samples"],
-                "score_source": score_source,
-                "panel_id": panel_id,
-                "source_counts": Jsonb(dict(source_counts)) if source_counts is not None else None,
-                "dagster_run_id": dagster_run_id,
-            },
-        )
-        if cur.rowcount == 0:
-            raise ContractError("run_id", "already stored by another run; refusing to overwrite it", run_id)
-        conn.execute("DELETE FROM growth_student_posterior WHERE run_id = %s", (run_id,))
-        cols = ", ".join(f'"{c}"' for c in ("run_id", *STUDENT_COLUMNS))
-        with conn.cursor().copy(f"COPY growth_student_posterior ({cols}) FROM STDIN") as copy:
-            for p in result["predictions"]:
-                copy.write_row((run_id, p["student_id"], int(p["n_obs"]),
-                                *(float(p[c]) for c in STUDENT_COLUMNS[2:])))
-    return len(result["predictions"])
+        conn.execute(f"INSERT INTO growth_brms_meta ({cols}) VALUES ({vals}) "
+                     f"ON CONFLICT (run_id) DO UPDATE SET {updates}", params)
 
 
 def merge_weekly_kpi(
@@ -179,6 +197,34 @@ def merge_weekly_kpi(
                        'P_week', %(p_week)s::text, 'P_run_id', %(run_id)s::text,
                        'P_source', %(source)s::text)
             FROM _kpi_p
+            ON CONFLICT (user_id, week_start) DO UPDATE
+               SET kpis = w.kpis || EXCLUDED.kpis, updated_at = now()
+            """,
+            {"week_start": week_start, "target": float(target), "p_week": p_week.isoformat(),
+             "run_id": run_id, "source": source},
+        )
+        return cur.rowcount
+
+
+def merge_run_into_weekly_kpi(conn: psycopg.Connection, run_id: str, *, week_start: date,
+                              target: float, p_week: date, source: str) -> int:
+    """``merge_weekly_kpi`` of every student of a stored run, in one ``INSERT … SELECT``
+    from ``growth_student_posterior`` (no rows travel through Python)."""
+    check_monday("week_start", week_start)
+    check_monday("P_week", p_week)
+    if source not in P_SOURCES:
+        raise ContractError("P_source", f"must be one of {P_SOURCES}", source)
+    with conn.transaction():
+        cur = conn.execute(
+            """
+            INSERT INTO weekly_kpi AS w (user_id, week_start, kpis)
+            SELECT user_id, %(week_start)s,
+                   jsonb_build_object(
+                       'P', "P", 'sigma', sigma, 'P_target', %(target)s::double precision,
+                       'P_week', %(p_week)s::text, 'P_run_id', %(run_id)s::text,
+                       'P_source', %(source)s::text)
+            FROM growth_student_posterior WHERE run_id = %(run_id)s
+            ORDER BY user_id
             ON CONFLICT (user_id, week_start) DO UPDATE
                SET kpis = w.kpis || EXCLUDED.kpis, updated_at = now()
             """,

@@ -10,6 +10,7 @@ from .growth import weekly_assets, weekly_growth_job, weekly_growth_schedule
 from .growth.diagnostics import DiagnosticThresholds
 from .kpi import daily_kpi_job, daily_kpi_P, daily_kpi_schedule
 from .resources import resources_from_settings
+from .sources import panel_sources
 
 
 def build_definitions(settings: Settings | None = None, **resource_overrides) -> dg.Definitions:
@@ -17,7 +18,7 @@ def build_definitions(settings: Settings | None = None, **resource_overrides) ->
     resources = {**resources_from_settings(settings),
                  "diagnostics_thresholds": DiagnosticThresholds(), **resource_overrides}
     return dg.Definitions(
-        assets=[*weekly_assets, daily_kpi_P],
+        assets=[*panel_sources, *weekly_assets, daily_kpi_P],
         jobs=[weekly_growth_job, daily_kpi_job],
         schedules=[weekly_growth_schedule, daily_kpi_schedule],
         sensors=[failure_alerts],

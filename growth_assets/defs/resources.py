@@ -1,12 +1,12 @@
-"""Dagster resources: the database, the fit settings, the engine, the IO manager.
+"""Dagster resources: the database, the fit settings, the engine.
 
-Values come from ``growth_assets.settings`` (the one place that reads the environment),
-through ``resources_from_settings``; tests build them directly.
+Values come from ``growth_assets.settings`` (the one place that reads the environment, and
+the one statement of every default and range), through ``resources_from_settings``; tests
+build them directly. There is no IO manager: each asset writes its own tables.
 """
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,7 +18,12 @@ from pydantic import Field
 from ..model.contract import ContractError, horizon_week
 from ..model.engine import Engine, FitSettings
 from ..model.engines import make_engine
-from ..settings import SCORE_SOURCES, Settings
+from ..settings import (CHAIN_METHODS, HORIZON_WEEKS, LOOKBACK_WEEKS, N_CHAINS, N_SAMPLES,
+                        R_BRMS_TIMEOUT_SECS, SCORE_SOURCES, SEED, IntLimit, NativeRuntime, Settings)
+
+
+def _int_field(limit: IntLimit, description: str) -> Any:
+    return Field(limit.default, ge=limit.lo, le=limit.hi, description=f"{limit.env}: {description}")
 
 
 class PostgresResource(dg.ConfigurableResource):
@@ -35,13 +40,13 @@ class PostgresResource(dg.ConfigurableResource):
 class GrowthSettings(dg.ConfigurableResource):
     """What the weekly fit reads (BRMS_* / METRICS_DEFAULT_TARGET); overridable per run."""
 
-    lookback_weeks: int = Field(12, ge=1, le=520, description="BRMS_LOOKBACK_WEEKS")
+    lookback_weeks: int = _int_field(LOOKBACK_WEEKS, "complete weeks in the window")
     score_source: str = Field("theta", description="BRMS_SCORE_SOURCE: theta | accuracy")
     family: str = Field("gaussian", description="BRMS_FAMILY: only gaussian is supported")
-    n_chains: int = Field(4, ge=1, le=8, description="BRMS_N_CHAINS")
-    n_samples: int = Field(2000, ge=200, le=20000, description="BRMS_N_SAMPLES (iterations per chain)")
-    seed: int = Field(1234, ge=0, description="BRMS_SEED")
-    horizon_weeks: int = Field(4, ge=0, description="BRMS_HORIZON_WEEKS after the window's last week")
+    n_chains: int = _int_field(N_CHAINS, "chains")
+    n_samples: int = _int_field(N_SAMPLES, "iterations per chain, half warm-up")
+    seed: int = _int_field(SEED, "the sampler's seed")
+    horizon_weeks: int = _int_field(HORIZON_WEEKS, "P is for this many weeks after the window")
     target: float = Field(0.0, description="METRICS_DEFAULT_TARGET: the goal P is computed for")
     update_kpi: bool = Field(True, description="BRMS_UPDATE_KPI: write P into weekly_kpi")
     min_share_3_weeks: float = Field(0.5, ge=0, le=1,
@@ -72,57 +77,21 @@ class GrowthEngineResource(dg.ConfigurableResource):
 
     engine: str = Field("native", description="GROWTH_ENGINE: native | brms")
     r_brms_base_url: str | None = Field(None, description="R_BRMS_BASE_URL")
-    r_brms_timeout_secs: float = Field(600.0, gt=0, description="R_BRMS_TIMEOUT_SECS")
+    r_brms_timeout_secs: float = Field(R_BRMS_TIMEOUT_SECS, gt=0, description="R_BRMS_TIMEOUT_SECS")
     r_brms_internal_token: str | None = Field(None, description="R_BRMS_INTERNAL_TOKEN (shown as an env var)")
     r_brms_max_retries: int = Field(3, ge=0, le=10, description="retries on connection errors and 502/503/504")
     r_brms_backoff_secs: float = Field(2.0, ge=0, description="first retry delay, doubled each retry")
+    native_cache_dir: str | None = Field(None, description="GROWTH_JAX_CACHE_DIR (None: no caches)")
+    native_devices: int | None = Field(None, ge=1, description="GROWTH_NATIVE_DEVICES (None: min(2, CPUs))")
+    native_chain_method: str = Field("vectorized", description="GROWTH_NATIVE_CHAIN_METHOD: " + " | ".join(CHAIN_METHODS))
 
     def get_engine(self) -> Engine:
         return make_engine(self.engine, r_brms_base_url=self.r_brms_base_url,
                            r_brms_timeout_secs=self.r_brms_timeout_secs,
                            r_brms_internal_token=self.r_brms_internal_token,
-                           max_retries=self.r_brms_max_retries, backoff_secs=self.r_brms_backoff_secs)
-
-
-class PostgresValueIOManager(dg.ConfigurableIOManager):
-    """Stores the values assets hand each other in PostgreSQL (``dagster_asset_value``).
-
-    A step in another process or pod reads what the previous step wrote, which Dagster's
-    default filesystem IO manager cannot promise on Kubernetes. Values are pickled; only
-    this project's own steps write them.
-    """
-
-    database_url: str
-
-    def _key(self, context) -> tuple[str, str]:
-        key = context.asset_key.to_user_string()
-        part = context.partition_key if context.has_partition_key else ""
-        return key, part
-
-    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
-        if obj is None:
-            return
-        key, part = self._key(context)
-        run_id = getattr(context, "run_id", None)
-        with psycopg.connect(self.database_url) as conn:
-            conn.execute(
-                """INSERT INTO dagster_asset_value (asset_key, partition_key, value, dagster_run_id)
-                   VALUES (%s, %s, %s, %s)
-                   ON CONFLICT (asset_key, partition_key) DO UPDATE
-                   SET value = EXCLUDED.value, dagster_run_id = EXCLUDED.dagster_run_id, stored_at = now()""",
-                (key, part, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), run_id),
-            )
-
-    def load_input(self, context: dg.InputContext) -> Any:
-        key, part = self._key(context)
-        with psycopg.connect(self.database_url) as conn:
-            row = conn.execute(
-                "SELECT value FROM dagster_asset_value WHERE asset_key = %s AND partition_key = %s",
-                (key, part),
-            ).fetchone()
-        if row is None:
-            raise dg.Failure(f"no stored value for asset {key!r} partition {part!r}: materialize it first")
-        return pickle.loads(row[0])
+                           max_retries=self.r_brms_max_retries, backoff_secs=self.r_brms_backoff_secs,
+                           native=NativeRuntime(self.native_cache_dir, self.native_devices,
+                                                self.native_chain_method))
 
 
 def resources_from_settings(settings: Settings) -> dict[str, Any]:
@@ -137,7 +106,6 @@ def resources_from_settings(settings: Settings) -> dict[str, Any]:
             url=dg.EnvVar("ALERT_WEBHOOK_URL") if settings.alert_webhook_url else None,
             webserver_url=settings.dagster_webserver_url),
         "postgres": PostgresResource(database_url=dg.EnvVar("DATABASE_URL") if url else ""),
-        "io_manager": PostgresValueIOManager(database_url=dg.EnvVar("DATABASE_URL") if url else ""),
         "growth": GrowthSettings(
             lookback_weeks=settings.lookback_weeks, score_source=settings.score_source,
             family=settings.family, n_chains=settings.n_chains, n_samples=settings.n_samples,
@@ -147,5 +115,7 @@ def resources_from_settings(settings: Settings) -> dict[str, Any]:
         "engine": GrowthEngineResource(
             engine=settings.chosen_engine, r_brms_base_url=settings.r_brms_base_url,
             r_brms_timeout_secs=settings.r_brms_timeout_secs, r_brms_internal_token=token,
+            native_cache_dir=settings.native.cache_dir, native_devices=settings.native.devices,
+            native_chain_method=settings.native.chain_method,
         ),
     }

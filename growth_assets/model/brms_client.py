@@ -9,8 +9,9 @@ cannot start a second copy of a fit:
   to the running fit (or replays its stored result) instead of starting another.
 
 Never on other 4xx/5xx answers: those are errors, raised with the service's JSON message
-(``error``, ``field``, ``detail``). A 200 answer is checked against the contract (spec §8):
-a missing key, or an array where a number belongs, is a FitResultError naming the key.
+(``error``, ``field``, ``detail``). A 200 answer is parsed into a ``FitResult`` (spec §8): a missing key, or an array where a
+number belongs, is a FitResultError naming the key; ``result.fit_panel`` then checks it
+against the request (the same students, target, horizon and counts).
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ import json
 import logging
 import time
 import uuid
-from typing import Any
 
 import httpx
-import pandas as pd
+import numpy as np
 
-from .contract import FitResultError, validate_fit_result
+from .contract import FitResultError
 from .engine import FitSettings
+from .panel import Panel
+from .result import FitResult
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +83,18 @@ class BrmsClient:
                 return False
 
     @staticmethod
-    def request_body(panel: pd.DataFrame, settings: FitSettings) -> bytes:
-        rows = panel[["student_id", "week", "score"]].to_json(orient="records", double_precision=15)
+    def request_body(panel: Panel, settings: FitSettings) -> bytes:
+        """The spec §8 request; scores with 17 significant digits (a float64 round-trips)."""
+        ids = [json.dumps(s) for s in panel.student_ids.tolist()]
+        sid = np.asarray(ids, dtype=object)[panel.student]
+        rows = ",".join(f'{{"student_id":{i},"week":{w},"score":{y!r}}}'
+                        for i, w, y in zip(sid.tolist(), panel.week.tolist(), panel.score.tolist()))
         head = json.dumps({"n_samples": settings.n_samples, "n_chains": settings.n_chains,
                            "seed": settings.seed, "horizon_week": settings.horizon_week,
                            "target": settings.target, "lookback_weeks": settings.lookback_weeks})
-        return (head[:-1] + ', "rows": ' + rows + "}").encode()
+        return (head[:-1] + ', "rows": [' + rows + "]}").encode()
 
-    def fit(self, panel: pd.DataFrame, settings: FitSettings) -> dict[str, Any]:
+    def fit(self, panel: Panel, settings: FitSettings) -> FitResult:
         body = self.request_body(panel, settings)
         key = str(uuid.uuid4())  # one fit, one key: every retry of it carries the same key
         headers = {"Content-Type": "application/json", "Idempotency-Key": key}
@@ -117,7 +123,7 @@ class BrmsClient:
                 log.warning("brms service: %s; retrying in %.1fs with the same Idempotency-Key", reason, wait)
                 time.sleep(wait)
 
-    def _result(self, resp: httpx.Response, settings: FitSettings) -> dict[str, Any]:
+    def _result(self, resp: httpx.Response, settings: FitSettings) -> FitResult:
         if resp.status_code != 200:
             try:
                 err = resp.json()
@@ -136,9 +142,5 @@ class BrmsClient:
                                  resp.text[:80]) from None
         if isinstance(data, dict) and "status" in data and data.get("status") != "ok" and "run_id" not in data:
             raise FitResultError("status", "an error inside a 200 answer", data.get("status"))
-        result = validate_fit_result(data)
-        if result["engine"] != "brms":
-            raise FitResultError("engine", "the brms service must answer engine 'brms'", result["engine"])
-        if settings.run_id:
-            result["run_id"] = settings.run_id
-        return result
+        result = FitResult.from_json(data)  # parsed here; checked against the request by fit_panel
+        return result.with_run_id(settings.run_id) if settings.run_id else result

@@ -17,24 +17,21 @@ Jacobian, so the posterior is exactly the same; it only spares the sampler a ste
 that would otherwise shrink like 1/sqrt(cohort) (Stan's mass-matrix regularisation
 assumes unit scales).
 
-Configuration (environment):
+Configuration comes from ``settings.NativeRuntime`` (the settings module reads the
+environment): the persistent caches' folder, the XLA CPU devices the chains are spread
+over (JAX's public ``jax_num_cpu_devices``, applied when the engine is built, if JAX has
+not started its backend yet), and whether chains run ``vectorized`` (split over the
+devices, vmapped within) or ``sequential``.
 
-- ``GROWTH_JAX_CACHE_DIR``: JAX's persistent compilation cache (default
-  ``$XDG_CACHE_HOME/growth_assets/jax`` or ``~/.cache/growth_assets/jax``); ``off``
-  disables it. Set once per process, only if nothing set one before.
-- ``GROWTH_NATIVE_DEVICES``: XLA CPU devices the chains are spread over (default
-  min(2, CPUs)); applied through ``XLA_FLAGS`` when this module is imported before JAX
-  starts its backend (see ``ensure_host_devices``), else 1.
-- ``GROWTH_NATIVE_CHAIN_METHOD``: ``vectorized`` (default; chains split over the
-  devices, vmap within) or ``sequential`` (numpyro's own loop, not cached on disk).
+Per-process fixed cost: tracing NUTS and lowering it take seconds, which JAX's persistent
+compilation cache does not spare; the traced programs are therefore also kept as
+``jax.export`` files (``programs``): a new process deserialises them, traces nothing, and
+compiles from the persistent cache. ``sampler.program`` in a result says whether the
+sampler was ``traced``, read from a ``file`` or reused from ``memory``.
 
-Per-process fixed cost: tracing numpyro's NUTS and lowering it take ~3 s, which JAX's
-persistent cache does not spare. The compiled programs (the whole sampler run, and the
-Laplace fit's gradient and Hessian) are therefore kept as serialised executables next to
-that cache, ``<GROWTH_JAX_CACHE_DIR>/native_exec`` (``native_export``): a new process
-loads them (~0.3 s) and traces nothing; ``sampler.program`` in a result says whether the
-sampler was ``traced``, loaded from a ``file`` or reused from ``memory``. Results are
-bit-identical either way (the file holds the program the tracing process ran).
+The sampler is numpyro's NUTS through its public functional API
+(``numpyro.infer.hmc.hmc``: ``init_kernel`` with warm-up adaptation, ``sample_kernel``),
+looped with ``jax.lax.scan`` and vmapped over the chains of a device.
 
 Reproducibility: the same panel, settings and seed give the same result on the same
 machine with the same device count (recorded as ``sampler.n_devices``); a different
@@ -46,7 +43,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -56,89 +52,59 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
 
-from . import contract, native_diagnostics, native_export, native_math
+from ..settings import NativeRuntime
+from . import contract, native_diagnostics, native_math, programs
 from .engine import FitSettings
-
-# numpyro is imported only where a sampler is traced: a process that loads the compiled
-# sampler from the cache (native_export) never needs it.
+from .panel import Panel
+from .result import Diagnostics, FitResult, ParamSummary, StudentLines
 
 MAX_TREE_DEPTH = 10  # Stan's default, as brms runs it
+TARGET_ACCEPT = 0.8
 P_TOLERANCE = 1e-3  # max error of the cheap P; students above it get the exact mean over draws
 _STUDENT_CHUNK = 100_000
 _PARAM_NAMES = contract.POPULATION_PARAMS
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
-_mcmc_cache: dict[tuple, Any] = {}
-_cache_configured = False
+_configured: NativeRuntime | None = None
 
 
-def ensure_host_devices(n: int | None = None) -> bool:
-    """Ask XLA for ``n`` CPU devices (default ``GROWTH_NATIVE_DEVICES`` or min(2, CPUs)) so
-    that chains run on several cores. Only possible before JAX's backend starts and when
-    ``XLA_FLAGS`` does not already set a count (numpyro's ``set_host_device_count`` does
-    the same); returns whether the flag is in place. Called when this module is imported."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" in flags:
-        return True
-    try:
-        from jax._src import xla_bridge
+def configure(runtime: NativeRuntime) -> NativeRuntime:
+    """Apply the runtime settings to JAX, once per process (later calls keep the first):
+    the CPU device count (only before JAX starts its backend; afterwards JAX keeps what it
+    has) and the persistent compilation cache (unless something configured one already)."""
+    global _configured
+    if _configured is not None:
+        return _configured
+    _configured = runtime
+    import os
 
-        if xla_bridge.backends_are_initialized():
-            return False
-    except (ImportError, AttributeError):  # pragma: no cover - a JAX without the helper
-        return False
-    if n is None:
-        raw = os.environ.get("GROWTH_NATIVE_DEVICES")
-        n = int(raw) if raw else min(2, os.cpu_count() or 1)
-    if n <= 1:
-        return False
-    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={int(n)}".strip()
-    return True
-
-
-ensure_host_devices()
-
-
-def jax_cache_dir() -> Path | None:
-    """Where JAX's persistent compilation cache lives (None: disabled)."""
-    raw = os.environ.get("GROWTH_JAX_CACHE_DIR")
-    if raw is not None:
-        return None if raw.strip().lower() in ("", "off", "none", "0") else Path(raw)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "growth_assets" / "jax"
+    n = runtime.devices or min(2, os.cpu_count() or 1)
+    if n > 1:
+        try:
+            jax.config.update("jax_num_cpu_devices", int(n))
+        except RuntimeError:  # the backend is up already: keep its devices
+            log.debug("native engine: JAX backend already started; keeping %d device(s)",
+                      jax.local_device_count())
+    if runtime.cache_dir and not jax.config.jax_compilation_cache_dir:
+        path = Path(runtime.cache_dir)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            jax.config.update("jax_compilation_cache_dir", str(path))
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        except OSError as e:
+            log.warning("native engine: no compilation cache at %s (%s)", path, e)
+    return runtime
 
 
-def _configure_jax_cache() -> None:
-    global _cache_configured
-    if _cache_configured:
-        return
-    _cache_configured = True
-    path = jax_cache_dir()
-    if path is None or jax.config.jax_compilation_cache_dir:
-        return
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
-def _x64():
-    """A context in which JAX computes in float64 (the process-wide setting is untouched)."""
-    ctx = getattr(jax, "enable_x64", None)
-    if ctx is not None:
-        return ctx(True)
-    from jax.experimental import enable_x64  # older JAX
-
-    return enable_x64()
+def _program_dir() -> Path | None:
+    rt = _configured or NativeRuntime()
+    return None if not rt.cache_dir else Path(rt.cache_dir) / "programs"
 
 
 def engine_version() -> str:
-    return f"native numpyro {native_export.package_version('numpyro')} / jax {jax.__version__}"
+    return f"native numpyro {programs.package_version('numpyro')} / jax {jax.__version__}"
 
 
 # --- the model, in standardised units ------------------------------------------------------
@@ -176,49 +142,35 @@ def log_posterior_q(q, wbar, totals, groups):
     return lp + native_math.collapsed_loglik(jnp, beta0, b, tau0, tau1, rho, sigma, groups, totals)
 
 
-def _model(wbar, m, L, totals, count, n, sw, sww, gbar, scatter, yy):
-    """NUTS samples z with q = m + L z (an affine, constant-Jacobian reparametrisation:
-    the posterior is unchanged; m and L from a Laplace fit make z about standard normal,
-    so the sampler's step size does not shrink with the cohort)."""
-    import numpyro
-    import numpyro.distributions as dist
-    from numpyro.distributions import constraints
+def _potential_gen(wbar, m, L, totals, count, n, sw, sww, gbar, scatter, yy):
+    """The potential (minus the log posterior) of z, q = m + L z: an affine,
+    constant-Jacobian reparametrisation, so the posterior is unchanged; m and L from a
+    Laplace fit make z about standard normal and the step size independent of the cohort."""
+    def potential(z):
+        return -log_posterior_q(m + L @ z, wbar, totals, (count, n, sw, sww, gbar, scatter, yy))
 
-    z = numpyro.sample("z", dist.ImproperUniform(constraints.real_vector, (), event_shape=(6,)))
-    q = m + L @ z
-    numpyro.factor("log_posterior",
-                   log_posterior_q(q, wbar, totals, (count, n, sw, sww, gbar, scatter, yy)))
+    return potential
 
 
-@jax.jit
 def _neg_lp_and_grad(q, wbar, totals, groups):
     v, g = jax.value_and_grad(log_posterior_q)(q, wbar, totals, groups)
     return -v, -g
 
 
-@jax.jit
 def _neg_hessian(q, wbar, totals, groups):
     return -jax.hessian(log_posterior_q)(q, wbar, totals, groups)
 
 
-def _executable_dir() -> Path | None:
-    return native_export.exec_cache_dir(jax_cache_dir())
-
-
 def _program(name: str, fn, args: tuple, retrace: bool = False):
-    """``fn`` (jitted, one device) compiled for ``args``, via the executable cache."""
-    exe, _ = native_export.compiled(name, lambda: fn, args, settings={}, retrace=retrace,
-                                    devices=jax.devices()[:1], directory=_executable_dir())
-    return exe
+    call, _ = programs.program(name, lambda: fn, args, static={}, directory=_program_dir(),
+                               retrace=retrace)
+    return call
 
 
 def _laplace_mode(q0: np.ndarray, data: tuple, retrace: bool):
     from scipy.optimize import minimize
 
     proto = (q0,) + data
-    if not retrace:  # XLA loads it (without the GIL) while the optimiser runs
-        native_export.prefetch("laplace_hessian", proto, settings={},
-                               devices=jax.devices()[:1], directory=_executable_dir())
     neg_lp_and_grad = _program("laplace_grad", _neg_lp_and_grad, proto, retrace)
 
     def fun(q):
@@ -238,7 +190,7 @@ def laplace(wbar: float, totals: np.ndarray, groups: tuple) -> tuple[np.ndarray,
     preconditioner (m, L) of the sampler. Falls back to a diagonal guess when the
     optimiser fails; correctness never depends on it, only speed."""
     q0 = np.array([0.0, 0.0, math.log(0.5), math.log(0.1), 0.0, math.log(0.5)])
-    with _x64():
+    with jax.enable_x64(True):
         data = (np.float64(wbar), np.asarray(totals, dtype=np.float64),
                 tuple(np.asarray(a, dtype=np.float64) for a in groups))
         try:
@@ -263,151 +215,93 @@ def laplace(wbar: float, totals: np.ndarray, groups: tuple) -> tuple[np.ndarray,
     return m, L, info
 
 
-def _chain_method() -> str:
-    m = os.environ.get("GROWTH_NATIVE_CHAIN_METHOD", "vectorized")
-    if m not in ("vectorized", "sequential"):
-        raise contract.ContractError("GROWTH_NATIVE_CHAIN_METHOD", "vectorized|sequential", m)
-    return m
-
-
-def _n_devices(n_chains: int) -> int:
+def _n_devices(n_chains: int, runtime: NativeRuntime) -> int:
     """How many XLA CPU devices the chains are spread over: the largest divisor of
     ``n_chains`` within the available devices (and ``GROWTH_NATIVE_DEVICES``)."""
+    if runtime.chain_method == "sequential":
+        return 1
     avail = jax.local_device_count()
-    raw = os.environ.get("GROWTH_NATIVE_DEVICES")
-    if raw:
-        avail = min(avail, max(1, int(raw)))
+    if runtime.devices:
+        avail = min(avail, runtime.devices)
     return max(d for d in range(1, min(avail, n_chains) + 1) if n_chains % d == 0)
 
 
-_FIELDS = ("z", "diverging", "num_steps")
+def _chains_program(n_warmup: int, n_draws: int):
+    """Warm-up and sampling of a batch of chains as one function of ``(keys, data)``: each
+    chain numpyro's NUTS (public ``hmc`` API: dual-averaging step size and diagonal mass
+    matrix adapted over the warm-up, as Stan and brms do), initialised uniformly in
+    (-2, 2) like numpyro's default, vmapped over the batch. The data are arguments, not
+    constants, so one program serves every cohort with the same padded group count."""
+    from numpyro.infer.hmc import hmc
 
-
-def _nuts_mcmc(n_chains: int, n_warmup: int, n_draws: int, chain_method: Any):
-    from numpyro.infer import MCMC, NUTS
-
-    kernel = NUTS(_model, max_tree_depth=MAX_TREE_DEPTH, target_accept_prob=0.8)
-    return MCMC(kernel, num_warmup=n_warmup, num_samples=n_draws, num_chains=n_chains,
-                chain_method=chain_method, progress_bar=False, jit_model_args=True)
-
-
-def _by_device(fn):  # pragma: no cover - a marker: chains are mapped by _sampler_program
-    raise NotImplementedError
-
-
-def _mesh(n_dev: int):
-    from jax.sharding import Mesh
-
-    return Mesh(np.array(jax.devices()[:n_dev]), ("chains",))
-
-
-def _sampler_program(n_chains: int, n_warmup: int, n_draws: int, n_dev: int):
-    """The whole run, warm-up and sampling of every chain, as one jitted function of
-    ``(key, data)``: chains split over ``n_dev`` devices (shard_map), vectorised (vmap)
-    within a device, and each chain numpyro's own single-chain MCMC (the program numpyro's
-    ``MCMC.run`` traces, with chain k on key k of ``split(key, n_chains)``).
-
-    The data are arguments, not constants, so one compiled program serves every cohort
-    with the same padded group count. Each chain returns its last state too: numpyro
-    returns it, and dropping it changes XLA's fusion and the last digits of the draws."""
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    mcmc = _nuts_mcmc(n_chains, n_warmup, n_draws, _by_device)
+    init_kernel, sample_kernel = hmc(potential_fn_gen=_potential_gen, algo="NUTS")
 
     def one_chain(key, data):
-        states, last = mcmc._single_chain_mcmc((key, None, None), args=data, kwargs={},
-                                               collect_fields=_FIELDS, remove_sites=())
-        return ((states["z"]["z"], states["diverging"], states["num_steps"]),
-                tuple(jax.tree.leaves(last)))
+        k_init, k_run = jax.random.split(key)
+        z0 = jax.random.uniform(k_init, (6,), minval=-2.0, maxval=2.0, dtype=data[1].dtype)
+        state = init_kernel(z0, n_warmup, max_tree_depth=MAX_TREE_DEPTH,
+                            target_accept_prob=TARGET_ACCEPT, model_args=data, rng_key=k_run)
 
-    mesh = _mesh(n_dev)
-    chains = PartitionSpec("chains")
-    per_device = jax.shard_map(jax.vmap(one_chain, in_axes=(0, None)), mesh=mesh,
-                               in_specs=(chains, PartitionSpec()), out_specs=chains,
-                               check_vma=False)
+        def step(st, _):
+            st = sample_kernel(st, model_args=data)
+            return st, (st.z, st.diverging, st.num_steps)
 
-    def program(key, data):
-        return per_device(jax.random.split(key, n_chains), data)
+        _, (z, div, steps) = jax.lax.scan(step, state, None, length=n_warmup + n_draws)
+        return z[n_warmup:], div[n_warmup:], steps[n_warmup:]
 
-    return jax.jit(program, in_shardings=NamedSharding(mesh, PartitionSpec()),
-                   out_shardings=NamedSharding(mesh, chains))
+    def run(keys, data):
+        return jax.vmap(one_chain, in_axes=(0, None))(keys, data)
 
-
-def _prng_key(seed: int) -> np.ndarray:
-    """``jax.random.PRNGKey(seed % 2**32)`` (the default threefry key is (0, seed) for
-    seeds below 2**32), made without a JAX dispatch."""
-    s = int(seed) % (2**32)
-    if str(jax.config.jax_default_prng_impl) == "threefry2x32":
-        return np.array([0, s], dtype=np.uint32)
-    return np.asarray(jax.random.key_data(jax.random.PRNGKey(s)))
+    return run
 
 
-def _get_mcmc(n_chains: int, n_warmup: int, n_draws: int, chain_method: str):
-    """numpyro's MCMC for chain_method ``sequential`` (one device, chains one after the
-    other); kept per shape of the run so that it keeps its compiled sampler."""
-    key = (n_chains, n_warmup, n_draws, chain_method)
-    mcmc = _mcmc_cache.get(key)
-    if mcmc is None:
-        mcmc = _mcmc_cache[key] = _nuts_mcmc(n_chains, n_warmup, n_draws, chain_method)
-    return mcmc
+def _chain_keys(seed: int, n_chains: int) -> np.ndarray:
+    """Chain k gets key k of ``split(PRNGKey(seed), n_chains)``, whatever the device layout."""
+    return np.asarray(jax.random.split(jax.random.PRNGKey(int(seed) % (2**32)), n_chains))
 
 
 def sample_hyperparameters(
-    groups: native_math.Groups, wbar: float, settings: FitSettings
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    groups: native_math.Groups, wbar: float, settings: FitSettings,
+    runtime: NativeRuntime | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Run NUTS; return (draws in standardised units, each (chains, draws); extra fields).
 
-    Chain k gets key k of ``split(PRNGKey(seed), n_chains)`` (numpyro's own rule); the
-    chains are spread over the host's XLA devices (see ``ensure_host_devices``). The draws
-    are a deterministic function of data, settings, seed, machine and device count, whether
-    the compiled sampler was traced in this process or loaded from the cache."""
+    The chains are split over the host's XLA devices, each device running its batch as
+    one program call (the calls run concurrently). The draws are a deterministic function
+    of data, settings, seed, machine and device count, whether the program was traced in
+    this process or read from the program cache."""
+    runtime = runtime or _configured or NativeRuntime()
     n_chains = settings.n_chains
     n_draws = settings.n_samples - settings.n_warmup
     totals = np.asarray(native_math.panel_totals(groups), dtype=np.float64)
     gt = tuple(np.asarray(a, dtype=np.float64) for a in groups.as_tuple())
-    key = _prng_key(settings.seed)
-    method = _chain_method()
-    n_dev = _n_devices(n_chains) if method == "vectorized" else 1
-    run_settings = {"n_chains": n_chains, "n_warmup": settings.n_warmup, "n_draws": n_draws,
-                    "n_devices": n_dev, "max_tree_depth": MAX_TREE_DEPTH,
-                    "target_accept_prob": 0.8}
-    if method == "vectorized":  # load the compiled sampler while the Laplace fit runs
-        with _x64():
-            native_export.prefetch(
-                "nuts", (key, (np.float64(wbar), np.zeros(6), np.zeros((6, 6)), totals) + gt),
-                settings=run_settings, devices=jax.devices()[:n_dev],
-                directory=_executable_dir())
     m, L, laplace_info = laplace(wbar, totals, gt)
     args = (np.float64(wbar), np.asarray(m, dtype=np.float64),
             np.asarray(L, dtype=np.float64), totals) + gt
-    with _lock, _x64():
-        if method == "vectorized":
-            def run(retrace: bool):
-                exe, info = native_export.compiled(
-                    "nuts",
-                    lambda: _sampler_program(n_chains, settings.n_warmup, n_draws, n_dev),
-                    (key, args), settings=run_settings, devices=jax.devices()[:n_dev],
-                    directory=_executable_dir(), retrace=retrace)
-                (z, diverging, num_steps), _ = exe(key, args)
-                return (np.asarray(z, dtype=np.float64), np.asarray(diverging),
-                        np.asarray(num_steps)), info
+    n_dev = _n_devices(n_chains, runtime)
+    per = n_chains // n_dev if runtime.chain_method == "vectorized" else 1
+    with _lock, jax.enable_x64(True):
+        keys = _chain_keys(settings.seed, n_chains)
+        static = {"n_warmup": settings.n_warmup, "n_draws": n_draws, "per_call": per,
+                  "max_tree_depth": MAX_TREE_DEPTH, "target_accept_prob": TARGET_ACCEPT}
 
-            try:
-                (z, diverging, num_steps), program = run(False)
-            except jax.errors.JaxRuntimeError as e:  # a cached program that does not run
-                log.warning("native engine: cached sampler failed (%s); tracing again", e)
-                (z, diverging, num_steps), program = run(True)
-            samples = {"z": z}
-            extra = {"diverging": diverging, "num_steps": num_steps}
-        else:
-            program = {"source": "numpyro MCMC (sequential)"}
-            mcmc = _get_mcmc(n_chains, settings.n_warmup, n_draws, method)
-            mcmc.run(jnp.asarray(key), *args, extra_fields=("diverging", "num_steps"))
-            samples = {k: np.asarray(v, dtype=np.float64)
-                       for k, v in mcmc.get_samples(group_by_chain=True).items()}
-            extra = {k: np.asarray(v)
-                     for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
-    q = m + samples["z"] @ L.T  # (chains, draws, 6)
+        def run(retrace: bool):
+            call, origin = programs.program(
+                "nuts", lambda: _chains_program(settings.n_warmup, n_draws), (keys[:per], args),
+                static=static, directory=_program_dir(), retrace=retrace)
+            devices = jax.local_devices()[:n_dev]
+            outs = [call(jax.device_put(keys[lo:lo + per], devices[(lo // per) % n_dev]),
+                         jax.device_put(args, devices[(lo // per) % n_dev]))
+                    for lo in range(0, n_chains, per)]  # dispatched asynchronously: concurrent
+            z, div, steps = (np.concatenate([np.asarray(o[i]) for o in outs]) for i in range(3))
+            return (z.astype(np.float64), div, steps), origin
+
+        try:
+            (z, diverging, num_steps), origin = run(False)
+        except jax.errors.JaxRuntimeError as e:  # a stored program that does not run here
+            log.warning("native engine: stored sampler failed (%s); tracing again", e)
+            (z, diverging, num_steps), origin = run(True)
+    q = m + z @ L.T  # (chains, draws, 6)
     b_week = q[..., 1]
     draws = {
         "intercept_c": q[..., 0],
@@ -418,9 +312,8 @@ def sample_hyperparameters(
         "rho": np.tanh(0.5 * q[..., 4]),  # 2 sigmoid(x) - 1
         "sigma": np.exp(q[..., 5]),
     }
-    extra["laplace"] = laplace_info
-    extra["n_devices"] = n_dev
-    extra["program"] = program
+    extra = {"diverging": diverging, "num_steps": num_steps, "laplace": laplace_info,
+             "n_devices": n_dev, "program": origin}
     return draws, extra
 
 
@@ -438,7 +331,7 @@ def brms_draws(draws: dict[str, np.ndarray], ybar: float, s: float) -> dict[str,
 
 
 def student_predictions(
-    red: native_math.Panel,
+    red: native_math.Reduced,
     draws_flat: dict[str, np.ndarray],
     h: float,
     target: float,
@@ -493,7 +386,7 @@ class NativeFit:
     ``predict(h, target)`` gives the per-student quantities for any horizon and target
     from the same draws (no refit)."""
 
-    panel: native_math.Panel
+    panel: native_math.Reduced
     draws: dict[str, np.ndarray]  # standardised units, each (chains, draws)
     extra: dict[str, Any]
     n_groups: int
@@ -520,36 +413,33 @@ class NativeEngine:
 
     name = "native"
 
-    def __init__(self, p_tolerance: float = P_TOLERANCE):
+    def __init__(self, runtime: NativeRuntime | None = None, p_tolerance: float = P_TOLERANCE):
         if not 0.0 <= p_tolerance < 0.5:
             raise contract.ContractError("p_tolerance", "must be within [0, 0.5)", p_tolerance)
         self.p_tolerance = p_tolerance
+        self.runtime = configure(runtime or NativeRuntime())
 
-    def sample(self, panel: pd.DataFrame, settings: FitSettings) -> NativeFit:
-        """Validate the panel (spec §1/§3; raises PanelError) and sample the posterior."""
+    def sample(self, panel: Panel, settings: FitSettings) -> NativeFit:
+        """Sample the posterior of a checked panel."""
         t0 = time.perf_counter()
-        _configure_jax_cache()
-        df = contract.validate_panel(panel)
-        ybar, s = contract.prior_scales(df["score"].to_numpy())
-        red = native_math.reduce_panel(df, ybar, s)
-        del df
+        ybar, s = panel.scales()
+        red = native_math.reduce_panel(panel, ybar, s)
         n_groups = int(red.group.max()) + 1
         groups = native_math.group_stats(red, pad_to=native_math.padded_size(n_groups))
         t1 = time.perf_counter()
-        draws, extra = sample_hyperparameters(groups, red.wbar, settings)
+        draws, extra = sample_hyperparameters(groups, red.wbar, settings, self.runtime)
         t2 = time.perf_counter()
         return NativeFit(red, draws, extra, n_groups, int(extra.pop("n_devices")),
                          {"prepare": t1 - t0, "sample": t2 - t1}, self.p_tolerance)
 
-    def fit(self, panel: pd.DataFrame, settings: FitSettings) -> dict[str, Any]:
+    def fit(self, panel: Panel, settings: FitSettings) -> FitResult:
         t0 = time.perf_counter()
-        target = contract.check_target(settings.target)
         nf = self.sample(panel, settings)
-        return self.result(nf, settings, target, t0)
+        return self.result(nf, settings, t0=t0)
 
     def result(self, nf: NativeFit, settings: FitSettings, target: float | None = None,
-               t0: float | None = None) -> dict[str, Any]:
-        """The spec §8 dict of a sampled fit (``elapsed_s`` counts from ``t0``, or is the
+               t0: float | None = None) -> FitResult:
+        """The FitResult of a sampled fit (``elapsed_s`` counts from ``t0``, or is the
         sampling time plus this call when ``t0`` is None)."""
         if t0 is None:
             t0 = time.perf_counter() - sum(nf.timings.values())
@@ -557,71 +447,53 @@ class NativeEngine:
         t2 = time.perf_counter()
         red = nf.panel
         pars = nf.population_draws()
-        summary = {p: native_diagnostics.summarise(pars[p]) for p in _PARAM_NAMES}
-        allstats = list(summary.values()) + [native_diagnostics.summarise(pars["Intercept"])]
+        summary = {p: ParamSummary(**native_diagnostics.summarise(pars[p])) for p in _PARAM_NAMES}
+        allstats = list(summary.values()) + [ParamSummary(**native_diagnostics.summarise(pars["Intercept"]))]
         n_steps = np.asarray(nf.extra["num_steps"]).astype(np.int64)
         depth = np.floor(np.log2(np.maximum(n_steps, 1))).astype(np.int64) + 1  # bit length
         preds, pinfo = nf.predict(float(settings.horizon_week), target)
-        t3 = time.perf_counter()
-        predictions = [
-            {"student_id": sid, "n_obs": n, "mean_a": ma, "mean_b": mb, "var_a": va,
-             "var_b": vb, "cov_ab": cab, "mu": mu, "sigma": sg, "P": p}
-            for sid, n, ma, mb, va, vb, cab, mu, sg, p in zip(
-                red.student_ids.tolist(), red.n_obs.tolist(),
-                preds["mean_a"].tolist(), preds["mean_b"].tolist(), preds["var_a"].tolist(),
-                preds["var_b"].tolist(), preds["cov_ab"].tolist(), preds["mu"].tolist(),
-                preds["sigma"].tolist(), preds["P"].tolist())
-        ]
+        students = StudentLines(student_id=red.student_ids, n_obs=red.n_obs,
+                                **{k: preds[k] for k in ("mean_a", "mean_b", "var_a", "var_b",
+                                                         "cov_ab", "mu", "sigma", "P")})
         timings = dict(nf.timings)
-        timings.update({"students": t3 - t2, "assemble": time.perf_counter() - t3})
-        return {
-            "run_id": settings.run_id or contract.make_run_id("native"),
-            "engine": "native",
-            "engine_version": engine_version(),
-            "formula": contract.FORMULA,
-            "priors": contract.priors(red.ybar, red.s),
-            "seed": int(settings.seed),
-            "n_chains": int(settings.n_chains),
-            "n_samples": int(settings.n_samples),
-            "n_warmup": int(settings.n_warmup),
-            "n_obs": int(red.n_rows),
-            "n_students": int(len(red.student_ids)),
-            "lookback_weeks": int(settings.lookback_weeks),
-            "horizon_week": int(settings.horizon_week),
-            "target": float(target),
-            "posterior_summary": summary,
-            "diagnostics": {
-                "max_rhat": _nan_max([d["rhat"] for d in allstats]),
-                "min_ess_bulk": _nan_min([d["ess_bulk"] for d in allstats]),
-                "min_ess_tail": _nan_min([d["ess_tail"] for d in allstats]),
-                "n_divergent": int(np.asarray(nf.extra["diverging"]).sum()),
-                "n_max_treedepth": int((depth >= MAX_TREE_DEPTH).sum()),
-                "elapsed_s": float(time.perf_counter() - t0),
-                "timings_s": timings,
-                "parameters": "the six brms population parameters and the centred Intercept",
-                "max_tree_depth": MAX_TREE_DEPTH,
-                "mean_leapfrog_steps": float(n_steps.mean()),
-            },
-            "predictions": predictions,
-            "student_level": "rao-blackwellised",
-            "student_level_note": (
-                "random effects integrated out; each student's line is the exact mixture over "
-                "hyperparameter draws of its conditional Normal posterior; mean/var/cov exact "
-                "(law of total variance); P = mean over draws of Phi, or Phi(E z) where its "
-                f"proven error bound is <= {nf.p_tolerance}"),
-            "p_method": pinfo,
-            "sampler": {
-                "algorithm": "NUTS (numpyro), q = m + L z preconditioned by a Laplace fit",
-                "laplace": nf.extra.get("laplace"),
-                "n_devices": nf.n_devices,
-                "n_groups": nf.n_groups,
-                # where the compiled sampler came from: "traced" in this process, "file"
-                # (the executable cache, no tracing), "memory" (an earlier fit here)
-                "program": nf.extra.get("program", {}).get("source"),
-                "program_loaded": (nf.extra.get("program", {}).get("source") == "file"
-                                   or bool(nf.extra.get("program", {}).get("loaded"))),
-            },
-        }
+        timings["students"] = time.perf_counter() - t2
+        diagnostics = Diagnostics(
+            max_rhat=_nan_max([d.rhat for d in allstats]),
+            min_ess_bulk=_nan_min([d.ess_bulk for d in allstats]),
+            min_ess_tail=_nan_min([d.ess_tail for d in allstats]),
+            n_divergent=int(np.asarray(nf.extra["diverging"]).sum()),
+            n_max_treedepth=int((depth >= MAX_TREE_DEPTH).sum()),
+            elapsed_s=float(time.perf_counter() - t0),
+            details={"timings_s": timings,
+                     "parameters": "the six brms population parameters and the centred Intercept",
+                     "max_tree_depth": MAX_TREE_DEPTH,
+                     "mean_leapfrog_steps": float(n_steps.mean())})
+        return FitResult(
+            run_id=settings.run_id or contract.make_run_id("native"),
+            engine="native", engine_version=engine_version(),
+            priors=tuple(contract.priors(red.ybar, red.s)), seed=int(settings.seed),
+            n_chains=int(settings.n_chains), n_samples=int(settings.n_samples),
+            n_warmup=int(settings.n_warmup), n_obs=int(red.n_rows),
+            lookback_weeks=int(settings.lookback_weeks), horizon_week=int(settings.horizon_week),
+            target=float(target), summary=summary, diagnostics=diagnostics, students=students,
+            details={
+                "student_level": "rao-blackwellised",
+                "student_level_note": (
+                    "random effects integrated out; each student's line is the exact mixture over "
+                    "hyperparameter draws of its conditional Normal posterior; mean/var/cov exact "
+                    "(law of total variance); P = mean over draws of Phi, or Phi(E z) where its "
+                    f"proven error bound is <= {nf.p_tolerance}"),
+                "p_method": pinfo,
+                "sampler": {
+                    "algorithm": "NUTS (numpyro), q = m + L z preconditioned by a Laplace fit",
+                    "laplace": nf.extra.get("laplace"),
+                    "n_devices": nf.n_devices,
+                    "n_groups": nf.n_groups,
+                    # where the sampler program came from: "traced" in this process, "file"
+                    # (the program cache, no tracing), "memory" (an earlier fit here)
+                    "program": nf.extra.get("program"),
+                },
+            })
 
 
 def _nan_max(xs: list[float]) -> float:

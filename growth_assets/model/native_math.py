@@ -42,8 +42,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 from scipy.special import ndtr
+
+from .lines import conditional_terms, posterior_blocks
+from .panel import Panel
 
 LOG_2PI = math.log(2.0 * math.pi)
 # max |phi'(z)| = phi(1) = exp(-1/2)/sqrt(2 pi); half of it bounds Phi(mean z) - mean Phi(z).
@@ -54,7 +56,7 @@ P_BOUND_COEF = 0.5 * math.exp(-0.5) / math.sqrt(2.0 * math.pi)
 
 
 @dataclass
-class Panel:
+class Reduced:
     """A validated panel reduced to per-student sufficient statistics (standardised y)."""
 
     student_ids: np.ndarray  # (S,) object, sorted
@@ -93,12 +95,12 @@ def padded_size(n: int, minimum: int = 64) -> int:
     return max(minimum, 1 << max(0, int(n - 1).bit_length()))
 
 
-def reduce_panel(df: pd.DataFrame, ybar: float, s: float) -> Panel:
-    """Per-student sufficient statistics of a panel already checked by ``validate_panel``."""
-    codes, uniques = pd.factorize(df["student_id"], sort=True)
+def reduce_panel(panel: Panel, ybar: float, s: float) -> Reduced:
+    """Per-student sufficient statistics of a checked panel (no per-row Python objects)."""
+    codes, uniques = panel.student, panel.student_ids
     n_students = len(uniques)
-    w = df["week"].to_numpy(dtype=np.float64)
-    y = (df["score"].to_numpy(dtype=np.float64) - ybar) / s
+    w = panel.week.astype(np.float64)
+    y = (panel.score - ybar) / s
     n = np.bincount(codes, minlength=n_students)
     sw = np.bincount(codes, weights=w, minlength=n_students)
     sww = np.bincount(codes, weights=w * w, minlength=n_students)
@@ -113,7 +115,7 @@ def reduce_panel(df: pd.DataFrame, ybar: float, s: float) -> Panel:
     # weeks are integers, so (n, sum w, sum w^2) are exact integers: a safe grouping key.
     key = np.stack([n, np.rint(sw).astype(np.int64), np.rint(sww).astype(np.int64)], axis=1)
     _, group = np.unique(key, axis=0, return_inverse=True)
-    return Panel(
+    return Reduced(
         student_ids=np.asarray(uniques, dtype=object),
         n_obs=n.astype(np.int64),
         sw=sw,
@@ -124,11 +126,11 @@ def reduce_panel(df: pd.DataFrame, ybar: float, s: float) -> Panel:
         ybar=float(ybar),
         s=float(s),
         wbar=float(w.mean()),
-        n_rows=int(len(df)),
+        n_rows=int(panel.n_rows),
     )
 
 
-def group_stats(p: Panel, pad_to: int | None = None) -> Groups:
+def group_stats(p: Reduced, pad_to: int | None = None) -> Groups:
     """Aggregate students into groups of identical Z'Z (two-pass, centred scatter)."""
     gi = p.group
     n_groups = int(gi.max()) + 1
@@ -149,27 +151,6 @@ def group_stats(p: Panel, pad_to: int | None = None) -> Groups:
 
 
 # --- the collapsed likelihood --------------------------------------------------------------
-
-
-def _posterior_blocks(xp, tau0, tau1, rho, sigma, n, sw, sww):
-    """Mi = (Sigma^-1 + A/sigma^2)^-1 (entries 00, 01, 11) and log det B, broadcast.
-
-    With d = det Sigma: Mi = adj(adj Sigma + d A / sigma^2) / det B and
-    det B = 1 + tr(A Sigma)/sigma^2 + det(A) d / sigma^4; no inverse of Sigma is
-    formed, so a (near) singular Sigma is harmless."""
-    inv_s2 = 1.0 / (sigma * sigma)
-    S00 = tau0 * tau0
-    S11 = tau1 * tau1
-    S01 = rho * tau0 * tau1
-    d = S00 * S11 - S01 * S01  # = (tau0 tau1)^2 (1 - rho^2)
-    ds = d * inv_s2
-    detA = n * sww - sw * sw
-    detB = 1.0 + (n * S00 + 2.0 * sw * S01 + sww * S11) * inv_s2 + detA * ds * inv_s2
-    inv_det = 1.0 / detB
-    M00 = (S00 + ds * sww) * inv_det
-    M01 = (S01 - ds * sw) * inv_det
-    M11 = (S11 + ds * n) * inv_det
-    return M00, M01, M11, xp.log(detB)
 
 
 def panel_totals(groups: "Groups") -> np.ndarray:
@@ -195,7 +176,7 @@ def collapsed_loglik(xp, beta0, beta1, tau0, tau1, rho, sigma, groups, totals=No
         totals = [xp.sum(c * n), xp.sum(yy), xp.sum(c * gbar[:, 0]), xp.sum(c * gbar[:, 1]),
                   xp.sum(c * n), xp.sum(c * sw), xp.sum(c * sww)]
     rows, tyy, tg0, tg1, tA00, tA01, tA11 = (totals[i] for i in range(7))
-    M00, M01, M11, logdetB = _posterior_blocks(xp, tau0, tau1, rho, sigma, n, sw, sww)
+    M00, M01, M11, logdetB = posterior_blocks(xp, tau0, tau1, rho, sigma, n, sw, sww)
     s2 = sigma * sigma
     # sum_i r_i'r_i over all students: linear in the totals
     rr = (tyy - 2.0 * (beta0 * tg0 + beta1 * tg1)
@@ -231,18 +212,9 @@ def group_draw_terms(draws: dict[str, np.ndarray], n, sw, sww, h: float, t: floa
 
     ``draws`` in standardised units: beta0, beta1, tau0, tau1, rho, sigma, each (D,).
     """
-    b0, b1 = draws["beta0"][None, :], draws["beta1"][None, :]
-    tau0, tau1 = draws["tau0"][None, :], draws["tau1"][None, :]
-    rho, sigma = draws["rho"][None, :], draws["sigma"][None, :]
-    n, sw, sww = n[:, None], sw[:, None], sww[:, None]
-    M00, M01, M11, _ = _posterior_blocks(np, tau0, tau1, rho, sigma, n, sw, sww)
-    s2 = sigma * sigma
-    K00, K01, K11 = M00 / s2, M01 / s2, M11 / s2
-    # c = beta - K A beta
-    Ab0 = n * b0 + sw * b1
-    Ab1 = sw * b0 + sww * b1
-    c0 = b0 - (K00 * Ab0 + K01 * Ab1)
-    c1 = b1 - (K01 * Ab0 + K11 * Ab1)
+    c0, c1, K00, K01, K11, M00, M01, M11 = conditional_terms(
+        *(draws[k][None, :] for k in ("beta0", "beta1", "tau0", "tau1", "rho", "sigma")),
+        n[:, None], sw[:, None], sww[:, None])
     v = np.stack(np.broadcast_arrays(c0, c1, K00, K01, K01, K11), axis=-1)
     C = np.stack(np.broadcast_arrays(M00, M01, M11), axis=-1)
     sh = np.sqrt(M00 + 2.0 * h * M01 + h * h * M11)

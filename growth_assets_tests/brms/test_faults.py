@@ -18,20 +18,22 @@ from growth_assets.demo.cohort import seed_cohort
 from growth_assets.model.brms_client import BrmsClient, BrmsServiceError
 from growth_assets.model.contract import FitResultError
 from growth_assets.model.engine import FitSettings
+from growth_assets.model.panel import Panel
+from growth_assets.model.result import fit_panel
 from growth_assets_tests.conftest import RService
 from growth_assets_tests.support.graph import AS_OF, PARTITION, failure_text, resources
 from growth_assets_tests.support.results import make_result
 
 import pandas as pd
 
-PANEL = pd.DataFrame({"student_id": ["s00000", "s00000", "s00001", "s00001"], "week": [0, 1, 0, 1],
-                      "score": [0.1, 0.3, -0.2, 0.0]})
+PANEL = Panel.from_frame(pd.DataFrame({"student_id": ["s00000", "s00000", "s00001", "s00001"],
+                                       "week": [0, 1, 0, 1], "score": [0.1, 0.3, -0.2, 0.0]}))
+# what make_result answers: the request must ask for it, or the answer is refused (tested below)
+SETTINGS = FitSettings(n_chains=4, n_samples=2000, seed=1, horizon_week=15, lookback_weeks=12)
 
 
 def valid_body() -> dict:
-    r = make_result(2, run_id="brms-20261123-043000")
-    r["engine"] = "brms"
-    return r
+    return make_result(2, run_id="brms-20261123-043000", n_obs=[2, 2]).to_json()
 
 
 class Fake:
@@ -90,8 +92,8 @@ def ok(body: dict, delay: float = 0.0):
 
 def test_a_valid_answer_passes_and_carries_the_token_and_key(fake):
     f = fake(ok(valid_body()))
-    res = client(f.url).fit(PANEL, FitSettings(n_chains=2, n_samples=400, run_id="brms-20261124-000000"))
-    assert res["run_id"] == "brms-20261124-000000" and res["engine"] == "brms"
+    res = fit_panel(client(f.url), PANEL, FitSettings(**{**SETTINGS.__dict__, "run_id": "brms-20261124-000000"}))
+    assert res.run_id == "brms-20261124-000000" and res.engine == "brms"
     h = f.requests[0]
     assert h["Authorization"] == "Bearer t0k" and h["X-Internal-Token"] == "t0k" and h["Idempotency-Key"]
 
@@ -103,17 +105,22 @@ def test_a_valid_answer_passes_and_carries_the_token_and_key(fake):
     (json.dumps({**valid_body(), "n_obs": [4]}).encode(), "n_obs: must be a plain JSON number"),
     (json.dumps({k: v for k, v in valid_body().items() if k != "diagnostics"}).encode(), "diagnostics: missing"),
     (json.dumps({**valid_body(), "engine": "native"}).encode(), "engine"),
-], ids=["garbage", "truncated", "200-with-error", "array-for-number", "missing-key", "wrong-engine"])
+    (json.dumps({**valid_body(), "target": 1.5}).encode(), "target: the engine answered 1.5"),
+    (json.dumps({**valid_body(), "horizon_week": 3}).encode(), "horizon_week: the engine answered 3"),
+    (json.dumps({**valid_body(), "predictions": valid_body()["predictions"][:1], "n_students": 1}).encode(),
+     "1 missing"),
+], ids=["garbage", "truncated", "200-with-error", "array-for-number", "missing-key", "wrong-engine",
+        "other-target", "other-horizon", "dropped-student"])
 def test_a_malformed_answer_is_an_error_naming_the_key(fake, body, match):
     f = fake((200, body, 0))
     with pytest.raises(FitResultError, match=match):
-        client(f.url).fit(PANEL, FitSettings(n_chains=2, n_samples=400))
+        fit_panel(client(f.url), PANEL, SETTINGS)
     assert len(f.requests) == 1  # a bad answer is not retried
 
 
 def test_502_503_504_are_retried_with_the_same_key(fake):
     f = fake((503, b'{"error":"model_not_ready"}', 0), (502, b"bad gateway", 0), (504, b"", 0), ok(valid_body()))
-    client(f.url).fit(PANEL, FitSettings(n_chains=2, n_samples=400))
+    fit_panel(client(f.url), PANEL, SETTINGS)
     keys = {r["Idempotency-Key"] for r in f.requests}
     assert len(f.requests) == 4 and len(keys) == 1
 
@@ -123,7 +130,7 @@ def test_502_503_504_are_retried_with_the_same_key(fake):
 def test_other_errors_are_raised_once_with_the_services_message(fake, status, error):
     f = fake((status, json.dumps({"error": error, "field": "rows", "detail": "why"}).encode(), 0))
     with pytest.raises(BrmsServiceError) as e:
-        client(f.url).fit(PANEL, FitSettings(n_chains=2, n_samples=400))
+        fit_panel(client(f.url), PANEL, SETTINGS)
     assert (e.value.status, e.value.error, e.value.field) == (status, error, "rows")
     assert str(status) in str(e.value) and "why" in str(e.value)
     assert len(f.requests) == 1
@@ -132,8 +139,7 @@ def test_other_errors_are_raised_once_with_the_services_message(fake, status, er
 def test_a_read_timeout_is_retried_with_the_same_key_then_gives_up(fake):
     f = fake(ok(valid_body(), delay=1.5))
     with pytest.raises(BrmsServiceError, match="gave up after 3 attempts"):
-        BrmsClient(f.url, timeout_secs=0.5, max_retries=2, backoff_secs=0.01).fit(
-            PANEL, FitSettings(n_chains=2, n_samples=400))
+        BrmsClient(f.url, timeout_secs=0.5, max_retries=2, backoff_secs=0.01).fit(PANEL, SETTINGS)
     assert len(f.requests) == 3 and len({r["Idempotency-Key"] for r in f.requests}) == 1
 
 
@@ -141,8 +147,7 @@ def test_nothing_listening_is_a_clear_error():
     from growth_assets.db.localpg import free_port
 
     with pytest.raises(BrmsServiceError, match="could not connect"):
-        BrmsClient(f"http://127.0.0.1:{free_port()}", max_retries=1, backoff_secs=0.01).fit(
-            PANEL, FitSettings(n_chains=2, n_samples=400))
+        BrmsClient(f"http://127.0.0.1:{free_port()}", max_retries=1, backoff_secs=0.01).fit(PANEL, SETTINGS)
 
 
 @pytest.fixture
@@ -160,6 +165,7 @@ def brms_engine(url, token=None, **kw):
 def nothing_written(url):
     with psycopg.connect(url) as c:
         return (c.execute("SELECT count(*) FROM growth_brms_meta").fetchone()[0] == 0
+                and c.execute("SELECT count(*) FROM growth_fit").fetchone()[0] == 0
                 and c.execute("SELECT count(*) FROM growth_student_posterior").fetchone()[0] == 0
                 and c.execute("SELECT count(*) FROM weekly_kpi WHERE kpis ? 'P'").fetchone()[0] == 0)
 

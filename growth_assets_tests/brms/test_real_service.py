@@ -9,8 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from growth_assets.model.panel import Panel
+
+from growth_assets_tests.support.results import accepted_json, checked_json  # noqa: F401
+
 from growth_assets.model.brms_client import BrmsServiceError
-from growth_assets.model.contract import POPULATION_PARAMS, validate_fit_result
+from growth_assets.model.contract import POPULATION_PARAMS
 from growth_assets.model.engine import FitSettings
 from growth_assets_tests.conftest import REFERENCE_DIR
 from growth_assets_tests.support.panels import cohort_panel
@@ -29,7 +33,7 @@ def sleepstudy():
 def test_sleepstudy_at_the_contract_defaults_matches_brms_long_run(r_service, sleepstudy):
     ref = json.loads((REFERENCE_DIR / "sleepstudy.brms.json").read_text())
     pop = {r["variable"]: r for r in ref["population"]}
-    res = r_service.client().fit(sleepstudy, FitSettings(lookback_weeks=10, horizon_week=15))
+    res = accepted_json(r_service.client(), sleepstudy, FitSettings(lookback_weeks=10, horizon_week=15))
     assert (res["n_chains"], res["n_samples"], res["n_warmup"], res["seed"]) == (4, 2000, 1000, 1234)
     for p in POPULATION_PARAMS:
         got, want = res["posterior_summary"][p], pop[p]
@@ -70,7 +74,7 @@ def test_bad_input_is_a_400_naming_the_field_and_the_client_does_not_retry(r_ser
     client = r_service.client(max_retries=3, backoff_secs=5)
     t0 = time.monotonic()
     with pytest.raises(BrmsServiceError) as e:
-        client.fit(panel, FitSettings(**SMALL))
+        client.fit(Panel.from_frame(panel), FitSettings(**SMALL))
     assert e.value.status == 400 and e.value.field == "rows.score"
     assert time.monotonic() - t0 < 5  # no retry on a 4xx
 
@@ -83,7 +87,7 @@ def test_healthz_answers_within_a_second_all_through_a_fit_of_200_students(r_ser
     out: dict = {}
 
     def run():
-        out["result"] = r_service.client().fit(panel, FitSettings(n_chains=4, n_samples=400, seed=5))
+        out["result"] = accepted_json(r_service.client(), panel, FitSettings(n_chains=4, n_samples=400, seed=5))
 
     t = threading.Thread(target=run)
     t.start()
@@ -95,7 +99,7 @@ def test_healthz_answers_within_a_second_all_through_a_fit_of_200_students(r_ser
         assert r.status_code == 200
         time.sleep(0.2)
     t.join()
-    res = validate_fit_result(out["result"])
+    res = checked_json(out["result"])
     assert res["n_students"] == 200
     assert len(latencies) > 20, "the fit was too short to show anything"
     assert max(latencies) < 1.0, f"slowest /healthz {max(latencies):.2f}s"
@@ -103,7 +107,7 @@ def test_healthz_answers_within_a_second_all_through_a_fit_of_200_students(r_ser
 
 def test_a_second_concurrent_fit_gets_429_not_an_interleaved_mess(r_service):
     panel = cohort_panel(60, seed=2)
-    body = r_service.client().request_body(panel, FitSettings(n_chains=2, n_samples=1000, seed=1))
+    body = r_service.client().request_body(Panel.from_frame(panel), FitSettings(n_chains=2, n_samples=1000, seed=1))
     h = {"Authorization": f"Bearer {r_service.token}", "Content-Type": "application/json"}
     first: dict = {}
     t = threading.Thread(target=lambda: first.update(r=httpx.post(f"{r_service.url}/growth/fit", content=body,
@@ -114,12 +118,12 @@ def test_a_second_concurrent_fit_gets_429_not_an_interleaved_mess(r_service):
     t.join()
     assert second.status_code == 429 and second.json()["error"] == "too_many_fits"
     assert second.headers.get("Retry-After")
-    assert first["r"].status_code == 200 and validate_fit_result(first["r"].json())["n_students"] == 60
+    assert first["r"].status_code == 200 and checked_json(first["r"].json())["n_students"] == 60
 
 
 def test_a_retry_with_the_same_key_attaches_to_the_running_fit(r_service):
     panel = cohort_panel(40, seed=3)
-    body = r_service.client().request_body(panel, FitSettings(n_chains=2, n_samples=800, seed=2))
+    body = r_service.client().request_body(Panel.from_frame(panel), FitSettings(n_chains=2, n_samples=800, seed=2))
     h = {"Authorization": f"Bearer {r_service.token}", "Content-Type": "application/json",
          "Idempotency-Key": "test-key-attach"}
     with pytest.raises(httpx.ReadTimeout):  # the client gives up reading; the fit goes on
@@ -147,7 +151,7 @@ def test_the_graph_end_to_end_on_the_brms_engine(r_service, db_url):
     res = dg.materialize(weekly_assets, partition_key=PARTITION,
                          resources=resources(db_url, engine, n_chains=4, n_samples=1000))
     assert res.success
-    run_id = res.output_for_node("growth_brms_meta")
+    run_id = res.asset_materializations_for_node("growth_brms_meta")[0].metadata["run_id"].value
     assert run_id.startswith("brms-")
     with psycopg.connect(db_url) as c:
         meta = c.execute("SELECT status, engine, engine_version, n_students, formula, diagnostics->>'max_rhat'"
@@ -178,6 +182,6 @@ def test_cli_fit_through_the_service(r_service, tmp_path):
                         "--samples", "400", "--seed", "9", "--target", "300", "--horizon-weeks", "2"],
                        capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
-    res = validate_fit_result(json.loads(out.read_text()))
+    res = checked_json(json.loads(out.read_text()))
     assert (res["engine"], res["seed"], res["target"], res["horizon_week"], res["n_chains"]) == ("brms", 9, 300.0, 11, 2)
     assert r_service.token not in p.stdout + p.stderr  # the token is never printed

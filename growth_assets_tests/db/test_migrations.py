@@ -5,7 +5,7 @@ from growth_assets.db.migrate import MigrationError, available, migrate
 
 TABLES = {"mirt_ability", "student_topic_theta", "features_topic_daily", "weekly_kpi",
           "growth_brms_meta", "growth_student_posterior", "growth_panel", "growth_panel_meta",
-          "dagster_asset_value"}
+          "growth_fit"}
 
 
 def tables(conn):
@@ -19,6 +19,7 @@ def test_migrations_apply_once_then_are_a_no_op(empty_db_url):
     assert migrate(empty_db_url) == []
     with psycopg.connect(empty_db_url) as conn:
         assert TABLES <= tables(conn)
+        assert "dagster_asset_value" not in tables(conn)  # no serialised values between steps
         versions = [r[0] for r in conn.execute("SELECT version FROM growth_schema_migrations ORDER BY 1")]
         assert versions == first
 
@@ -78,3 +79,27 @@ def test_duplicate_calibrations_in_an_unkeyed_table_are_collapsed(empty_db_url):
     with psycopg.connect(empty_db_url) as conn:
         rows = conn.execute("SELECT user_id, count(*) FROM mirt_ability GROUP BY 1 ORDER BY 1").fetchall()
     assert rows == [("u1", 2), ("u2", 1)]
+
+
+def test_0003_keeps_stored_runs_and_their_students_and_drops_the_value_store(empty_db_url):
+    """A database at 0002 with a stored run: after 0003 the run is a fit with its students,
+    the per-partition lookups have their columns, and the value table is gone."""
+    from growth_assets.db.migrate import migrate_through
+
+    with psycopg.connect(empty_db_url) as conn:
+        migrate_through(conn, "0002_growth_tables")
+        conn.execute("INSERT INTO growth_brms_meta (run_id, formula, priors, posterior_summary, diagnostics, engine,"
+                     " status) VALUES ('brms-20261116-043000', 'f', '[]', '{}', '{}', 'brms', 'passed')")
+        conn.execute("INSERT INTO growth_student_posterior VALUES ('brms-20261116-043000', 'u1', 3, 0, 0, 0.1,"
+                     " 0.01, 0, 0, 0.3, 0.5)")
+        conn.execute("INSERT INTO dagster_asset_value (asset_key, value) VALUES ('x', '\\x00')")
+        conn.commit()
+    assert "0003_one_owner_per_table" in migrate(empty_db_url)
+    with psycopg.connect(empty_db_url) as conn:
+        assert conn.execute("SELECT engine FROM growth_fit").fetchall() == [("brms",)]
+        assert conn.execute("SELECT count(*) FROM growth_student_posterior").fetchone()[0] == 1
+        assert "dagster_asset_value" not in tables(conn)
+        # a student row needs its fit now
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            conn.execute("INSERT INTO growth_student_posterior VALUES ('nope', 'u1', 3, 0, 0, 0.1,"
+                         " 0.01, 0, 0, 0.3, 0.5)")

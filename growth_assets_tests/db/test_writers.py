@@ -5,8 +5,8 @@ from datetime import date
 import psycopg
 import pytest
 
-from growth_assets.db.writers import merge_weekly_kpi, write_fit_run
-from growth_assets.model.contract import ContractError, FitResultError
+from growth_assets.db.writers import jsonable, merge_weekly_kpi, write_fit, write_run_record
+from growth_assets.model.contract import ContractError
 from growth_assets_tests.support.results import make_result
 
 WEEK = date(2026, 11, 23)
@@ -24,11 +24,16 @@ def merge(conn, rows, **kw):
     return merge_weekly_kpi(conn, rows, **args)
 
 
+def store(conn, res, status="passed", dagster_run_id=None, **kw):
+    n = write_fit(conn, res, dagster_run_id=dagster_run_id)
+    write_run_record(conn, jsonable(res.header_json()), status=status, dagster_run_id=dagster_run_id, **kw)
+    return n
+
+
 def test_fit_run_and_students_are_stored_together(conn):
     res = make_result(5)
-    assert write_fit_run(conn, res, status="passed", window_start=date(2026, 8, 31),
-                         window_end=WEEK, week_start=WEEK, score_source="theta",
-                         source_counts={"mirt_ability": 60}) == 5
+    assert store(conn, res, window_start=date(2026, 8, 31), window_end=WEEK, week_start=WEEK,
+                 score_source="theta", source_counts={"mirt_ability": 60}) == 5
     meta = conn.execute("SELECT engine, status, n_students, n_obs, horizon_week, target, priors,"
                         " posterior_summary->'b_week'->>'rhat', window_start FROM growth_brms_meta").fetchall()
     assert len(meta) == 1
@@ -37,33 +42,28 @@ def test_fit_run_and_students_are_stored_together(conn):
     assert pri[0] == {"class": "Intercept", "dist": "normal", "args": [0.0, 2.5]}
     assert float(rhat) == 1.001 and ws == date(2026, 8, 31)
     stored = conn.execute('SELECT user_id, mean_a, "P" FROM growth_student_posterior ORDER BY user_id').fetchall()
+    s = res.students
     assert [(u, round(a, 6), round(p, 9)) for u, a, p in stored] == [
-        (r["student_id"], round(r["mean_a"], 6), round(r["P"], 9)) for r in res["predictions"]]
+        (u, round(a, 6), round(p, 9)) for u, a, p in zip(s.student_id, s.mean_a, s.P)]
     # a retried write of the same run replaces it, it does not duplicate
-    write_fit_run(conn, res, status="failed_checks", status_reasons=["rhat"])
+    store(conn, res, status="failed_checks", status_reasons=["rhat"])
     assert conn.execute("SELECT count(*) FROM growth_student_posterior").fetchone()[0] == 5
     assert conn.execute("SELECT status, status_reasons FROM growth_brms_meta").fetchone() == ("failed_checks", ["rhat"])
 
 
-def test_a_malformed_result_is_refused_before_anything_is_written(conn):
-    res = make_result(3)
-    res["predictions"][2]["P"] = [0.4]  # an array where a number belongs
-    with pytest.raises(FitResultError, match=r"predictions\[2\]\.P"):
-        write_fit_run(conn, res, status="passed")
-    truncated = make_result(3)
-    del truncated["predictions"][1:]
-    with pytest.raises(FitResultError, match="one prediction per student"):
-        write_fit_run(conn, truncated, status="passed")
-    assert conn.execute("SELECT count(*) FROM growth_brms_meta").fetchone()[0] == 0
+def test_nan_diagnostics_are_stored_as_null_not_refused_by_postgresql(conn):
+    res = make_result(2, max_rhat=float("nan"))
+    store(conn, res)
+    assert conn.execute("SELECT diagnostics->'max_rhat' FROM growth_brms_meta").fetchone()[0] is None
+    assert conn.execute("SELECT result->'diagnostics'->'max_rhat' FROM growth_fit").fetchone()[0] is None
 
 
 def test_a_fit_run_that_fails_half_way_leaves_nothing(conn):
-    res = make_result(4)
-    res["predictions"][3]["student_id"] = "bad\x00id"  # PostgreSQL text cannot hold NUL: COPY fails late
+    res = make_result(4, ids=["s0", "s1", "s2", "bad\x00id"])  # text cannot hold NUL: COPY fails late
     with pytest.raises(psycopg.Error):
-        write_fit_run(conn, res, status="passed")
+        write_fit(conn, res)
     conn.rollback()
-    assert conn.execute("SELECT count(*) FROM growth_brms_meta").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM growth_fit").fetchone()[0] == 0
     assert conn.execute("SELECT count(*) FROM growth_student_posterior").fetchone()[0] == 0
 
 
@@ -169,13 +169,11 @@ def test_two_merges_in_one_open_transaction(conn):
 
 def test_a_colliding_run_id_from_another_run_is_refused_not_overwritten(conn):
     first = make_result(2)
-    write_fit_run(conn, first, status="passed", dagster_run_id="dagster-run-A")
-    write_fit_run(conn, first, status="passed", dagster_run_id="dagster-run-A")  # a retry: fine
-    write_fit_run(conn, first, status="passed", dagster_run_id="dagster-run-C")  # the same fit again: fine
-    other = make_result(3)  # same run_id (same second), another fit
-    other["posterior_summary"]["b_week"]["mean"] = 0.2
+    write_fit(conn, first, dagster_run_id="dagster-run-A")
+    write_fit(conn, first, dagster_run_id="dagster-run-A")  # a retry of that step: fine
+    other = make_result(3)  # same run_id (same second), another Dagster run
     with pytest.raises(ContractError, match="run_id: already stored by another run"):
-        write_fit_run(conn, other, status="passed", dagster_run_id="dagster-run-B")
+        write_fit(conn, other, dagster_run_id="dagster-run-B")
     conn.rollback()
-    assert conn.execute("SELECT n_students, dagster_run_id FROM growth_brms_meta").fetchone() == (2, "dagster-run-C")
+    assert conn.execute("SELECT dagster_run_id FROM growth_fit").fetchone() == ("dagster-run-A",)
     assert conn.execute("SELECT count(*) FROM growth_student_posterior").fetchone()[0] == 2

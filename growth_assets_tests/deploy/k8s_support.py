@@ -105,11 +105,21 @@ def root_dagster_yaml() -> dict[str, Any]:
 
 
 def settings_env_names() -> set[str]:
-    """The variable names growth_assets/settings.py reads (env_int(env, "NAME", ...), _get(env, "NAME"))."""
-    src = (REPO / "growth_assets" / "settings.py").read_text()
-    found = set(re.findall(r"\b(?:_get|env_int|env_float|env_bool|env_choice)\(env,\s*\"([A-Z0-9_]+)\"", src))
-    assert len(found) >= 15, f"settings.py parsing found too few names: {sorted(found)}"
-    return found
+    """The variable names ``Settings.from_env`` reads: asked of an environment that records
+    every name it is asked for."""
+    from growth_assets.settings import Settings
+
+    class Recorder(dict):
+        asked: set[str] = set()
+
+        def get(self, key, default=None):
+            self.asked.add(key)
+            return default
+
+    env = Recorder()
+    Settings.from_env(env)
+    assert len(env.asked) >= 15, f"too few names: {sorted(env.asked)}"
+    return set(env.asked)
 
 
 def dagster_yaml_env_names(node: Any) -> set[str]:

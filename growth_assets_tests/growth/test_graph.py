@@ -43,7 +43,7 @@ def test_whole_graph_on_the_native_engine_writes_meta_students_and_p(seeded):
     post_md = res.asset_materializations_for_node("brms_posterior")[0].metadata
     assert post_md["engine"].value == "native" and post_md["students"].value == n_students
     assert "posterior_summary" in post_md and 1.0 <= post_md["max_rhat"].value < 1.1
-    run_id = res.output_for_node("growth_brms_meta")
+    run_id = res.asset_materializations_for_node("growth_brms_meta")[0].metadata["run_id"].value
     with psycopg.connect(seeded) as c:
         meta = c.execute("SELECT status, engine, n_students, window_start, week_start, horizon_week, target,"
                          " source_counts FROM growth_brms_meta WHERE run_id = %s", (run_id,)).fetchone()
@@ -154,10 +154,9 @@ def test_unsupported_family_is_a_clear_error(seeded):
     ({"n_divergent": 41}, {DIVERGENCE_CHECK: (False, "ERROR")}),
 ])
 def test_each_threshold_grades_as_specified(diag, expect):
-    r = make_result(2)
-    r["diagnostics"].update(min_ess_bulk=1000.0, min_ess_tail=1000.0, max_rhat=1.0, n_divergent=0)
-    r["diagnostics"].update(diag)
-    out = {o.check_name: o for o in evaluate(r, DiagnosticThresholds())}
+    d = {**dict(min_ess_bulk=1000.0, min_ess_tail=1000.0, max_rhat=1.0, n_divergent=0), **diag}
+    r = make_result(2, **d)
+    out = {o.check_name: o for o in evaluate(r.diagnostics, r.kept_draws, DiagnosticThresholds())}
     for name, (passed, sev) in expect.items():
         assert out[name].passed is passed
         if sev:
@@ -181,7 +180,6 @@ def test_the_share_of_students_with_3_weeks_warns(db_url):
 
 
 def test_thresholds_are_configurable():
-    r = make_result(2)
-    r["diagnostics"]["max_rhat"] = 1.03
-    strict = {o.check_name: o for o in evaluate(r, DiagnosticThresholds(rhat_error=1.02))}
+    r = make_result(2, max_rhat=1.03)
+    strict = {o.check_name: o for o in evaluate(r.diagnostics, r.kept_draws, DiagnosticThresholds(rhat_error=1.02))}
     assert strict[RHAT_CHECK].severity == "ERROR" and not strict[RHAT_CHECK].passed

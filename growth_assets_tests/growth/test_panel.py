@@ -62,6 +62,15 @@ def rows(df):
     return {(r.student_id, r.week): (round(r.score, 9), r.source) for r in df.itertuples()}
 
 
+def stored(conn, panel_id):
+    """The stored panel rows with their source, as growth_panel holds them."""
+    import pandas as pd
+
+    cur = conn.execute("SELECT student_id, week, score, source FROM growth_panel WHERE panel_id = %s"
+                       " ORDER BY student_id, week", (panel_id,))
+    return pd.DataFrame(cur.fetchall(), columns=["student_id", "week", "score", "source"])
+
+
 EXPECTED_THETA = {
     ("A", 0): (1.5, "mirt_ability"),
     ("A", 1): (4.0, "student_topic_theta"),
@@ -77,9 +86,13 @@ def test_theta_panel_is_calendar_indexed_with_the_first_source_per_student_week(
     window = Window(as_of, 12)
     assert (window.start, window.end, window.last_week) == (date(2026, 8, 31), MONDAY, date(2026, 11, 16))
     info = build_panel(fixture_db, window, "theta", now=NOW)
-    panel = load_panel(fixture_db, info.panel_id)
+    panel = stored(fixture_db, info.panel_id)
     assert rows(panel) == EXPECTED_THETA
-    assert list(panel.columns) == ["student_id", "week", "score", "source"]
+    # what brms_posterior reads: the same rows as columns (ids once, a code per row)
+    cols = load_panel(fixture_db, info.panel_id)
+    assert cols.student_ids.tolist() == ["A", "B", "C"]
+    assert {(cols.student_ids[c], w): round(y, 9) for c, w, y in zip(cols.student, cols.week, cols.score)} == {
+        k: v[0] for k, v in EXPECTED_THETA.items()}
     assert info.n_rows == 6 and info.n_students == 3
     assert info.rows_by_source == {"mirt_ability": 2, "student_topic_theta": 1,
                                    "features_topic_daily": 2, "weekly_kpi": 1}
@@ -94,12 +107,12 @@ def test_rebuilding_a_panel_replaces_it(fixture_db):
     first = build_panel(fixture_db, w, "theta", now=NOW)
     again = build_panel(fixture_db, w, "theta", now=NOW)
     assert first.panel_id == again.panel_id
-    assert len(load_panel(fixture_db, again.panel_id)) == 6
+    assert load_panel(fixture_db, again.panel_id).n_rows == 6
 
 
 def test_accuracy_panel_is_on_the_raw_0_1_scale(fixture_db):
     info = build_panel(fixture_db, Window(MONDAY, 12), "accuracy", now=NOW)
-    panel = load_panel(fixture_db, info.panel_id)
+    panel = stored(fixture_db, info.panel_id)
     got = {(r.student_id, r.week): round(r.score, 9) for r in panel.itertuples()}
     # B wk 11 has attempts 10 / correct 5 from the helper's defaults
     assert got == {("A", 0): 0.25, ("B", 3): 0.8, ("B", 11): 0.5}
@@ -110,7 +123,7 @@ def test_accuracy_panel_is_on_the_raw_0_1_scale(fixture_db):
 
 def test_lookback_shorter_window(fixture_db):
     info = build_panel(fixture_db, Window(MONDAY, 2), "theta", now=NOW)
-    panel = load_panel(fixture_db, info.panel_id)
+    panel = stored(fixture_db, info.panel_id)
     # weeks starting 2026-11-09 (0) and 2026-11-16 (1)
     assert rows(panel) == {("B", 1): (0.9, "features_topic_daily"), ("C", 0): (1.1, "weekly_kpi")}
 

@@ -6,7 +6,11 @@ from datetime import date, datetime, timedelta, timezone
 
 from psycopg.types.json import Jsonb
 
-from growth_assets.db.writers import write_fit_run
+from dataclasses import replace
+
+import numpy as np
+
+from growth_assets.db.writers import jsonable, write_fit, write_run_record
 from growth_assets_tests.support.results import make_result
 
 WINDOW_START = date(2026, 8, 31)  # 12 weeks before 2026-11-23
@@ -18,18 +22,28 @@ P_WEEK = WINDOW_START + timedelta(weeks=H)  # 2026-12-14
 def store_run(conn, run_id="native-20261123-043000", *, status="passed", n_students=3,
               fitted_at=datetime(2026, 11, 23, 4, 30, tzinfo=timezone.utc), target=0.0,
               h=H, window_start=WINDOW_START, summary_means=None, drop=()):
-    """A make_result run (students s00000..), stored with write_fit_run, fitted_at set."""
-    res = make_result(n_students, run_id=run_id, h=h, target=target)
-    if summary_means:
-        for k, v in summary_means.items():
-            res["posterior_summary"][k] = dict(res["posterior_summary"][k], mean=float(v))
-    if drop:
-        res["predictions"] = [p for p in res["predictions"] if p["student_id"] not in drop]
-        res["n_students"] = len(res["predictions"])
-    write_fit_run(conn, res, status=status, window_start=window_start, window_end=WEEK,
-                  week_start=WEEK, score_source="theta")
+    """A make_result run (students s00000..), stored as the graph stores it (its fit, then
+    its growth_brms_meta record), fitted_at set."""
+    res = store_fit(conn, make_result(n_students, run_id=run_id, h=h, target=target), status=status,
+                    window_start=window_start, summary_means=summary_means, drop=drop)
     conn.execute("UPDATE growth_brms_meta SET fitted_at = %s WHERE run_id = %s", (fitted_at, run_id))
     conn.commit()
+    return res
+
+
+def store_fit(conn, res, *, status="passed", window_start=WINDOW_START, summary_means=None, drop=(),
+              week_start=WEEK, score_source="theta"):
+    if summary_means:
+        summary = dict(res.summary)
+        for k, v in summary_means.items():
+            summary[k] = replace(summary[k], mean=float(v))
+        res = replace(res, summary=summary)
+    if drop:
+        keep = np.flatnonzero(~np.isin(res.students.student_id.astype(str), list(drop)))
+        res = replace(res, students=res.students.take(keep))
+    write_fit(conn, res)
+    write_run_record(conn, jsonable(res.header_json()), status=status, window_start=window_start,
+                     window_end=week_start, week_start=week_start, score_source=score_source)
     return res
 
 

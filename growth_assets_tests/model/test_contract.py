@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 
 from growth_assets.model import contract
+from growth_assets.model.panel import Panel
+from growth_assets.model.result import FitResult
 
 PHI_2 = 0.9772498680518208  # Phi(2)
 
@@ -78,8 +80,8 @@ def test_normal_approximation_by_hand():
 
 
 def test_check_target():
-    assert contract.check_target("0.7") == 0.7
-    for bad in ("abc", None, math.nan, math.inf):
+    assert contract.check_target(0.7) == 0.7 and contract.check_target(np.float32(0.5)) == 0.5
+    for bad in ("0.7", "abc", None, True, math.nan, math.inf):  # a string or a bool is no number
         with pytest.raises(contract.ContractError):
             contract.check_target(bad)
 
@@ -104,10 +106,10 @@ def _panel(**over):
 
 
 def test_validate_panel_canonical_dtypes():
-    df = contract.validate_panel(_panel(student_id=[1, 1, 2, 2], week=[0.0, 1.0, 0.0, 2.0]))
-    assert list(df.columns) == ["student_id", "week", "score"]
-    assert df["student_id"].tolist() == ["1", "1", "2", "2"]
-    assert df["week"].dtype == np.int64 and df["score"].dtype == np.float64
+    pn = Panel.from_frame(_panel(student_id=[1, 1, 2, 2], week=[0.0, 1.0, 0.0, 2.0]))
+    assert pn.student_ids.tolist() == ["1", "2"] and pn.student.tolist() == [0, 0, 1, 1]
+    assert pn.week.dtype == np.int64 and pn.score.dtype == np.float64
+    assert pn.to_frame()["student_id"].tolist() == ["1", "1", "2", "2"]
 
 
 @pytest.mark.parametrize(
@@ -126,17 +128,17 @@ def test_validate_panel_canonical_dtypes():
 )
 def test_validate_panel_errors(over, field):
     with pytest.raises(contract.PanelError) as e:
-        contract.validate_panel(_panel(**over))
+        Panel.from_frame(_panel(**over))
     assert e.value.field == field
 
 
 def test_validate_panel_short_and_missing():
     with pytest.raises(contract.PanelError) as e:
-        contract.validate_panel(pd.DataFrame({"student_id": ["a", "b"], "week": [0, 0],
+        Panel.from_frame(pd.DataFrame({"student_id": ["a", "b"], "week": [0, 0],
                                               "score": [1.0, 2.0]}))
     assert e.value.field == "rows"
     with pytest.raises(contract.PanelError) as e:
-        contract.validate_panel(_panel().drop(columns="score"))
+        Panel.from_frame(_panel().drop(columns="score"))
     assert e.value.field == "columns"
 
 
@@ -147,7 +149,7 @@ def _result():
     stat = {"mean": 1.0, "sd": 0.1, "q5": 0.8, "q95": 1.2, "rhat": 1.0, "ess_bulk": 900.0,
             "ess_tail": 800.0}
     pred = {"student_id": "s1", "n_obs": 3, "mean_a": 0.1, "mean_b": 0.01, "var_a": 0.01,
-            "var_b": 0.001, "cov_ab": 0.0, "mu": 0.25, "sigma": 0.1, "P": 0.4}
+            "var_b": 0.001, "cov_ab": 0.0, "mu": 0.25, "sigma": math.sqrt(0.01 + 225 * 0.001), "P": 0.4}
     return {
         "run_id": "native-20261123-043000", "engine": "native",
         "engine_version": "native numpyro 0.22.0 / jax 0.10.2", "formula": contract.FORMULA,
@@ -161,9 +163,10 @@ def _result():
     }
 
 
-def test_valid_result_passes():
+def test_valid_result_passes_and_round_trips():
     res = _result()
-    assert contract.validate_fit_result(res) == res
+    fit = FitResult.from_json(res).validate()
+    assert fit.to_json() == res
 
 
 def _set(path, value):
@@ -193,8 +196,12 @@ def _set(path, value):
         (_set(["diagnostics", "n_divergent"], KeyError), "diagnostics.n_divergent"),
         (_set(["predictions", 1, "P"], 1.2), "predictions[1].P"),
         (_set(["predictions", 0, "mu"], math.nan), "predictions[0].mu"),
-        (_set(["predictions", 1, "student_id"], "s1"), "predictions[1].student_id"),
-        (_set(["predictions", 0, "var_a"], -0.1), "predictions[0].sigma/var"),
+        (_set(["predictions", 1, "student_id"], "s1"), "predictions.student_id"),
+        (_set(["predictions", 0, "var_a"], -0.1), "predictions[0].var_a"),
+        (_set(["predictions", 0, "cov_ab"], 0.5), "predictions[0].cov_ab"),  # not positive definite
+        (_set(["predictions", 0, "sigma"], 0.1), "predictions[0].sigma"),  # not the line's sd at h
+        (_set(["diagnostics", "n_divergent"], -1), "diagnostics.n_divergent"),
+        (_set(["posterior_summary", "sigma", "mean"], math.nan), "posterior_summary.sigma.mean"),
         (_set(["n_students"], 3), "predictions"),
     ],
 )
@@ -202,5 +209,5 @@ def test_invalid_results_name_the_field(mutate, field):
     res = copy.deepcopy(_result())
     mutate(res)
     with pytest.raises(contract.FitResultError) as e:
-        contract.validate_fit_result(res)
+        FitResult.from_json(res).validate()
     assert e.value.field == field

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
+import jax
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,13 +17,21 @@ from growth_assets.demo.cohort import simulate_panel
 from growth_assets.model import contract, native, native_math
 from growth_assets.model.engine import FitSettings
 from growth_assets.model.native import NativeEngine
+from growth_assets.model.panel import Panel
+from growth_assets.model.result import FitResult, fit_panel
 
-REFERENCE_DIR = Path(
-    os.environ.get(
-        "GROWTH_REFERENCE_DIR",
-        Path(__file__).resolve().parents[2].parent / "shared" / "reference",
-    )
-)
+REFERENCE_DIR = Path(__file__).resolve().parents[2] / "reference"
+
+
+def checked(panel: pd.DataFrame) -> tuple[pd.DataFrame, Panel]:
+    """The checked panel, as the engines get it, and as a sorted table for brute force."""
+    pn = Panel.from_frame(panel)
+    return pn.to_frame(), pn
+
+
+def fit_json(panel: pd.DataFrame, settings: FitSettings, engine: NativeEngine | None = None) -> dict:
+    """A native fit, accepted as the graph accepts it, in its spec §8 JSON form."""
+    return fit_panel(engine or NativeEngine(), Panel.from_frame(panel), settings).to_json()
 
 
 def synthetic(n_students: int, seed: int, n_weeks: int = 8, p_obs: float = 0.7) -> pd.DataFrame:
@@ -46,8 +54,8 @@ def dense_student_posterior(y, w, beta, tau, rho, sigma):
 
 
 def _raw_groups(panel: pd.DataFrame, pad_to: int | None = None):
-    df = contract.validate_panel(panel)
-    red = native_math.reduce_panel(df, ybar=0.0, s=1.0)  # raw units
+    df, pn = checked(panel)
+    red = native_math.reduce_panel(pn, ybar=0.0, s=1.0)  # raw units
     return df, red, native_math.group_stats(red, pad_to=pad_to)
 
 
@@ -81,9 +89,9 @@ def test_jax_log_density_matches_numpy_and_priors():
     import jax.numpy as jnp
 
     panel = synthetic(30, seed=4)
-    df = contract.validate_panel(panel)
+    df, pn = checked(panel)
     ybar, s = contract.prior_scales(df["score"].to_numpy())
-    red = native_math.reduce_panel(df, ybar, s)
+    red = native_math.reduce_panel(pn, ybar, s)
     gs = native_math.group_stats(red, pad_to=64)
     q = np.array([0.1, 0.05, math.log(0.4), math.log(0.08), 0.3, math.log(0.2)])
     ic, b, tau0, tau1, rho, sig = q[0], q[1], math.exp(q[2]), math.exp(q[3]), math.tanh(q[4] / 2), \
@@ -95,7 +103,7 @@ def test_jax_log_density_matches_numpy_and_priors():
         + sum(halfcauchy.logpdf(x) + math.log(x) for x in (tau0, tau1, sig))
         + beta_dist.logpdf(u, 2, 2) + math.log(u * (1 - u))
     )
-    with native._x64():
+    with jax.enable_x64(True):
         got = float(native.log_posterior_q(
             jnp.asarray(q), red.wbar, jnp.asarray(native_math.panel_totals(gs)),
             tuple(jnp.asarray(a) for a in gs.as_tuple())))
@@ -121,9 +129,9 @@ def test_lkj2_on_a_2x2_correlation_is_beta22_on_half_one_plus_r():
 
 def test_rao_blackwell_students_match_brute_force_over_draws():
     panel = synthetic(25, seed=5)
-    df = contract.validate_panel(panel)
+    df, pn = checked(panel)
     ybar, s = contract.prior_scales(df["score"].to_numpy())
-    red = native_math.reduce_panel(df, ybar, s)
+    red = native_math.reduce_panel(pn, ybar, s)
     rng = np.random.default_rng(9)
     D = 60  # made-up hyperparameter draws (standardised units), spread like a small posterior
     draws = {
@@ -161,9 +169,9 @@ def test_rao_blackwell_students_match_brute_force_over_draws():
 def test_cheap_p_stays_within_its_proven_bound():
     """P = Phi(E z) is used only where 0.121 Var(z) <= tolerance; the bound must hold."""
     panel = synthetic(300, seed=6)
-    df = contract.validate_panel(panel)
+    df, pn = checked(panel)
     ybar, s = contract.prior_scales(df["score"].to_numpy())
-    red = native_math.reduce_panel(df, ybar, s)
+    red = native_math.reduce_panel(pn, ybar, s)
     rng = np.random.default_rng(10)
     for spread in (0.02, 0.2, 1.0):  # concentrated .. wide hyperparameter posteriors
         D = 200
@@ -198,12 +206,12 @@ SMALL = FitSettings(n_chains=2, n_samples=400, seed=77, horizon_week=10, target=
 
 @pytest.fixture(scope="module")
 def small_fit():
-    return NativeEngine().fit(synthetic(60, seed=8), SMALL)
+    return fit_json(synthetic(60, seed=8), SMALL)
 
 
 def test_result_follows_the_contract(small_fit):
     res = small_fit
-    contract.validate_fit_result(res)
+    FitResult.from_json(res).validate()
     assert res["engine"] == "native" and res["run_id"] == SMALL.run_id
     assert res["engine_version"].startswith("native numpyro ")
     assert res["n_students"] == 60 and len(res["predictions"]) == 60
@@ -221,17 +229,17 @@ def test_result_follows_the_contract(small_fit):
 
 
 def test_same_seed_same_result_other_seed_other_draws(small_fit):
-    again = NativeEngine().fit(synthetic(60, seed=8), SMALL)
+    again = fit_json(synthetic(60, seed=8), SMALL)
     for key in ("posterior_summary", "predictions"):
         assert again[key] == small_fit[key]
-    other = NativeEngine().fit(synthetic(60, seed=8), FitSettings(
+    other = fit_json(synthetic(60, seed=8), FitSettings(
         **{**SMALL.__dict__, "seed": 78}))
     assert other["posterior_summary"]["b_week"]["mean"] != small_fit["posterior_summary"][
         "b_week"]["mean"]
 
 
 def test_run_id_is_made_when_absent():
-    res = NativeEngine().fit(synthetic(10, seed=2), FitSettings(
+    res = fit_json(synthetic(10, seed=2), FitSettings(
         **{**SMALL.__dict__, "run_id": None}))
     assert res["run_id"].startswith("native-") and len(res["run_id"]) == len("native-20261123-043000")
 
@@ -251,24 +259,27 @@ def test_run_id_is_made_when_absent():
 )
 def test_panels_the_contract_rejects_raise_panel_error(panel, field):
     with pytest.raises(contract.PanelError) as err:
-        NativeEngine().fit(panel, SMALL)
+        fit_json(panel, SMALL)
     assert err.value.field == field
 
 
 def test_bad_target_is_an_error():
     with pytest.raises(contract.ContractError):
-        NativeEngine().fit(synthetic(10, seed=2), FitSettings(
+        fit_json(synthetic(10, seed=2), FitSettings(
             **{**SMALL.__dict__, "target": float("nan")}))
 
 
-def test_jax_cache_dir_is_configurable(monkeypatch, tmp_path):
-    monkeypatch.setenv("GROWTH_JAX_CACHE_DIR", str(tmp_path / "c"))
-    assert native.jax_cache_dir() == tmp_path / "c"
-    monkeypatch.setenv("GROWTH_JAX_CACHE_DIR", "off")
-    assert native.jax_cache_dir() is None
-    monkeypatch.delenv("GROWTH_JAX_CACHE_DIR")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert native.jax_cache_dir() == tmp_path / "growth_assets" / "jax"
+def test_jax_cache_dir_is_configurable(tmp_path):
+    from growth_assets.settings import NativeRuntime, SettingsError
+
+    assert NativeRuntime.from_env({"GROWTH_JAX_CACHE_DIR": str(tmp_path / "c")}).cache_dir == str(tmp_path / "c")
+    assert NativeRuntime.from_env({"GROWTH_JAX_CACHE_DIR": "off"}).cache_dir is None
+    assert NativeRuntime.from_env({"XDG_CACHE_HOME": str(tmp_path)}).cache_dir == str(
+        tmp_path / "growth_assets" / "jax")
+    rt = NativeRuntime.from_env({"GROWTH_NATIVE_DEVICES": "3", "GROWTH_NATIVE_CHAIN_METHOD": "sequential"})
+    assert (rt.devices, rt.chain_method) == (3, "sequential")
+    with pytest.raises(SettingsError, match="GROWTH_NATIVE_CHAIN_METHOD='parallel'"):
+        NativeRuntime.from_env({"GROWTH_NATIVE_CHAIN_METHOD": "parallel"})
 
 
 # --- against brms (slow: the contract's defaults, 4 x 2000) ------------------------------------
@@ -278,7 +289,7 @@ def test_jax_cache_dir_is_configurable(monkeypatch, tmp_path):
 def reference():
     path = REFERENCE_DIR / "sleepstudy.brms.json"
     if not path.exists():
-        pytest.fail(f"reference data missing: {path} (set GROWTH_REFERENCE_DIR)")
+        pytest.fail(f"reference data missing: {path}")
     return json.loads(path.read_text())
 
 
@@ -287,14 +298,14 @@ def sleepstudy_fit():
     panel = pd.read_csv(REFERENCE_DIR / "sleepstudy.csv")
     settings = FitSettings(seed=1234, horizon_week=15, target=300.0, lookback_weeks=10)
     engine = NativeEngine()
-    nf = engine.sample(panel, settings)
-    return nf, engine.result(nf, settings)
+    nf = engine.sample(Panel.from_frame(panel), settings)
+    return nf, engine.result(nf, settings).to_json()
 
 
 @pytest.mark.slow
 def test_sleepstudy_population_matches_brms(reference, sleepstudy_fit):
     _, res = sleepstudy_fit
-    contract.validate_fit_result(res)
+    FitResult.from_json(res).validate()
     assert res["n_obs"] == reference["n_obs"] and res["n_students"] == reference["n_students"]
     assert res["priors"][0]["args"] == pytest.approx([reference["ybar"], 2.5 * reference["s"]])
     for row in reference["population"]:
@@ -361,7 +372,7 @@ def test_a_poor_preconditioner_gives_the_same_posterior(monkeypatch):
     and shear L, and the population posterior stays within Monte Carlo error."""
     panel = synthetic(40, seed=11)
     settings = FitSettings(seed=5, horizon_week=10, target=60.0)
-    good = NativeEngine().fit(panel, settings)
+    good = fit_json(panel, settings)
     real = native.laplace
 
     def poor(wbar, totals, groups):
@@ -370,7 +381,7 @@ def test_a_poor_preconditioner_gives_the_same_posterior(monkeypatch):
         return m + 2.0 * np.sqrt(np.sum(L**2, axis=1)), 3.0 * L @ shear, {**info, "poor": True}
 
     monkeypatch.setattr(native, "laplace", poor)
-    bad = NativeEngine().fit(panel, settings)
+    bad = fit_json(panel, settings)
     assert bad["sampler"]["laplace"]["poor"] and bad["diagnostics"]["max_rhat"] < 1.01
     for p in contract.POPULATION_PARAMS:
         g, b = good["posterior_summary"][p], bad["posterior_summary"][p]
@@ -383,9 +394,8 @@ _CHILD = """
 import hashlib, json, sys
 sys.path.insert(0, {repo!r})
 sys.path.insert(0, {here!r})
-from test_native import synthetic, SMALL
-from growth_assets.model.native import NativeEngine
-res = NativeEngine().fit(synthetic(60, seed=8), SMALL)
+from test_native import synthetic, SMALL, fit_json
+res = fit_json(synthetic(60, seed=8), SMALL)
 keep = {{k: res[k] for k in ("posterior_summary", "predictions")}}
 print(res["sampler"]["n_devices"], hashlib.sha256(json.dumps(keep).encode()).hexdigest())
 """

@@ -6,8 +6,7 @@ import dagster as dg
 
 from growth_assets.defs.alerts import AlertWebhook
 from growth_assets.defs.growth.diagnostics import DiagnosticThresholds
-from growth_assets.defs.resources import (GrowthEngineResource, GrowthSettings, PostgresResource,
-                                          PostgresValueIOManager)
+from growth_assets.defs.resources import GrowthEngineResource, GrowthSettings, PostgresResource
 from growth_assets_tests.support.results import make_result
 
 AS_OF = date(2026, 11, 23)
@@ -19,7 +18,6 @@ def resources(db_url, engine=None, alert_url=None, **growth):
     g.update(growth)
     return {
         "postgres": PostgresResource(database_url=db_url),
-        "io_manager": PostgresValueIOManager(database_url=db_url),
         "growth": GrowthSettings(**g),
         "engine": engine or GrowthEngineResource(engine="native"),
         "diagnostics_thresholds": DiagnosticThresholds(),
@@ -47,15 +45,15 @@ class ReplayEngine(dg.ConfigurableResource):
             def fit(self, panel, settings):
                 if outer.fail:
                     raise RuntimeError("sampler crashed")
-                ids = sorted(panel["student_id"].unique())
-                r = make_result(len(ids), run_id=settings.run_id, h=settings.horizon_week,
-                                target=settings.target)
-                for p, sid in zip(r["predictions"], ids):
-                    p["student_id"] = sid
-                r["n_obs"] = len(panel)
-                r["diagnostics"].update(max_rhat=outer.max_rhat, n_divergent=outer.n_divergent,
-                                        min_ess_bulk=outer.min_ess, min_ess_tail=outer.min_ess)
-                return r
+                from dataclasses import replace
+
+                r = make_result(panel.n_students, run_id=settings.run_id, h=settings.horizon_week,
+                                target=settings.target, ids=panel.student_ids, n_obs=panel.n_obs(),
+                                max_rhat=outer.max_rhat, n_divergent=outer.n_divergent,
+                                min_ess_bulk=outer.min_ess, min_ess_tail=outer.min_ess)
+                return replace(r, n_chains=settings.n_chains, n_samples=settings.n_samples,
+                               n_warmup=settings.n_warmup, seed=settings.seed,
+                               lookback_weeks=settings.lookback_weeks)
 
         return _E()
 

@@ -1,9 +1,11 @@
 """Alerts: every failed asset check and every failed run, POSTed as JSON to a webhook.
 
 Open-source Dagster has no sensor for asset-check results, so one plain sensor reads the
-instance's event storage: failed check executions (per check, by record id) and run-failure
-events (by storage id). The cursor holds the last ids seen and a queue of alerts whose POST
-failed, retried on the next tick rather than lost. The first tick starts from "now": old
+instance through its public API: the runs that ended since the last tick
+(``fetch_run_status_changes`` for success, failure and cancellation), the failed check
+evaluations in each such run's event log (``all_logs``), and each run failure. The cursor
+holds the last storage ids seen and a queue of alerts whose POST failed, retried on the
+next tick rather than lost. The first tick starts from "now": old
 failures are not replayed. With ``ALERT_WEBHOOK_URL`` unset the sensor skips, saying so.
 """
 
@@ -14,7 +16,6 @@ from typing import Any
 
 import dagster as dg
 import httpx
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from pydantic import Field
 
 MAX_PENDING = 200
@@ -42,30 +43,22 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _partition(instance, rec, ev) -> str | None:
-    """The check's partition: on the record, the evaluation, or the run's partition tag."""
-    if rec.partition or getattr(ev, "partition", None):
-        return rec.partition or ev.partition
-    run = instance.get_run_by_id(rec.run_id)
-    return run.tags.get("dagster/partition") if run else None
-
-
-def check_alert(instance, rec, webhook: AlertWebhook) -> dict[str, Any]:
-    ev = rec.event.dagster_event.asset_check_evaluation_data
-    partition = _partition(instance, rec, ev)
+def check_alert(run, ev, webhook: AlertWebhook) -> dict[str, Any]:
+    """The payload of one failed check evaluation (``dg.AssetCheckEvaluation``) of a run."""
+    partition = getattr(ev, "partition", None) or run.tags.get("dagster/partition")
     md = {k: getattr(v, "value", v) for k, v in (ev.metadata or {}).items()}
     severity = ev.severity.value if ev.severity else "ERROR"
     asset = ev.asset_key.to_user_string()
     observed, threshold = md.get("observed"), md.get("error_threshold", md.get("threshold"))
-    link = webhook.run_link(rec.run_id)
+    link = webhook.run_link(run.run_id)
     text = (f":rotating_light: [{severity}] check `{ev.check_name}` on `{asset}` failed"
             + (f" (partition {partition})" if partition else "")
             + f": observed {_fmt(observed)}, threshold {_fmt(threshold)}. {ev.description or ''}".rstrip()
-            + f" Run {rec.run_id}" + (f" <{link}|open>" if link else ""))
+            + f" Run {run.run_id}" + (f" <{link}|open>" if link else ""))
     return {"text": text, "kind": "asset_check_failed", "severity": severity, "asset": asset,
             "check": ev.check_name, "observed": observed, "threshold": threshold,
             "warn_threshold": md.get("warn_threshold"), "description": ev.description,
-            "partition": partition, "run_id": rec.run_id, "run_url": link, "record_id": rec.id}
+            "partition": partition, "run_id": run.run_id, "run_url": link}
 
 
 def run_alert(rec, webhook: AlertWebhook) -> dict[str, Any]:
@@ -79,27 +72,24 @@ def run_alert(rec, webhook: AlertWebhook) -> dict[str, Any]:
             "run_url": link, "message": message, "record_id": rec.storage_id}
 
 
-def _new_check_failures(instance, key, after: int) -> list:
-    out, cursor = [], None
-    while True:
-        page = instance.event_log_storage.get_asset_check_execution_history(
-            key, limit=PAGE, cursor=cursor, status={AssetCheckExecutionRecordStatus.FAILED})
-        fresh = [r for r in page if r.id > after]
-        out.extend(fresh)
-        if len(page) < PAGE or len(fresh) < len(page):
-            return sorted(out, key=lambda r: r.id)
-        cursor = page[-1].id
+# a run's check results are read once the run has ended, whatever its outcome
+_ENDED = {"success": dg.DagsterEventType.RUN_SUCCESS, "failure": dg.DagsterEventType.RUN_FAILURE,
+          "canceled": dg.DagsterEventType.RUN_CANCELED}
 
 
-def _latest_check_id(instance, key) -> int:
-    page = instance.event_log_storage.get_asset_check_execution_history(
-        key, limit=1, status={AssetCheckExecutionRecordStatus.FAILED})
-    return page[0].id if page else 0
+def _failed_checks(instance, run_id: str):
+    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
+        ev = entry.dagster_event.event_specific_data
+        if isinstance(ev, dg.AssetCheckEvaluation) and not ev.passed:
+            yield ev
 
 
-def _latest_run_failure(instance) -> str | None:
-    res = instance.fetch_run_status_changes(dg.DagsterEventType.RUN_FAILURE, limit=1)
-    return res.cursor if res.records else None
+def _now_cursors(instance) -> dict[str, str | None]:
+    out = {}
+    for name, kind in _ENDED.items():
+        res = instance.fetch_run_status_changes(kind, limit=1)
+        out[name] = res.cursor if res.records else None
+    return out
 
 
 @dg.sensor(
@@ -113,30 +103,24 @@ def failure_alerts(context: dg.SensorEvaluationContext, alert_webhook: AlertWebh
         context.log.info("ALERT_WEBHOOK_URL is not set: failure alerts are disabled")
         return dg.SkipReason("ALERT_WEBHOOK_URL is not set: failure alerts are disabled")
     instance = context.instance
-    check_keys = sorted(context.repository_def.asset_graph.asset_check_keys, key=str)
     state = json.loads(context.cursor) if context.cursor else None
     if state is None:  # first tick: start from now, do not replay history
-        state = {"checks": {str(k): _latest_check_id(instance, k) for k in check_keys},
-                 "runs": _latest_run_failure(instance), "pending": []}
+        state = {"ended": _now_cursors(instance), "pending": []}
         context.update_cursor(json.dumps(state))
         return dg.SkipReason("alerts start from now; earlier failures are not replayed")
 
     pending: list[dict[str, Any]] = list(state.get("pending", []))
-    for key in check_keys:
-        if str(key) not in state["checks"]:  # a check added since: it too starts from now
-            state["checks"][str(key)] = _latest_check_id(instance, key)
-            continue
-        after = int(state["checks"][str(key)])
-        for rec in _new_check_failures(instance, key, after):
-            pending.append(check_alert(instance, rec, alert_webhook))
-            after = rec.id
-        state["checks"][str(key)] = after
-    runs = instance.fetch_run_status_changes(dg.DagsterEventType.RUN_FAILURE, limit=PAGE,
-                                             cursor=state.get("runs"), ascending=True)
-    for rec in runs.records:
-        pending.append(run_alert(rec, alert_webhook))
-    if runs.records:
-        state["runs"] = runs.cursor
+    for name, kind in _ENDED.items():
+        res = instance.fetch_run_status_changes(kind, limit=PAGE, cursor=state["ended"].get(name),
+                                                ascending=True)
+        for rec in res.records:
+            run = instance.get_run_by_id(rec.event_log_entry.run_id)
+            if run is not None:
+                pending.extend(check_alert(run, ev, alert_webhook) for ev in _failed_checks(instance, run.run_id))
+            if kind == dg.DagsterEventType.RUN_FAILURE:
+                pending.append(run_alert(rec, alert_webhook))
+        if res.records:
+            state["ended"][name] = res.cursor
 
     sent, failed = 0, []
     for payload in pending:

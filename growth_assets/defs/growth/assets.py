@@ -3,6 +3,15 @@
 Partitioned by week: a partition is keyed by the last complete week of its 12-week window
 (the Monday 04:30 UTC tick of 2026-11-23 materializes partition ``2026-11-16``, whose P goes
 to ``weekly_kpi`` week 2026-11-23). Backfilling a past week refits that week's window.
+
+Each asset owns its table(s) and returns a ``MaterializeResult``; nothing travels between
+steps but through those tables, found by partition (and, within one Dagster run, by that
+run's id), so every step may run in its own process or pod:
+
+    weekly_scores    -> growth_panel, growth_panel_meta
+    brms_posterior   -> growth_fit, growth_student_posterior
+    growth_brms_meta -> growth_brms_meta
+    weekly_kpi_P     -> weekly_kpi.kpis (P, sigma, P_target, P_week, P_run_id, P_source)
 """
 
 
@@ -13,13 +22,16 @@ from typing import Any
 
 import dagster as dg
 import numpy as np
+import psycopg
 
-from ...db.writers import merge_weekly_kpi, write_fit_run
-from ...model.contract import (POPULATION_PARAMS, SUMMARY_FIELDS, ContractError, make_run_id,
-                               validate_fit_result, validate_panel)
+from ...db.writers import merge_run_into_weekly_kpi, write_fit, write_run_record
+from ...model.contract import POPULATION_PARAMS, SUMMARY_FIELDS, ContractError, make_run_id
+from ...model.result import FitResult, fit_panel
 from ..resources import GrowthEngineResource, GrowthSettings, PostgresResource
+from ..sources import panel_sources
 from .diagnostics import CHECK_NAMES, DiagnosticThresholds, evaluate, run_status
-from .panel import PanelInfo, Window, build_panel, load_panel
+from .metadata import num, p_histogram_md, rounded
+from .panel import PanelInfo, Window, build_panel, load_panel, panel_id_for, panel_info
 
 weekly_partitions = dg.WeeklyPartitionsDefinition(
     start_date="2025-01-06", day_offset=1, hour_offset=4, minute_offset=30, timezone="UTC",
@@ -65,6 +77,7 @@ def _window(context: dg.AssetExecutionContext, growth: GrowthSettings) -> Window
     partitions_def=weekly_partitions,
     kinds={"postgres", "sql"},
     freshness_policy=weekly_freshness,
+    deps=panel_sources,
     check_specs=[
         dg.AssetCheckSpec(SCORES_NOT_EMPTY, asset="weekly_scores", blocking=True,
                           description="the window has rows to fit"),
@@ -92,12 +105,13 @@ def weekly_scores(context: dg.AssetExecutionContext, postgres: PostgresResource,
         window = _window(context, growth)
     t0 = time.monotonic()
     with postgres.connect() as conn, contract_failures():
-        info = build_panel(conn, window, growth.score_source)
+        info = build_panel(conn, window, growth.score_source, partition_key=context.partition_key,
+                           dagster_run_id=context.run.run_id)
         non_finite = conn.execute(
             "SELECT count(*) FROM growth_panel WHERE panel_id = %s"
             " AND score IN ('NaN', 'Infinity', '-Infinity')", (info.panel_id,)).fetchone()[0]
     share3 = info.students_with_3_weeks / info.n_students if info.n_students else 0.0
-    yield dg.Output(info, metadata={
+    yield dg.MaterializeResult(metadata={
         "panel_id": info.panel_id,
         "rows": dg.MetadataValue.int(info.n_rows),
         "students": dg.MetadataValue.int(info.n_students),
@@ -108,7 +122,7 @@ def weekly_scores(context: dg.AssetExecutionContext, postgres: PostgresResource,
         "score_source": info.score_source,
         **{f"rows_from_{k}": dg.MetadataValue.int(v) for k, v in info.rows_by_source.items()},
         **{f"excluded_{k}": dg.MetadataValue.int(v) for k, v in info.excluded.items()},
-        "seconds": dg.MetadataValue.float(round(time.monotonic() - t0, 3)),
+        "seconds": num(time.monotonic() - t0, 3),
     })
     yield _check(SCORES_NOT_EMPTY, info.n_rows > 0, "ERROR", f"{info.n_rows} rows in the window",
                  observed=info.n_rows, threshold=1)
@@ -118,45 +132,65 @@ def weekly_scores(context: dg.AssetExecutionContext, postgres: PostgresResource,
                  observed=info.n_students, threshold=2)
     yield _check(SCORES_THREE_WEEKS, share3 >= growth.min_share_3_weeks, "WARN",
                  f"{share3:.1%} of students have 3 or more weeks",
-                 observed=float(share3), threshold=float(growth.min_share_3_weeks))
+                 observed=num(share3), threshold=float(growth.min_share_3_weeks))
 
 
-def _summary_table(result: dict[str, Any]) -> dg.MetadataValue:
+def _summary_table(result: FitResult) -> dg.MetadataValue:
     cols = [dg.TableColumn("parameter", "string")] + [dg.TableColumn(f, "float") for f in SUMMARY_FIELDS]
     records = [
-        dg.TableRecord({"parameter": p, **{f: float(result["posterior_summary"][p][f]) for f in SUMMARY_FIELDS}})
+        dg.TableRecord({"parameter": p, **{f: rounded(getattr(result.summary[p], f)) for f in SUMMARY_FIELDS}})
         for p in POPULATION_PARAMS
     ]
     return dg.MetadataValue.table(records=records, schema=dg.TableSchema(columns=cols))
 
 
-def fit_metadata(result: dict[str, Any]) -> dict[str, Any]:
-    d = result["diagnostics"]
-    p = np.array([x["P"] for x in result["predictions"]], dtype=float)
+def fit_metadata(result: FitResult) -> dict[str, Any]:
+    d = result.diagnostics
+    p = result.students.P
     return {
-        "run_id": result["run_id"],
-        "engine": result["engine"],
-        "engine_version": result["engine_version"],
-        "students": dg.MetadataValue.int(int(result["n_students"])),
-        "rows": dg.MetadataValue.int(int(result["n_obs"])),
-        "max_rhat": dg.MetadataValue.float(float(d["max_rhat"])),
-        "min_ess_bulk": dg.MetadataValue.float(float(d["min_ess_bulk"])),
-        "min_ess_tail": dg.MetadataValue.float(float(d["min_ess_tail"])),
-        "n_divergent": dg.MetadataValue.int(int(d["n_divergent"])),
-        "n_max_treedepth": dg.MetadataValue.int(int(d["n_max_treedepth"])),
-        "fit_seconds": dg.MetadataValue.float(float(d.get("elapsed_s", float("nan")))),
-        "share_P_at_least_0_5": dg.MetadataValue.float(float((p >= 0.5).mean()) if p.size else float("nan")),
-        "horizon_week": dg.MetadataValue.int(int(result["horizon_week"])),
-        "target": dg.MetadataValue.float(float(result["target"])),
+        "run_id": result.run_id,
+        "engine": result.engine,
+        "engine_version": result.engine_version,
+        "students": dg.MetadataValue.int(result.n_students),
+        "rows": dg.MetadataValue.int(result.n_obs),
+        "max_rhat": num(d.max_rhat, 4),
+        "min_ess_bulk": num(d.min_ess_bulk, 0),
+        "min_ess_tail": num(d.min_ess_tail, 0),
+        "n_divergent": dg.MetadataValue.int(d.n_divergent),
+        "n_max_treedepth": dg.MetadataValue.int(d.n_max_treedepth),
+        "fit_seconds": num(d.elapsed_s, 2),
+        "share_P_at_least_0_5": num(float((p >= 0.5).mean()) if p.size else float("nan"), 3),
+        "horizon_week": dg.MetadataValue.int(result.horizon_week),
+        "target": dg.MetadataValue.float(result.target),
         "posterior_summary": _summary_table(result),
     }
+
+
+def _panel_of(conn: psycopg.Connection, window: Window, growth: GrowthSettings) -> PanelInfo:
+    info = panel_info(conn, panel_id_for(window, growth.score_source))
+    if info is None:
+        raise dg.Failure(f"no panel for window {window.start}..{window.end} ({growth.score_source}):"
+                         " materialize weekly_scores of this partition first")
+    return info
+
+
+def _latest(conn: psycopg.Connection, table: str, partition_key: str, dagster_run_id: str,
+            columns: str) -> tuple | None:
+    """The row of ``table`` for a partition: the one this Dagster run wrote, else the newest
+    (a run that materializes only the downstream assets reads the last upstream run's)."""
+    order = "created_at" if table == "growth_fit" else "fitted_at"
+    return conn.execute(
+        f"SELECT {columns} FROM {table} WHERE partition_key = %s"
+        f" ORDER BY (dagster_run_id = %s) DESC NULLS LAST, {order} DESC, run_id DESC LIMIT 1",
+        (partition_key, dagster_run_id)).fetchone()
 
 
 @dg.asset(
     group_name=GROUP,
     partitions_def=weekly_partitions,
-    kinds={"python"},
+    kinds={"python", "postgres"},
     freshness_policy=weekly_freshness,
+    deps=[weekly_scores],
     # on Kubernetes (k8s_job_executor) the fit step gets a pod sized for sampling
     op_tags={"dagster-k8s/config": {"container_config": {"resources": {
         "requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"cpu": "2", "memory": "6Gi"}}}}},
@@ -169,35 +203,40 @@ def fit_metadata(result: dict[str, Any]) -> dict[str, Any]:
         ))
     ],
 )
-def brms_posterior(context: dg.AssetExecutionContext, weekly_scores: PanelInfo,
-                   postgres: PostgresResource, growth: GrowthSettings,
+def brms_posterior(context: dg.AssetExecutionContext, postgres: PostgresResource, growth: GrowthSettings,
                    engine: GrowthEngineResource, diagnostics_thresholds: DiagnosticThresholds):
     """The posterior of ``score ~ week + (week | student_id)`` (gaussian, the contract's
     data-scaled priors) for this week's panel: population summary, diagnostics, and each
-    student's line posterior with mu, sigma and P at the horizon (spec §8 JSON).
+    student's line posterior with mu, sigma and P at the horizon. Stored in ``growth_fit``
+    and ``growth_student_posterior``.
 
     The engine comes from the ``engine`` resource (native NumPyro or the R brms service),
-    chosen once per run and recorded. Blocking checks on R-hat, ESS and divergences stop a
-    bad fit before growth_brms_meta in this run; a later run that consumes it records it as
-    ``failed_checks`` and weekly_kpi_P refuses it.
+    chosen once per run and recorded. Its answer is checked against the request (the
+    panel's students and rows, the target, horizon and sampling settings) before anything
+    is stored. Blocking checks on R-hat, ESS and divergences stop a bad fit before
+    growth_brms_meta in this run; a later run that grades it records ``failed_checks`` and
+    weekly_kpi_P refuses it.
     """
     with contract_failures():
         fit_engine = engine.get_engine()
         settings = growth.fit_settings(run_id=make_run_id(fit_engine.name))
+        window = _window(context, growth)
     context.log.info("engine %s chosen for this run (run_id %s)", fit_engine.name, settings.run_id)
-    with postgres.connect() as conn:
-        panel = load_panel(conn, weekly_scores.panel_id)
-    with contract_failures():
-        panel = validate_panel(panel)
+    with postgres.connect() as conn, contract_failures():
+        info = _panel_of(conn, window, growth)
+        panel = load_panel(conn, info.panel_id)
     t0 = time.monotonic()
-    raw = fit_engine.fit(panel[["student_id", "week", "score"]], settings)
     with contract_failures():
-        result = validate_fit_result(raw)
-    result.setdefault("diagnostics", {}).setdefault("elapsed_s", time.monotonic() - t0)
-    p = np.array([x["P"] for x in result["predictions"]], dtype=float)
-    yield dg.Output(result, metadata={**fit_metadata(result), "P_distribution": dg.MetadataValue.md(p_histogram_md(p)),
-                                      "wall_seconds": dg.MetadataValue.float(round(time.monotonic() - t0, 3))})
-    for o in evaluate(result, diagnostics_thresholds):
+        result = fit_panel(fit_engine, panel, settings)
+    del panel
+    with postgres.connect() as conn, contract_failures():
+        n = write_fit(conn, result, partition_key=context.partition_key,
+                      dagster_run_id=context.run.run_id, panel_id=info.panel_id)
+    yield dg.MaterializeResult(metadata={
+        **fit_metadata(result), "student_rows": dg.MetadataValue.int(n),
+        "P_distribution": dg.MetadataValue.md(p_histogram_md(result.students.P)),
+        "wall_seconds": num(time.monotonic() - t0, 2)})
+    for o in evaluate(result.diagnostics, result.kept_draws, diagnostics_thresholds):
         yield dg.AssetCheckResult(
             check_name=o.check_name, passed=o.passed,
             severity=dg.AssetCheckSeverity.ERROR if o.severity == "ERROR" else dg.AssetCheckSeverity.WARN,
@@ -206,46 +245,63 @@ def brms_posterior(context: dg.AssetExecutionContext, weekly_scores: PanelInfo,
 
 
 @dg.asset(group_name=GROUP, partitions_def=weekly_partitions, kinds={"postgres"},
-          freshness_policy=weekly_freshness)
-def growth_brms_meta(context: dg.AssetExecutionContext, brms_posterior: dict[str, Any],
-                     weekly_scores: PanelInfo, postgres: PostgresResource,
-                     growth: GrowthSettings, diagnostics_thresholds: DiagnosticThresholds) -> str:
+          freshness_policy=weekly_freshness, deps=[brms_posterior])
+def growth_brms_meta(context: dg.AssetExecutionContext, postgres: PostgresResource,
+                     growth: GrowthSettings, diagnostics_thresholds: DiagnosticThresholds):
     """One ``growth_brms_meta`` row per fit (formula, priors, posterior summary, diagnostics,
-    engine, window, counts, status) and its per-student line posteriors in
-    ``growth_student_posterior``, written in one transaction.
+    engine, window, counts, status): the graded, published record of the partition's fit.
 
-    The status is ``passed`` or ``failed_checks`` by the same rules as the blocking checks, so a
-    bad fit consumed by a later run is recorded as such and never reaches weekly_kpi.
+    The status is ``passed`` or ``failed_checks`` by the same rules as the blocking checks,
+    so a bad fit graded by a later run is recorded as such and never reaches weekly_kpi.
     """
-    status, reasons = run_status(evaluate(brms_posterior, diagnostics_thresholds))
-    with postgres.connect() as conn:
-        n = write_fit_run(
-            conn, brms_posterior, status=status, status_reasons=reasons,
-            window_start=weekly_scores.window_start, window_end=weekly_scores.window_end,
-            week_start=weekly_scores.week_start, score_source=weekly_scores.score_source,
-            panel_id=weekly_scores.panel_id, source_counts=weekly_scores.rows_by_source,
-            dagster_run_id=context.run.run_id,
-        )
+    with contract_failures():
+        window = _window(context, growth)
+    with postgres.connect() as conn, contract_failures():
+        row = _latest(conn, "growth_fit", context.partition_key, context.run.run_id, "result, panel_id")
+        if row is None:
+            raise dg.Failure(f"no fit stored for partition {context.partition_key}: materialize brms_posterior first")
+        fit, panel_id = row
+        info = _panel_of(conn, window, growth)
+        diag, kept = _stored_diagnostics(fit)
+        status, reasons = run_status(evaluate(diag, kept, diagnostics_thresholds))
+        write_run_record(
+            conn, fit, status=status, status_reasons=reasons, window_start=info.window_start,
+            window_end=info.window_end, week_start=info.week_start, score_source=info.score_source,
+            panel_id=panel_id, source_counts=info.rows_by_source, partition_key=context.partition_key,
+            dagster_run_id=context.run.run_id)
     if status != "passed":
-        context.log.warning("run %s recorded as failed_checks: %s", brms_posterior["run_id"], "; ".join(reasons))
-    context.add_output_metadata({
-        "run_id": brms_posterior["run_id"], "status": status,
+        context.log.warning("run %s recorded as failed_checks: %s", fit["run_id"], "; ".join(reasons))
+    return dg.MaterializeResult(metadata={
+        "run_id": fit["run_id"], "status": status,
         "status_reasons": dg.MetadataValue.json(reasons),
-        "student_rows": dg.MetadataValue.int(n),
+        "students": dg.MetadataValue.int(int(fit["n_students"])),
     })
-    return brms_posterior["run_id"]
+
+
+def _stored_diagnostics(fit: dict[str, Any]):
+    """The Diagnostics of a stored fit header (null = NaN, as stored by ``jsonable``)."""
+    from ...model.result import Diagnostics
+
+    d = fit["diagnostics"]
+
+    def f(k):
+        return float("nan") if d.get(k) is None else float(d[k])
+
+    diag = Diagnostics(max_rhat=f("max_rhat"), min_ess_bulk=f("min_ess_bulk"), min_ess_tail=f("min_ess_tail"),
+                       n_divergent=int(d["n_divergent"]), n_max_treedepth=int(d["n_max_treedepth"]))
+    return diag, int(fit["n_chains"]) * (int(fit["n_samples"]) - int(fit["n_warmup"]))
 
 
 @dg.asset(
     group_name=GROUP, partitions_def=weekly_partitions, kinds={"postgres"}, freshness_policy=weekly_freshness,
+    deps=[growth_brms_meta],
     check_specs=[
         dg.AssetCheckSpec(KPI_P_IN_RANGE, asset="weekly_kpi_P", description="every stored P is within [0, 1]"),
         dg.AssetCheckSpec(KPI_ROWS_MATCH, asset="weekly_kpi_P",
                           description="weekly_kpi rows written equal the students fitted"),
     ],
 )
-def weekly_kpi_P(context: dg.AssetExecutionContext, growth_brms_meta: str, weekly_scores: PanelInfo,
-                 postgres: PostgresResource, growth: GrowthSettings):
+def weekly_kpi_P(context: dg.AssetExecutionContext, postgres: PostgresResource, growth: GrowthSettings):
     """Each fitted student's goal probability ``P`` and its uncertainty ``sigma`` merged into
     ``weekly_kpi.kpis`` of the run's week, with ``P_target``, ``P_week`` (the Monday of the
     horizon week), ``P_run_id`` and ``P_source``; other keys of ``kpis`` are kept.
@@ -253,14 +309,13 @@ def weekly_kpi_P(context: dg.AssetExecutionContext, growth_brms_meta: str, weekl
     Refuses a run whose diagnostics failed (status ``failed_checks``). With
     ``BRMS_UPDATE_KPI=false`` nothing is written and the metadata says so.
     """
-    run_id = growth_brms_meta
     with postgres.connect() as conn:
-        row = conn.execute(
-            "SELECT status, status_reasons, engine, horizon_week, target, week_start, window_start"
-            " FROM growth_brms_meta WHERE run_id = %s", (run_id,)).fetchone()
+        row = _latest(conn, "growth_brms_meta", context.partition_key, context.run.run_id,
+                      "run_id, status, status_reasons, engine, horizon_week, target, week_start, window_start")
         if row is None:
-            raise dg.Failure(f"run {run_id} is not in growth_brms_meta; materialize growth_brms_meta first")
-        status, reasons, engine, h, target, week_start, window_start = row
+            raise dg.Failure(f"no growth_brms_meta run for partition {context.partition_key}:"
+                             " materialize growth_brms_meta first")
+        run_id, status, reasons, engine, h, target, week_start, window_start = row
         if status != "passed":
             raise dg.Failure(
                 description=f"refusing to write P from run {run_id}: its diagnostics failed ({'; '.join(reasons)})",
@@ -268,51 +323,45 @@ def weekly_kpi_P(context: dg.AssetExecutionContext, growth_brms_meta: str, weekl
             )
         if not growth.update_kpi:
             context.log.info("BRMS_UPDATE_KPI=false: P of run %s not written to weekly_kpi", run_id)
-            yield dg.Output({"run_id": run_id, "rows_written": 0, "written": False},
-                            metadata={"run_id": run_id, "written": False,
-                                      "reason": "BRMS_UPDATE_KPI=false", "rows_written": 0})
+            yield dg.MaterializeResult(metadata={"run_id": run_id, "written": False,
+                                                 "reason": "BRMS_UPDATE_KPI=false", "rows_written": 0})
             yield _check(KPI_P_IN_RANGE, True, "ERROR", "nothing written (BRMS_UPDATE_KPI=false)")
             yield _check(KPI_ROWS_MATCH, True, "ERROR", "nothing written (BRMS_UPDATE_KPI=false)")
             return
         p_week = window_start + timedelta(weeks=int(h))
-        rows = conn.execute(
-            'SELECT user_id, "P", sigma FROM growth_student_posterior WHERE run_id = %s', (run_id,)
-        ).fetchall()
-        n = merge_weekly_kpi(conn, rows, week_start=week_start, target=target, p_week=p_week,
-                             run_id=run_id, source=engine)
+        n = merge_run_into_weekly_kpi(conn, run_id, week_start=week_start, target=target, p_week=p_week,
+                                      source=engine)
+        fitted, p_min, p_max, share = conn.execute(
+            'SELECT count(*), min("P"), max("P"), avg(("P" >= 0.5)::int) FROM growth_student_posterior'
+            " WHERE run_id = %s", (run_id,)).fetchone()
         stored = conn.execute(
             "SELECT count(*), count(*) FILTER (WHERE (kpis->>'P')::float8 BETWEEN 0 AND 1)"
             " FROM weekly_kpi WHERE week_start = %s AND kpis->>'P_run_id' = %s", (week_start, run_id)).fetchone()
-    p = np.array([r[1] for r in rows], dtype=float)
-    out = {"run_id": run_id, "rows_written": n, "written": True, "students_fitted": len(rows),
-           "P_min": float(p.min()) if p.size else None, "P_max": float(p.max()) if p.size else None}
-    yield dg.Output(out, metadata={
+        hist = conn.execute(
+            'SELECT width_bucket("P", 0, 1, 10) AS b, count(*) FROM growth_student_posterior'
+            " WHERE run_id = %s GROUP BY b", (run_id,)).fetchall()
+    yield dg.MaterializeResult(metadata={
         "run_id": run_id, "written": True, "rows_written": dg.MetadataValue.int(n),
-        "students_fitted": dg.MetadataValue.int(len(rows)),
+        "students_fitted": dg.MetadataValue.int(fitted),
         "week_start": week_start.isoformat(), "P_week": p_week.isoformat(),
         "P_target": dg.MetadataValue.float(float(target)),
-        "share_P_at_least_0_5": dg.MetadataValue.float(float((p >= 0.5).mean()) if p.size else float("nan")),
-        "P_min": dg.MetadataValue.float(float(p.min()) if p.size else float("nan")),
-        "P_max": dg.MetadataValue.float(float(p.max()) if p.size else float("nan")),
-        "P_distribution": dg.MetadataValue.md(p_histogram_md(p)),
+        "share_P_at_least_0_5": num(float(share) if share is not None else float("nan"), 3),
+        "P_min": num(p_min, 3), "P_max": num(p_max, 3),
+        "P_distribution": dg.MetadataValue.md(p_histogram_md(_bucket_counts(hist))),
     })
     yield _check(KPI_P_IN_RANGE, stored[1] == stored[0], "ERROR",
                  f"{stored[0] - stored[1]} stored P outside [0, 1]", observed=int(stored[0] - stored[1]), threshold=0)
-    yield _check(KPI_ROWS_MATCH, stored[0] == len(rows) == n, "ERROR",
-                 f"{stored[0]} rows carry this run's P for {len(rows)} students fitted",
-                 observed=int(stored[0]), threshold=len(rows))
+    yield _check(KPI_ROWS_MATCH, stored[0] == fitted == n, "ERROR",
+                 f"{stored[0]} rows carry this run's P for {fitted} students fitted",
+                 observed=int(stored[0]), threshold=int(fitted))
 
 
-def p_histogram_md(p: np.ndarray, bins: int = 10) -> str:
-    """The distribution of P as a small markdown table (renders inline: under 1,000 chars)."""
-    if p.size == 0:
-        return "no students"
-    counts, edges = np.histogram(p, bins=bins, range=(0.0, 1.0))
-    top = max(int(counts.max()), 1)
-    lines = ["| P | students | |", "|---|---:|---|"]
-    for c, lo, hi in zip(counts, edges[:-1], edges[1:]):
-        lines.append(f"| {lo:.1f}–{hi:.1f} | {int(c)} | {'█' * round(12 * int(c) / top)} |")
-    return "\n".join(lines)
+def _bucket_counts(rows) -> np.ndarray:
+    """width_bucket's 1..11 (11: P == 1) as the 10 counts of [0, 0.1), …, [0.9, 1]."""
+    counts = np.zeros(10, dtype=np.int64)
+    for b, c in rows:
+        counts[min(max(int(b), 1), 10) - 1] += int(c)
+    return counts
 
 
 weekly_assets = [weekly_scores, brms_posterior, growth_brms_meta, weekly_kpi_P]

@@ -8,12 +8,14 @@ A NaN diagnostic is an ERROR (it means the summary could not be computed).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
+
+from ...model.result import Diagnostics
+from .metadata import rounded
 
 RHAT_CHECK = "rhat_below_threshold"
 ESS_CHECK = "ess_above_threshold"
@@ -43,7 +45,7 @@ class Outcome:
     description: str
 
     def metadata(self) -> dict[str, Any]:
-        return {"observed": self.observed, "warn_threshold": self.warn_threshold,
+        return {"observed": rounded(self.observed), "warn_threshold": self.warn_threshold,
                 "error_threshold": self.error_threshold, "description": self.description}
 
 
@@ -61,18 +63,17 @@ def _grade(name: str, observed: float, warn: float, error: float, higher_is_wors
     return Outcome(name, True, "ERROR", observed, warn, error, f"{what} {observed:.4g} within thresholds")
 
 
-def evaluate(result: Mapping[str, Any], t: DiagnosticThresholds) -> list[Outcome]:
-    """Grade a spec §8 fit result against the thresholds: one outcome per check."""
-    d = result["diagnostics"]
-    kept = max(1, int(result["n_chains"]) * (int(result["n_samples"]) - int(result["n_warmup"])))
-    ess = min(float(d["min_ess_bulk"]), float(d["min_ess_tail"]))
-    n_div = float(d["n_divergent"])
+def evaluate(d: Diagnostics, kept_draws: int, t: DiagnosticThresholds) -> list[Outcome]:
+    """Grade a fit's diagnostics against the thresholds: one outcome per check."""
+    kept = max(1, int(kept_draws))
+    ess = min(float(d.min_ess_bulk), float(d.min_ess_tail))
+    n_div = float(d.n_divergent)
     share = n_div / kept
     div = _grade(DIVERGENCE_CHECK, share, 0.0, t.divergent_error_share, True, "divergent share")
     div = Outcome(div.check_name, div.passed, div.severity, n_div, 0.0, t.divergent_error_share * kept,
                   f"{int(n_div)} divergent transitions of {kept} kept draws ({share:.2%})")
     return [
-        _grade(RHAT_CHECK, float(d["max_rhat"]), t.rhat_warn, t.rhat_error, True, "max R-hat"),
+        _grade(RHAT_CHECK, float(d.max_rhat), t.rhat_warn, t.rhat_error, True, "max R-hat"),
         _grade(ESS_CHECK, ess, t.ess_warn, t.ess_error, False, "min bulk/tail ESS"),
         div,
     ]

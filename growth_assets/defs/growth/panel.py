@@ -7,17 +7,17 @@ process or pod reads exactly the rows that were built. No raw rows go through pa
 
 from __future__ import annotations
 
-import io
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
 from importlib import resources
 from typing import Any
 
-import pandas as pd
+import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
 from ...model.contract import ContractError
+from ...model.panel import Panel
 from ...model.window import Window, monday_of  # noqa: F401  (re-exported)
 from ...settings import SCORE_SOURCES
 
@@ -56,6 +56,14 @@ def _sql(name: str) -> str:
     return (resources.files("growth_assets.defs.growth") / "sql" / name).read_text()
 
 
+def panel_query(score_source: str) -> str:
+    """The one query of spec §1/§5's student-week scores, for the panel and for the
+    real-time path. Parameters: window_start, window_end (dates), now, users (NULL: all)."""
+    if score_source not in SCORE_SOURCES:
+        raise ContractError("BRMS_SCORE_SOURCE", f"must be one of {SCORE_SOURCES}", score_source)
+    return _sql("panel_theta.sql" if score_source == "theta" else "panel_accuracy.sql")
+
+
 def panel_id_for(window: Window, score_source: str) -> str:
     return f"{score_source}:L{window.lookback_weeks}:{window.start.isoformat()}"
 
@@ -65,6 +73,9 @@ def build_panel(
     window: Window,
     score_source: str = "theta",
     now: datetime | None = None,
+    *,
+    partition_key: str | None = None,
+    dagster_run_id: str | None = None,
 ) -> PanelInfo:
     """Aggregate the sources into the panel of ``window`` and store it; one transaction."""
     if score_source not in SCORE_SOURCES:
@@ -74,9 +85,10 @@ def build_panel(
         "window_start": window.start,
         "window_end": window.end,
         "now": now,
+        "users": None,  # everyone
     }
     panel_id = panel_id_for(window, score_source)
-    query = _sql("panel_theta.sql" if score_source == "theta" else "panel_accuracy.sql")
+    query = panel_query(score_source)
     with conn.transaction():
         conn.execute("DELETE FROM growth_panel WHERE panel_id = %(panel_id)s", {"panel_id": panel_id})
         conn.execute(
@@ -122,29 +134,52 @@ def build_panel(
         )
         conn.execute(
             """
-            INSERT INTO growth_panel_meta (panel_id, window_start, window_end, as_of, score_source, stats)
-            VALUES (%s, %s, %s, %s, %s, %s)
+            INSERT INTO growth_panel_meta (panel_id, window_start, window_end, as_of, score_source, stats,
+                                           partition_key, dagster_run_id)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
             ON CONFLICT (panel_id) DO UPDATE SET window_start = EXCLUDED.window_start,
                 window_end = EXCLUDED.window_end, as_of = EXCLUDED.as_of,
-                score_source = EXCLUDED.score_source, stats = EXCLUDED.stats, created_at = now()
+                score_source = EXCLUDED.score_source, stats = EXCLUDED.stats, created_at = now(),
+                partition_key = EXCLUDED.partition_key, dagster_run_id = EXCLUDED.dagster_run_id
             """,
-            (panel_id, window.start, window.end, window.as_of, score_source, Jsonb(info.as_dict())),
+            (panel_id, window.start, window.end, window.as_of, score_source, Jsonb(info.as_dict()),
+             partition_key, dagster_run_id),
         )
     return info
 
 
-def load_panel(conn: psycopg.Connection, panel_id: str) -> pd.DataFrame:
-    """The stored panel as a DataFrame (student_id, week, score, source), via COPY."""
-    buf = io.BytesIO()
+def panel_info(conn: psycopg.Connection, panel_id: str) -> PanelInfo | None:
+    """What ``build_panel`` recorded of a stored panel (None: not built)."""
+    row = conn.execute("SELECT stats FROM growth_panel_meta WHERE panel_id = %s", (panel_id,)).fetchone()
+    if row is None:
+        return None
+    d = dict(row[0])
+    for k in ("as_of", "window_start", "window_end"):
+        d[k] = date.fromisoformat(d[k])
+    return PanelInfo(**d)
+
+
+# binary COPY of (int8 code, int4 week, float8 score): fixed-width tuples, read as one numpy
+# array (no Python object per row)
+_ROW = np.dtype([("nf", ">i2"), ("l0", ">i4"), ("code", ">i8"), ("l1", ">i4"), ("week", ">i4"),
+                 ("l2", ">i4"), ("score", ">f8")])
+_HEADER = 11 + 4 + 4  # signature, flags, header extension length (0)
+
+
+def load_panel(conn: psycopg.Connection, panel_id: str) -> Panel:
+    """The stored panel as columns, checked (spec §1, §3): ids once, a code per row."""
+    ids = [r[0] for r in conn.execute(
+        "SELECT DISTINCT student_id FROM growth_panel WHERE panel_id = %s ORDER BY student_id",
+        (panel_id,)).fetchall()]
+    buf = bytearray()
     with conn.cursor().copy(
-        "COPY (SELECT student_id, week, score, source FROM growth_panel WHERE panel_id = %s "
-        "ORDER BY student_id, week) TO STDOUT (FORMAT csv, HEADER true)",
-        (panel_id,),
-    ) as copy:
+        "COPY (SELECT (dense_rank() OVER (ORDER BY student_id COLLATE \"C\") - 1)::int8, week, score"
+        " FROM growth_panel WHERE panel_id = %s ORDER BY student_id COLLATE \"C\", week)"
+        " TO STDOUT (FORMAT binary)", (panel_id,)) as copy:
         for chunk in copy:
-            buf.write(chunk)
-    buf.seek(0)
-    return pd.read_csv(
-        buf, dtype={"student_id": str, "week": "int64", "score": "float64", "source": str},
-        keep_default_na=False,
-    )
+            buf += chunk
+    body = memoryview(buf)[_HEADER:len(buf) - 2]  # the trailer is int16 -1
+    rows = np.frombuffer(body, dtype=_ROW)
+    ids_c = sorted(ids)  # Python's order is the C collation's for str (code points)
+    return Panel.from_columns(np.asarray(ids_c, dtype=object), rows["code"].astype(np.int64),
+                              rows["week"].astype(np.int64), rows["score"].astype(np.float64))

@@ -6,7 +6,9 @@ import dagster as dg
 
 from ...metrics import PATHS, refresh_active_users
 from ...model.window import monday_of
+from ..growth.assets import brms_posterior, growth_brms_meta
 from ..resources import GrowthSettings, PostgresResource
+from ..sources import panel_sources
 
 daily_freshness = dg.FreshnessPolicy.cron(deadline_cron="0 3 * * 1-5", lower_bound_delta=timedelta(hours=1),
                                           timezone="UTC")
@@ -16,9 +18,12 @@ class DailyRefreshConfig(dg.Config):
     as_of: str | None = None  # ISO date; default: today (UTC)
 
 
-@dg.asset(group_name="kpi", kinds={"postgres"}, freshness_policy=daily_freshness)
+@dg.asset(group_name="kpi", kinds={"postgres"}, freshness_policy=daily_freshness,
+          # what it reads: the scores (active users, the population path), the runs and their
+          # student posteriors
+          deps=[*panel_sources, growth_brms_meta, brms_posterior])
 def daily_kpi_P(context: dg.AssetExecutionContext, config: DailyRefreshConfig, postgres: PostgresResource,
-                growth: GrowthSettings) -> dict:
+                growth: GrowthSettings) -> dg.MaterializeResult:
     """P and sigma for every user active in the current week (rows in mirt_ability or
     features_topic_daily), through ``growth_assets.metrics``' batch form — the stored weekly P
     when it is for this target and the latest passing run, else the run's line posterior, else
@@ -28,14 +33,13 @@ def daily_kpi_P(context: dg.AssetExecutionContext, config: DailyRefreshConfig, p
     week_start = monday_of(as_of)
     with postgres.connect() as conn:
         counts = refresh_active_users(conn, week_start, target=growth.target)
-    context.add_output_metadata({
+    return dg.MaterializeResult(metadata={
         "week_start": week_start.isoformat(),
         "target": dg.MetadataValue.float(float(growth.target)),
         "users": dg.MetadataValue.int(counts["users"]),
         "written": dg.MetadataValue.int(counts["written"]),
         **{f"path_{p}": dg.MetadataValue.int(counts.get(p, 0)) for p in PATHS},
     })
-    return {"week_start": week_start.isoformat(), **counts}
 
 
 daily_kpi_job = dg.define_asset_job("daily_kpi_job", selection=dg.AssetSelection.assets(daily_kpi_P),

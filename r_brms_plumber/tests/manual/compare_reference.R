@@ -1,12 +1,12 @@
 # Compare a /growth/fit response for sleepstudy against the brms reference.
 #   Rscript tests/manual/compare_reference.R response.json [reference.json]
 # reference.json defaults to $GROWTH_REFERENCE_DIR/sleepstudy.brms.json (the project's
-# shared/reference folder beside the repository).
+# reference/ folder of the repository).
 # Pass criterion (reference README): population means within 0.15 posterior
 # sd of the reference, posterior sds within 10 %.
 args <- commandArgs(trailingOnly = TRUE)
 resp <- jsonlite::fromJSON(args[1], simplifyVector = FALSE)
-ref_dir <- Sys.getenv("GROWTH_REFERENCE_DIR", "../shared/reference")
+ref_dir <- Sys.getenv("GROWTH_REFERENCE_DIR", "../reference")
 ref_path <- if (length(args) > 1) args[2] else file.path(ref_dir, "sleepstudy.brms.json")
 ref <- jsonlite::fromJSON(ref_path, simplifyVector = FALSE)
 ok <- TRUE

@@ -9,7 +9,8 @@ WITH bounds AS (
     SELECT %(window_start)s::date AS ws, %(window_end)s::date AS we,
            (%(window_start)s::date)::timestamp AT TIME ZONE 'UTC' AS ts0,
            (%(window_end)s::date)::timestamp AT TIME ZONE 'UTC' AS ts1,
-           %(now)s::timestamptz AS now_ts
+           %(now)s::timestamptz AS now_ts,
+           %(users)s::text[] AS users
 ),
 ma AS (
     SELECT m.user_id AS student_id,
@@ -18,6 +19,7 @@ ma AS (
     FROM mirt_ability m, bounds b
     WHERE m.fitted_at >= b.ts0 AND m.fitted_at < b.ts1 AND m.fitted_at <= b.now_ts
       AND m.user_id IS NOT NULL AND m.user_id <> ''
+      AND (b.users IS NULL OR m.user_id = ANY (b.users))
       AND m.theta IS NOT NULL AND m.theta NOT IN ('NaN', 'Infinity', '-Infinity')
     GROUP BY 1, 2
 ),
@@ -28,6 +30,7 @@ sti_topic AS (
     FROM student_topic_theta t, bounds b
     WHERE t.fitted_at >= b.ts0 AND t.fitted_at < b.ts1 AND t.fitted_at <= b.now_ts
       AND t.user_id IS NOT NULL AND t.user_id <> ''
+      AND (b.users IS NULL OR t.user_id = ANY (b.users))
       AND t.theta IS NOT NULL AND t.theta NOT IN ('NaN', 'Infinity', '-Infinity')
     GROUP BY 1, 2, 3
 ),
@@ -41,6 +44,7 @@ ftd AS (
     FROM features_topic_daily f, bounds b
     WHERE f.date >= b.ws AND f.date < b.we AND f.date <= (b.now_ts AT TIME ZONE 'UTC')::date
       AND f.user_id IS NOT NULL AND f.user_id <> ''
+      AND (b.users IS NULL OR f.user_id = ANY (b.users))
       AND f.theta_estimate IS NOT NULL
       AND f.theta_estimate NOT IN ('NaN'::numeric, 'Infinity'::numeric, '-Infinity'::numeric)
     GROUP BY 1, 2
@@ -52,6 +56,7 @@ wk AS (
     WHERE k.week_start >= b.ws AND k.week_start < b.we
       AND k.week_start <= (b.now_ts AT TIME ZONE 'UTC')::date
       AND k.user_id IS NOT NULL AND k.user_id <> ''
+      AND (b.users IS NULL OR k.user_id = ANY (b.users))
       AND jsonb_typeof(k.kpis -> 'ability_estimate') = 'number'
     GROUP BY 1, 2
 ),

@@ -1,0 +1,201 @@
+"""The whole weekly job, per step, at several cohort sizes: seconds and peak memory.
+
+For each size: a fresh database on a throwaway local PostgreSQL, ``growth-assets seed-demo``
+in its own process (timed, peak RSS), then the weekly job in a fresh Python process
+(``weekly_growth_job`` through ``execute_in_process`` with the partition of the seeded
+window, native engine). Per step: wall seconds from Dagster's step events, and the peak RSS
+of the process while that step ran (sampled every 20 ms). ``--baseline SRC`` runs the same
+sizes with another checkout of the project (for example a ``git worktree`` of an older
+commit) side by side, on the same machine in the same run, so the ratios compare like with
+like.
+
+    python benchmarks/bench_weekly.py --sizes 10000,100000 --out /tmp/weekly
+    python benchmarks/bench_weekly.py --sizes 1000000 --baseline ../old-checkout --out DIR
+
+Results: ``DIR/weekly.json`` and ``DIR/weekly.md`` (default: a temporary folder; the
+committed results in ``benchmarks/results/`` are written only when you name that folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+AS_OF = "2026-11-23"  # a Monday: the seeded window is the 12 weeks before it
+PARTITION = "2026-11-16"
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def run_job_worker(src: str, url: str, n_chains: int, n_samples: int) -> dict:
+    """In a fresh process: the weekly job of PARTITION, with per-step time and peak RSS."""
+    sys.path.insert(0, src)
+    os.environ.update(DATABASE_URL=url, GROWTH_ENGINE="native", BRMS_N_CHAINS=str(n_chains),
+                      BRMS_N_SAMPLES=str(n_samples))
+    samples: list[tuple[float, float]] = []
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            samples.append((time.time(), _rss_mb()))
+            stop.wait(0.02)
+
+    t_import = time.perf_counter()
+    import dagster as dg
+
+    import growth_assets
+    from growth_assets.defs import build_definitions
+
+    assert Path(growth_assets.__file__).resolve().is_relative_to(Path(src).resolve()), growth_assets.__file__
+    defs = build_definitions()
+    job = defs.resolve_job_def("weekly_growth_job")
+    t_import = time.perf_counter() - t_import
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    t0 = time.perf_counter()
+    with dg.instance_for_test() as instance:
+        res = job.execute_in_process(partition_key=PARTITION, instance=instance, raise_on_error=False)
+        wall = time.perf_counter() - t0
+        stop.set()
+        th.join()
+        steps: dict[str, dict] = {}
+        for e in instance.all_logs(res.run_id):
+            ev = e.dagster_event
+            if ev is None or ev.step_key is None:
+                continue
+            st = steps.setdefault(ev.step_key, {})
+            if ev.event_type_value == "STEP_START":
+                st["start"] = e.timestamp
+            elif ev.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
+                st["end"] = e.timestamp
+                st["status"] = ev.event_type_value
+    out_steps = {}
+    for key, st in steps.items():
+        if "start" not in st or "end" not in st:
+            continue
+        peak = max((m for t, m in samples if st["start"] <= t <= st["end"]), default=float("nan"))
+        out_steps[key] = {"seconds": round(st["end"] - st["start"], 2), "peak_rss_mb": round(peak, 0),
+                          "status": st["status"]}
+    return {"success": res.success, "job_seconds": round(wall, 2),
+            "import_seconds": round(t_import, 2), "steps": out_steps,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 0)}
+
+
+_SEED = ("import resource, sys; from growth_assets.cli import main; rc = main(sys.argv[1:]); "
+         "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)")
+
+
+def _seed(n: int, env: dict, truth: Path) -> tuple[float, float]:
+    """seed-demo in its own process: (seconds, peak RSS MB)."""
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-c", _SEED, "seed-demo", "--students", str(n), "--weeks", "12",
+                        "--seed", "1", "--as-of", AS_OF, "--truth-out", str(truth)],
+                       env=env, capture_output=True, text=True)
+    dt = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"seed-demo failed: {p.stderr[-2000:]}")
+    kb = [int(x.split()[1]) for x in p.stdout.splitlines() if x.startswith("PEAK_RSS_KB")]
+    return dt, kb[-1] / 1024
+
+
+def bench_one(label: str, src: Path, admin_url: str, n: int, args) -> dict:
+    import psycopg
+
+    db = f"bench_{label}_{n}"
+    with psycopg.connect(admin_url, autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        c.execute(f'CREATE DATABASE "{db}"')
+    url = admin_url.rsplit("/", 1)[0] + "/" + db
+    env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(src)}
+    truth = Path(tempfile.mkdtemp()) / "truth.csv"
+    seed_s, seed_peak = _seed(n, env, truth)
+    out = subprocess.run([sys.executable, __file__, "--worker", str(src), url, str(args.chains),
+                          str(args.samples)], env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"job worker failed: {out.stderr[-3000:]}")
+    job = json.loads(out.stdout.strip().splitlines()[-1])
+    with psycopg.connect(admin_url, autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+    return {"label": label, "students": n, "seed_seconds": round(seed_s, 1),
+            "seed_peak_rss_mb": round(seed_peak), **job}
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    steps = ["weekly_scores", "brms_posterior", "growth_brms_meta", "weekly_kpi_P"]
+    lines = [f"# Weekly job per step ({meta['when']}, {meta['machine']})", "",
+             f"native engine, {meta['chains']} chains x {meta['samples']} iterations; seconds "
+             "(peak RSS MB of the job process during the step)", "",
+             "| code | students | seed-demo s (MB) | " + " | ".join(steps) + " | whole job s | job peak MB |",
+             "|---|---:|---:|" + "---:|" * len(steps) + "---:|---:|"]
+    for r in rows:
+        cells = []
+        for s in steps:
+            st = r["steps"].get(s)
+            cells.append(f"{st['seconds']} ({st['peak_rss_mb']:.0f})" if st else "–")
+        lines.append(f"| {r['label']} | {r['students']:,} | {r['seed_seconds']} ({r['seed_peak_rss_mb']}) | " + " | ".join(cells)
+                     + f" | {r['job_seconds']} | {r['peak_rss_mb']:.0f} |")
+    base = {r["students"]: r for r in rows if r["label"] == "baseline"}
+    ratios = [f"- {r['students']:,} students: whole job {base[r['students']]['job_seconds'] / r['job_seconds']:.2f}x "
+              f"faster than the baseline, peak {r['peak_rss_mb']:.0f} MB vs {base[r['students']]['peak_rss_mb']:.0f} MB"
+              for r in rows if r["label"] == "current" and r["students"] in base]
+    if ratios:
+        lines += ["", "Ratios (baseline / current, same machine, same run):", *ratios]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        _, _, src, url, chains, samples = sys.argv
+        print(json.dumps(run_job_worker(src, url, int(chains), int(samples))))
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="10000", help="comma-separated cohort sizes (default 10000)")
+    ap.add_argument("--baseline", help="another checkout of the project, run side by side")
+    ap.add_argument("--chains", type=int, default=4)
+    ap.add_argument("--samples", type=int, default=2000)
+    ap.add_argument("--out", help="folder for weekly.json / weekly.md (default: a temporary folder)")
+    args = ap.parse_args()
+    sys.path.insert(0, str(REPO))
+    from growth_assets.db import localpg
+
+    out_dir = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench-weekly-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+    tmp.chmod(0o755)
+    cluster = localpg.ensure_cluster(tmp / "data")
+    rows = []
+    try:
+        for n in [int(x) for x in args.sizes.split(",")]:
+            for label, src in ([("baseline", Path(args.baseline).resolve())] if args.baseline else []) + [
+                    ("current", REPO)]:
+                r = bench_one(label, src, cluster.url("postgres"), n, args)
+                print(json.dumps(r), flush=True)
+                rows.append(r)
+    finally:
+        cluster.stop()
+    meta = {"when": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine":
+            f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+            "chains": args.chains, "samples": args.samples}
+    (out_dir / "weekly.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    (out_dir / "weekly.md").write_text(markdown(rows, meta))
+    print(markdown(rows, meta))
+    print(f"results in {out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,371 @@
+"""One fit, one typed result: what every engine returns and every writer stores.
+
+``FitResult`` holds the run's identity, its settings, priors, the population summary, the
+diagnostics and the per-student quantities as columns (``StudentLines``: numpy arrays,
+not a list of dicts). It becomes the spec §8 JSON only at the edges (``to_json`` for
+``growth-assets fit``; ``from_json`` for the R service's answer), and it is checked once,
+where it enters (``fit_panel``), against the request it answers: the same students, the
+same target, horizon, lookback and sampling settings, and row counts that agree with the
+panel.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+
+from .contract import (DIAGNOSTIC_FIELDS, ENGINES, FORMULA, POPULATION_PARAMS, SUMMARY_FIELDS,
+                       FitResultError, line_prediction)
+from .engine import Engine, FitSettings
+from .panel import Panel
+
+LINE_FIELDS = ("mean_a", "mean_b", "var_a", "var_b", "cov_ab", "mu", "sigma", "P")
+# a line posterior's 2x2 covariance must be positive semi-definite up to rounding
+_PSD_RTOL = 1e-9
+
+
+@dataclass(frozen=True)
+class ParamSummary:
+    mean: float
+    sd: float
+    q5: float
+    q95: float
+    rhat: float  # NaN: not computable (e.g. constant draws)
+    ess_bulk: float
+    ess_tail: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {f: getattr(self, f) for f in SUMMARY_FIELDS}
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    max_rhat: float
+    min_ess_bulk: float
+    min_ess_tail: float
+    n_divergent: int
+    n_max_treedepth: int
+    elapsed_s: float = math.nan
+    details: Mapping[str, Any] = field(default_factory=dict)  # engine-specific, stored as is
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {f: getattr(self, f) for f in DIAGNOSTIC_FIELDS}
+        d["elapsed_s"] = self.elapsed_s
+        return {**dict(self.details), **d}
+
+
+@dataclass(frozen=True, eq=False)
+class StudentLines:
+    """Per-student line posterior and the prediction at the horizon, as columns."""
+
+    student_id: np.ndarray  # (S,) str
+    n_obs: np.ndarray  # (S,) int64
+    mean_a: np.ndarray
+    mean_b: np.ndarray
+    var_a: np.ndarray
+    var_b: np.ndarray
+    cov_ab: np.ndarray
+    mu: np.ndarray
+    sigma: np.ndarray
+    P: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.student_id.size)
+
+    def take(self, idx: np.ndarray) -> "StudentLines":
+        return StudentLines(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+
+
+@dataclass(frozen=True, eq=False)
+class FitResult:
+    run_id: str
+    engine: str
+    engine_version: str
+    priors: tuple[Mapping[str, Any], ...]
+    seed: int
+    n_chains: int
+    n_samples: int
+    n_warmup: int
+    n_obs: int
+    lookback_weeks: int
+    horizon_week: int
+    target: float
+    summary: Mapping[str, ParamSummary]
+    diagnostics: Diagnostics
+    students: StudentLines
+    population_draws: Mapping[str, np.ndarray] | None = None  # thinned, data units
+    details: Mapping[str, Any] = field(default_factory=dict)  # engine notes (sampler, method)
+    formula: str = FORMULA
+
+    @property
+    def n_students(self) -> int:
+        return len(self.students)
+
+    @property
+    def kept_draws(self) -> int:
+        return self.n_chains * (self.n_samples - self.n_warmup)
+
+    def with_run_id(self, run_id: str) -> "FitResult":
+        return replace(self, run_id=run_id)
+
+    # --- the edges: spec §8 JSON ------------------------------------------------------------
+
+    def header_json(self) -> dict[str, Any]:
+        """Everything of §8 but the per-student predictions."""
+        out = {
+            "run_id": self.run_id, "engine": self.engine, "engine_version": self.engine_version,
+            "formula": self.formula, "priors": [dict(p) for p in self.priors], "seed": self.seed,
+            "n_chains": self.n_chains, "n_samples": self.n_samples, "n_warmup": self.n_warmup,
+            "n_obs": self.n_obs, "n_students": self.n_students,
+            "lookback_weeks": self.lookback_weeks, "horizon_week": self.horizon_week,
+            "target": self.target,
+            "posterior_summary": {p: s.as_dict() for p, s in self.summary.items()},
+            "diagnostics": self.diagnostics.as_dict(),
+            **dict(self.details),
+        }
+        if self.population_draws is not None:
+            out["population_draws"] = {k: np.asarray(v, dtype=float).tolist()
+                                       for k, v in self.population_draws.items()}
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        s = self.students
+        cols = [s.student_id.tolist(), s.n_obs.tolist()] + [getattr(s, f).tolist() for f in LINE_FIELDS]
+        keys = ("student_id", "n_obs") + LINE_FIELDS
+        return {**self.header_json(), "predictions": [dict(zip(keys, row)) for row in zip(*cols)]}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> "FitResult":
+        """Parse a spec §8 object; every missing or mistyped field is a FitResultError
+        naming it (semantic checks against the request are ``validate``'s)."""
+        if not isinstance(obj, Mapping):
+            raise FitResultError("<root>", "fit result must be a JSON object", type(obj).__name__)
+        for key in ("run_id", "engine", "engine_version", "formula"):
+            if not isinstance(obj.get(key), str) or not obj.get(key):
+                raise FitResultError(key, "missing or not a string", obj.get(key))
+        if not isinstance(obj.get("priors"), list) or not obj["priors"]:
+            raise FitResultError("priors", "missing or not a list", obj.get("priors"))
+        ints = {k: _integer(obj, k) for k in ("seed", "n_chains", "n_samples", "n_warmup", "n_obs",
+                                              "n_students", "lookback_weeks", "horizon_week")}
+        summary_obj = obj.get("posterior_summary")
+        if not isinstance(summary_obj, Mapping):
+            raise FitResultError("posterior_summary", "missing or not an object")
+        summary = {}
+        for p in POPULATION_PARAMS:
+            row = summary_obj.get(p)
+            if not isinstance(row, Mapping):
+                raise FitResultError(f"posterior_summary.{p}", "missing")
+            summary[p] = ParamSummary(**{f: _number(row, f, f"posterior_summary.{p}.",
+                                                    allow_null=f in ("rhat", "ess_bulk", "ess_tail"))
+                                         for f in SUMMARY_FIELDS})
+        d = obj.get("diagnostics")
+        if not isinstance(d, Mapping):
+            raise FitResultError("diagnostics", "missing or not an object")
+        diag = Diagnostics(
+            max_rhat=_number(d, "max_rhat", "diagnostics.", allow_null=True),
+            min_ess_bulk=_number(d, "min_ess_bulk", "diagnostics.", allow_null=True),
+            min_ess_tail=_number(d, "min_ess_tail", "diagnostics.", allow_null=True),
+            n_divergent=_integer(d, "n_divergent", "diagnostics."),
+            n_max_treedepth=_integer(d, "n_max_treedepth", "diagnostics."),
+            elapsed_s=_number(d, "elapsed_s", "diagnostics.") if "elapsed_s" in d else math.nan,
+            details={k: v for k, v in d.items() if k not in DIAGNOSTIC_FIELDS + ("elapsed_s",)})
+        preds = obj.get("predictions")
+        if not isinstance(preds, list):
+            raise FitResultError("predictions", "missing or not a list")
+        if len(preds) != ints["n_students"]:
+            raise FitResultError("predictions", "one prediction per student is required",
+                                 f"{len(preds)} predictions for n_students={ints['n_students']}")
+        cols: dict[str, list] = {k: [] for k in ("student_id", "n_obs") + LINE_FIELDS}
+        for i, pr in enumerate(preds):
+            where = f"predictions[{i}]."
+            if not isinstance(pr, Mapping):
+                raise FitResultError(f"predictions[{i}]", "not an object")
+            sid = pr.get("student_id")
+            if not isinstance(sid, str) or not sid:
+                raise FitResultError(f"{where}student_id", "missing or not a string", sid)
+            cols["student_id"].append(sid)
+            cols["n_obs"].append(_integer(pr, "n_obs", where))
+            for f in LINE_FIELDS:
+                cols[f].append(_number(pr, f, where))
+        students = StudentLines(
+            student_id=np.array(cols["student_id"], dtype=object),
+            n_obs=np.array(cols["n_obs"], dtype=np.int64),
+            **{f: np.array(cols[f], dtype=np.float64) for f in LINE_FIELDS})
+        draws = obj.get("population_draws")
+        if draws is not None:
+            draws = _draws(draws)
+        known = {"run_id", "engine", "engine_version", "formula", "priors", "target",
+                 "posterior_summary", "diagnostics", "predictions", "population_draws", *ints}
+        details = {k: v for k, v in obj.items() if k not in known}
+        return cls(run_id=obj["run_id"], engine=obj["engine"], engine_version=obj["engine_version"],
+                   formula=obj["formula"], priors=tuple(obj["priors"]), seed=ints["seed"],
+                   n_chains=ints["n_chains"], n_samples=ints["n_samples"], n_warmup=ints["n_warmup"],
+                   n_obs=ints["n_obs"], lookback_weeks=ints["lookback_weeks"],
+                   horizon_week=ints["horizon_week"], target=_number(obj, "target", ""),
+                   summary=summary, diagnostics=diag, students=students, population_draws=draws,
+                   details=details)
+
+    # --- the one check, where a result enters ----------------------------------------------
+
+    def validate(self, panel: Panel | None = None, settings: FitSettings | None = None) -> "FitResult":
+        """Check the result on its own (spec §8) and, given them, against the panel and
+        settings it answers. Raises FitResultError naming the field; returns self."""
+        if self.engine not in ENGINES:
+            raise FitResultError("engine", f"must be one of {ENGINES}", self.engine)
+        if self.formula != FORMULA:
+            raise FitResultError("formula", f"must be {FORMULA!r}", self.formula)
+        if not 0 <= self.n_warmup < self.n_samples:
+            raise FitResultError("n_warmup", f"must be within 0..n_samples-1 ({self.n_samples})", self.n_warmup)
+        for p, s in self.summary.items():
+            for f in ("mean", "sd", "q5", "q95"):
+                if not math.isfinite(getattr(s, f)):
+                    raise FitResultError(f"posterior_summary.{p}.{f}", "must be finite", getattr(s, f))
+            if s.sd < 0:
+                raise FitResultError(f"posterior_summary.{p}.sd", "must be >= 0", s.sd)
+            for f in ("ess_bulk", "ess_tail"):
+                if getattr(s, f) < 0:
+                    raise FitResultError(f"posterior_summary.{p}.{f}", "must be >= 0", getattr(s, f))
+        d = self.diagnostics
+        for f in ("n_divergent", "n_max_treedepth"):
+            v = getattr(d, f)
+            if not 0 <= v <= self.kept_draws:
+                raise FitResultError(f"diagnostics.{f}", f"must be within 0..{self.kept_draws} (the kept draws)", v)
+        for f in ("min_ess_bulk", "min_ess_tail"):
+            if getattr(d, f) < 0:
+                raise FitResultError(f"diagnostics.{f}", "must be >= 0", getattr(d, f))
+        if settings is not None:  # first: an answer to another question is that, above all
+            self._validate_settings(settings)
+        self._validate_students()
+        if self.population_draws is not None:
+            missing = [p for p in POPULATION_PARAMS if p not in self.population_draws]
+            if missing:
+                raise FitResultError("population_draws", f"lacks {missing}")
+        if panel is not None:
+            self._validate_panel(panel)
+        return self
+
+    def _validate_students(self) -> None:
+        s = self.students
+        n = len(s)
+        for f in ("n_obs",) + LINE_FIELDS:
+            if getattr(s, f).shape != (n,):
+                raise FitResultError(f"predictions.{f}", "one value per student is required",
+                                     getattr(s, f).shape)
+        uniq, counts = np.unique(s.student_id.astype(str), return_counts=True)
+        if (counts > 1).any():
+            raise FitResultError("predictions.student_id", "duplicate student", uniq[counts > 1][0])
+        for f in LINE_FIELDS:
+            bad = ~np.isfinite(getattr(s, f))
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise FitResultError(f"predictions[{i}].{f}", f"must be finite (student {s.student_id[i]})",
+                                     float(getattr(s, f)[i]))
+        _first_bad(s, (s.P < 0) | (s.P > 1), "P", "must be within [0, 1]")
+        _first_bad(s, s.sigma < 0, "sigma", "must be >= 0")
+        _first_bad(s, s.var_a < 0, "var_a", "must be >= 0")
+        _first_bad(s, s.var_b < 0, "var_b", "must be >= 0")
+        tol = _PSD_RTOL * np.maximum(s.var_a * s.var_b, 1e-300)
+        _first_bad(s, s.var_a * s.var_b - s.cov_ab**2 < -tol, "cov_ab",
+                   "the line covariance must be positive semi-definite (cov_ab^2 <= var_a var_b)")
+        _first_bad(s, s.n_obs < 1, "n_obs", "must be >= 1")
+        mu, sigma, _ = line_prediction(s.mean_a, s.mean_b, s.var_a, s.var_b, s.cov_ab,
+                                       self.horizon_week, self.target)
+        # tolerances relative to the terms' own size: the engines compute mu and sigma from
+        # draws, so they agree with the closed form up to rounding, not bit for bit
+        h = float(self.horizon_week)
+        _first_bad(s, np.abs(mu - s.mu) > 1e-6 * (np.abs(s.mean_a) + h * np.abs(s.mean_b) + 1e-9), "mu",
+                   f"must equal mean_a + h mean_b at the horizon week {self.horizon_week}")
+        _first_bad(s, np.abs(sigma - s.sigma) > 1e-6 * (np.sqrt(s.var_a + h * h * s.var_b) + 1e-9), "sigma",
+                   f"must be the sd of a + b h at the horizon week {self.horizon_week}")
+
+    def _validate_settings(self, st: FitSettings) -> None:
+        want = {"n_chains": st.n_chains, "n_samples": st.n_samples, "n_warmup": st.n_warmup,
+                "seed": st.seed, "horizon_week": st.horizon_week, "lookback_weeks": st.lookback_weeks}
+        for k, v in want.items():
+            if getattr(self, k) != v:
+                raise FitResultError(k, f"the engine answered {getattr(self, k)}, the request asked for {v}",
+                                     getattr(self, k))
+        if not math.isclose(self.target, st.target, rel_tol=1e-12, abs_tol=1e-12):
+            raise FitResultError("target", f"the engine answered {self.target}, the request asked for {st.target}",
+                                 self.target)
+
+    def _validate_panel(self, panel: Panel) -> None:
+        got = self.students.student_id.astype(str)
+        want = panel.student_ids.astype(str)
+        missing = np.setdiff1d(want, got)
+        extra = np.setdiff1d(got, want)
+        if missing.size or extra.size:
+            raise FitResultError(
+                "predictions.student_id",
+                f"the students must be the panel's: {missing.size} missing (e.g. {missing[:3].tolist()}), "
+                f"{extra.size} not in the panel (e.g. {extra[:3].tolist()})")
+        if self.n_obs != panel.n_rows:
+            raise FitResultError("n_obs", f"the panel has {panel.n_rows} rows", self.n_obs)
+        order = np.argsort(got, kind="stable")
+        n_obs = self.students.n_obs[order]
+        bad = n_obs != panel.n_obs()
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise FitResultError("predictions.n_obs", f"student {want[i]} has {panel.n_obs()[i]} rows in the panel",
+                                 int(n_obs[i]))
+
+    def sorted_by_student(self) -> "FitResult":
+        order = np.argsort(self.students.student_id.astype(str), kind="stable")
+        return replace(self, students=self.students.take(order))
+
+
+def fit_panel(engine: Engine, panel: Panel, settings: FitSettings) -> FitResult:
+    """Fit and accept a result: the one place a result is checked against its request."""
+    result = engine.fit(panel, settings)
+    if not isinstance(result, FitResult):
+        raise FitResultError("<result>", f"engine {engine.name} returned {type(result).__name__}, not FitResult")
+    if result.engine != engine.name:
+        raise FitResultError("engine", f"the {engine.name} engine must answer engine {engine.name!r}",
+                             result.engine)
+    return result.validate(panel, settings).sorted_by_student()
+
+
+def _first_bad(s: StudentLines, bad: np.ndarray, name: str, detail: str) -> None:
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise FitResultError(f"predictions[{i}].{name}", f"{detail} (student {s.student_id[i]})",
+                             float(getattr(s, name)[i]))
+
+
+def _number(obj: Mapping[str, Any], key: str, where: str, *, allow_null: bool = False) -> float:
+    if key not in obj:
+        raise FitResultError(f"{where}{key}", "missing key")
+    v = obj[key]
+    if v is None and allow_null:
+        return math.nan
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise FitResultError(f"{where}{key}", "must be a plain JSON number", v)
+    return float(v)
+
+
+def _integer(obj: Mapping[str, Any], key: str, where: str = "") -> int:
+    v = _number(obj, key, where)
+    if not math.isfinite(v) or v != math.floor(v):
+        raise FitResultError(f"{where}{key}", "must be an integer", v)
+    return int(v)
+
+
+def _draws(obj: Any) -> dict[str, np.ndarray]:
+    if not isinstance(obj, Mapping):
+        raise FitResultError("population_draws", "must be an object of equal-length arrays")
+    out, length = {}, None
+    for k, v in obj.items():
+        if not isinstance(v, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+            raise FitResultError(f"population_draws.{k}", "must be an array of numbers")
+        a = np.asarray(v, dtype=np.float64)
+        if not np.isfinite(a).all():
+            raise FitResultError(f"population_draws.{k}", "must be finite")
+        if length is not None and a.size != length:
+            raise FitResultError(f"population_draws.{k}", f"must have {length} draws like the others", a.size)
+        length = a.size
+        out[k] = a
+    return out
