@@ -17,7 +17,7 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /opt/app
 # only what `pip install -e .[test]` needs: the project metadata and the package
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements-runtime.lock ./
 COPY scripts/bootstrap.sh scripts/bootstrap.sh
 COPY growth_assets/ growth_assets/
 RUN GROWTH_VENV=/opt/venv GROWTH_EXTRAS="" GROWTH_SKIP_PG=1 bash scripts/bootstrap.sh \

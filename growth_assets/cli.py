@@ -15,7 +15,9 @@ log = logging.getLogger("growth_assets")
 
 def local_dir() -> Path:
     """Where the demo keeps its database, Dagster home and outputs (git-ignored)."""
-    return Path(os.environ.get("GROWTH_LOCAL_DIR", ".local")).resolve()
+    from .settings import Settings
+
+    return Path(Settings.from_env().local_dir).resolve()
 
 
 def _pg_datadir() -> Path:
@@ -110,7 +112,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .settings import Settings
 
     url = _database_url()
-    os.environ.setdefault("DATABASE_URL", url)
+    os.environ["DATABASE_URL"] = url  # for the definitions' EnvVar and the run
     migrate(url)
     as_of = _as_of(args.as_of)
     with psycopg.connect(url) as conn:
@@ -162,7 +164,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 def service_dir() -> Path:
     """The R service's folder: ``R_BRMS_SERVICE_DIR``, or ``r_brms_plumber/`` beside the package."""
-    d = Path(os.environ.get("R_BRMS_SERVICE_DIR") or Path(__file__).resolve().parents[1] / "r_brms_plumber")
+    from .settings import Settings
+
+    d = Path(Settings.from_env().r_service_dir or Path(__file__).resolve().parents[1] / "r_brms_plumber")
     if not (d / "run.R").exists():
         raise SystemExit(f"the R service is not at {d} (set R_BRMS_SERVICE_DIR)")
     return d

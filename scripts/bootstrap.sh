@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create or refresh the project's virtualenv (.venv) and install the package with its
-# test extras. Idempotent: a second run with an unchanged pyproject.toml does nothing.
+# test extras, at the versions of requirements.lock. Idempotent: a second run with an
+# unchanged pyproject.toml and lock does nothing.
 #   GROWTH_VENV=DIR      where the venv goes (default .venv)
 #   GROWTH_EXTRAS=LIST   pip extras (default "test"; "" for the runtime only, as in the image)
 #   GROWTH_SKIP_PG=1     do not install PostgreSQL's server (an image that never runs one)
@@ -10,7 +11,10 @@ venv="${GROWTH_VENV:-$root/.venv}"
 python="${PYTHON:-python3}"
 extras="${GROWTH_EXTRAS-test}"
 stamp="$venv/.growth-assets-installed"
-want="$( (cat "$root/pyproject.toml"; echo "extras=$extras") | sha256sum | cut -d' ' -f1)"
+# the versions come from the lock file (scripts/lock.sh makes it from pyproject.toml's ranges)
+lock="$root/requirements.lock"
+[ -z "$extras" ] && lock="$root/requirements-runtime.lock"
+want="$( (cat "$root/pyproject.toml" "$lock"; echo "extras=$extras") | sha256sum | cut -d' ' -f1)"
 
 # PostgreSQL's server binaries (initdb, pg_ctl) for the local clusters of the demo and tests.
 if [ "${GROWTH_SKIP_PG:-0}" != "1" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
@@ -30,8 +34,12 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --upgrade "pip>=24" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
-echo "bootstrap: installing growth_assets and its dependencies"
+echo "bootstrap: installing the locked dependencies ($(basename "$lock")) and growth_assets"
 target="$root"; [ -n "$extras" ] && target="$root[$extras]"
-"$venv/bin/python" -m pip install --quiet -e "$target" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+quiet "$venv/bin/python" -m pip install --quiet -r "$lock"
+quiet "$venv/bin/python" -m pip install --quiet --no-deps -e "$target"
+# the lock must hold everything the package asks for (pip check: no missing or clashing pins)
+"$venv/bin/python" -m pip check >/dev/null
 echo "$want" > "$stamp"
 echo "bootstrap: done"

@@ -28,7 +28,9 @@ class LocalPgError(RuntimeError):
 
 def find_bindir() -> Path:
     """PostgreSQL's server binaries: ``PG_BINDIR``, ``pg_config --bindir``, or Debian's layout."""
-    env = os.environ.get("PG_BINDIR")
+    from ..settings import Settings
+
+    env = Settings.from_env().pg_bindir
     candidates = [Path(env)] if env else []
     if shutil.which("pg_config"):
         out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
@@ -69,7 +71,9 @@ class LocalCluster:
 
     @property
     def user(self) -> str:
-        return SERVER_USER if os.geteuid() == 0 else os.environ.get("USER", SERVER_USER)
+        import pwd
+
+        return SERVER_USER if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
 
     def url(self, dbname: str = DB_NAME) -> str:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{dbname}"

@@ -183,3 +183,25 @@ def test_thresholds_are_configurable():
     r = make_result(2, max_rhat=1.03)
     strict = {o.check_name: o for o in evaluate(r.diagnostics, r.kept_draws, DiagnosticThresholds(rhat_error=1.02))}
     assert strict[RHAT_CHECK].severity == "ERROR" and not strict[RHAT_CHECK].passed
+
+
+def test_steps_in_separate_processes_hand_each_other_nothing_but_tables(seeded, tmp_path, monkeypatch):
+    """The multiprocess executor: four step processes, no IO manager, no value store. Each
+    step finds its input by partition (and run id) in the tables of the step before."""
+    from growth_assets_tests.support.mp_job import weekly_job
+
+    monkeypatch.setenv("DATABASE_URL", seeded)
+    monkeypatch.setenv("GROWTH_ENGINE", "native")
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        res = dg.execute_job(dg.reconstructable(weekly_job), instance=instance,
+                             tags={"dagster/partition": PARTITION})
+        assert res.success, failure_text(res)
+        pids = {e.dagster_event.pid for e in instance.all_logs(res.run_id)
+                if e.dagster_event and e.dagster_event.event_type_value == "STEP_START"}
+    assert len(pids) == 4  # one process per step
+    run_id = res.asset_materializations_for_node("growth_brms_meta")[0].metadata["run_id"].value
+    with psycopg.connect(seeded) as c:
+        assert c.execute("SELECT partition_key, dagster_run_id FROM growth_fit WHERE run_id = %s",
+                         (run_id,)).fetchone() == (PARTITION, res.run_id)
+        assert c.execute("SELECT count(*) FROM weekly_kpi WHERE kpis->>'P_run_id' = %s", (run_id,)).fetchone()[0] \
+            == count(seeded, "SELECT count(*) FROM growth_student_posterior WHERE run_id = %s", run_id) == 60

@@ -157,6 +157,30 @@ def test_student_missing_from_the_fit(conn):
     assert 0.05 < a.P < 0.95  # a real probability, not a degenerate one
 
 
+def test_a_student_seen_only_in_student_topic_theta_gets_the_population_path(conn):
+    """The real-time path reads the panel's own query: every source, in the same priority.
+    Today's main read mirt_ability only and answered None for this student."""
+    means = {"b_Intercept": 0.1, "b_week": 0.05, "sd_student_id__Intercept": 0.8,
+             "sd_student_id__week": 0.05, "cor_student_id__Intercept__week": 0.2, "sigma": 0.3}
+    store_run(conn, summary_means=means)
+    for topic, theta in (("t1", 0.2), ("t2", 0.6)):  # week 0: mean over topics = 0.4
+        conn.execute("INSERT INTO student_topic_theta (user_id, topic_id, theta, se, model, version, fitted_at)"
+                     " VALUES ('topic-only', %s, %s, 0.3, 'm', 'v', '2026-09-02T10:00Z')", (topic, theta))
+    conn.execute("INSERT INTO student_topic_theta (user_id, topic_id, theta, se, model, version, fitted_at)"
+                 " VALUES ('topic-only', 't1', 0.9, 0.3, 'm', 'v', '2026-10-13T10:00Z')")  # week 6
+    conn.commit()
+    p = compute(conn, "topic-only", target=1.2)
+    a = explain(conn, "topic-only", target=1.2)
+    assert p is not None and p == a.P
+    assert a.path == "population" and a.n_obs == 2 and a.run_id == RUN
+    # the same numbers as a student with those weekly scores in mirt_ability
+    add_theta(conn, "mirt-twin", 0.4, 0.25, datetime(2026, 9, 2, 10, tzinfo=timezone.utc))
+    add_theta(conn, "mirt-twin", 0.9, 0.25, datetime(2026, 10, 13, 10, tzinfo=timezone.utc))
+    twin = explain(conn, "mirt-twin", target=1.2)
+    assert (a.P, a.mu, a.sigma) == pytest.approx((twin.P, twin.mu, twin.sigma), rel=1e-12)
+    assert 0.05 < a.P < 0.95
+
+
 def test_no_theta_and_bad_se_give_none(conn, caplog):
     with caplog.at_level(logging.INFO, logger="growth_assets.metrics"):
         a = explain(conn, "nobody", target=0.0)
