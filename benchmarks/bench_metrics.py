@@ -53,7 +53,8 @@ def populate(conn, n: int) -> None:
     import numpy as np
     from psycopg.types.json import Jsonb
 
-    from growth_assets.db.writers import write_fit_run
+    from growth_assets.db.writers import jsonable, write_fit, write_run_record
+    from growth_assets.model.result import FitResult
     from growth_assets.model.contract import FORMULA, POPULATION_PARAMS, line_prediction, priors
 
     rng = np.random.default_rng(1)
@@ -78,8 +79,10 @@ def populate(conn, n: int) -> None:
               "diagnostics": {"max_rhat": 1.002, "min_ess_bulk": 900.0, "min_ess_tail": 800.0,
                               "n_divergent": 0, "n_max_treedepth": 0, "elapsed_s": 1.0},
               "predictions": preds}
-    write_fit_run(conn, result, status="passed", window_start=WINDOW_START, window_end=WEEK,
-                  week_start=WEEK, score_source="theta")
+    fit = FitResult.from_json(result).validate()
+    write_fit(conn, fit)
+    write_run_record(conn, jsonable(fit.header_json()), status="passed", window_start=WINDOW_START,
+                     window_end=WEEK, week_start=WEEK, score_source="theta")
     p_of = {pr["student_id"]: pr["P"] for pr in preds}
     t_week = datetime(2026, 11, 23, 6, tzinfo=timezone.utc)
     with conn.transaction():

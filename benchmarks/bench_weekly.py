@@ -1,7 +1,8 @@
 """The whole weekly job, per step, at several cohort sizes: seconds and peak memory.
 
 For each size: a fresh database on a throwaway local PostgreSQL, ``growth-assets seed-demo``
-in its own process (timed, peak RSS), then the weekly job in a fresh Python process
+in its own process (timed, peak RSS; once per size: every code runs on the same source rows,
+after migrating the database to its own schema), then the weekly job in a fresh Python process
 (``weekly_growth_job`` through ``execute_in_process`` with the partition of the seeded
 window, native engine). Per step: wall seconds from Dagster's step events, and the peak RSS
 of the process while that step ran (sampled every 20 ms). ``--baseline SRC`` runs the same
@@ -112,26 +113,38 @@ def _seed(n: int, env: dict, truth: Path) -> tuple[float, float]:
     return dt, kb[-1] / 1024
 
 
-def bench_one(label: str, src: Path, admin_url: str, n: int, args) -> dict:
-    import psycopg
-
-    db = f"bench_{label}_{n}"
-    with psycopg.connect(admin_url, autocommit=True) as c:
-        c.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        c.execute(f'CREATE DATABASE "{db}"')
-    url = admin_url.rsplit("/", 1)[0] + "/" + db
+def _job(src: Path, url: str, args) -> dict:
     env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(src)}
-    truth = Path(tempfile.mkdtemp()) / "truth.csv"
-    seed_s, seed_peak = _seed(n, env, truth)
+    subprocess.run([sys.executable, "-c", "import sys; from growth_assets.cli import main; "
+                    "sys.exit(main(['db', 'migrate']))"], env=env, check=True, capture_output=True)
     out = subprocess.run([sys.executable, __file__, "--worker", str(src), url, str(args.chains),
                           str(args.samples)], env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"job worker failed: {out.stderr[-3000:]}")
-    job = json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_size(codes: list[tuple[str, Path]], admin_url: str, n: int, args) -> list[dict]:
+    """One database per size, seeded once by the first code (its schema); each code then
+    migrates it to its own schema and runs the job on the same source rows, in the order
+    given (the baseline first: its schema is the older one)."""
+    import psycopg
+
+    db = f"bench_{n}"
     with psycopg.connect(admin_url, autocommit=True) as c:
         c.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-    return {"label": label, "students": n, "seed_seconds": round(seed_s, 1),
-            "seed_peak_rss_mb": round(seed_peak), **job}
+        c.execute(f'CREATE DATABASE "{db}"')
+    url = admin_url.rsplit("/", 1)[0] + "/" + db
+    truth = Path(tempfile.mkdtemp()) / "truth.csv"
+    seed_s, seed_peak = _seed(n, {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(codes[0][1])}, truth)
+    rows = []
+    for label, src in codes:
+        rows.append({"label": label, "students": n, "seed_seconds": round(seed_s, 1),
+                     "seed_peak_rss_mb": round(seed_peak), **_job(src, url, args)})
+        print(json.dumps(rows[-1]), flush=True)
+    with psycopg.connect(admin_url, autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+    return rows
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
@@ -179,12 +192,9 @@ def main() -> int:
     cluster = localpg.ensure_cluster(tmp / "data")
     rows = []
     try:
+        codes = ([("baseline", Path(args.baseline).resolve())] if args.baseline else []) + [("current", REPO)]
         for n in [int(x) for x in args.sizes.split(",")]:
-            for label, src in ([("baseline", Path(args.baseline).resolve())] if args.baseline else []) + [
-                    ("current", REPO)]:
-                r = bench_one(label, src, cluster.url("postgres"), n, args)
-                print(json.dumps(r), flush=True)
-                rows.append(r)
+            rows += bench_size(codes, cluster.url("postgres"), n, args)
     finally:
         cluster.stop()
     meta = {"when": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine":

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import date
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
-from ..model.contract import ContractError
+from ..model.contract import ContractError, make_run_id
 from ..model.result import FitResult
 
 P_SOURCES = ("brms", "native", "posterior", "normal")
@@ -45,6 +45,18 @@ def jsonable(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+def free_run_id(conn: psycopg.Connection, engine: str, at: datetime | None = None) -> str:
+    """The seed's ``<engine>-YYYYMMDD-HHMMSS`` for now, or the next second not yet taken in
+    ``growth_fit`` (two runs that start within a second keep distinct ids). ``write_fit``
+    still refuses a collision that a concurrent run causes after this check."""
+    at = at or datetime.now(timezone.utc)
+    for k in range(3600):
+        run_id = make_run_id(engine, at + timedelta(seconds=k))
+        if conn.execute("SELECT 1 FROM growth_fit WHERE run_id = %s", (run_id,)).fetchone() is None:
+            return run_id
+    raise ContractError("run_id", "no free run id within an hour of now", make_run_id(engine, at))
 
 
 def write_fit(

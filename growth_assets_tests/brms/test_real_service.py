@@ -37,7 +37,7 @@ def test_sleepstudy_at_the_contract_defaults_matches_brms_long_run(r_service, sl
     assert (res["n_chains"], res["n_samples"], res["n_warmup"], res["seed"]) == (4, 2000, 1000, 1234)
     for p in POPULATION_PARAMS:
         got, want = res["posterior_summary"][p], pop[p]
-        # a 4 x 1000-draw run matches within Monte Carlo error (shared/reference/README.md)
+        # a 4 x 1000-draw run matches within Monte Carlo error (reference/README.md)
         assert abs(got["mean"] - want["mean"]) < 0.15 * want["sd"], p
         assert abs(got["sd"] / want["sd"] - 1) < 0.10, p
     assert res["diagnostics"]["max_rhat"] < 1.01 and res["diagnostics"]["n_divergent"] == 0
@@ -74,7 +74,10 @@ def test_bad_input_is_a_400_naming_the_field_and_the_client_does_not_retry(r_ser
     client = r_service.client(max_retries=3, backoff_secs=5)
     t0 = time.monotonic()
     with pytest.raises(BrmsServiceError) as e:
-        client.fit(Panel.from_frame(panel), FitSettings(**SMALL))
+        # the Panel constructor checks nothing (from_frame would refuse it here): the service
+        # must refuse it on its own
+        client.fit(Panel(np.array(["a", "b"], dtype=object), np.array([0, 0, 1]), np.array([0, 1, 0]),
+                         panel["score"].to_numpy()), FitSettings(**SMALL))
     assert e.value.status == 400 and e.value.field == "rows.score"
     assert time.monotonic() - t0 < 5  # no retry on a 4xx
 

@@ -177,3 +177,15 @@ def test_a_colliding_run_id_from_another_run_is_refused_not_overwritten(conn):
     conn.rollback()
     assert conn.execute("SELECT dagster_run_id FROM growth_fit").fetchone() == ("dagster-run-A",)
     assert conn.execute("SELECT count(*) FROM growth_student_posterior").fetchone()[0] == 2
+
+
+def test_a_run_id_taken_in_the_same_second_moves_to_the_next_free_second(conn):
+    from datetime import datetime, timezone
+
+    from growth_assets.db.writers import free_run_id
+
+    at = datetime(2026, 11, 23, 4, 30, tzinfo=timezone.utc)
+    assert free_run_id(conn, "native", at) == "native-20261123-043000"
+    write_fit(conn, make_result(2, run_id="native-20261123-043000"), dagster_run_id="A")
+    write_fit(conn, make_result(2, run_id="native-20261123-043001"), dagster_run_id="B")
+    assert free_run_id(conn, "native", at) == "native-20261123-043002"

@@ -205,3 +205,19 @@ def test_steps_in_separate_processes_hand_each_other_nothing_but_tables(seeded, 
                          (run_id,)).fetchone() == (PARTITION, res.run_id)
         assert c.execute("SELECT count(*) FROM weekly_kpi WHERE kpis->>'P_run_id' = %s", (run_id,)).fetchone()[0] \
             == count(seeded, "SELECT count(*) FROM growth_student_posterior WHERE run_id = %s", run_id) == 60
+
+
+def test_metadata_numbers_are_rounded_to_meaningful_digits(seeded):
+    res = dg.materialize(weekly_assets, partition_key=PARTITION,
+                         resources=resources(seeded, ReplayEngine(max_rhat=1.0013318181320263, min_ess=1234.5678)))
+    assert res.success
+    post = res.asset_materializations_for_node("brms_posterior")[0].metadata
+    assert post["max_rhat"].value == 1.0013 and post["min_ess_bulk"].value == 1235.0
+    table = post["posterior_summary"].value.records[0].data
+    assert all(v == float(f"{v:.4g}") for k, v in table.items() if k != "parameter")
+    kpi = res.asset_materializations_for_node("weekly_kpi_P")[0].metadata
+    for k in ("P_min", "P_max", "share_P_at_least_0_5"):
+        v = kpi[k].value
+        assert v == round(v, 3), (k, v)
+    check = next(e for e in res.get_asset_check_evaluations() if e.check_name == "rhat_below_threshold")
+    assert check.metadata["observed"].value == 1.001

@@ -24,8 +24,8 @@ import dagster as dg
 import numpy as np
 import psycopg
 
-from ...db.writers import merge_run_into_weekly_kpi, write_fit, write_run_record
-from ...model.contract import POPULATION_PARAMS, SUMMARY_FIELDS, ContractError, make_run_id
+from ...db.writers import free_run_id, merge_run_into_weekly_kpi, write_fit, write_run_record
+from ...model.contract import POPULATION_PARAMS, SUMMARY_FIELDS, ContractError
 from ...model.result import FitResult, fit_panel
 from ..resources import GrowthEngineResource, GrowthSettings, PostgresResource
 from ..sources import panel_sources
@@ -219,12 +219,12 @@ def brms_posterior(context: dg.AssetExecutionContext, postgres: PostgresResource
     """
     with contract_failures():
         fit_engine = engine.get_engine()
-        settings = growth.fit_settings(run_id=make_run_id(fit_engine.name))
         window = _window(context, growth)
-    context.log.info("engine %s chosen for this run (run_id %s)", fit_engine.name, settings.run_id)
     with postgres.connect() as conn, contract_failures():
         info = _panel_of(conn, window, growth)
         panel = load_panel(conn, info.panel_id)
+        settings = growth.fit_settings(run_id=free_run_id(conn, fit_engine.name))
+    context.log.info("engine %s chosen for this run (run_id %s)", fit_engine.name, settings.run_id)
     t0 = time.monotonic()
     with contract_failures():
         result = fit_panel(fit_engine, panel, settings)
