@@ -200,6 +200,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from .settings import Settings
 
     s = Settings.from_env()
+    # the engine first: the native one starts loading its programs while the CSV is read
+    engine = make_engine(args.engine, r_brms_base_url=s.r_brms_base_url, r_brms_timeout_secs=s.r_brms_timeout_secs,
+                         r_brms_internal_token=s.r_brms_internal_token, native=s.native)
     panel = Panel.from_frame(pd.read_csv(args.panel, dtype={"student_id": str}))
     lookback = args.lookback_weeks or int(panel.week.max()) + 1
     settings = FitSettings(
@@ -210,8 +213,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
         target=s.metrics_default_target if args.target is None else args.target,
         lookback_weeks=lookback,
     )
-    engine = make_engine(args.engine, r_brms_base_url=s.r_brms_base_url, r_brms_timeout_secs=s.r_brms_timeout_secs,
-                         r_brms_internal_token=s.r_brms_internal_token, native=s.native)
     result = fit_panel(engine, panel, settings)
     Path(args.out).write_text(json.dumps(result.to_json(), indent=1))
     d = result.diagnostics
@@ -274,7 +275,6 @@ def main(argv: list[str] | None = None) -> int:
     # the commands print their steps; libraries (alembic, JAX, Dagster) speak only to warn
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    from .db.localpg import LocalPgError
     from .model.contract import ContractError
     from .settings import SettingsError
 
@@ -283,9 +283,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ContractError, SettingsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except LocalPgError as e:
-        print(f"error: local database: {e}", file=sys.stderr)
-        return 1
+    except Exception as e:
+        # the local cluster's errors are one line too (its module, with psycopg, is imported
+        # only by the commands that use it: `fit` starts faster without)
+        local = sys.modules.get("growth_assets.db.localpg")
+        if local is not None and isinstance(e, local.LocalPgError):
+            print(f"error: local database: {e}", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":

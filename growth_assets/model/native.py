@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..settings import NativeRuntime
-from . import contract, native_diagnostics, native_math, programs
+from . import contract, native_math, programs
 from .engine import FitSettings
 from .panel import Panel
 from .result import Diagnostics, FitResult, ParamSummary, StudentLines
@@ -101,6 +101,20 @@ def configure(runtime: NativeRuntime) -> NativeRuntime:
 def _program_dir() -> Path | None:
     rt = _configured or NativeRuntime()
     return None if not rt.cache_dir else Path(rt.cache_dir) / "programs"
+
+
+_diagnostics_module = None
+
+
+def _diagnostics():
+    """``native_diagnostics`` (arviz-stats, which imports half of SciPy: ~0.7 s), imported in
+    a background thread from the start of a fit, so a new process pays it while it samples."""
+    global _diagnostics_module
+    if _diagnostics_module is None:
+        import importlib
+
+        _diagnostics_module = programs.ahead(lambda: importlib.import_module(f"{__package__}.native_diagnostics"))
+    return _diagnostics_module
 
 
 def engine_version() -> str:
@@ -161,17 +175,35 @@ def _neg_hessian(q, wbar, totals, groups):
     return -jax.hessian(log_posterior_q)(q, wbar, totals, groups)
 
 
-def _program(name: str, fn, args: tuple, retrace: bool = False):
-    call, _ = programs.program(name, lambda: fn, args, static={}, directory=_program_dir(),
-                               retrace=retrace)
-    return call
+_LAPLACE = {"laplace_grad": _neg_lp_and_grad, "laplace_hessian": _neg_hessian}
 
 
-def _laplace_mode(q0: np.ndarray, data: tuple, retrace: bool):
+def _program(name: str, args: tuple, retrace: bool = False):
+    """A Laplace program (``_LAPLACE``), loaded or traced, compiled for ``args``' shapes."""
+    with jax.enable_x64(True):
+        call, _ = programs.program(name, lambda: _LAPLACE[name], args, static={},
+                                   directory=_program_dir(), retrace=retrace)
+        return call.lower(*args).compile()
+
+
+def _laplace_data(wbar: float, totals: np.ndarray, groups: tuple) -> tuple:
+    return (np.float64(wbar), np.asarray(totals, dtype=np.float64),
+            tuple(np.asarray(a, dtype=np.float64) for a in groups))
+
+
+_Q0 = np.array([0.0, 0.0, math.log(0.5), math.log(0.1), 0.0, math.log(0.5)])
+
+
+def _laplace_mode(q0: np.ndarray, data: tuple, retrace: bool, ready: dict | None = None):
     from scipy.optimize import minimize
 
     proto = (q0,) + data
-    neg_lp_and_grad = _program("laplace_grad", _neg_lp_and_grad, proto, retrace)
+    ready = {} if retrace or ready is None else ready
+
+    def get(name):
+        return ready[name].result() if name in ready else _program(name, proto, retrace)
+
+    neg_lp_and_grad = get("laplace_grad")
 
     def fun(q):
         v, g = neg_lp_and_grad(np.asarray(q, dtype=np.float64), *data)
@@ -180,21 +212,21 @@ def _laplace_mode(q0: np.ndarray, data: tuple, retrace: bool):
     res = minimize(fun, q0, jac=True, method="L-BFGS-B",
                    options={"maxiter": 500, "gtol": 1e-9, "ftol": 1e-14})
     m = np.asarray(res.x, dtype=np.float64)
-    H = np.asarray(_program("laplace_hessian", _neg_hessian, proto, retrace)(m, *data),
-                   dtype=np.float64)
+    H = np.asarray(get("laplace_hessian")(m, *data), dtype=np.float64)
     return res, m, H
 
 
-def laplace(wbar: float, totals: np.ndarray, groups: tuple) -> tuple[np.ndarray, np.ndarray, dict]:
+def laplace(wbar: float, totals: np.ndarray, groups: tuple,
+            ready: dict | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Mode and Cholesky factor of the inverse Hessian of the log posterior of q: the
     preconditioner (m, L) of the sampler. Falls back to a diagonal guess when the
-    optimiser fails; correctness never depends on it, only speed."""
-    q0 = np.array([0.0, 0.0, math.log(0.5), math.log(0.1), 0.0, math.log(0.5)])
+    optimiser fails; correctness never depends on it, only speed. ``ready``: its programs,
+    being compiled ahead (Futures by name)."""
+    q0 = _Q0
     with jax.enable_x64(True):
-        data = (np.float64(wbar), np.asarray(totals, dtype=np.float64),
-                tuple(np.asarray(a, dtype=np.float64) for a in groups))
+        data = _laplace_data(wbar, totals, groups)
         try:
-            res, m, H = _laplace_mode(q0, data, retrace=False)
+            res, m, H = _laplace_mode(q0, data, retrace=False, ready=ready)
         except jax.errors.JaxRuntimeError as e:  # a cached program that does not run
             log.warning("native engine: cached Laplace programs failed (%s); tracing again", e)
             res, m, H = _laplace_mode(q0, data, retrace=True)
@@ -226,12 +258,13 @@ def _n_devices(n_chains: int, runtime: NativeRuntime) -> int:
     return max(d for d in range(1, min(avail, n_chains) + 1) if n_chains % d == 0)
 
 
-def _chains_program(n_warmup: int, n_draws: int):
+def _chains_program(n_warmup: int, n_draws: int, vectorized: bool = True):
     """Warm-up and sampling of a batch of chains as one function of ``(keys, data)``: each
     chain numpyro's NUTS (public ``hmc`` API: dual-averaging step size and diagonal mass
     matrix adapted over the warm-up, as Stan and brms do), initialised uniformly in
-    (-2, 2) like numpyro's default, vmapped over the batch. The data are arguments, not
-    constants, so one program serves every cohort with the same padded group count."""
+    (-2, 2) like numpyro's default; the batch vmapped (or, ``sequential``, one chain after
+    the other). The data are arguments, not constants, so one program serves every cohort
+    with the same padded group count."""
     from numpyro.infer.hmc import hmc
 
     init_kernel, sample_kernel = hmc(potential_fn_gen=_potential_gen, algo="NUTS")
@@ -249,15 +282,47 @@ def _chains_program(n_warmup: int, n_draws: int):
         _, (z, div, steps) = jax.lax.scan(step, state, None, length=n_warmup + n_draws)
         return z[n_warmup:], div[n_warmup:], steps[n_warmup:]
 
-    def run(keys, data):
-        return jax.vmap(one_chain, in_axes=(0, None))(keys, data)
+    if vectorized:
+        return jax.vmap(one_chain, in_axes=(0, None))
+    return lambda keys, data: jax.lax.map(lambda k: one_chain(k, data), keys)
 
-    return run
+
+def _prng_key(seed: int) -> np.ndarray:
+    """``jax.random.PRNGKey(seed % 2**32)`` as data (threefry: (0, seed)), made without a JAX
+    dispatch (each eager JAX call compiles a small program in a new process)."""
+    if str(jax.config.jax_default_prng_impl) != "threefry2x32":
+        return np.asarray(jax.random.key_data(jax.random.PRNGKey(int(seed) % 2**32)))
+    return np.array([0, int(seed) % 2**32], dtype=np.uint32)
 
 
-def _chain_keys(seed: int, n_chains: int) -> np.ndarray:
-    """Chain k gets key k of ``split(PRNGKey(seed), n_chains)``, whatever the device layout."""
-    return np.asarray(jax.random.split(jax.random.PRNGKey(int(seed) % (2**32)), n_chains))
+def _sampler(n_chains: int, n_warmup: int, n_draws: int, n_dev: int, vectorized: bool,
+             proto: tuple, retrace: bool = False):
+    """The whole run, warm-up and sampling of every chain, as one compiled program of
+    ``(key, data)``: chain k on key k of ``split(key, n_chains)`` (numpyro's rule), the chains
+    split over ``n_dev`` devices (``shard_map``), batched within a device. Loaded from the
+    program cache or traced, and compiled ahead of the call (from JAX's persistent cache).
+    Returns (compiled program, where it came from)."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(jax.local_devices()[:n_dev]), ("chains",))
+    replicated, by_chain = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("chains"))
+
+    def make():
+        per_device = jax.shard_map(_chains_program(n_warmup, n_draws, vectorized), mesh=mesh,
+                                   in_specs=(PartitionSpec("chains"), PartitionSpec()),
+                                   out_specs=PartitionSpec("chains"), check_vma=False)
+        return jax.jit(lambda key, data: per_device(jax.random.split(key, n_chains), data),
+                       in_shardings=replicated, out_shardings=by_chain)
+
+    static = {"n_chains": n_chains, "n_warmup": n_warmup, "n_draws": n_draws, "n_devices": n_dev,
+              "vectorized": vectorized, "max_tree_depth": MAX_TREE_DEPTH,
+              "target_accept_prob": TARGET_ACCEPT}
+    with jax.enable_x64(True):
+        call, origin = programs.program("nuts", make, proto, static=static, directory=_program_dir(),
+                                        retrace=retrace, shardings=(replicated, by_chain))
+        specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype,
+                                                            sharding=replicated), proto)
+        return call.lower(*specs).compile(), origin
 
 
 def sample_hyperparameters(
@@ -266,41 +331,37 @@ def sample_hyperparameters(
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Run NUTS; return (draws in standardised units, each (chains, draws); extra fields).
 
-    The chains are split over the host's XLA devices, each device running its batch as
-    one program call (the calls run concurrently). The draws are a deterministic function
-    of data, settings, seed, machine and device count, whether the program was traced in
-    this process or read from the program cache."""
+    The sampler program is loaded and compiled in a background thread while the Laplace
+    fit runs. The draws are a deterministic function of data, settings, seed, machine and
+    device count, whether the program was traced in this process or read from the cache."""
     runtime = runtime or _configured or NativeRuntime()
     n_chains = settings.n_chains
     n_draws = settings.n_samples - settings.n_warmup
     totals = np.asarray(native_math.panel_totals(groups), dtype=np.float64)
     gt = tuple(np.asarray(a, dtype=np.float64) for a in groups.as_tuple())
-    m, L, laplace_info = laplace(wbar, totals, gt)
-    args = (np.float64(wbar), np.asarray(m, dtype=np.float64),
-            np.asarray(L, dtype=np.float64), totals) + gt
     n_dev = _n_devices(n_chains, runtime)
-    per = n_chains // n_dev if runtime.chain_method == "vectorized" else 1
-    with _lock, jax.enable_x64(True):
-        keys = _chain_keys(settings.seed, n_chains)
-        static = {"n_warmup": settings.n_warmup, "n_draws": n_draws, "per_call": per,
-                  "max_tree_depth": MAX_TREE_DEPTH, "target_accept_prob": TARGET_ACCEPT}
-
-        def run(retrace: bool):
-            call, origin = programs.program(
-                "nuts", lambda: _chains_program(settings.n_warmup, n_draws), (keys[:per], args),
-                static=static, directory=_program_dir(), retrace=retrace)
-            devices = jax.local_devices()[:n_dev]
-            outs = [call(jax.device_put(keys[lo:lo + per], devices[(lo // per) % n_dev]),
-                         jax.device_put(args, devices[(lo // per) % n_dev]))
-                    for lo in range(0, n_chains, per)]  # dispatched asynchronously: concurrent
-            z, div, steps = (np.concatenate([np.asarray(o[i]) for o in outs]) for i in range(3))
-            return (z.astype(np.float64), div, steps), origin
-
-        try:
-            (z, diverging, num_steps), origin = run(False)
-        except jax.errors.JaxRuntimeError as e:  # a stored program that does not run here
-            log.warning("native engine: stored sampler failed (%s); tracing again", e)
-            (z, diverging, num_steps), origin = run(True)
+    vectorized = runtime.chain_method == "vectorized"
+    key = _prng_key(settings.seed)
+    proto = (key, (np.float64(wbar), np.zeros(6), np.zeros((6, 6)), totals) + gt)
+    with _lock:
+        ready = programs.ahead(lambda: _sampler(n_chains, settings.n_warmup, n_draws, n_dev,
+                                                vectorized, proto))
+        lproto = (_Q0,) + _laplace_data(wbar, totals, gt)
+        lap = {name: programs.ahead(lambda name=name: _program(name, lproto)) for name in _LAPLACE}
+        m, L, laplace_info = laplace(wbar, totals, gt, ready=lap)
+        args = (key, (np.float64(wbar), np.asarray(m, dtype=np.float64),
+                      np.asarray(L, dtype=np.float64), totals) + gt)
+        with jax.enable_x64(True):
+            try:
+                run, origin = ready.result()
+                out = run(*args)
+            except jax.errors.JaxRuntimeError as e:  # a stored program that does not run here
+                log.warning("native engine: stored sampler failed (%s); tracing again", e)
+                run, origin = _sampler(n_chains, settings.n_warmup, n_draws, n_dev, vectorized,
+                                       proto, retrace=True)
+                out = run(*args)
+            z, diverging, num_steps = (np.asarray(x) for x in out)
+    z = z.astype(np.float64)
     q = m + z @ L.T  # (chains, draws, 6)
     b_week = q[..., 1]
     draws = {
@@ -418,10 +479,12 @@ class NativeEngine:
             raise contract.ContractError("p_tolerance", "must be within [0, 0.5)", p_tolerance)
         self.p_tolerance = p_tolerance
         self.runtime = configure(runtime or NativeRuntime())
+        _diagnostics()  # its import starts now, while the caller reads the panel
 
     def sample(self, panel: Panel, settings: FitSettings) -> NativeFit:
         """Sample the posterior of a checked panel."""
         t0 = time.perf_counter()
+        _diagnostics()  # starts its import
         ybar, s = panel.scales()
         red = native_math.reduce_panel(panel, ybar, s)
         n_groups = int(red.group.max()) + 1
@@ -447,8 +510,9 @@ class NativeEngine:
         t2 = time.perf_counter()
         red = nf.panel
         pars = nf.population_draws()
-        summary = {p: ParamSummary(**native_diagnostics.summarise(pars[p])) for p in _PARAM_NAMES}
-        allstats = list(summary.values()) + [ParamSummary(**native_diagnostics.summarise(pars["Intercept"]))]
+        summarise = _diagnostics().result().summarise
+        summary = {p: ParamSummary(**summarise(pars[p])) for p in _PARAM_NAMES}
+        allstats = list(summary.values()) + [ParamSummary(**summarise(pars["Intercept"]))]
         n_steps = np.asarray(nf.extra["num_steps"]).astype(np.int64)
         depth = np.floor(np.log2(np.maximum(n_steps, 1))).astype(np.int64) + 1  # bit length
         preds, pinfo = nf.predict(float(settings.horizon_week), target)

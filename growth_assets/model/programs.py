@@ -112,9 +112,12 @@ def _prune(directory: Path, name: str, keep: int = MAX_FILES_PER_NAME) -> None:
 
 
 def program(name: str, make: Callable[[], Callable], args: Any, *, static: dict[str, Any],
-            directory: Path | None, retrace: bool = False) -> tuple[Callable, str]:
-    """``make()`` (a function of ``args``) as a callable program and where it came from:
-    ``memory`` (an earlier call in this process), ``file`` (deserialised) or ``traced``."""
+            directory: Path | None, retrace: bool = False,
+            shardings: tuple[Any, Any] | None = None) -> tuple[Callable, str]:
+    """``make()`` (a function of ``args``) as a jitted program and where it came from:
+    ``memory`` (an earlier call in this process), ``file`` (deserialised) or ``traced``.
+    ``shardings``: (in, out) of a program over several devices (``make`` returns it jitted
+    with them); the loaded program is called with the same."""
     key = cache_key(name, static, args)
     path = None if directory is None else Path(directory) / f"{name}-{key}.jaxexport"
     with _lock:
@@ -127,14 +130,30 @@ def program(name: str, make: Callable[[], Callable], args: Any, *, static: dict[
             except Exception as e:  # any bad file: trace again, and replace it
                 log.warning("native engine: program file %s unusable (%s); tracing again", path.name, e)
         if exp is None:
-            exp = jax.export.export(jax.jit(make()))(*args)
+            fn = make()
+            exp = jax.export.export(fn if hasattr(fn, "lower") else jax.jit(fn))(*args)
             if path is not None:
                 try:
                     _write(path, bytes(exp.serialize()))
                 except OSError as e:  # a read-only cache still lets the fit run
                     log.warning("native engine: could not store %s (%s)", path.name, e)
-        _memory[key] = exp.call
-        return exp.call, origin
+        kw = {} if shardings is None else {"in_shardings": shardings[0], "out_shardings": shardings[1]}
+        _memory[key] = call = jax.jit(exp.call, **kw)
+        return call, origin
+
+
+_pool = None
+
+
+def ahead(fn: Callable[[], Any]):
+    """Run ``fn`` (loading and compiling a program: XLA works without the GIL) in a
+    background thread; returns its Future. The fit overlaps it with the Laplace step."""
+    global _pool
+    if _pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="growth-programs")
+    return _pool.submit(fn)
 
 
 def forget() -> None:

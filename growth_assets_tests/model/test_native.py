@@ -375,8 +375,8 @@ def test_a_poor_preconditioner_gives_the_same_posterior(monkeypatch):
     good = fit_json(panel, settings)
     real = native.laplace
 
-    def poor(wbar, totals, groups):
-        m, L, info = real(wbar, totals, groups)
+    def poor(wbar, totals, groups, ready=None):
+        m, L, info = real(wbar, totals, groups, ready)
         shear = np.eye(6) + 0.8 * np.tri(6, 6, -1)
         return m + 2.0 * np.sqrt(np.sum(L**2, axis=1)), 3.0 * L @ shear, {**info, "poor": True}
 

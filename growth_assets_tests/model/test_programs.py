@@ -1,0 +1,66 @@
+"""The native engine's program cache on public JAX APIs (``jax.export``): a new process
+loads the sampler instead of tracing it and gets the same draws; a bad file is traced
+again and replaced; the files are StableHLO, never Python objects."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+
+_CHILD = """
+import hashlib, json, sys
+sys.path.insert(0, {here!r})
+from test_native import synthetic, SMALL
+from growth_assets.model.native import NativeEngine
+from growth_assets.model.panel import Panel
+from growth_assets.model.result import fit_panel
+from growth_assets.settings import NativeRuntime
+r = fit_panel(NativeEngine(NativeRuntime(cache_dir={cache!r})), Panel.from_frame(synthetic(60, seed=8)), SMALL)
+j = r.to_json()
+keep = {{k: j[k] for k in ("posterior_summary", "predictions")}}
+print(json.dumps({{"program": j["sampler"]["program"], "hash": hashlib.sha256(json.dumps(keep).encode()).hexdigest()}}))
+"""
+
+
+def _child(cache: Path) -> dict:
+    out = subprocess.run([sys.executable, "-c", _CHILD.format(here=str(HERE), cache=str(cache))],
+                         capture_output=True, text=True, timeout=900, env=dict(os.environ))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_a_second_process_loads_the_sampler_and_gets_the_same_draws(tmp_path):
+    cache = tmp_path / "jax"
+    first, second = _child(cache), _child(cache)
+    assert (first["program"], second["program"]) == ("traced", "file")
+    assert first["hash"] == second["hash"]  # traced and deserialised: the same program
+    files = sorted((cache / "programs").glob("*.jaxexport"))
+    assert sorted(f.name.split("-")[0] for f in files) == ["laplace_grad", "laplace_hessian", "nuts"]
+    assert not list((cache / "programs").glob("*.tmp"))
+    # a corrupt file: traced again (the same draws), and replaced by a good one
+    nuts = next(f for f in files if f.name.startswith("nuts-"))
+    nuts.write_bytes(nuts.read_bytes()[:200])
+    third = _child(cache)
+    assert third["program"] == "traced" and third["hash"] == first["hash"]
+    assert _child(cache)["program"] == "file"
+
+
+def test_a_file_that_is_not_a_program_is_refused_without_running_anything(tmp_path):
+    from growth_assets.model import programs
+
+    bad = tmp_path / "nuts-x.jaxexport"
+    bad.write_bytes(b"\\x80\\x04\\x95 not a program")
+    with pytest.raises(ValueError, match="not a growth_assets program file"):
+        programs._read(bad)
+    good_magic = tmp_path / "nuts-y.jaxexport"
+    good_magic.write_bytes(programs._MAGIC + b"0" * 32 + b"body")
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        programs._read(good_magic)
