@@ -105,7 +105,7 @@ def _seed(n: int, env: dict, truth: Path) -> tuple[float, float]:
     t0 = time.perf_counter()
     p = subprocess.run([sys.executable, "-c", _SEED, "seed-demo", "--students", str(n), "--weeks", "12",
                         "--seed", "1", "--as-of", AS_OF, "--truth-out", str(truth)],
-                       env=env, capture_output=True, text=True)
+                       env=env, capture_output=True, text=True, cwd=env["PYTHONPATH"])
     dt = time.perf_counter() - t0
     if p.returncode != 0:
         raise RuntimeError(f"seed-demo failed: {p.stderr[-2000:]}")
@@ -114,11 +114,23 @@ def _seed(n: int, env: dict, truth: Path) -> tuple[float, float]:
 
 
 def _job(src: Path, url: str, args) -> dict:
+    import psycopg
+
     env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(src)}
+    # every code starts from the same state: the seeded source tables, analysed, and nothing
+    # an earlier code's run wrote (its panel, fits, runs, weekly_kpi rows)
+    with psycopg.connect(url, autocommit=True) as c:
+        derived = [r[0] for r in c.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND (tablename LIKE 'growth%%'"
+            " AND tablename <> 'growth_schema_migrations' OR tablename IN ('weekly_kpi', 'dagster_asset_value'))")]
+        if derived:
+            c.execute(f"TRUNCATE {', '.join(derived)} CASCADE")
+        c.execute("VACUUM ANALYZE")
+    # cwd = the code's own folder: `python -c` puts the working directory first on sys.path
     subprocess.run([sys.executable, "-c", "import sys; from growth_assets.cli import main; "
-                    "sys.exit(main(['db', 'migrate']))"], env=env, check=True, capture_output=True)
-    out = subprocess.run([sys.executable, __file__, "--worker", str(src), url, str(args.chains),
-                          str(args.samples)], env=env, capture_output=True, text=True)
+                    "sys.exit(main(['db', 'migrate']))"], env=env, check=True, capture_output=True, cwd=src)
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(src), url,
+                          str(args.chains), str(args.samples)], env=env, capture_output=True, text=True, cwd=src)
     if out.returncode != 0:
         raise RuntimeError(f"job worker failed: {out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -139,8 +151,11 @@ def bench_size(codes: list[tuple[str, Path]], admin_url: str, n: int, args) -> l
     seed_s, seed_peak = _seed(n, {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(codes[0][1])}, truth)
     rows = []
     for label, src in codes:
-        rows.append({"label": label, "students": n, "seed_seconds": round(seed_s, 1),
-                     "seed_peak_rss_mb": round(seed_peak), **_job(src, url, args)})
+        row = {"label": label, "students": n, "seed_seconds": round(seed_s, 1),
+               "seed_peak_rss_mb": round(seed_peak), **_job(src, url, args)}
+        if not row["success"]:
+            raise RuntimeError(f"{label} at {n}: the weekly job failed: {row['steps']}")
+        rows.append(row)
         print(json.dumps(rows[-1]), flush=True)
     with psycopg.connect(admin_url, autocommit=True) as c:
         c.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')

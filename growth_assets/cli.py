@@ -189,9 +189,31 @@ def cmd_r_service(args: argparse.Namespace) -> int:
     os.execv(rscript, [rscript, str(d / "run.R"), "--port", str(args.port), "--host", args.host])
 
 
-def cmd_fit(args: argparse.Namespace) -> int:
+def read_panel_csv(path: str):
+    """A ``student_id,week,score`` CSV as text columns: an id "NA" or "null" is an id, not a
+    missing value; the numbers are checked by ``Panel``. Bad files are one-line errors."""
     import pandas as pd
 
+    from .model.contract import PanelError
+
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[], encoding="utf-8")
+    except FileNotFoundError:
+        raise PanelError("--panel", "no such file", path) from None
+    except UnicodeDecodeError:
+        raw = Path(path).read_bytes()
+        try:
+            raw.decode("utf-8")
+            where = "somewhere"
+        except UnicodeDecodeError as e:  # the exact place, not pandas' chunk offset
+            line = raw.count(b"\n", 0, e.start) + 1
+            where = f"byte {raw[e.start]:#04x} on line {line}"
+        raise PanelError("--panel", f"not UTF-8 text ({where})", path) from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise PanelError("--panel", f"not a CSV table: {str(e).splitlines()[0]}", path) from None
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
     from .model.contract import horizon_week
     from .model.engine import FitSettings
     from .model.engines import make_engine
@@ -203,7 +225,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     # the engine first: the native one starts loading its programs while the CSV is read
     engine = make_engine(args.engine, r_brms_base_url=s.r_brms_base_url, r_brms_timeout_secs=s.r_brms_timeout_secs,
                          r_brms_internal_token=s.r_brms_internal_token, native=s.native)
-    panel = Panel.from_frame(pd.read_csv(args.panel, dtype={"student_id": str}))
+    panel = Panel.from_frame(read_panel_csv(args.panel), score_range=s.score_range,
+                             lookback_weeks=args.lookback_weeks)
     lookback = args.lookback_weeks or int(panel.week.max()) + 1
     settings = FitSettings(
         n_chains=s.n_chains if args.chains is None else args.chains,
@@ -283,10 +306,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ContractError, SettingsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:
-        # the local cluster's errors are one line too (its module, with psycopg, is imported
-        # only by the commands that use it: `fit` starts faster without)
+    except RuntimeError as e:
+        # the R service's and the local cluster's errors are one line too (their modules are
+        # imported only by the commands that use them: `fit` starts faster without psycopg)
+        brms = sys.modules.get("growth_assets.model.brms_client")
         local = sys.modules.get("growth_assets.db.localpg")
+        if brms is not None and isinstance(e, brms.BrmsServiceError):
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         if local is not None and isinstance(e, local.LocalPgError):
             print(f"error: local database: {e}", file=sys.stderr)
             return 1

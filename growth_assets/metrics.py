@@ -33,7 +33,8 @@ The chain (spec §6, §7), with METRICS_USE_BAYESIAN=true
    and fresher than a stored copy). A legacy P without ``P_target`` never counts.
 
 2. ``run`` / ``population``: the latest ``growth_brms_meta`` run with status ``passed``
-   (greatest ``fitted_at``, then greatest ``run_id``), at its ``horizon_week`` h, for the
+   (the latest data window, ``window_end``: a backfill of an old week never outranks a newer
+   window; then the greatest ``fitted_at``, then ``run_id``), at its ``horizon_week`` h, for the
    requested target, in closed form (:func:`contract.line_prediction`): the expected score
    ``a + b h`` is Normal with mean ``mean_a + h mean_b`` and variance
    ``var_a + 2 h cov_ab + h^2 var_b``; ``P = 1 - Phi((target - mu) / sigma)``. No network call.
@@ -129,6 +130,7 @@ class GoalAnswer:
     p_week: date | None = None
     kpi_week: date | None = None  # path stored: the weekly_kpi row it was read from
     n_obs: int | None = None  # path run/population: the student's observations (weeks)
+    window_end: date | None = None  # path run/population: the data window of its run
 
 
 @dataclass
@@ -139,6 +141,7 @@ class _Run:
     window_start: date | None
     score_source: str | None
     summary: dict[str, Any] | None
+    window_end: date | None = None
 
 
 @dataclass
@@ -183,19 +186,19 @@ def _latest_runs(session: psycopg.Connection) -> tuple[_Run | None, tuple[str, s
     rows = session.execute(
         """
         (SELECT 'passed' AS which, run_id, engine, status, horizon_week, window_start,
-                score_source, posterior_summary
+                score_source, posterior_summary, window_end
          FROM growth_brms_meta WHERE status = 'passed'
-         ORDER BY fitted_at DESC NULLS LAST, run_id DESC LIMIT 1)
+         ORDER BY window_end DESC NULLS LAST, fitted_at DESC NULLS LAST, run_id DESC LIMIT 1)
         UNION ALL
-        (SELECT 'any', run_id, engine, status, NULL, NULL, NULL, NULL
+        (SELECT 'any', run_id, engine, status, NULL, NULL, NULL, NULL, NULL
          FROM growth_brms_meta
-         ORDER BY fitted_at DESC NULLS LAST, run_id DESC LIMIT 1)
+         ORDER BY window_end DESC NULLS LAST, fitted_at DESC NULLS LAST, run_id DESC LIMIT 1)
         """
     ).fetchall()
     passed = latest = None
-    for which, run_id, engine, status, h, ws, src, summary in rows:
+    for which, run_id, engine, status, h, ws, src, summary, we in rows:
         if which == "passed":
-            passed = _Run(run_id, engine, h, ws, src, summary)
+            passed = _Run(run_id, engine, h, ws, src, summary, we)
         else:
             latest = (run_id, status)
     return passed, latest
@@ -228,7 +231,8 @@ def _posterior_rows(session: psycopg.Connection, run_id: str, users: list[str]) 
     return {r[0]: r[1:] for r in rows}
 
 
-def _data_sums(session: psycopg.Connection, run: _Run, users: list[str]) -> dict[str, tuple]:
+def _data_sums(session: psycopg.Connection, run: _Run, users: list[str],
+               score_range: tuple[float, float]) -> dict[str, tuple]:
     """Per user: (n weeks, sum w, sum w^2, sum y, sum w y) of the student-week scores since the
     run's window_start up to now, through the panel's own query (the same four sources in the
     same priority, or accuracy, as the run's panel; weeks after the window keep their
@@ -241,16 +245,20 @@ def _data_sums(session: psycopg.Connection, run: _Run, users: list[str]) -> dict
         f"SELECT student_id, count(*), sum(week)::float8, sum(week * week)::float8, sum(score),"
         f" sum(week * score) FROM ({query}) p GROUP BY 1",
         {"window_start": run.window_start, "window_end": now.date() + timedelta(days=1), "now": now,
-         "users": users}).fetchall()
+         "users": users, "score_lo": score_range[0], "score_hi": score_range[1]}).fetchall()
     return {r[0]: tuple(r[1:]) for r in rows}
 
 
-def _latest_theta(session: psycopg.Connection, users: list[str]) -> dict[str, tuple]:
+def _latest_theta(session: psycopg.Connection, users: list[str],
+                  score_range: tuple[float, float]) -> dict[str, tuple]:
+    """The latest calibration up to now (a future-dated row is not "latest") with a theta
+    inside BRMS_SCORE_RANGE."""
     rows = session.execute(
         "SELECT DISTINCT ON (user_id) user_id, theta, se FROM mirt_ability"
-        " WHERE user_id = ANY(%s) AND theta IS NOT NULL"
+        " WHERE user_id = ANY(%s) AND theta IS NOT NULL AND fitted_at <= now()"
+        " AND theta BETWEEN %s AND %s"
         " ORDER BY user_id, fitted_at DESC NULLS LAST",
-        (users,),
+        (users, score_range[0], score_range[1]),
     ).fetchall()
     return {r[0]: (r[1], r[2]) for r in rows}
 
@@ -313,7 +321,26 @@ def _answers(
     session: psycopg.Connection,
     user_ids: Sequence[str],
     target: float,
+    settings: Settings,
+    kpi_week: date | None = None,
+) -> dict[str, GoalAnswer]:
+    """The chain for many users, in one transaction of the session (a savepoint if the
+    caller has one open) with the settings' statement and lock timeouts: a stuck or locked
+    database is an error within them, and the session is not left idle in a transaction."""
+    with session.transaction():
+        session.execute("SELECT set_config('statement_timeout', %s, true),"
+                        " set_config('lock_timeout', %s, true)",
+                        (f"{settings.db_statement_timeout_ms}ms", f"{settings.db_lock_timeout_ms}ms"))
+        return _chain(session, user_ids, target, settings.metrics_use_bayesian, settings.score_range,
+                      kpi_week)
+
+
+def _chain(
+    session: psycopg.Connection,
+    user_ids: Sequence[str],
+    target: float,
     use_bayesian: bool,
+    score_range: tuple[float, float],
     kpi_week: date | None = None,
 ) -> dict[str, GoalAnswer]:
     users = list(dict.fromkeys(user_ids))
@@ -360,14 +387,14 @@ def _answers(
                 for i, u in enumerate(ids):
                     out[u] = GoalAnswer(u, target, float(p[i]), float(sd[i]), float(mu[i]), "run",
                                         tuple(pending.pop(u).reasons), run.run_id, "posterior",
-                                        p_week, None, int(post[u][0]))
+                                        p_week, None, int(post[u][0]), run.window_end)
             todo = list(pending)
             if todo and run.window_start is None:
                 for u in todo:
                     pending[u].reasons.append(
                         f"population: student not in run {run.run_id}, and the run has no window_start")
             elif todo:
-                sums = _data_sums(session, run, todo)
+                sums = _data_sums(session, run, todo, score_range)
                 ids = [u for u in todo if u in sums]
                 for u in todo:
                     if u not in sums:
@@ -383,14 +410,15 @@ def _answers(
                         out[u] = GoalAnswer(u, target, float(p[i]), float(sd[i]), float(mu[i]),
                                             "population",
                                             tuple(pending.pop(u).reasons) + (f"run: student not in run {run.run_id}",),
-                                            run.run_id, "posterior", p_week, None, int(sums[u][0]))
+                                            run.run_id, "posterior", p_week, None, int(sums[u][0]),
+                                            run.window_end)
     else:
         for p in pending.values():
             p.reasons.append("METRICS_USE_BAYESIAN=false: Normal approximation only")
 
     # 3. Normal approximation (spec §7), for the users whose latest theta and se are usable
     if pending:
-        theta = _latest_theta(session, list(pending))
+        theta = _latest_theta(session, list(pending), score_range)
         ok: list[str] = []
         for u in list(pending):
             if u not in theta:
@@ -433,7 +461,7 @@ def explain_goal_attainment_probability(
     settings = Settings.from_env()
     user_id = _check_user(user_id)
     t = _resolve_target(target, settings)
-    a = _answers(session, [user_id], t, settings.metrics_use_bayesian)[user_id]
+    a = _answers(session, [user_id], t, settings)[user_id]
     _log_one(a)
     return a
 
@@ -459,7 +487,7 @@ def compute_goal_attainment_probabilities(
     t = _resolve_target(target, settings)
     if kpi_week is not None:
         check_monday("kpi_week", kpi_week)
-    out = _answers(session, users, t, settings.metrics_use_bayesian, kpi_week)
+    out = _answers(session, users, t, settings, kpi_week)
     if log.isEnabledFor(logging.DEBUG):
         for a in out.values():
             log.debug("goal probability user=%s path=%s P=%s; earlier paths: %s",
@@ -500,7 +528,7 @@ def calculate_and_store_weekly_kpi(
     check_monday("week_start", week_start)
     settings = Settings.from_env()
     t = _resolve_target(target, settings)
-    a = _answers(session, [user_id], t, settings.metrics_use_bayesian, kpi_week=week_start)[user_id]
+    a = _answers(session, [user_id], t, settings, kpi_week=week_start)[user_id]
     _log_one(a)
     if a.P is not None and a.path != "stored":
         _store(session, [a], week_start)
@@ -512,13 +540,13 @@ def _store(session: psycopg.Connection, answers: list[GoalAnswer], week_start: d
     for a in answers:
         if a.P is None or a.path == "stored":
             continue
-        key = (a.target, a.p_week or week_start, a.run_id, a.source)
+        key = (a.target, a.p_week or week_start, a.run_id, a.source, a.window_end)
         groups.setdefault(key, []).append((a.user_id, a.P, a.sigma))
     n = 0
     with session.transaction():
-        for (t, p_week, run_id, source), rows in groups.items():
+        for (t, p_week, run_id, source, window_end), rows in groups.items():
             n += merge_weekly_kpi(session, rows, week_start=week_start, target=t, p_week=p_week,
-                                  run_id=run_id, source=source)
+                                  run_id=run_id, source=source, window_end=window_end)
     return n
 
 

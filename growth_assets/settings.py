@@ -44,6 +44,9 @@ N_SAMPLES = IntLimit("BRMS_N_SAMPLES", 2000, 200, 20000)
 N_CHAINS = IntLimit("BRMS_N_CHAINS", 4, 1, 8)
 SEED = IntLimit("BRMS_SEED", 1234, 0, 2**31 - 1)
 HORIZON_WEEKS = IntLimit("BRMS_HORIZON_WEEKS", 4, 0, 520)
+# the convergence ladder: a fit whose R-hat or ESS falls short is refitted once with twice
+# the iterations, up to this many
+MAX_N_SAMPLES = IntLimit("BRMS_MAX_N_SAMPLES", 8000, 200, 20000)
 HORIZON_WEEK = IntLimit("horizon_week", 15, 0, 1_000_000)  # (L - 1) + horizon, a week index
 R_BRMS_TIMEOUT_SECS = 600.0
 
@@ -108,6 +111,23 @@ def env_choice(env: Mapping[str, str], name: str, default: str | None, choices: 
     return raw.lower()
 
 
+SCORE_RANGE = (-1000.0, 1000.0)  # BRMS_SCORE_RANGE: a theta (|theta| < 10) or a scaled score
+ACCURACY_RANGE = (0.0, 1.0)  # correct / attempts, always
+
+
+def env_range(env: Mapping[str, str], name: str, default: tuple[float, float]) -> tuple[float, float]:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    try:
+        lo, hi = (float(x) for x in raw.split(","))
+    except ValueError:
+        raise SettingsError(name, raw, "must be two numbers, lo,hi") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise SettingsError(name, raw, "must be finite with lo < hi")
+    return lo, hi
+
+
 def env_limit(env: Mapping[str, str], limit: IntLimit) -> int:
     return env_int(env, limit.env, limit.default, limit.lo, limit.hi)
 
@@ -147,6 +167,7 @@ class Settings:
     n_chains: int = N_CHAINS.default
     seed: int = SEED.default
     horizon_weeks: int = HORIZON_WEEKS.default
+    max_n_samples: int = MAX_N_SAMPLES.default
     update_kpi: bool = True
     score_source: str = "theta"
     family: str = "gaussian"
@@ -156,6 +177,13 @@ class Settings:
     r_brms_internal_token: str | None = field(default=None, repr=False)
     metrics_use_bayesian: bool = True
     metrics_default_target: float = 0.0
+    # a score outside it is left out of the panel and the real-time path (and counted), and
+    # refused by `growth-assets fit`: one bad value never stops everyone's run
+    score_range: tuple[float, float] = SCORE_RANGE
+    # the real-time path: how long a database may take before the call fails with a clear error
+    db_connect_timeout_secs: int = 5
+    db_statement_timeout_ms: int = 30_000
+    db_lock_timeout_ms: int = 5_000
     alert_webhook_url: str | None = field(default=None, repr=False)
     dagster_webserver_url: str | None = None
     native: NativeRuntime = field(default_factory=NativeRuntime)
@@ -176,6 +204,7 @@ class Settings:
             n_chains=env_limit(env, N_CHAINS),
             seed=env_limit(env, SEED),
             horizon_weeks=env_limit(env, HORIZON_WEEKS),
+            max_n_samples=env_limit(env, MAX_N_SAMPLES),
             update_kpi=env_bool(env, "BRMS_UPDATE_KPI", True),
             score_source=env_choice(env, "BRMS_SCORE_SOURCE", "theta", SCORE_SOURCES),
             family=env_choice(env, "BRMS_FAMILY", "gaussian", FAMILIES),
@@ -185,6 +214,10 @@ class Settings:
             r_brms_internal_token=_get(env, "R_BRMS_INTERNAL_TOKEN"),
             metrics_use_bayesian=env_bool(env, "METRICS_USE_BAYESIAN", True),
             metrics_default_target=env_float(env, "METRICS_DEFAULT_TARGET", 0.0),
+            score_range=env_range(env, "BRMS_SCORE_RANGE", SCORE_RANGE),
+            db_connect_timeout_secs=env_int(env, "DATABASE_CONNECT_TIMEOUT_SECS", 5, 1, 3600),
+            db_statement_timeout_ms=env_int(env, "DATABASE_STATEMENT_TIMEOUT_MS", 30_000, 1, 86_400_000),
+            db_lock_timeout_ms=env_int(env, "DATABASE_LOCK_TIMEOUT_MS", 5_000, 1, 86_400_000),
             alert_webhook_url=_get(env, "ALERT_WEBHOOK_URL"),
             dagster_webserver_url=_get(env, "DAGSTER_WEBSERVER_URL"),
             native=NativeRuntime.from_env(env),

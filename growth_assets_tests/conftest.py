@@ -23,7 +23,7 @@ from growth_assets.db import localpg
 from growth_assets.db.migrate import migrate
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE_DIR = Path(os.environ.get("GROWTH_REFERENCE_DIR", REPO.parent / "shared" / "reference"))
+REFERENCE_DIR = REPO / "reference"  # in the repository: a clone alone passes its tests
 TEMPLATE = "growth_test_template"
 
 

@@ -35,7 +35,11 @@ def get_session(url: str | None = None) -> Iterator[psycopg.Connection]:
     """A session on ``DATABASE_URL`` for callers of ``growth_assets.metrics``.
 
     The session is a psycopg 3 connection: committed when the block ends normally, rolled
-    back when it raises.
+    back when it raises. Connecting gives up after ``DATABASE_CONNECT_TIMEOUT_SECS``, and
+    every statement after ``DATABASE_STATEMENT_TIMEOUT_MS`` (waiting for a lock: after
+    ``DATABASE_LOCK_TIMEOUT_MS``): an unreachable or stuck database is an error, not a hang.
     """
-    with connect(url) as conn:
+    s = Settings.from_env()
+    options = f"-c statement_timeout={s.db_statement_timeout_ms} -c lock_timeout={s.db_lock_timeout_ms}"
+    with connect(url, connect_timeout=s.db_connect_timeout_secs, options=options) as conn:
         yield conn

@@ -19,6 +19,20 @@ from ..model.contract import ContractError, make_run_id
 from ..model.result import FitResult
 
 P_SOURCES = ("brms", "native", "posterior", "normal")
+# what both merges write into kpis, and how they resolve a row that exists
+_KPIS = ("jsonb_build_object('P', {p}, 'sigma', sigma, 'P_target', %(target)s::double precision,"
+         " 'P_week', %(p_week)s::text, 'P_run_id', %(run_id)s::text, 'P_source', %(source)s::text)"
+         # a P without a data window (the Normal approximation) carries no P_window_end
+         " || CASE WHEN %(window_end)s::date IS NULL THEN '{{}}'::jsonb"
+         " ELSE jsonb_build_object('P_window_end', %(window_end)s::text) END")
+_MERGE_TAIL = """ORDER BY user_id  -- every writer locks rows in one order: no deadlocks
+            ON CONFLICT (user_id, week_start) DO UPDATE
+               SET kpis = w.kpis || EXCLUDED.kpis, updated_at = now()
+               -- never replace a P from a newer data window with one from an older window
+               -- (a backfill, or a daily refresh that computed before the weekly run
+               -- committed); a P without a window (Normal approximation) replaces none
+               WHERE (w.kpis ->> 'P_window_end') IS NULL
+                  OR (EXCLUDED.kpis ->> 'P_window_end')::date >= (w.kpis ->> 'P_window_end')::date"""
 RUN_STATUSES = ("passed", "failed_checks")
 STUDENT_COLUMNS = ("user_id", "n_obs", "mean_a", "mean_b", "var_a", "var_b", "cov_ab", "mu", "sigma", "P")
 
@@ -163,6 +177,7 @@ def merge_weekly_kpi(
     p_week: date,
     run_id: str | None,
     source: str,
+    window_end: date | None = None,
 ) -> int:
     """Merge ``P``, ``sigma`` and what they mean into each user's ``weekly_kpi`` row.
 
@@ -201,25 +216,22 @@ def merge_weekly_kpi(
             for row in checked:
                 copy.write_row(row)
         cur = conn.execute(
-            """
+            f"""
             INSERT INTO weekly_kpi AS w (user_id, week_start, kpis)
             SELECT user_id, %(week_start)s,
-                   jsonb_build_object(
-                       'P', p, 'sigma', sigma, 'P_target', %(target)s::double precision,
-                       'P_week', %(p_week)s::text, 'P_run_id', %(run_id)s::text,
-                       'P_source', %(source)s::text)
+                   {_KPIS.format(p='p')}
             FROM _kpi_p
-            ON CONFLICT (user_id, week_start) DO UPDATE
-               SET kpis = w.kpis || EXCLUDED.kpis, updated_at = now()
+            {_MERGE_TAIL}
             """,
             {"week_start": week_start, "target": float(target), "p_week": p_week.isoformat(),
-             "run_id": run_id, "source": source},
+             "run_id": run_id, "source": source,
+             "window_end": window_end.isoformat() if window_end else None},
         )
         return cur.rowcount
 
 
 def merge_run_into_weekly_kpi(conn: psycopg.Connection, run_id: str, *, week_start: date,
-                              target: float, p_week: date, source: str) -> int:
+                              target: float, p_week: date, source: str, window_end: date) -> int:
     """``merge_weekly_kpi`` of every student of a stored run, in one ``INSERT … SELECT``
     from ``growth_student_posterior`` (no rows travel through Python)."""
     check_monday("week_start", week_start)
@@ -228,19 +240,14 @@ def merge_run_into_weekly_kpi(conn: psycopg.Connection, run_id: str, *, week_sta
         raise ContractError("P_source", f"must be one of {P_SOURCES}", source)
     with conn.transaction():
         cur = conn.execute(
-            """
+            f"""
             INSERT INTO weekly_kpi AS w (user_id, week_start, kpis)
             SELECT user_id, %(week_start)s,
-                   jsonb_build_object(
-                       'P', "P", 'sigma', sigma, 'P_target', %(target)s::double precision,
-                       'P_week', %(p_week)s::text, 'P_run_id', %(run_id)s::text,
-                       'P_source', %(source)s::text)
+                   {_KPIS.format(p='"P"')}
             FROM growth_student_posterior WHERE run_id = %(run_id)s
-            ORDER BY user_id
-            ON CONFLICT (user_id, week_start) DO UPDATE
-               SET kpis = w.kpis || EXCLUDED.kpis, updated_at = now()
+            {_MERGE_TAIL}
             """,
             {"week_start": week_start, "target": float(target), "p_week": p_week.isoformat(),
-             "run_id": run_id, "source": source},
+             "run_id": run_id, "source": source, "window_end": window_end.isoformat()},
         )
         return cur.rowcount

@@ -18,8 +18,9 @@ from pydantic import Field
 from ..model.contract import ContractError, horizon_week
 from ..model.engine import Engine, FitSettings
 from ..model.engines import make_engine
-from ..settings import (CHAIN_METHODS, HORIZON_WEEKS, LOOKBACK_WEEKS, N_CHAINS, N_SAMPLES,
-                        R_BRMS_TIMEOUT_SECS, SCORE_SOURCES, SEED, IntLimit, NativeRuntime, Settings)
+from ..settings import (CHAIN_METHODS, HORIZON_WEEKS, LOOKBACK_WEEKS, MAX_N_SAMPLES, N_CHAINS, N_SAMPLES,
+                        R_BRMS_TIMEOUT_SECS, SCORE_RANGE, SCORE_SOURCES, SEED, IntLimit, NativeRuntime,
+                        Settings)
 
 
 def _int_field(limit: IntLimit, description: str) -> Any:
@@ -47,8 +48,12 @@ class GrowthSettings(dg.ConfigurableResource):
     n_samples: int = _int_field(N_SAMPLES, "iterations per chain, half warm-up")
     seed: int = _int_field(SEED, "the sampler's seed")
     horizon_weeks: int = _int_field(HORIZON_WEEKS, "P is for this many weeks after the window")
+    max_n_samples: int = _int_field(MAX_N_SAMPLES, "a fit whose R-hat/ESS falls short is refitted once with "
+                                                   "twice the iterations, up to this many")
     target: float = Field(0.0, description="METRICS_DEFAULT_TARGET: the goal P is computed for")
     update_kpi: bool = Field(True, description="BRMS_UPDATE_KPI: write P into weekly_kpi")
+    score_min: float = Field(SCORE_RANGE[0], description="BRMS_SCORE_RANGE: scores below are left out, counted")
+    score_max: float = Field(SCORE_RANGE[1], description="BRMS_SCORE_RANGE: scores above are left out, counted")
     min_share_3_weeks: float = Field(0.5, ge=0, le=1,
                                      description="WARN when fewer students than this share have 3+ weeks")
 
@@ -109,8 +114,9 @@ def resources_from_settings(settings: Settings) -> dict[str, Any]:
         "growth": GrowthSettings(
             lookback_weeks=settings.lookback_weeks, score_source=settings.score_source,
             family=settings.family, n_chains=settings.n_chains, n_samples=settings.n_samples,
-            seed=settings.seed, horizon_weeks=settings.horizon_weeks,
+            seed=settings.seed, horizon_weeks=settings.horizon_weeks, max_n_samples=settings.max_n_samples,
             target=settings.metrics_default_target, update_kpi=settings.update_kpi,
+            score_min=settings.score_range[0], score_max=settings.score_range[1],
         ),
         "engine": GrowthEngineResource(
             engine=settings.chosen_engine, r_brms_base_url=settings.r_brms_base_url,

@@ -3,12 +3,14 @@
 httpx with explicit connect and read timeouts. Retries, with backoff, only where a retry
 cannot start a second copy of a fit:
 
-- connection errors (the request never reached the service) and 502/503/504;
+- connection errors (the request never reached the service), 502/503/504, and 429 (the
+  service is busy with another fit; its ``Retry-After`` is honoured);
 - a read timeout or a dropped connection *after* the request was sent: the fit may still
   be running, so the retry carries the same ``Idempotency-Key`` and the service attaches it
   to the running fit (or replays its stored result) instead of starting another.
 
-Never on other 4xx/5xx answers: those are errors, raised with the service's JSON message
+All attempts of one fit share one deadline, ``R_BRMS_TIMEOUT_SECS``: a retry reads for at
+most the time left, so a fit never takes longer than that. Never on other 4xx/5xx answers: those are errors, raised with the service's JSON message
 (``error``, ``field``, ``detail``). A 200 answer is parsed into a ``FitResult`` (spec §8): a missing key, or an array where a
 number belongs, is a FitResultError naming the key; ``result.fit_panel`` then checks it
 against the request (the same students, target, horizon and counts).
@@ -32,6 +34,25 @@ from .result import FitResult
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = (502, 503, 504)
+MAX_RETRY_AFTER_SECS = 300.0
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (RFC 9110: delay-seconds or an HTTP date), bounded."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER_SECS)
+    from email.utils import parsedate_to_datetime
+
+    try:
+        at = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    from datetime import datetime, timezone
+
+    return min(max((at - datetime.now(timezone.utc)).total_seconds(), 0.0), MAX_RETRY_AFTER_SECS)
 
 
 class BrmsServiceError(RuntimeError):
@@ -54,6 +75,10 @@ class BrmsClient:
         if not base_url:
             raise ValueError("R_BRMS_BASE_URL: must be set")
         self.base_url = base_url.rstrip("/")
+        if not timeout_secs > 0:
+            raise ValueError(f"R_BRMS_TIMEOUT_SECS: must be > 0 (got {timeout_secs!r})")
+        self.timeout_secs = float(timeout_secs)
+        self.connect_timeout_secs = float(connect_timeout_secs)
         self.timeout = httpx.Timeout(timeout_secs, connect=connect_timeout_secs)
         self.token = token
         self.max_retries = max_retries
@@ -95,31 +120,43 @@ class BrmsClient:
         return (head[:-1] + ', "rows": [' + rows + "]}").encode()
 
     def fit(self, panel: Panel, settings: FitSettings) -> FitResult:
+        """One fit within one deadline (``timeout_secs``, R_BRMS_TIMEOUT_SECS) over all its
+        attempts: each attempt reads for at most the time left, each wait ends before it."""
         body = self.request_body(panel, settings)
         key = str(uuid.uuid4())  # one fit, one key: every retry of it carries the same key
         headers = {"Content-Type": "application/json", "Idempotency-Key": key}
+        deadline = time.monotonic() + self.timeout_secs
         attempt = 0
         with self._client() as client:
             while True:
                 attempt += 1
-                retry_after: str | None = None
+                left = deadline - time.monotonic()
+                retry_after: float | None = None
                 try:
-                    resp = client.post("/growth/fit", content=body, headers=headers)
+                    resp = client.post("/growth/fit", content=body, headers=headers,
+                                       timeout=httpx.Timeout(max(left, 0.001),
+                                                             connect=min(self.connect_timeout_secs, max(left, 0.001))))
                 except (httpx.ConnectError, httpx.ConnectTimeout) as e:
                     reason = f"could not connect to {self.base_url} ({type(e).__name__})"
                 except (httpx.ReadTimeout, httpx.RemoteProtocolError, httpx.ReadError,
-                        httpx.WriteError) as e:
+                        httpx.WriteError, httpx.WriteTimeout, httpx.PoolTimeout) as e:
                     reason = f"no answer from {self.base_url} ({type(e).__name__}); the fit may still run"
                 else:
-                    if resp.status_code not in RETRY_STATUSES:
+                    if resp.status_code not in RETRY_STATUSES + (429,):
                         return self._result(resp, settings)
                     reason = f"{self.base_url} answered {resp.status_code}"
-                    retry_after = resp.headers.get("Retry-After")
-                if attempt > self.max_retries:
-                    raise BrmsServiceError(f"brms service: {reason}; gave up after {attempt} attempts")
+                    retry_after = _retry_after(resp.headers.get("Retry-After"))
+                    if resp.status_code == 429 and retry_after is None:
+                        retry_after = self.backoff_secs
                 wait = self.backoff_secs * 2 ** (attempt - 1)
-                if retry_after and retry_after.isdigit():
-                    wait = max(wait, min(float(retry_after), 60.0))
+                if retry_after is not None:
+                    wait = max(wait, retry_after)
+                left = deadline - time.monotonic()
+                if attempt > self.max_retries or wait >= left:
+                    why = (f"gave up after {attempt} attempts" if attempt > self.max_retries
+                           else f"the fit's deadline of {self.timeout_secs:g}s (R_BRMS_TIMEOUT_SECS) "
+                                f"leaves no time for attempt {attempt + 1}")
+                    raise BrmsServiceError(f"brms service: {reason}; {why}")
                 log.warning("brms service: %s; retrying in %.1fs with the same Idempotency-Key", reason, wait)
                 time.sleep(wait)
 

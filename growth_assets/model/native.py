@@ -522,9 +522,9 @@ class NativeEngine:
         timings = dict(nf.timings)
         timings["students"] = time.perf_counter() - t2
         diagnostics = Diagnostics(
-            max_rhat=_nan_max([d.rhat for d in allstats]),
-            min_ess_bulk=_nan_min([d.ess_bulk for d in allstats]),
-            min_ess_tail=_nan_min([d.ess_tail for d in allstats]),
+            max_rhat=_worst([d.rhat for d in allstats], max),
+            min_ess_bulk=_worst([d.ess_bulk for d in allstats], min),
+            min_ess_tail=_worst([d.ess_tail for d in allstats], min),
             n_divergent=int(np.asarray(nf.extra["diverging"]).sum()),
             n_max_treedepth=int((depth >= MAX_TREE_DEPTH).sum()),
             elapsed_s=float(time.perf_counter() - t0),
@@ -560,11 +560,10 @@ class NativeEngine:
             })
 
 
-def _nan_max(xs: list[float]) -> float:
-    xs = [x for x in xs if math.isfinite(x)]
-    return float(max(xs)) if xs else math.nan
-
-
-def _nan_min(xs: list[float]) -> float:
-    xs = [x for x in xs if math.isfinite(x)]
-    return float(min(xs)) if xs else math.nan
+def _worst(xs: list[float], pick) -> float:
+    """max R-hat / min ESS over the sampled quantities. Every quantity reported here is
+    sampled (the six parameters and the centred intercept are functions of the draws of z),
+    so one that posterior's definitions leave undefined (NaN: constant or non-finite draws,
+    a stuck chain) makes the whole diagnostic NaN, and the checks fail it; it is never
+    dropped."""
+    return math.nan if any(not math.isfinite(x) for x in xs) else float(pick(xs))

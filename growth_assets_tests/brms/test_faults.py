@@ -37,7 +37,7 @@ def valid_body() -> dict:
 
 
 class Fake:
-    """Answers POST /growth/fit with a scripted sequence of (status, body bytes, delay)."""
+    """Answers POST /growth/fit with a scripted sequence of (status, body bytes, delay[, headers])."""
 
     def __init__(self, script):
         self.script = list(script)
@@ -48,10 +48,12 @@ class Fake:
             def do_POST(self):  # noqa: N802
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 outer.requests.append(dict(self.headers))
-                status, body, delay = outer.script.pop(0) if len(outer.script) > 1 else outer.script[0]
+                status, body, delay, *extra = outer.script.pop(0) if len(outer.script) > 1 else outer.script[0]
                 time.sleep(delay)
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
+                for k, v in (extra[0] if extra else {}).items():
+                    self.send_header(k, v)
                 self.send_header("Content-Length", str(len(body)) if status != 299 else "100000")
                 self.end_headers()
                 self.wfile.write(body)
@@ -125,7 +127,7 @@ def test_502_503_504_are_retried_with_the_same_key(fake):
     assert len(f.requests) == 4 and len(keys) == 1
 
 
-@pytest.mark.parametrize("status,error", [(400, "invalid_request"), (401, "unauthorized"), (429, "too_many_fits"),
+@pytest.mark.parametrize("status,error", [(400, "invalid_request"), (401, "unauthorized"),
                                           (500, "fit_failed"), (413, "payload_too_large")])
 def test_other_errors_are_raised_once_with_the_services_message(fake, status, error):
     f = fake((status, json.dumps({"error": error, "field": "rows", "detail": "why"}).encode(), 0))
@@ -136,11 +138,20 @@ def test_other_errors_are_raised_once_with_the_services_message(fake, status, er
     assert len(f.requests) == 1
 
 
-def test_a_read_timeout_is_retried_with_the_same_key_then_gives_up(fake):
-    f = fake(ok(valid_body(), delay=1.5))
-    with pytest.raises(BrmsServiceError, match="gave up after 3 attempts"):
-        BrmsClient(f.url, timeout_secs=0.5, max_retries=2, backoff_secs=0.01).fit(PANEL, SETTINGS)
+def test_a_lost_answer_is_retried_with_the_same_key(fake):
+    """The connection dropped mid-answer (the service restarted, a proxy cut it): the retry
+    carries the same Idempotency-Key, so the service attaches it to the fit (never a second)."""
+    f = fake((299, b'{"run_id"', 0), (299, b'{"run_id"', 0), ok(valid_body()))
+    res = fit_panel(BrmsClient(f.url, timeout_secs=30, max_retries=3, backoff_secs=0.01), PANEL, SETTINGS)
+    assert res.engine == "brms"
     assert len(f.requests) == 3 and len({r["Idempotency-Key"] for r in f.requests}) == 1
+
+
+def test_lost_answers_give_up_after_the_retries(fake):
+    f = fake((299, b'{"run_id"', 0))
+    with pytest.raises(BrmsServiceError, match="gave up after 3 attempts"):
+        BrmsClient(f.url, timeout_secs=30, max_retries=2, backoff_secs=0.01).fit(PANEL, SETTINGS)
+    assert len(f.requests) == 3
 
 
 def test_nothing_listening_is_a_clear_error():

@@ -50,7 +50,7 @@ def test_store_writes_the_chain_answer_with_its_meaning(conn):
     assert a.path == "run"
     assert kpis(conn, "s00000") == {"P": a.P, "sigma": a.sigma, "P_target": 0.5,
                                     "P_week": P_WEEK.isoformat(), "P_run_id": RUN,
-                                    "P_source": "posterior"}
+                                    "P_source": "posterior", "P_window_end": WEEK.isoformat()}
     b = store(conn, "s00001", WEEK, target=0.5)
     assert b.path == "population" and kpis(conn, "s00001")["P_source"] == "posterior"
     assert kpis(conn, "s00001")["P"] == b.P
@@ -82,7 +82,7 @@ def test_a_p_stored_for_that_target_and_week_is_reused(conn):
     assert b.path == "run" and b.P != 0.42
     assert kpis(conn, "s00000") == {"E_t": 7, "P": b.P, "sigma": b.sigma, "P_target": 0.3,
                                     "P_week": P_WEEK.isoformat(), "P_run_id": RUN,
-                                    "P_source": "posterior"}
+                                    "P_source": "posterior", "P_window_end": WEEK.isoformat()}
     # path 1 reads the row of that week only: a P in the next week is not reused here
     nxt = WEEK + timedelta(weeks=1)
     set_kpis(conn, "s00002", nxt, stored_p(0.11))
@@ -107,7 +107,7 @@ def test_two_writers_on_the_same_row_keep_each_others_keys(conn, db_url):
     # the weekly graph merges its P with other writers' keys present
     set_kpis(conn, "s00000", WEEK, {"I_t": 0.5, "R_t": 2})
     merge_weekly_kpi(conn, [("s00000", 0.77, 0.2)], week_start=WEEK, target=0.0, p_week=P_WEEK,
-                     run_id=RUN, source="native")
+                     run_id=RUN, source="native", window_end=WEEK)
     conn.commit()
     # a daily writer adds a key
     with psycopg.connect(db_url) as other:
@@ -120,7 +120,7 @@ def test_two_writers_on_the_same_row_keep_each_others_keys(conn, db_url):
         0.5, 2, 9, a.P, 0.25, "posterior")
     with psycopg.connect(db_url) as other:
         merge_weekly_kpi(other, [("s00000", 0.66, 0.1)], week_start=WEEK, target=0.0,
-                         p_week=P_WEEK, run_id=RUN, source="native")
+                         p_week=P_WEEK, run_id=RUN, source="native", window_end=WEEK)
         other.execute("UPDATE weekly_kpi SET kpis = kpis || '{\"S\": 1}' WHERE user_id = 's00000'")
     k = kpis(conn, "s00000")
     assert (k["I_t"], k["R_t"], k["A_t"], k["S"], k["P"], k["P_target"], k["P_source"]) == (
@@ -168,7 +168,8 @@ def test_batch_equals_the_single_user_form_for_every_user(conn, caplog):
     for target in (0.0, 0.35):
         counting = Counting(conn)
         out = batch(counting, users, target=target)
-        assert counting.n == 5  # runs, stored P, run posterior, data sums, latest theta
+        # the call's timeouts, runs, stored P, run posterior, data sums, latest theta
+        assert counting.n == 6
         assert list(out) == list(dict.fromkeys(users))
         for u in out:
             assert out[u] == explain(conn, u, target=target), u

@@ -34,6 +34,7 @@ class ReplayEngine(dg.ConfigurableResource):
     max_rhat: float = 1.0
     n_divergent: int = 0
     min_ess: float = 2000.0
+    later_min_ess: float | None = None  # the ESS of every fit after the first (a refit)
     fail: bool = False
 
     def get_engine(self):
@@ -41,16 +42,19 @@ class ReplayEngine(dg.ConfigurableResource):
 
         class _E:
             name = "native"
+            calls = 0
 
             def fit(self, panel, settings):
                 if outer.fail:
                     raise RuntimeError("sampler crashed")
                 from dataclasses import replace
 
+                self.calls += 1
+                ess = outer.min_ess if self.calls == 1 or outer.later_min_ess is None else outer.later_min_ess
                 r = make_result(panel.n_students, run_id=settings.run_id, h=settings.horizon_week,
                                 target=settings.target, ids=panel.student_ids, n_obs=panel.n_obs(),
                                 max_rhat=outer.max_rhat, n_divergent=outer.n_divergent,
-                                min_ess_bulk=outer.min_ess, min_ess_tail=outer.min_ess)
+                                min_ess_bulk=ess, min_ess_tail=ess)
                 return replace(r, n_chains=settings.n_chains, n_samples=settings.n_samples,
                                n_warmup=settings.n_warmup, seed=settings.seed,
                                lookback_weeks=settings.lookback_weeks)

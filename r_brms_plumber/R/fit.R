@@ -131,9 +131,9 @@ run_growth_fit <- function(model_path, data, params) {
     target = target,
     posterior_summary = posterior_summary,
     diagnostics = list(
-      max_rhat = num1(max(conv$rhat, na.rm = TRUE)),
-      min_ess_bulk = num1(min(conv$ess_bulk, na.rm = TRUE)),
-      min_ess_tail = num1(min(conv$ess_tail, na.rm = TRUE)),
+      max_rhat = num1(worst(conv$rhat, max)),
+      min_ess_bulk = num1(worst(conv$ess_bulk, min)),
+      min_ess_tail = num1(worst(conv$ess_tail, min)),
       n_divergent = as.integer(n_div),
       n_max_treedepth = as.integer(n_td),
       sample_s = sample_s,
@@ -145,5 +145,14 @@ run_growth_fit <- function(model_path, data, params) {
 }
 
 num1 <- function(x) as.numeric(unclass(x))[1]
+
+# max R-hat / min ESS over every sampled parameter: one that posterior leaves undefined (NA:
+# constant or non-finite draws, a stuck chain) makes the result NA (JSON null), which the
+# checks fail; it is never dropped (na.rm = TRUE hid it).
+worst <- function(x, pick) {
+  x <- as.numeric(x)
+  if (!length(x) || anyNA(x) || any(!is.finite(x))) return(NA_real_)
+  pick(x)
+}
 
 `%||%` <- function(a, b) if (is.null(a)) b else a

@@ -17,6 +17,7 @@ run's id), so every step may run in its own process or pod:
 
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -24,12 +25,12 @@ import dagster as dg
 import numpy as np
 import psycopg
 
-from ...db.writers import free_run_id, merge_run_into_weekly_kpi, write_fit, write_run_record
+from ...db.writers import free_run_id, jsonable, merge_run_into_weekly_kpi, write_fit, write_run_record
 from ...model.contract import POPULATION_PARAMS, SUMMARY_FIELDS, ContractError
 from ...model.result import FitResult, fit_panel
 from ..resources import GrowthEngineResource, GrowthSettings, PostgresResource
 from ..sources import panel_sources
-from .diagnostics import CHECK_NAMES, DiagnosticThresholds, evaluate, run_status
+from .diagnostics import CHECK_NAMES, DiagnosticThresholds, attempt_record, evaluate, falls_short, run_status
 from .metadata import num, p_histogram_md, rounded
 from .panel import PanelInfo, Window, build_panel, load_panel, panel_id_for, panel_info
 
@@ -106,7 +107,7 @@ def weekly_scores(context: dg.AssetExecutionContext, postgres: PostgresResource,
     t0 = time.monotonic()
     with postgres.connect() as conn, contract_failures():
         info = build_panel(conn, window, growth.score_source, partition_key=context.partition_key,
-                           dagster_run_id=context.run.run_id)
+                           dagster_run_id=context.run.run_id, score_range=(growth.score_min, growth.score_max))
         non_finite = conn.execute(
             "SELECT count(*) FROM growth_panel WHERE panel_id = %s"
             " AND score IN ('NaN', 'Infinity', '-Infinity')", (info.panel_id,)).fetchone()[0]
@@ -228,12 +229,27 @@ def brms_posterior(context: dg.AssetExecutionContext, postgres: PostgresResource
     t0 = time.monotonic()
     with contract_failures():
         result = fit_panel(fit_engine, panel, settings)
+        attempts = [attempt_record(result)]
+        # the convergence ladder: R-hat or ESS short of the WARN thresholds is refitted once
+        # with twice the iterations (up to BRMS_MAX_N_SAMPLES) before the checks decide
+        if falls_short(result.diagnostics, diagnostics_thresholds) and settings.n_samples < growth.max_n_samples:
+            longer = replace(settings, n_samples=min(2 * settings.n_samples, growth.max_n_samples))
+            context.log.warning("run %s: R-hat %.4g / min ESS %.4g fall short; refitting with %d iterations",
+                                settings.run_id, result.diagnostics.max_rhat,
+                                min(result.diagnostics.min_ess_bulk, result.diagnostics.min_ess_tail),
+                                longer.n_samples)
+            result = fit_panel(fit_engine, panel, longer)
+            attempts.append(attempt_record(result))
+        result = replace(result, diagnostics=replace(
+            result.diagnostics, details={**result.diagnostics.details, "attempts": attempts}))
     del panel
     with postgres.connect() as conn, contract_failures():
         n = write_fit(conn, result, partition_key=context.partition_key,
                       dagster_run_id=context.run.run_id, panel_id=info.panel_id)
     yield dg.MaterializeResult(metadata={
         **fit_metadata(result), "student_rows": dg.MetadataValue.int(n),
+        "attempts": dg.MetadataValue.int(len(attempts)),
+        "attempts_detail": dg.MetadataValue.json(jsonable(attempts)),
         "P_distribution": dg.MetadataValue.md(p_histogram_md(result.students.P)),
         "wall_seconds": num(time.monotonic() - t0, 2)})
     for o in evaluate(result.diagnostics, result.kept_draws, diagnostics_thresholds):
@@ -311,11 +327,12 @@ def weekly_kpi_P(context: dg.AssetExecutionContext, postgres: PostgresResource, 
     """
     with postgres.connect() as conn:
         row = _latest(conn, "growth_brms_meta", context.partition_key, context.run.run_id,
-                      "run_id, status, status_reasons, engine, horizon_week, target, week_start, window_start")
+                      "run_id, status, status_reasons, engine, horizon_week, target, week_start, window_start,"
+                      " window_end")
         if row is None:
             raise dg.Failure(f"no growth_brms_meta run for partition {context.partition_key}:"
                              " materialize growth_brms_meta first")
-        run_id, status, reasons, engine, h, target, week_start, window_start = row
+        run_id, status, reasons, engine, h, target, week_start, window_start, window_end = row
         if status != "passed":
             raise dg.Failure(
                 description=f"refusing to write P from run {run_id}: its diagnostics failed ({'; '.join(reasons)})",
@@ -330,7 +347,7 @@ def weekly_kpi_P(context: dg.AssetExecutionContext, postgres: PostgresResource, 
             return
         p_week = window_start + timedelta(weeks=int(h))
         n = merge_run_into_weekly_kpi(conn, run_id, week_start=week_start, target=target, p_week=p_week,
-                                      source=engine)
+                                      source=engine, window_end=window_end)
         fitted, p_min, p_max, share = conn.execute(
             'SELECT count(*), min("P"), max("P"), avg(("P" >= 0.5)::int) FROM growth_student_posterior'
             " WHERE run_id = %s", (run_id,)).fetchone()

@@ -83,3 +83,18 @@ def run_status(outcomes: list[Outcome]) -> tuple[str, list[str]]:
     """``failed_checks`` when any ERROR outcome failed (WARNs do not stop a fit)."""
     errors = [o.description for o in outcomes if not o.passed and o.severity == "ERROR"]
     return ("failed_checks" if errors else "passed"), errors
+
+
+def falls_short(d: Diagnostics, t: DiagnosticThresholds) -> bool:
+    """R-hat or ESS short of the WARN thresholds (or undefined): what more iterations can
+    mend. Divergences are not: a longer run of the same sampler diverges as often."""
+    ess = min(float(d.min_ess_bulk), float(d.min_ess_tail))
+    rhat = float(d.max_rhat)
+    return not (math.isfinite(rhat) and math.isfinite(ess)) or rhat > t.rhat_warn or ess < t.ess_warn
+
+
+def attempt_record(result) -> dict[str, Any]:
+    d = result.diagnostics
+    return {"n_samples": result.n_samples, "seed": result.seed, "max_rhat": d.max_rhat,
+            "min_ess_bulk": d.min_ess_bulk, "min_ess_tail": d.min_ess_tail,
+            "n_divergent": d.n_divergent, "elapsed_s": d.elapsed_s}

@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 from ...model.contract import ContractError
 from ...model.panel import Panel
 from ...model.window import Window, monday_of  # noqa: F401  (re-exported)
-from ...settings import SCORE_SOURCES
+from ...settings import SCORE_RANGE, SCORE_SOURCES
 
 SOURCES = ("mirt_ability", "student_topic_theta", "features_topic_daily", "weekly_kpi")
 
@@ -58,7 +58,8 @@ def _sql(name: str) -> str:
 
 def panel_query(score_source: str) -> str:
     """The one query of spec §1/§5's student-week scores, for the panel and for the
-    real-time path. Parameters: window_start, window_end (dates), now, users (NULL: all)."""
+    real-time path. Parameters: window_start, window_end (dates), now, users (NULL: all),
+    score_lo, score_hi (BRMS_SCORE_RANGE; the accuracy query has no use for them)."""
     if score_source not in SCORE_SOURCES:
         raise ContractError("BRMS_SCORE_SOURCE", f"must be one of {SCORE_SOURCES}", score_source)
     return _sql("panel_theta.sql" if score_source == "theta" else "panel_accuracy.sql")
@@ -76,6 +77,7 @@ def build_panel(
     *,
     partition_key: str | None = None,
     dagster_run_id: str | None = None,
+    score_range: tuple[float, float] = SCORE_RANGE,
 ) -> PanelInfo:
     """Aggregate the sources into the panel of ``window`` and store it; one transaction."""
     if score_source not in SCORE_SOURCES:
@@ -86,6 +88,8 @@ def build_panel(
         "window_end": window.end,
         "now": now,
         "users": None,  # everyone
+        "score_lo": float(score_range[0]),
+        "score_hi": float(score_range[1]),
     }
     panel_id = panel_id_for(window, score_source)
     query = panel_query(score_source)

@@ -1,6 +1,6 @@
 # Compare a /growth/fit response for sleepstudy against the brms reference.
 #   Rscript tests/manual/compare_reference.R response.json [reference.json]
-# reference.json defaults to $GROWTH_REFERENCE_DIR/sleepstudy.brms.json (the project's
+# reference.json defaults to $GROWTH_REFERENCE_DIR/sleepstudy.brms.json, else ../reference/ (the
 # reference/ folder of the repository).
 # Pass criterion (reference README): population means within 0.15 posterior
 # sd of the reference, posterior sds within 10 %.

@@ -3,14 +3,15 @@
 -- one: mirt_ability, then student_topic_theta (mean over topics), then
 -- features_topic_daily.theta_estimate (mean over topics and days), then
 -- weekly_kpi.kpis->>'ability_estimate'. week = whole weeks since the window's first Monday
--- (calendar-based, UTC). Non-finite values, NULL/empty ids and rows dated after %(now)s are
+-- (calendar-based, UTC). Non-finite values, values outside [%(score_lo)s, %(score_hi)s]
+-- (BRMS_SCORE_RANGE: one absurd value must not overflow avg() and stop everyone's run),
+-- NULL/empty ids and rows dated after %(now)s are
 -- left out (counted by panel_exclusions.sql).
 WITH bounds AS (
     SELECT %(window_start)s::date AS ws, %(window_end)s::date AS we,
            (%(window_start)s::date)::timestamp AT TIME ZONE 'UTC' AS ts0,
            (%(window_end)s::date)::timestamp AT TIME ZONE 'UTC' AS ts1,
-           %(now)s::timestamptz AS now_ts,
-           %(users)s::text[] AS users
+           %(now)s::timestamptz AS now_ts
 ),
 ma AS (
     SELECT m.user_id AS student_id,
@@ -19,8 +20,9 @@ ma AS (
     FROM mirt_ability m, bounds b
     WHERE m.fitted_at >= b.ts0 AND m.fitted_at < b.ts1 AND m.fitted_at <= b.now_ts
       AND m.user_id IS NOT NULL AND m.user_id <> ''
-      AND (b.users IS NULL OR m.user_id = ANY (b.users))
+      AND (%(users)s::text[] IS NULL OR m.user_id = ANY (%(users)s::text[]))
       AND m.theta IS NOT NULL AND m.theta NOT IN ('NaN', 'Infinity', '-Infinity')
+      AND m.theta BETWEEN %(score_lo)s::float8 AND %(score_hi)s::float8
     GROUP BY 1, 2
 ),
 sti_topic AS (
@@ -30,8 +32,9 @@ sti_topic AS (
     FROM student_topic_theta t, bounds b
     WHERE t.fitted_at >= b.ts0 AND t.fitted_at < b.ts1 AND t.fitted_at <= b.now_ts
       AND t.user_id IS NOT NULL AND t.user_id <> ''
-      AND (b.users IS NULL OR t.user_id = ANY (b.users))
+      AND (%(users)s::text[] IS NULL OR t.user_id = ANY (%(users)s::text[]))
       AND t.theta IS NOT NULL AND t.theta NOT IN ('NaN', 'Infinity', '-Infinity')
+      AND t.theta BETWEEN %(score_lo)s::float8 AND %(score_hi)s::float8
     GROUP BY 1, 2, 3
 ),
 sti AS (
@@ -44,9 +47,10 @@ ftd AS (
     FROM features_topic_daily f, bounds b
     WHERE f.date >= b.ws AND f.date < b.we AND f.date <= (b.now_ts AT TIME ZONE 'UTC')::date
       AND f.user_id IS NOT NULL AND f.user_id <> ''
-      AND (b.users IS NULL OR f.user_id = ANY (b.users))
+      AND (%(users)s::text[] IS NULL OR f.user_id = ANY (%(users)s::text[]))
       AND f.theta_estimate IS NOT NULL
       AND f.theta_estimate NOT IN ('NaN'::numeric, 'Infinity'::numeric, '-Infinity'::numeric)
+      AND f.theta_estimate BETWEEN %(score_lo)s::numeric AND %(score_hi)s::numeric
     GROUP BY 1, 2
 ),
 wk AS (
@@ -56,8 +60,11 @@ wk AS (
     WHERE k.week_start >= b.ws AND k.week_start < b.we
       AND k.week_start <= (b.now_ts AT TIME ZONE 'UTC')::date
       AND k.user_id IS NOT NULL AND k.user_id <> ''
-      AND (b.users IS NULL OR k.user_id = ANY (b.users))
+      AND (%(users)s::text[] IS NULL OR k.user_id = ANY (%(users)s::text[]))
       AND jsonb_typeof(k.kpis -> 'ability_estimate') = 'number'
+      -- numeric first (a jsonb number can exceed float8's range), as a CASE (AND has no order)
+      AND CASE WHEN jsonb_typeof(k.kpis -> 'ability_estimate') = 'number'
+               THEN (k.kpis -> 'ability_estimate')::numeric END BETWEEN %(score_lo)s::numeric AND %(score_hi)s::numeric
     GROUP BY 1, 2
 ),
 candidates AS (

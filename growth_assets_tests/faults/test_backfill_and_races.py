@@ -1,0 +1,116 @@
+"""A backfill, a race and a deadlock: none may put an older window's P in front of a newer
+one (issue: nothing silently wrong, items 1 and 2)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import date, datetime, timedelta, timezone
+
+import psycopg
+import pytest
+
+from growth_assets.db.writers import merge_weekly_kpi
+from growth_assets.metrics import explain_goal_attainment_probability as explain
+from growth_assets.metrics import refresh_active_users
+from growth_assets_tests.metrics.helpers import add_theta, kpis, store_fit
+from growth_assets_tests.support.results import make_result
+
+NEW_WEEK = date(2026, 11, 23)  # partition 2026-11-16: window 2026-08-31 .. 2026-11-22
+OLD_WEEK = date(2026, 11, 16)  # partition 2026-11-09: window 2026-08-24 .. 2026-11-15
+
+
+@pytest.fixture(autouse=True)
+def bayesian(monkeypatch):
+    monkeypatch.setenv("METRICS_USE_BAYESIAN", "true")
+
+
+def store(conn, run_id, week, fitted_at, shift=0.0):
+    r = make_result(3, run_id=run_id)
+    from dataclasses import replace
+
+    r = replace(r, students=replace(r.students, mean_a=r.students.mean_a + shift,
+                                    mu=r.students.mu + shift))
+    from growth_assets.model.contract import line_prediction
+
+    s = r.students
+    mu, sd, p = line_prediction(s.mean_a, s.mean_b, s.var_a, s.var_b, s.cov_ab, r.horizon_week, r.target)
+    r = replace(r, students=replace(s, mu=mu, sigma=sd, P=p))
+    store_fit(conn, r, window_start=week - timedelta(weeks=12), week_start=week)
+    conn.execute("UPDATE growth_brms_meta SET fitted_at = %s WHERE run_id = %s", (fitted_at, run_id))
+    conn.commit()
+    return r
+
+
+def test_a_backfill_of_an_old_week_never_takes_over_the_answers(conn):
+    """Materializing partition 2026-11-09 after 2026-11-16 stored the older window last: the
+    latest fitted_at. Today's main then answered every student from the older run."""
+    new = store(conn, "native-20261123-043000", NEW_WEEK, datetime(2026, 11, 23, 4, 30, tzinfo=timezone.utc))
+    store(conn, "native-20261201-090000", OLD_WEEK, datetime(2026, 12, 1, 9, tzinfo=timezone.utc), shift=1.0)
+    a = explain(conn, "s00001", target=0.0)
+    assert a.run_id == new.run_id and a.path == "run"
+    assert a.P == pytest.approx(float(new.students.P[1]), abs=1e-9)
+    # and the daily refresh writes the newer window's P into this week's rows
+    add_theta(conn, "s00001", 0.1, 0.3, datetime(2026, 11, 24, tzinfo=timezone.utc))
+    refresh_active_users(conn, NEW_WEEK, target=0.0)
+    k = kpis(conn, "s00001", NEW_WEEK)
+    assert k["P_run_id"] == new.run_id and k["P_window_end"] == "2026-11-23"
+
+
+def merge(conn, p, window_end, run_id, source="posterior", week=NEW_WEEK):
+    return merge_weekly_kpi(conn, [("u1", p, 0.1)], week_start=week, target=0.0, p_week=date(2026, 12, 14),
+                            run_id=run_id, source=source, window_end=window_end)
+
+
+def test_a_merge_never_replaces_a_p_from_a_newer_window(conn):
+    """The race: the daily refresh computed its answers from last week's run, the weekly run
+    committed this week's P, then the refresh wrote. Today's main let it overwrite."""
+    assert merge(conn, 0.7, date(2026, 11, 23), "native-new") == 1  # the weekly run
+    assert merge(conn, 0.2, date(2026, 11, 16), "native-old") == 0  # the late refresh: refused
+    assert kpis(conn, "u1")["P"] == 0.7 and kpis(conn, "u1")["P_run_id"] == "native-new"
+    assert merge(conn, 0.3, None, None, source="normal") == 0  # no window: replaces no run's P
+    assert merge(conn, 0.8, date(2026, 11, 23), "native-new2") == 1  # the same window: a re-run
+    assert kpis(conn, "u1")["P"] == 0.8
+    # a row without a window (a legacy or Normal P) is replaced by a run's P
+    conn.execute("UPDATE weekly_kpi SET kpis = kpis - 'P_window_end'")
+    conn.commit()
+    assert merge(conn, 0.5, date(2026, 11, 16), "native-old") == 1
+
+
+def test_writers_lock_rows_in_one_order_so_two_merges_do_not_deadlock(db_url):
+    """Transaction A holds u1 and then wants u2; B merges [u2, u1]. B locking u2 first (the
+    order its rows came in) deadlocked with A; sorted, B waits for u1 and both commit."""
+    week = NEW_WEEK
+    errors: list[BaseException] = []
+    with psycopg.connect(db_url) as setup:
+        for u in ("u1", "u2"):
+            setup.execute("INSERT INTO weekly_kpi (user_id, week_start) VALUES (%s, %s)", (u, week))
+    # autocommit: each `transaction()` block below is a real transaction, committed at its end
+    a, b = psycopg.connect(db_url, autocommit=True), psycopg.connect(db_url, autocommit=True)
+    try:
+        a.execute("SET deadlock_timeout = '100ms'")
+        b.execute("SET deadlock_timeout = '100ms'")
+        with a.transaction():
+            merge_weekly_kpi(a, [("u1", 0.1, 0.1)], week_start=week, target=0.0, p_week=date(2026, 12, 14),
+                             run_id="r-a", source="posterior", window_end=week)
+
+            def run_b():
+                try:
+                    merge_weekly_kpi(b, [("u2", 0.2, 0.1), ("u1", 0.2, 0.1)], week_start=week, target=0.0,
+                                     p_week=date(2026, 12, 14), run_id="r-b", source="posterior",
+                                     window_end=week)
+                except BaseException as e:  # noqa: BLE001 - reported below
+                    errors.append(e)
+
+            t = threading.Thread(target=run_b)
+            t.start()
+            time.sleep(0.5)  # B is waiting for u1 now (or, unsorted, holds u2)
+            merge_weekly_kpi(a, [("u2", 0.1, 0.1)], week_start=week, target=0.0, p_week=date(2026, 12, 14),
+                             run_id="r-a", source="posterior", window_end=week)
+        t.join(10)
+    finally:
+        a.close()
+        b.close()
+    assert not errors, errors
+    with psycopg.connect(db_url) as c:
+        assert {r[0] for r in c.execute("SELECT kpis->>'P_run_id' FROM weekly_kpi").fetchall()} == {"r-b"}

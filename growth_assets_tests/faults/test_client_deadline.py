@@ -1,0 +1,42 @@
+"""The brms client: one deadline per fit over all retries; a 429 waits for its Retry-After
+(issue: nothing silently wrong, item 9). A fake server injects the faults."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from growth_assets.model.brms_client import BrmsClient, BrmsServiceError
+from growth_assets.model.result import fit_panel
+from growth_assets_tests.brms.test_faults import PANEL, SETTINGS, fake, ok, valid_body  # noqa: F401
+
+
+def test_read_timeouts_with_retries_stay_within_the_one_deadline(fake):
+    """Today's main: a 600 s read timeout with 3 retries waited up to 40 minutes."""
+    f = fake(ok(valid_body(), delay=5.0))
+    c = BrmsClient(f.url, timeout_secs=2.0, max_retries=5, backoff_secs=0.05)
+    t0 = time.monotonic()
+    with pytest.raises(BrmsServiceError, match="deadline of 2s"):
+        c.fit(PANEL, SETTINGS)
+    assert time.monotonic() - t0 < 3.0
+
+
+def test_a_429_is_retried_after_its_retry_after(fake):
+    """Today's main raised on the first 429."""
+    f = fake((429, json.dumps({"error": "too_many_fits"}).encode(), 0, {"Retry-After": "1"}), ok(valid_body()))
+    c = BrmsClient(f.url, timeout_secs=30, max_retries=3, backoff_secs=0.01)
+    t0 = time.monotonic()
+    res = fit_panel(c, PANEL, SETTINGS)
+    assert res.engine == "brms" and len(f.requests) == 2
+    assert time.monotonic() - t0 >= 1.0
+    assert len({r["Idempotency-Key"] for r in f.requests}) == 1
+
+
+def test_a_retry_after_beyond_the_deadline_gives_up_at_once(fake):
+    f = fake((429, b'{"error": "too_many_fits"}', 0, {"Retry-After": "120"}))
+    t0 = time.monotonic()
+    with pytest.raises(BrmsServiceError, match="leaves no time"):
+        BrmsClient(f.url, timeout_secs=10, max_retries=3, backoff_secs=0.01).fit(PANEL, SETTINGS)
+    assert time.monotonic() - t0 < 2 and len(f.requests) == 1

@@ -1,0 +1,31 @@
+"""A diagnostic that posterior's definitions leave undefined (NaN: a stuck chain, constant
+draws of a sampled parameter) fails the checks; it is never dropped before they see it
+(issue: nothing silently wrong, item 5; the R side: tests/testthat/test-diagnostics.R)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from growth_assets.defs.growth.diagnostics import RHAT_CHECK, DiagnosticThresholds, evaluate, run_status
+from growth_assets.model.engine import FitSettings
+from growth_assets.model.native import NativeEngine
+from growth_assets.model.panel import Panel
+from growth_assets_tests.model.test_native import synthetic
+
+
+def test_constant_draws_of_a_sampled_parameter_fail_the_rhat_check():
+    settings = FitSettings(n_chains=2, n_samples=400, seed=3, horizon_week=10, target=60.0, lookback_weeks=8)
+    engine = NativeEngine()
+    nf = engine.sample(Panel.from_frame(synthetic(30, seed=4)), settings)
+    healthy = engine.result(nf, settings)
+    assert math.isfinite(healthy.diagnostics.max_rhat)
+    nf.draws["sigma"] = np.full_like(nf.draws["sigma"], float(nf.draws["sigma"].mean()))  # a stuck sigma
+    stuck = engine.result(nf, settings)
+    # today's main dropped the NaN (_nan_max) and reported the other parameters' max R-hat
+    assert math.isnan(stuck.summary["sigma"].rhat)
+    assert math.isnan(stuck.diagnostics.max_rhat) and math.isnan(stuck.diagnostics.min_ess_bulk)
+    outcomes = {o.check_name: o for o in evaluate(stuck.diagnostics, stuck.kept_draws, DiagnosticThresholds())}
+    assert not outcomes[RHAT_CHECK].passed and outcomes[RHAT_CHECK].severity == "ERROR"
+    assert run_status(list(outcomes.values()))[0] == "failed_checks"
