@@ -42,7 +42,15 @@ def posterior_blocks(xp, tau0, tau1, rho, sigma, n, sw, sww):
 
 
 def conditional_terms(beta0, beta1, tau0, tau1, rho, sigma, n, sw, sww):
-    """(c0, c1, K00, K01, K11, M00, M01, M11): mean = c + K g, cov = M (numpy)."""
+    """(c0, c1, K00, K01, K10, K11, M00, M01, M11): mean = c + K g, cov = M (numpy).
+
+    A student with one row (n = 1, week w, z = (1, w)) has g = y z, so only K z matters,
+    and K = M / sigma^2 itself grows like 1 / sigma^2 as sigma -> 0 (the intercept sd and
+    sigma are not separately identified when most students have one row, and sigma's draws
+    reach 1e-4): its huge entries then cancel in c + K g, and across draws in the mixture
+    moments. For n = 1 the terms come from Sherman-Morrison instead, all bounded:
+    K z = Sigma z / q, c = beta - (K z) z'beta, M = Sigma - (Sigma z)(Sigma z)' / q with
+    q = sigma^2 + z'Sigma z; K is returned as [K z, 0] (K g = (K z) g0 for such a g)."""
     M00, M01, M11, _ = posterior_blocks(np, tau0, tau1, rho, sigma, n, sw, sww)
     s2 = sigma * sigma
     K00, K01, K11 = M00 / s2, M01 / s2, M11 / s2
@@ -50,12 +58,28 @@ def conditional_terms(beta0, beta1, tau0, tau1, rho, sigma, n, sw, sww):
     Ab1 = sw * beta0 + sww * beta1
     c0 = beta0 - (K00 * Ab0 + K01 * Ab1)
     c1 = beta1 - (K01 * Ab0 + K11 * Ab1)
-    return c0, c1, K00, K01, K11, M00, M01, M11
+    K10 = K01
+    one = np.asarray(n) == 1
+    if np.any(one):
+        w = sw  # the one row's week
+        S00, S11, S01 = tau0 * tau0, tau1 * tau1, rho * tau0 * tau1
+        Sz0, Sz1 = S00 + w * S01, S01 + w * S11
+        q = s2 + Sz0 + w * Sz1
+        b0, b1 = Sz0 / q, Sz1 / q
+        zb = beta0 + w * beta1
+        zero = np.zeros_like(b0)
+        c0, c1 = np.where(one, beta0 - b0 * zb, c0), np.where(one, beta1 - b1 * zb, c1)
+        K00, K10 = np.where(one, b0, K00), np.where(one, b1, K10)
+        K01, K11 = np.where(one, zero, K01), np.where(one, zero, K11)
+        M00 = np.where(one, np.maximum(S00 - Sz0 * Sz0 / q, 0.0), M00)
+        M11 = np.where(one, np.maximum(S11 - Sz1 * Sz1 / q, 0.0), M11)
+        M01 = np.where(one, S01 - Sz0 * Sz1 / q, M01)
+    return c0, c1, K00, K01, K10, K11, M00, M01, M11
 
 
 def conditional_line(beta0, beta1, tau0, tau1, rho, sigma, n, sw, sww, sy, swy):
     """(mean_a, mean_b, var_a, var_b, cov_ab) of the line given the hyperparameters and
     the student's five sums (n, sum w, sum w^2, sum y, sum w y)."""
-    c0, c1, K00, K01, K11, M00, M01, M11 = conditional_terms(
+    c0, c1, K00, K01, K10, K11, M00, M01, M11 = conditional_terms(
         beta0, beta1, tau0, tau1, rho, sigma, n, sw, sww)
-    return c0 + K00 * sy + K01 * swy, c1 + K01 * sy + K11 * swy, M00, M11, M01
+    return c0 + K00 * sy + K01 * swy, c1 + K10 * sy + K11 * swy, M00, M11, M01

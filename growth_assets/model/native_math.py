@@ -212,14 +212,14 @@ def group_draw_terms(draws: dict[str, np.ndarray], n, sw, sww, h: float, t: floa
 
     ``draws`` in standardised units: beta0, beta1, tau0, tau1, rho, sigma, each (D,).
     """
-    c0, c1, K00, K01, K11, M00, M01, M11 = conditional_terms(
+    c0, c1, K00, K01, K10, K11, M00, M01, M11 = conditional_terms(
         *(draws[k][None, :] for k in ("beta0", "beta1", "tau0", "tau1", "rho", "sigma")),
         n[:, None], sw[:, None], sww[:, None])
-    v = np.stack(np.broadcast_arrays(c0, c1, K00, K01, K01, K11), axis=-1)
+    v = np.stack(np.broadcast_arrays(c0, c1, K00, K01, K10, K11), axis=-1)
     C = np.stack(np.broadcast_arrays(M00, M01, M11), axis=-1)
-    sh = np.sqrt(M00 + 2.0 * h * M01 + h * h * M11)
+    sh = np.sqrt(np.maximum(M00 + 2.0 * h * M01 + h * h * M11, 1e-300))
     w = np.stack(
-        np.broadcast_arrays((c0 + h * c1 - t) / sh, (K00 + h * K01) / sh, (K01 + h * K11) / sh),
+        np.broadcast_arrays((c0 + h * c1 - t) / sh, (K00 + h * K10) / sh, (K01 + h * K11) / sh),
         axis=-1,
     )
     return v, C, w

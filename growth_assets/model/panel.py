@@ -91,11 +91,12 @@ class Panel:
                                  float(y[rows[0]]))
         if code.size:
             key = code * (int(w.max()) + 1) + w
-            order = np.argsort(key, kind="stable")
-            dup = np.flatnonzero(key[order][1:] == key[order][:-1])
-            if dup.size:
-                r = int(order[dup[0] + 1])
-                raise PanelError("student_id,week", "duplicate student-week row", (ids[code[r]], int(w[r])))
+            if not bool(np.all(key[1:] > key[:-1])):  # rows in (student, week) order need no sort
+                order = np.argsort(key, kind="stable")
+                dup = np.flatnonzero(key[order][1:] == key[order][:-1])
+                if dup.size:
+                    r = int(order[dup[0] + 1])
+                    raise PanelError("student_id,week", "duplicate student-week row", (ids[code[r]], int(w[r])))
         if code.size < 3:
             raise PanelError("rows", "at least 3 rows are needed", int(code.size))
         present = np.unique(code)

@@ -239,25 +239,30 @@ class FitResult:
                 raise FitResultError(f"diagnostics.{f}", "must be >= 0", getattr(d, f))
         if settings is not None:  # first: an answer to another question is that, above all
             self._validate_settings(settings)
-        self._validate_students()
+        # the panel's own id array, in its order (the native engine's answer): the same
+        # students, unique and sorted, without sorting a million strings to find out
+        same = (panel is not None and len(self.students) == panel.n_students
+                and np.array_equal(self.students.student_id, panel.student_ids))
+        self._validate_students(unique_known=same)
         if self.population_draws is not None:
             missing = [p for p in POPULATION_PARAMS if p not in self.population_draws]
             if missing:
                 raise FitResultError("population_draws", f"lacks {missing}")
         if panel is not None:
-            self._validate_panel(panel)
+            self._validate_panel(panel, same)
         return self
 
-    def _validate_students(self) -> None:
+    def _validate_students(self, unique_known: bool = False) -> None:
         s = self.students
         n = len(s)
         for f in ("n_obs",) + LINE_FIELDS:
             if getattr(s, f).shape != (n,):
                 raise FitResultError(f"predictions.{f}", "one value per student is required",
                                      getattr(s, f).shape)
-        uniq, counts = np.unique(s.student_id.astype(str), return_counts=True)
-        if (counts > 1).any():
-            raise FitResultError("predictions.student_id", "duplicate student", uniq[counts > 1][0])
+        if not unique_known:
+            uniq, counts = np.unique(s.student_id.astype(str), return_counts=True)
+            if (counts > 1).any():
+                raise FitResultError("predictions.student_id", "duplicate student", uniq[counts > 1][0])
         for f in LINE_FIELDS:
             bad = ~np.isfinite(getattr(s, f))
             if bad.any():
@@ -293,11 +298,14 @@ class FitResult:
             raise FitResultError("target", f"the engine answered {self.target}, the request asked for {st.target}",
                                  self.target)
 
-    def _validate_panel(self, panel: Panel) -> None:
-        got = self.students.student_id.astype(str)
-        want = panel.student_ids.astype(str)
-        missing = np.setdiff1d(want, got)
-        extra = np.setdiff1d(got, want)
+    def _validate_panel(self, panel: Panel, same: bool = False) -> None:
+        if same:
+            got = want = None
+        else:
+            got = self.students.student_id.astype(str)
+            want = panel.student_ids.astype(str)
+        missing = np.array([]) if same else np.setdiff1d(want, got)
+        extra = np.array([]) if same else np.setdiff1d(got, want)
         if missing.size or extra.size:
             raise FitResultError(
                 "predictions.student_id",
@@ -305,13 +313,13 @@ class FitResult:
                 f"{extra.size} not in the panel (e.g. {extra[:3].tolist()})")
         if self.n_obs != panel.n_rows:
             raise FitResultError("n_obs", f"the panel has {panel.n_rows} rows", self.n_obs)
-        order = np.argsort(got, kind="stable")
-        n_obs = self.students.n_obs[order]
-        bad = n_obs != panel.n_obs()
+        n_obs = self.students.n_obs if same else self.students.n_obs[np.argsort(got, kind="stable")]
+        want_n = panel.n_obs()
+        bad = n_obs != want_n
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise FitResultError("predictions.n_obs", f"student {want[i]} has {panel.n_obs()[i]} rows in the panel",
-                                 int(n_obs[i]))
+            raise FitResultError("predictions.n_obs",
+                                 f"student {panel.student_ids[i]} has {want_n[i]} rows in the panel", int(n_obs[i]))
 
     def sorted_by_student(self) -> "FitResult":
         order = np.argsort(self.students.student_id.astype(str), kind="stable")
@@ -319,14 +327,18 @@ class FitResult:
 
 
 def fit_panel(engine: Engine, panel: Panel, settings: FitSettings) -> FitResult:
-    """Fit and accept a result: the one place a result is checked against its request."""
+    """Fit and accept a result: the one place a result is checked against its request.
+    Returned with the students in the panel's (sorted) order."""
     result = engine.fit(panel, settings)
     if not isinstance(result, FitResult):
         raise FitResultError("<result>", f"engine {engine.name} returned {type(result).__name__}, not FitResult")
     if result.engine != engine.name:
         raise FitResultError("engine", f"the {engine.name} engine must answer engine {engine.name!r}",
                              result.engine)
-    return result.validate(panel, settings).sorted_by_student()
+    result = result.validate(panel, settings)
+    if np.array_equal(result.students.student_id, panel.student_ids):
+        return result
+    return result.sorted_by_student()
 
 
 def _first_bad(s: StudentLines, bad: np.ndarray, name: str, detail: str) -> None:
