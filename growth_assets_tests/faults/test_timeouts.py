@@ -24,8 +24,8 @@ def test_a_silent_listener_as_the_database_fails_within_the_connect_timeout(monk
     t0 = time.monotonic()
     try:
         with pytest.raises(psycopg.OperationalError, match="timeout"):
-            with get_session(f"postgresql://nobody@127.0.0.1:{port}/none"):
-                pass
+            with get_session(f"postgresql://nobody@127.0.0.1:{port}/none") as s:
+                s.execute("SELECT 1")  # never reached: connecting fails
     finally:
         srv.close()
     assert time.monotonic() - t0 < 10  # libpq may try twice (IPv4 and SSL off): 2 x 2 s
