@@ -9,7 +9,6 @@ import sys
 from datetime import date, datetime, timezone
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from growth_assets.defs.growth.panel import Window, build_panel

@@ -5,7 +5,6 @@ idle in a transaction (issue: nothing silently wrong, item 8)."""
 from __future__ import annotations
 
 import socket
-import threading
 import time
 
 import psycopg
