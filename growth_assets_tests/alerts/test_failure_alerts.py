@@ -3,15 +3,13 @@
 import json
 
 import dagster as dg
-import psycopg
 import pytest
 
 from growth_assets.defs import build_definitions
 from growth_assets.defs.alerts import AlertWebhook, failure_alerts
 from growth_assets.defs.growth import weekly_assets
-from growth_assets.demo.cohort import seed_cohort
 from growth_assets.settings import Settings
-from growth_assets_tests.support.graph import AS_OF, PARTITION, ReplayEngine, resources
+from growth_assets_tests.support.graph import PARTITION, ReplayEngine, resources, seed_db
 from growth_assets_tests.support.receiver import Receiver
 
 
@@ -29,9 +27,7 @@ def bad_run(instance, db_url):
 
 @pytest.fixture
 def seeded(db_url):
-    with psycopg.connect(db_url) as conn:
-        seed_cohort(conn, 30, 12, seed=3, as_of=AS_OF)
-    return db_url
+    return seed_db(db_url, 30, seed=3)
 
 
 def test_failed_checks_and_runs_are_posted_once_and_retried_when_the_post_fails(seeded):

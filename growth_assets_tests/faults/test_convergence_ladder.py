@@ -10,15 +10,12 @@ import pytest
 
 from growth_assets.defs.growth import weekly_assets
 from growth_assets.defs.growth.diagnostics import ESS_CHECK
-from growth_assets.demo.cohort import seed_cohort
-from growth_assets_tests.support.graph import AS_OF, PARTITION, ReplayEngine, resources
+from growth_assets_tests.support.graph import PARTITION, ReplayEngine, resources, seed_db
 
 
 @pytest.fixture
 def seeded(db_url):
-    with psycopg.connect(db_url) as conn:
-        seed_cohort(conn, 30, 12, seed=5, as_of=AS_OF)
-    return db_url
+    return seed_db(db_url, 30, seed=5)
 
 
 def attempts_of(url):

@@ -74,3 +74,14 @@ def failure_text(res) -> str:
     return "\n".join(out)
 
 
+
+
+def seed_db(db_url: str, students: int, seed: int) -> str:
+    """A synthetic cohort of the window that ends with PARTITION, in the test's database."""
+    import psycopg
+
+    from growth_assets.demo.cohort import seed_cohort
+
+    with psycopg.connect(db_url) as conn:
+        seed_cohort(conn, students, 12, seed=seed, as_of=AS_OF)
+    return db_url
