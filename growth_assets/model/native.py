@@ -125,54 +125,100 @@ def engine_version() -> str:
 
 
 # The six sampled quantities, unconstrained, in standardised units:
-# q = (Intercept at the mean week, b_week, log sd_Intercept, log sd_week, logit u, log sigma)
-# with cor = 2u - 1. The log density below includes the Jacobians of these transforms.
-_Q_NAMES = ("Intercept", "b_week", "log_sd_Intercept", "log_sd_week", "logit_u", "log_sigma")
+# q = (Intercept at the mean week, b_week, log sd_Intercept, x, w, log sigma)
+# where sd_week = |x| (signed, linear: see below), cor = 2u - 1 with
+# logit u = w / sqrt(1 + (kappa x)^2). The log density includes the Jacobians.
+#
+# Why the slope sd is not on the log scale: when every student has about the same slope,
+# the data resolve sd_week only down to some small delta, and below it the posterior of
+# log sd_week is its prior's exponential tail while above it the likelihood falls like
+# exp(-c exp(4 log sd)): a wall that NUTS trajectories hit with a step size tuned to the
+# bulk (divergences in about a third of such cohorts). On x, with sd_week = |x| and the
+# covariance rho * sd_Intercept * x (so (x, rho) and (-x, -rho) are the same model, and the
+# density of x is half the density of sd_week at |x|), the posterior near 0 is smooth and
+# about Normal: no wall, no funnel. A cohort whose slope sd is well away from 0 sits on
+# one of the two mirror sheets; every reported quantity (|x|, rho sign x) is the same on
+# both.
+#
+# Why w: the data pin the correlation only when sd_week is large, so its conditional
+# scale shrinks from its prior's (precision 1 in logit u) to ~1/(kappa |x|) (the data's
+# precision (kappa x)^2): a funnel between x and logit u. w = logit u * sqrt(1 +
+# (kappa x)^2) has about unit conditional scale throughout. kappa comes from a first
+# Laplace fit with kappa = 0 (``laplace``); any kappa >= 0 is the same posterior (a
+# bijection with its Jacobian), only the sampler's geometry depends on it.
+_Q_NAMES = ("Intercept", "b_week", "log_sd_Intercept", "sd_week_signed", "w_cor", "log_sigma")
 _LOG_2_OVER_PI = math.log(2.0 / math.pi)
 
 
-def log_posterior_q(q, wbar, totals, groups):
+def _cor_unscale(xp, x, w, kappa):
+    """(logit u, log of |d logit u / d w|) from the sampler's w: logit u = w / f(x)."""
+    f = xp.sqrt(1.0 + (kappa * x) ** 2)
+    return w / f, -xp.log(f)
+
+
+def log_posterior_q(q, wbar, kappa, totals, groups):
     """Unnormalised log posterior of q (standardised units, Jacobians included).
 
     Priors (spec §3 divided by s): Intercept ~ normal(0, 2.5), b_week ~ normal(0, 1),
     sd ~ half-Cauchy(0, 1) (both), sigma ~ half-Cauchy(0, 1); lkj(2) on the 2x2
     correlation, i.e. u = (1 + cor) / 2 ~ Beta(2, 2)."""
-    ic, b, lt0, lt1, lu, ls = (q[..., i] for i in range(6))
-    tau0, tau1, sigma = jnp.exp(lt0), jnp.exp(lt1), jnp.exp(ls)
+    ic, b, lt0, x, w, ls = (q[..., i] for i in range(6))
+    tau0, sigma = jnp.exp(lt0), jnp.exp(ls)
+    lu, log_jw = _cor_unscale(jnp, x, w, kappa)
     log_u, log_1mu = jax.nn.log_sigmoid(lu), jax.nn.log_sigmoid(-lu)
     u = jnp.exp(log_u)
     rho = 2.0 * u - 1.0
 
-    def half_cauchy(x, logx):  # log density of half-Cauchy(0, 1) at x, plus log|dx/dlogx|
-        return _LOG_2_OVER_PI - jnp.log1p(x * x) + logx
+    def half_cauchy(x):  # log density of half-Cauchy(0, 1) at |x|
+        return _LOG_2_OVER_PI - jnp.log1p(x * x)
 
     lp = (
         -0.5 * (ic / 2.5) ** 2 - 0.5 * b * b
-        + half_cauchy(tau0, lt0) + half_cauchy(tau1, lt1) + half_cauchy(sigma, ls)
+        + half_cauchy(tau0) + lt0  # with |d tau0 / d log tau0|
+        + half_cauchy(x)  # x -> |x| is two to one with |d|x|/dx| = 1: a constant factor
+        + half_cauchy(sigma) + ls
         + math.log(6.0) + log_u + log_1mu  # Beta(2, 2) density 6 u (1 - u)
-        + log_u + log_1mu  # Jacobian of u = sigmoid(logit u)
+        + log_u + log_1mu + log_jw  # Jacobians of u = sigmoid(logit u), logit u = w / f
     )
     beta0 = ic - b * wbar  # brms centres week in the fixed effects
-    return lp + native_math.collapsed_loglik(jnp, beta0, b, tau0, tau1, rho, sigma, groups, totals)
+    # posterior_blocks sees only x^2 and rho * tau0 * x: the signed x is exact there
+    return lp + native_math.collapsed_loglik(jnp, beta0, b, tau0, x, rho, sigma, groups, totals)
 
 
-def _potential_gen(wbar, m, L, totals, count, n, sw, sww, gbar, scatter, yy):
+def population_from_q(q: np.ndarray, wbar: float, kappa: float) -> dict[str, np.ndarray]:
+    """The brms parameters (standardised units) of sampler coordinates q (..., 6)."""
+    x = q[..., 3]
+    lu, _ = _cor_unscale(np, x, q[..., 4], kappa)
+    b_week = q[..., 1]
+    return {
+        "intercept_c": q[..., 0],
+        "beta1": b_week,
+        "beta0": q[..., 0] - b_week * wbar,
+        "tau0": np.exp(q[..., 2]),
+        "tau1": np.abs(x),
+        "rho": np.tanh(0.5 * lu) * np.where(x < 0, -1.0, 1.0),  # (2 sigmoid - 1), mirrored
+        "sigma": np.exp(q[..., 5]),
+    }
+
+
+def _potential_gen(wbar, kappa, m, L, totals, count, n, sw, sww, gbar, scatter, yy):
     """The potential (minus the log posterior) of z, q = m + L z: an affine,
     constant-Jacobian reparametrisation, so the posterior is unchanged; m and L from a
     Laplace fit make z about standard normal and the step size independent of the cohort."""
     def potential(z):
-        return -log_posterior_q(m + L @ z, wbar, totals, (count, n, sw, sww, gbar, scatter, yy))
+        return -log_posterior_q(m + L @ z, wbar, kappa, totals,
+                                (count, n, sw, sww, gbar, scatter, yy))
 
     return potential
 
 
-def _neg_lp_and_grad(q, wbar, totals, groups):
-    v, g = jax.value_and_grad(log_posterior_q)(q, wbar, totals, groups)
+def _neg_lp_and_grad(q, wbar, kappa, totals, groups):
+    v, g = jax.value_and_grad(log_posterior_q)(q, wbar, kappa, totals, groups)
     return -v, -g
 
 
-def _neg_hessian(q, wbar, totals, groups):
-    return -jax.hessian(log_posterior_q)(q, wbar, totals, groups)
+def _neg_hessian(q, wbar, kappa, totals, groups):
+    return -jax.hessian(log_posterior_q)(q, wbar, kappa, totals, groups)
 
 
 _LAPLACE = {"laplace_grad": _neg_lp_and_grad, "laplace_hessian": _neg_hessian}
@@ -186,12 +232,12 @@ def _program(name: str, args: tuple, retrace: bool = False):
         return call.lower(*args).compile()
 
 
-def _laplace_data(wbar: float, totals: np.ndarray, groups: tuple) -> tuple:
-    return (np.float64(wbar), np.asarray(totals, dtype=np.float64),
+def _laplace_data(wbar: float, kappa: float, totals: np.ndarray, groups: tuple) -> tuple:
+    return (np.float64(wbar), np.float64(kappa), np.asarray(totals, dtype=np.float64),
             tuple(np.asarray(a, dtype=np.float64) for a in groups))
 
 
-_Q0 = np.array([0.0, 0.0, math.log(0.5), math.log(0.1), 0.0, math.log(0.5)])
+_Q0 = np.array([0.0, 0.0, math.log(0.5), 0.1, 0.0, math.log(0.5)])
 
 
 def _laplace_mode(q0: np.ndarray, data: tuple, retrace: bool, ready: dict | None = None):
@@ -213,37 +259,73 @@ def _laplace_mode(q0: np.ndarray, data: tuple, retrace: bool, ready: dict | None
                    options={"maxiter": 500, "gtol": 1e-9, "ftol": 1e-14})
     m = np.asarray(res.x, dtype=np.float64)
     H = np.asarray(get("laplace_hessian")(m, *data), dtype=np.float64)
-    return res, m, H
+    return res, m, 0.5 * (H + H.T)
+
+
+def _inverse_cholesky(m: np.ndarray, H: np.ndarray) -> np.ndarray | None:
+    """Cholesky factor of H^-1, or None when H is not a finite positive definite matrix
+    at a finite m."""
+    try:
+        w, V = np.linalg.eigh(H)
+    except np.linalg.LinAlgError:
+        return None
+    if not (np.all(np.isfinite(w)) and w.min() > 0 and np.all(np.isfinite(m))):
+        return None
+    cov = (V / w) @ V.T
+    return np.linalg.cholesky(0.5 * (cov + cov.T))
+
+
+def correlation_scale(m: np.ndarray, H: np.ndarray) -> float:
+    """kappa of the correlation's coordinate w (see ``_Q_NAMES``) from a Laplace fit with
+    kappa = 0 (w = logit u): the data's part of the curvature in logit u at the mode,
+    H_44 minus the prior's 4 u (1 - u), is (2 u (1 - u))^2 (tau0 x)^2 I, I the data's
+    information about the covariance; near u = 1/2 the data then add (kappa x)^2 to the
+    prior's precision 1 with kappa^2 = tau0^2 I / 4. 0 when the data add nothing."""
+    u = 1.0 / (1.0 + math.exp(-float(m[4])))
+    data = float(H[4, 4]) - 4.0 * u * (1.0 - u)
+    x2 = float(m[3]) ** 2
+    if not (math.isfinite(data) and data > 0 and x2 > 0):
+        return 0.0
+    kappa = math.sqrt(0.25 * data / ((2.0 * u * (1.0 - u)) ** 2 * x2))
+    return kappa if math.isfinite(kappa) else 0.0
 
 
 def laplace(wbar: float, totals: np.ndarray, groups: tuple,
             ready: dict | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Mode and Cholesky factor of the inverse Hessian of the log posterior of q: the
-    preconditioner (m, L) of the sampler. Falls back to a diagonal guess when the
+    preconditioner (m, L) of the sampler, and in ``info["kappa"]`` the correlation's scale
+    the coordinates use. Two fits: kappa = 0 (which gives kappa), then at kappa from the
+    first mode mapped into the new coordinates. Falls back to a diagonal guess when the
     optimiser fails; correctness never depends on it, only speed. ``ready``: its programs,
     being compiled ahead (Futures by name)."""
-    q0 = _Q0
+    info: dict[str, Any] = {}
+    m, L, kappa = _Q0, None, 0.0
     with jax.enable_x64(True):
-        data = _laplace_data(wbar, totals, groups)
-        try:
-            res, m, H = _laplace_mode(q0, data, retrace=False, ready=ready)
-        except jax.errors.JaxRuntimeError as e:  # a cached program that does not run
-            log.warning("native engine: cached Laplace programs failed (%s); tracing again", e)
-            res, m, H = _laplace_mode(q0, data, retrace=True)
-    info = {"converged": bool(res.success), "n_iter": int(res.nit)}
-    H = 0.5 * (H + H.T)
-    try:
-        w, V = np.linalg.eigh(H)
-        ok = np.all(np.isfinite(w)) and w.min() > 0 and np.all(np.isfinite(m))
-    except np.linalg.LinAlgError:
-        ok = False
-    if not ok:
+        for stage in (0, 1):
+            data = _laplace_data(wbar, kappa, totals, groups)
+            try:
+                res, m1, H = _laplace_mode(m, data, retrace=False, ready=ready)
+            except jax.errors.JaxRuntimeError as e:  # a cached program that does not run
+                log.warning("native engine: cached Laplace programs failed (%s); tracing again", e)
+                res, m1, H = _laplace_mode(m, data, retrace=True)
+            L = _inverse_cholesky(m1, H)
+            info.update(converged=bool(res.success), n_iter=info.get("n_iter", 0) + int(res.nit))
+            if L is None:
+                m = np.where(np.isfinite(m1), m1, m)
+                break
+            m = m1
+            if stage == 0:
+                kappa = correlation_scale(m, H)
+                if kappa == 0.0:
+                    break
+                f = math.sqrt(1.0 + (kappa * m[3]) ** 2)
+                m = m.copy()
+                m[4] *= f  # the same point in the new coordinates
+    info["kappa"] = kappa
+    if L is None:
         info["fallback"] = True
         rows = max(float(totals[0]), 1.0)
-        m = np.where(np.isfinite(m), m, q0)
         return m, np.diag(np.full(6, 1.0 / math.sqrt(rows))), info
-    cov = (V / w) @ V.T
-    L = np.linalg.cholesky(0.5 * (cov + cov.T))
     return m, L, info
 
 
@@ -342,14 +424,15 @@ def sample_hyperparameters(
     n_dev = _n_devices(n_chains, runtime)
     vectorized = runtime.chain_method == "vectorized"
     key = _prng_key(settings.seed)
-    proto = (key, (np.float64(wbar), np.zeros(6), np.zeros((6, 6)), totals) + gt)
+    proto = (key, (np.float64(wbar), np.float64(0.0), np.zeros(6), np.zeros((6, 6)), totals) + gt)
     with _lock:
         ready = programs.ahead(lambda: _sampler(n_chains, settings.n_warmup, n_draws, n_dev,
                                                 vectorized, proto))
-        lproto = (_Q0,) + _laplace_data(wbar, totals, gt)
+        lproto = (_Q0,) + _laplace_data(wbar, 0.0, totals, gt)
         lap = {name: programs.ahead(lambda name=name: _program(name, lproto)) for name in _LAPLACE}
         m, L, laplace_info = laplace(wbar, totals, gt, ready=lap)
-        args = (key, (np.float64(wbar), np.asarray(m, dtype=np.float64),
+        kappa = float(laplace_info.get("kappa", 0.0))
+        args = (key, (np.float64(wbar), np.float64(kappa), np.asarray(m, dtype=np.float64),
                       np.asarray(L, dtype=np.float64), totals) + gt)
         with jax.enable_x64(True):
             try:
@@ -363,16 +446,7 @@ def sample_hyperparameters(
             z, diverging, num_steps = (np.asarray(x) for x in out)
     z = z.astype(np.float64)
     q = m + z @ L.T  # (chains, draws, 6)
-    b_week = q[..., 1]
-    draws = {
-        "intercept_c": q[..., 0],
-        "beta1": b_week,
-        "beta0": q[..., 0] - b_week * wbar,
-        "tau0": np.exp(q[..., 2]),
-        "tau1": np.exp(q[..., 3]),
-        "rho": np.tanh(0.5 * q[..., 4]),  # 2 sigmoid(x) - 1
-        "sigma": np.exp(q[..., 5]),
-    }
+    draws = population_from_q(q, wbar, kappa)
     extra = {"diverging": diverging, "num_steps": num_steps, "laplace": laplace_info,
              "n_devices": n_dev, "program": origin}
     return draws, extra

@@ -58,3 +58,106 @@ def test_kill_9_mid_copy_leaves_nothing(db_url, what, table):
         assert c.execute("SELECT count(*) FROM growth_fit").fetchone()[0] == 0
         assert c.execute("SELECT count(*) FROM growth_student_posterior").fetchone()[0] == 0
         assert c.execute("SELECT count(*) FROM weekly_kpi").fetchone()[0] == 0
+
+
+def _kill_when(db_url: str, code: str, started, what: str) -> None:
+    """Run ``code`` in a child process, kill -9 it once ``started()`` is true."""
+    proc = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ))
+    deadline = time.monotonic() + 120
+    try:
+        while not started():
+            assert proc.poll() is None, f"the {what} finished before it could be killed"
+            assert time.monotonic() < deadline, f"the {what} never started"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(0.5)
+
+
+def _active(db_url: str, prefix: str) -> bool:
+    with psycopg.connect(db_url, autocommit=True) as c:
+        return c.execute("SELECT count(*) FROM pg_stat_activity WHERE query ILIKE %s AND state = 'active'"
+                         " AND pid <> pg_backend_pid()", (prefix + "%",)).fetchone()[0] > 0
+
+
+_PANEL = """
+import sys
+sys.path.insert(0, {repo!r})
+import psycopg
+from datetime import date, datetime, timezone
+from growth_assets.defs.growth.panel import build_panel
+from growth_assets.model.window import Window
+with psycopg.connect({url!r}) as conn:
+    build_panel(conn, Window(date(2026, 11, 23), 12), "theta", now=datetime(2026, 11, 23, 4, 30, tzinfo=timezone.utc))
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_mid_panel_rebuild_keeps_the_previous_panel(db_url):
+    """The panel of a window is rebuilt in place (delete, insert, stats): a rebuild killed
+    in its INSERT leaves the previous panel and its meta exactly as they were."""
+    from datetime import date, datetime, timezone
+
+    from growth_assets.defs.growth.panel import build_panel
+    from growth_assets.model.window import Window
+
+    with psycopg.connect(db_url) as c:
+        c.execute("""INSERT INTO mirt_ability (user_id, theta, se, model, version, fitted_at)
+                     SELECT 'u' || lpad(i::text, 7, '0'), (i % 97) / 100.0, 0.2, 'mirt', 'v1',
+                            timestamptz '2026-09-01 10:00+00' + (w * 7 || ' days')::interval
+                     FROM generate_series(1, 60000) i, generate_series(0, 11) w""")
+        c.commit()
+        before = build_panel(c, Window(date(2026, 11, 23), 12), "theta",
+                             now=datetime(2026, 11, 23, 4, 30, tzinfo=timezone.utc))
+        rows_before = c.execute("SELECT count(*), sum(score::numeric) FROM growth_panel").fetchone()
+        meta_before = c.execute("SELECT stats, created_at FROM growth_panel_meta").fetchall()
+        c.execute("UPDATE mirt_ability SET theta = theta + 1")  # what the rebuild would change
+        c.commit()
+    assert before.n_rows == 60000 * 12
+    _kill_when(db_url, _PANEL.format(repo=str(REPO), url=db_url),
+               lambda: _active(db_url, "INSERT INTO growth_panel "), "panel build")
+    with psycopg.connect(db_url) as c:
+        assert c.execute("SELECT count(*), sum(score::numeric) FROM growth_panel").fetchone() == rows_before
+        assert c.execute("SELECT stats, created_at FROM growth_panel_meta").fetchall() == meta_before
+
+
+_RECORD = """
+import sys
+sys.path.insert(0, {repo!r})
+import psycopg
+from growth_assets.db.writers import jsonable, write_run_record
+from growth_assets_tests.support.results import make_result
+with psycopg.connect({url!r}) as conn:
+    write_run_record(conn, jsonable(make_result(3).header_json()), status="failed_checks",
+                     status_reasons=["a newer verdict that must not half-land"])
+"""
+
+
+def test_kill_9_mid_run_record_keeps_the_previous_record(db_url):
+    """The run record's upsert waits on a lock (here: a reader holding the row), and the
+    writer is killed there: the stored record keeps its status and reasons."""
+    from growth_assets.db.writers import jsonable, write_fit, write_run_record
+    from growth_assets_tests.support.results import make_result
+
+    res = make_result(3)
+    with psycopg.connect(db_url) as c:
+        write_fit(c, res)
+        write_run_record(c, jsonable(res.header_json()), status="passed")
+        before = c.execute("SELECT status, status_reasons, posterior_summary FROM growth_brms_meta").fetchall()
+    with psycopg.connect(db_url) as holder:
+        holder.execute("SELECT 1 FROM growth_brms_meta FOR UPDATE")  # held until the kill
+
+        def waiting() -> bool:
+            with psycopg.connect(db_url, autocommit=True) as c:
+                return c.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                 "AND query ILIKE 'INSERT INTO growth_brms_meta%'").fetchone()[0] > 0
+
+        _kill_when(db_url, _RECORD.format(repo=str(REPO), url=db_url), waiting, "run record")
+        holder.rollback()
+    time.sleep(0.5)
+    with psycopg.connect(db_url) as c:
+        assert c.execute("SELECT status, status_reasons, posterior_summary FROM growth_brms_meta").fetchall() == before
+        assert c.execute("SELECT count(*) FROM growth_brms_meta").fetchone()[0] == 1

@@ -10,12 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.special import ndtr
 
 from growth_assets.model.engine import FitSettings
 from growth_assets.model.native import NativeEngine
 from growth_assets.model.panel import Panel
-from growth_assets.model.result import fit_panel
+from growth_assets_tests.support.per_draw import check_stable_and_exact, per_draw_reference
 
 H, TARGET = 11, 0.3
 
@@ -32,55 +31,14 @@ def one_observation_cohort(seed: int, n: int = 50) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["student_id", "week", "score"])
 
 
-def per_draw_reference(panel: Panel, draws: dict, ybar: float, s: float):
-    """mean over draws of Phi((m_d(h) - t) / s_d(h)) and the mixture mean/var of a + b h,
-    from each draw's conditional Normal written with the Woodbury form on the data scale
-    (a check that does not share the engine's algebra)."""
-    beta = np.stack([ybar + s * draws["beta0"], s * draws["beta1"]], 1)  # (D, 2)
-    t0, t1, rho, sig = s * draws["tau0"], s * draws["tau1"], draws["rho"], s * draws["sigma"]
-    Sigma = np.stack([np.stack([t0 * t0, rho * t0 * t1], -1), np.stack([rho * t0 * t1, t1 * t1], -1)], -2)
-    eh = np.array([1.0, H])
-    out = []
-    frame = panel.to_frame()
-    for sid, d in frame.groupby("student_id", sort=True):
-        Z = np.column_stack([np.ones(len(d)), d["week"].to_numpy(float)])
-        y = d["score"].to_numpy(float)
-        # V = Z Sigma Z' + sig^2 I ; m = beta + Sigma Z' V^-1 (y - Z beta); C = Sigma - Sigma Z' V^-1 Z Sigma
-        V = np.einsum("ij,djk,lk->dil", Z, Sigma, Z) + (sig**2)[:, None, None] * np.eye(len(y))
-        SZ = np.einsum("dij,kj->dik", Sigma, Z)  # Sigma Z'
-        r = y[None, :] - beta @ Z.T
-        m = beta + np.einsum("dik,dk->di", SZ, np.linalg.solve(V, r[..., None])[..., 0])
-        C = Sigma - np.einsum("dik,dkl->dil", SZ, np.linalg.solve(V, np.transpose(SZ, (0, 2, 1))))
-        mu_d = m @ eh
-        var_d = np.einsum("i,dij,j->d", eh, C, eh)
-        out.append((sid, float(np.mean(ndtr((mu_d - TARGET) / np.sqrt(np.maximum(var_d, 0))))),
-                    float(mu_d.mean()), float(var_d.mean() + mu_d.var())))
-    return out
-
-
 @pytest.mark.slow
 def test_one_observation_cohorts_over_20_seeds_are_stable_and_exact():
     engine = NativeEngine()
     settings = FitSettings(n_chains=2, n_samples=1000, seed=11, horizon_week=H, target=TARGET, lookback_weeks=8)
-    worst = 0.0
-    smallest_sigma = np.inf
-    for seed in range(20):
-        panel = Panel.from_frame(one_observation_cohort(seed))
-        nf = engine.sample(panel, settings)
-        res = fit_panel(type("Replay", (), {"name": "native", "fit": lambda self, p, s: engine.result(nf, s)})(),
-                        panel, settings)  # the same draws, accepted as the graph accepts a fit
-        st = res.students
-        assert (st.var_a >= 0).all() and (st.var_b >= 0).all() and (st.sigma >= 0).all(), seed
-        assert (st.var_a * st.var_b - st.cov_ab**2 >= -1e-12 * st.var_a * st.var_b).all(), seed
-        ref = per_draw_reference(panel, nf.flat_draws, nf.panel.ybar, nf.panel.s)
-        for i, (sid, p_ref, mu_ref, var_ref) in enumerate(ref):
-            assert st.student_id[i] == sid
-            assert abs(st.P[i] - p_ref) <= 0.01, (seed, sid, st.P[i], p_ref)
-            assert abs(st.mu[i] - mu_ref) <= 1e-6 * (1 + abs(mu_ref)), (seed, sid)
-            assert st.sigma[i] ** 2 == pytest.approx(var_ref, rel=1e-5, abs=1e-12), (seed, sid)
-            worst = max(worst, abs(st.P[i] - p_ref))
-        smallest_sigma = min(smallest_sigma, float(nf.flat_draws["sigma"].min() * nf.panel.s))
-    print(f"worst |P - per-draw P| over 20 cohorts: {worst:.2e}; smallest sigma draw {smallest_sigma:.1e}")
+    facts = [check_stable_and_exact(engine, Panel.from_frame(one_observation_cohort(seed)), settings, seed)
+             for seed in range(20)]
+    print(f"worst |P - per-draw P| over 20 cohorts: {max(f['worst_p_error'] for f in facts):.2e}; "
+          f"smallest sigma draw {min(f['smallest_sigma'] for f in facts):.1e}")
 
 
 def test_tiny_sigma_draws_keep_one_observation_students_exact():
@@ -97,7 +55,7 @@ def test_tiny_sigma_draws_keep_one_observation_students_exact():
              "tau0": np.exp(rng.normal(np.log(0.9), 0.05, D)), "tau1": np.exp(rng.normal(np.log(0.06), 0.2, D)),
              "rho": np.tanh(rng.normal(0.1, 0.2, D)), "sigma": np.exp(rng.uniform(np.log(1e-4), np.log(0.3), D))}
     got, _ = native.student_predictions(red, draws, float(H), TARGET, p_tolerance=1e-3)
-    ref = per_draw_reference(panel, draws, ybar, s)
+    ref = per_draw_reference(panel, draws, ybar, s, float(H), TARGET)
     assert (got["var_a"] >= 0).all() and (got["var_b"] >= 0).all()
     for i, (sid, p_ref, mu_ref, var_ref) in enumerate(ref):
         assert abs(got["P"][i] - p_ref) <= 1e-3 + 1e-9, (sid, got["P"][i], p_ref)

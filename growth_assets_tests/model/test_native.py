@@ -84,8 +84,13 @@ def test_collapsed_likelihood_equals_dense_multivariate_normal(rho):
     assert got_padded == pytest.approx(dense, rel=1e-10, abs=1e-8)
 
 
-def test_jax_log_density_matches_numpy_and_priors():
-    """The function NUTS sees: likelihood (JAX, x64) + priors + Jacobians of the transforms."""
+@pytest.mark.parametrize("kappa", [0.0, 7.5])
+@pytest.mark.parametrize("mirror", [1.0, -1.0])
+def test_jax_log_density_matches_numpy_and_priors(kappa, mirror):
+    """The function NUTS sees: likelihood (JAX, x64) + priors + Jacobians of the transforms,
+    in the sampler's coordinates (log sd_Intercept, signed sd_week x, w = logit u * f with
+    f = sqrt(1 + (kappa x)^2), log sigma). The mirror point (-x, -cor) is the same model,
+    and the reported parameters of both are the same."""
     import jax.numpy as jnp
 
     panel = synthetic(30, seed=4)
@@ -93,23 +98,29 @@ def test_jax_log_density_matches_numpy_and_priors():
     ybar, s = contract.prior_scales(df["score"].to_numpy())
     red = native_math.reduce_panel(pn, ybar, s)
     gs = native_math.group_stats(red, pad_to=64)
-    q = np.array([0.1, 0.05, math.log(0.4), math.log(0.08), 0.3, math.log(0.2)])
-    ic, b, tau0, tau1, rho, sig = q[0], q[1], math.exp(q[2]), math.exp(q[3]), math.tanh(q[4] / 2), \
-        math.exp(q[5])
+    ic, b, tau0, tau1, rho, sig = 0.1, 0.05, 0.4, 0.08, math.tanh(0.15), 0.2
     lik = native_math.collapsed_loglik(np, ic - b * red.wbar, b, tau0, tau1, rho, sig, gs.as_tuple())
     u = (1 + rho) / 2
-    prior = (  # spec §3 in standardised units, + log Jacobians of exp / sigmoid
+    f = math.sqrt(1 + (kappa * tau1) ** 2)
+    prior = (  # spec §3 in standardised units, + log Jacobians of exp / |x| / sigmoid / w
         norm.logpdf(ic, 0, 2.5) + norm.logpdf(b, 0, 1)
-        + sum(halfcauchy.logpdf(x) + math.log(x) for x in (tau0, tau1, sig))
-        + beta_dist.logpdf(u, 2, 2) + math.log(u * (1 - u))
+        + sum(halfcauchy.logpdf(x) for x in (tau0, tau1, sig)) - math.log(2)  # x -> |x|: 2 to 1
+        + math.log(tau0) + math.log(sig)
+        + beta_dist.logpdf(u, 2, 2) + math.log(u * (1 - u)) - math.log(f)
     )
+    lu = math.log(u / (1 - u))
+    q = np.array([ic, b, math.log(tau0), mirror * tau1, mirror * lu * f, math.log(sig)])
     with jax.enable_x64(True):
         got = float(native.log_posterior_q(
-            jnp.asarray(q), red.wbar, jnp.asarray(native_math.panel_totals(gs)),
+            jnp.asarray(q), red.wbar, kappa, jnp.asarray(native_math.panel_totals(gs)),
             tuple(jnp.asarray(a) for a in gs.as_tuple())))
-    # the JAX prior omits the normals' constants: compare up to those
-    const = -math.log(2.5 * math.sqrt(2 * math.pi)) - math.log(math.sqrt(2 * math.pi))
+    # the JAX prior omits the normals' constants and the 1/2 of the mirror: compare up to those
+    const = -math.log(2.5 * math.sqrt(2 * math.pi)) - math.log(math.sqrt(2 * math.pi)) - math.log(2)
     assert got + const == pytest.approx(lik + prior, rel=1e-12, abs=1e-8)
+    back = native.population_from_q(q, red.wbar, kappa)
+    for name, want in (("tau0", tau0), ("tau1", tau1), ("rho", rho), ("sigma", sig),
+                       ("intercept_c", ic), ("beta1", b), ("beta0", ic - b * red.wbar)):
+        assert float(back[name]) == pytest.approx(want, rel=1e-12, abs=1e-14), name
 
 
 def test_lkj2_on_a_2x2_correlation_is_beta22_on_half_one_plus_r():
