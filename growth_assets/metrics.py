@@ -32,7 +32,25 @@ The chain (spec §6, §7), with METRICS_USE_BAYESIAN=true
    null) and the Normal approximation is recomputed from the latest theta instead (cheap,
    and fresher than a stored copy). A legacy P without ``P_target`` never counts.
 
-2. ``run`` / ``population``: the latest ``growth_brms_meta`` run with status ``passed``
+   With a run that kept population draws (below), a stored P also needs the requested
+   horizon (``P_week``) and no score of the student since the run's window: otherwise it
+   is recomputed (path ``update``), so during the week P follows the week's scores.
+
+2. ``update`` (a run with population draws, ``growth_population_draws``: the native
+   engine keeps 1000, ``contract.POPULATION_DRAWS``): the latest passed run's
+   hyperparameter draws and ALL of the student's scores from the run's ``window_start`` up
+   to now (the window's and every week since, through the panel's own query, one query
+   for every user of the call), exactly: per draw d the line is the conditional Normal
+   (``model.lines``), and ``P = mean_d Phi((m_d(h) - target) / s_d(h))``, ``mu`` and
+   ``sigma`` the mixture's (``lines.mixture_prediction``). One student's new scores move
+   the population posterior by O(1/N), so the run's draws stay valid until the next fit
+   (tested against a refit: within 0.02). ``horizon`` (a Monday; default the run's
+   ``P_week``) gives P for any week: ``h`` = weeks from ``window_start``. The answer's
+   ``n_new`` says how many weeks after the window it folded in. A student with no scores
+   at all since ``window_start`` goes on to path 3. ``P_source`` ``update``.
+
+2'. ``run`` / ``population`` (a run without population draws: stored before they existed,
+   or by an engine that gives none): the latest ``growth_brms_meta`` run with status ``passed``
    (the latest data window, ``window_end``: a backfill of an old week never outranks a newer
    window; then the greatest ``fitted_at``, then ``run_id``), at its ``horizon_week`` h, for the
    requested target, in closed form (:func:`contract.line_prediction`): the expected score
@@ -98,12 +116,12 @@ import psycopg
 
 from .db.writers import check_monday, merge_weekly_kpi
 from .model.contract import ContractError, check_target, line_prediction, normal_approximation_p
-from .model.lines import conditional_line
+from .model.lines import conditional_line, mixture_prediction
 from .settings import Settings
 
 log = logging.getLogger("growth_assets.metrics")
 
-PATHS = ("stored", "run", "population", "normal", "none")
+PATHS = ("stored", "update", "run", "population", "normal", "none")
 _TARGET_RTOL = 1e-12
 
 
@@ -129,8 +147,9 @@ class GoalAnswer:
     source: str | None = None
     p_week: date | None = None
     kpi_week: date | None = None  # path stored: the weekly_kpi row it was read from
-    n_obs: int | None = None  # path run/population: the student's observations (weeks)
-    window_end: date | None = None  # path run/population: the data window of its run
+    n_obs: int | None = None  # path update/run/population: the student's observations (weeks)
+    window_end: date | None = None  # path update/run/population: the data window of its run
+    n_new: int | None = None  # path update: of n_obs, the weeks after the run's window
 
 
 @dataclass
@@ -142,6 +161,15 @@ class _Run:
     score_source: str | None
     summary: dict[str, Any] | None
     window_end: date | None = None
+
+    @property
+    def lookback_weeks(self) -> int | None:
+        if self.window_start is None or self.window_end is None:
+            return None
+        return (self.window_end - self.window_start).days // 7
+
+    def p_week(self, h: int) -> date | None:
+        return self.window_start + timedelta(weeks=h) if self.window_start else None
 
 
 @dataclass
@@ -233,20 +261,50 @@ def _posterior_rows(session: psycopg.Connection, run_id: str, users: list[str]) 
 
 def _data_sums(session: psycopg.Connection, run: _Run, users: list[str],
                score_range: tuple[float, float]) -> dict[str, tuple]:
-    """Per user: (n weeks, sum w, sum w^2, sum y, sum w y) of the student-week scores since the
-    run's window_start up to now, through the panel's own query (the same four sources in the
-    same priority, or accuracy, as the run's panel; weeks after the window keep their
-    calendar index)."""
+    """Per user: (n weeks, sum w, sum w^2, sum y, sum w y, weeks after the window) of the
+    student-week scores since the run's window_start up to now, through the panel's own
+    query (the same four sources in the same priority, or accuracy, as the run's panel;
+    weeks after the window keep their calendar index)."""
     from .defs.growth.panel import panel_query
 
     query = panel_query(run.score_source or "theta")
     now = datetime.now(timezone.utc)
+    lookback = run.lookback_weeks
     rows = session.execute(
         f"SELECT student_id, count(*), sum(week)::float8, sum(week * week)::float8, sum(score),"
-        f" sum(week * score) FROM ({query}) p GROUP BY 1",
+        f" sum(week * score), count(*) FILTER (WHERE week >= %(lookback)s) FROM ({query}) p GROUP BY 1",
         {"window_start": run.window_start, "window_end": now.date() + timedelta(days=1), "now": now,
-         "users": users, "score_lo": score_range[0], "score_hi": score_range[1]}).fetchall()
+         "users": users, "score_lo": score_range[0], "score_hi": score_range[1],
+         "lookback": lookback if lookback is not None else 2**31 - 1}).fetchall()
     return {r[0]: tuple(r[1:]) for r in rows}
+
+
+def _run_draws(session: psycopg.Connection, run_id: str) -> dict[str, np.ndarray] | None:
+    """The run's thinned population draws (``growth_population_draws``), or None (a run
+    stored before they existed, or by an engine that gave none)."""
+    from .db.writers import DRAW_COLUMNS
+    from .model.contract import POPULATION_PARAMS
+
+    row = session.execute(f"SELECT {DRAW_COLUMNS} FROM growth_population_draws WHERE run_id = %s",
+                          (run_id,)).fetchone()
+    if row is None:
+        return None
+    return {p: np.asarray(v, dtype=np.float64) for p, v in zip(POPULATION_PARAMS, row, strict=True)}
+
+
+def _horizon_index(run: _Run, horizon: date | None) -> int:
+    """The week index h of the requested horizon (a Monday) in the run's calendar, or the
+    run's own horizon week."""
+    if horizon is None:
+        if run.horizon_week is None:
+            raise ContractError("growth_brms_meta.horizon_week", f"missing in run {run.run_id}")
+        return int(run.horizon_week)
+    if run.window_start is None:
+        raise ContractError("horizon", f"run {run.run_id} has no window_start to place it in", horizon)
+    h = (horizon - run.window_start).days // 7
+    if h < 0:
+        raise ContractError("horizon", f"must not be before the run's window ({run.window_start})", horizon)
+    return h
 
 
 def _latest_theta(session: psycopg.Connection, users: list[str],
@@ -294,7 +352,8 @@ def population_line_posterior(
 # --- the chain -----------------------------------------------------------------------------
 
 
-def _stored_reason(row: tuple | None, target: float, run: _Run | None, where: str) -> str | None:
+def _stored_reason(row: tuple | None, target: float, run: _Run | None, where: str,
+                   p_week: date | None = None) -> str | None:
     """None if the stored P counts (path 1 rules), else why not."""
     if row is None:
         return f"stored: no weekly_kpi row ({where})"
@@ -312,9 +371,72 @@ def _stored_reason(row: tuple | None, target: float, run: _Run | None, where: st
         return f"stored: P in {at} (run {p_run_id}) is not from a passed run: there is none"
     if p_run_id != run.run_id:
         return f"stored: P in {at} is from run {p_run_id}, not the latest passed run {run.run_id}"
-    if p_source not in (run.engine, "posterior"):
-        return f"stored: P in {at} has P_source {p_source!r}, not {run.engine!r} or 'posterior'"
+    if p_source not in (run.engine, "posterior", "update"):
+        return f"stored: P in {at} has P_source {p_source!r}, not {run.engine!r}, 'posterior' or 'update'"
+    if p_week is not None and _parse_date(_p_week) != p_week:
+        return f"stored: P in {at} is for the week of {_p_week}, not the requested {p_week.isoformat()}"
     return None
+
+
+def _update_path(pending: dict[str, _Pending], out: dict[str, GoalAnswer], run: _Run,
+                 draws: dict[str, np.ndarray], sums: dict[str, tuple], h: int, p_week: date | None,
+                 target: float) -> None:
+    """Path 2 with the run's population draws: every score of the student since the window's
+    start (the window's and every week since), exactly, per draw (``lines.mixture_prediction``)."""
+    ids = [u for u in pending if u in sums]
+    for u in pending:
+        if u not in sums:
+            pending[u].reasons.append(
+                f"update: the student has no scores since {run.window_start.isoformat()}")
+    if not ids:
+        return
+    arr = np.array([sums[u][:5] for u in ids], dtype=float)
+    mu, sd, p = mixture_prediction(draws, *arr.T, float(h), target)
+    for i, u in enumerate(ids):
+        out[u] = GoalAnswer(u, target, float(p[i]), float(sd[i]), float(mu[i]), "update",
+                            tuple(pending.pop(u).reasons), run.run_id, "update", p_week, None,
+                            int(sums[u][0]), run.window_end, int(sums[u][5]))
+
+
+def _line_paths(session: psycopg.Connection, pending: dict[str, _Pending], out: dict[str, GoalAnswer],
+                run: _Run, h: int, p_week: date | None, target: float,
+                score_range: tuple[float, float]) -> None:
+    """Path 2 for a run without population draws: the student's stored line posterior
+    (``run``), or the plug-in population posterior and the student's data (``population``)."""
+    todo = list(pending)
+    post = _posterior_rows(session, run.run_id, todo)
+    if post:
+        ids = [u for u in todo if u in post]
+        arr = np.array([post[u][1:] for u in ids], dtype=float)
+        mu, sd, p = line_prediction(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3], arr[:, 4], h, target)
+        for i, u in enumerate(ids):
+            out[u] = GoalAnswer(u, target, float(p[i]), float(sd[i]), float(mu[i]), "run",
+                                tuple(pending.pop(u).reasons), run.run_id, "posterior",
+                                p_week, None, int(post[u][0]), run.window_end)
+    todo = list(pending)
+    if todo and run.window_start is None:
+        for u in todo:
+            pending[u].reasons.append(
+                f"population: student not in run {run.run_id}, and the run has no window_start")
+    elif todo:
+        sums = _data_sums(session, run, todo, score_range)
+        ids = [u for u in todo if u in sums]
+        for u in todo:
+            if u not in sums:
+                pending[u].reasons.append(
+                    f"population: student not in run {run.run_id} and has no scores since "
+                    f"{run.window_start.isoformat()}")
+        if ids:
+            arr = np.array([sums[u][:5] for u in ids], dtype=float)
+            ma, mb, va, vb, cab = population_line_posterior(
+                run.summary or {}, arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3], arr[:, 4])
+            mu, sd, p = line_prediction(ma, mb, va, vb, cab, h, target)
+            for i, u in enumerate(ids):
+                out[u] = GoalAnswer(u, target, float(p[i]), float(sd[i]), float(mu[i]),
+                                    "population",
+                                    tuple(pending.pop(u).reasons) + (f"run: student not in run {run.run_id}",),
+                                    run.run_id, "posterior", p_week, None, int(sums[u][0]),
+                                    run.window_end)
 
 
 def _answers(
@@ -323,6 +445,7 @@ def _answers(
     target: float,
     settings: Settings,
     kpi_week: date | None = None,
+    horizon: date | None = None,
 ) -> dict[str, GoalAnswer]:
     """The chain for many users, in one transaction of the session (a savepoint if the
     caller has one open) with the settings' statement and lock timeouts: a stuck or locked
@@ -332,7 +455,7 @@ def _answers(
                         " set_config('lock_timeout', %s, true)",
                         (f"{settings.db_statement_timeout_ms}ms", f"{settings.db_lock_timeout_ms}ms"))
         return _chain(session, user_ids, target, settings.metrics_use_bayesian, settings.score_range,
-                      kpi_week)
+                      kpi_week, horizon)
 
 
 def _chain(
@@ -342,6 +465,7 @@ def _chain(
     use_bayesian: bool,
     score_range: tuple[float, float],
     kpi_week: date | None = None,
+    horizon: date | None = None,
 ) -> dict[str, GoalAnswer]:
     users = list(dict.fromkeys(user_ids))
     pending = {u: _Pending(u) for u in users}
@@ -352,16 +476,25 @@ def _chain(
     if use_bayesian:
         run, latest = _latest_runs(session)
         where = "latest week" if kpi_week is None else f"week {kpi_week.isoformat()}"
+        h = _horizon_index(run, horizon) if run is not None else None
+        p_week = run.p_week(h) if run is not None else None
+        draws = _run_draws(session, run.run_id) if run is not None else None
+        # the students' scores since the window's start: one query, for paths 1 and 2
+        sums = (_data_sums(session, run, users, score_range)
+                if draws is not None and run.window_start is not None else {})
         # 1. stored P
         stored = _stored_rows(session, users, kpi_week)
         for u in users:
-            why = _stored_reason(stored.get(u), target, run, where)
+            why = _stored_reason(stored.get(u), target, run, where, p_week)
+            if why is None and u in sums and sums[u][5] > 0:
+                why = (f"stored: the student has {sums[u][5]} score(s) since the window of run "
+                       f"{run.run_id} (ended {run.window_end})")
             if why is None:
-                week, p, sigma, _t, p_run_id, p_source, p_week = stored[u]
+                week, p, sigma, _t, p_run_id, p_source, p_week_s = stored[u]
                 out[u] = GoalAnswer(
                     u, target, float(p), float(sigma) if _is_number(sigma) else None, None,
                     "stored", tuple(pending[u].reasons), p_run_id, p_source,
-                    _parse_date(p_week), week)
+                    _parse_date(p_week_s), week)
                 del pending[u]
             else:
                 pending[u].reasons.append(why)
@@ -373,45 +506,10 @@ def _chain(
                 why = f"run: no run passed its checks (latest run {latest[0]} is {latest[1]})"
             for p in pending.values():
                 p.reasons.append(why)
+        elif pending and draws is not None:
+            _update_path(pending, out, run, draws, sums, h, p_week, target)
         elif pending:
-            if run.horizon_week is None:
-                raise ContractError("growth_brms_meta.horizon_week", f"missing in run {run.run_id}")
-            h = int(run.horizon_week)
-            p_week = (run.window_start + timedelta(weeks=h)) if run.window_start else None
-            todo = list(pending)
-            post = _posterior_rows(session, run.run_id, todo)
-            if post:
-                ids = [u for u in todo if u in post]
-                arr = np.array([post[u][1:] for u in ids], dtype=float)
-                mu, sd, p = line_prediction(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3], arr[:, 4], h, target)
-                for i, u in enumerate(ids):
-                    out[u] = GoalAnswer(u, target, float(p[i]), float(sd[i]), float(mu[i]), "run",
-                                        tuple(pending.pop(u).reasons), run.run_id, "posterior",
-                                        p_week, None, int(post[u][0]), run.window_end)
-            todo = list(pending)
-            if todo and run.window_start is None:
-                for u in todo:
-                    pending[u].reasons.append(
-                        f"population: student not in run {run.run_id}, and the run has no window_start")
-            elif todo:
-                sums = _data_sums(session, run, todo, score_range)
-                ids = [u for u in todo if u in sums]
-                for u in todo:
-                    if u not in sums:
-                        pending[u].reasons.append(
-                            f"population: student not in run {run.run_id} and has no scores since "
-                            f"{run.window_start.isoformat()}")
-                if ids:
-                    arr = np.array([sums[u] for u in ids], dtype=float)
-                    ma, mb, va, vb, cab = population_line_posterior(
-                        run.summary or {}, arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3], arr[:, 4])
-                    mu, sd, p = line_prediction(ma, mb, va, vb, cab, h, target)
-                    for i, u in enumerate(ids):
-                        out[u] = GoalAnswer(u, target, float(p[i]), float(sd[i]), float(mu[i]),
-                                            "population",
-                                            tuple(pending.pop(u).reasons) + (f"run: student not in run {run.run_id}",),
-                                            run.run_id, "posterior", p_week, None, int(sums[u][0]),
-                                            run.window_end)
+            _line_paths(session, pending, out, run, h, p_week, target, score_range)
     else:
         for p in pending.values():
             p.reasons.append("METRICS_USE_BAYESIAN=false: Normal approximation only")
@@ -454,28 +552,45 @@ def _log_one(a: GoalAnswer) -> None:
 # --- public API --------------------------------------------------------------------------------
 
 
+def _check_horizon(horizon: Any) -> date | None:
+    if horizon is None:
+        return None
+    if isinstance(horizon, str):
+        try:
+            horizon = date.fromisoformat(horizon)
+        except ValueError:
+            raise ContractError("horizon", "must be a date (the Monday of the week P is for)", horizon) from None
+    if isinstance(horizon, datetime) or not isinstance(horizon, date):
+        raise ContractError("horizon", "must be a date (the Monday of the week P is for)", horizon)
+    return check_monday("horizon", horizon)
+
+
 def explain_goal_attainment_probability(
-    session: psycopg.Connection, user_id: str, target: float | None = None
+    session: psycopg.Connection, user_id: str, target: float | None = None,
+    horizon: date | str | None = None,
 ) -> GoalAnswer:
     """The answer of :func:`compute_goal_attainment_probability` with its path and reasons."""
     settings = Settings.from_env()
     user_id = _check_user(user_id)
     t = _resolve_target(target, settings)
-    a = _answers(session, [user_id], t, settings)[user_id]
+    a = _answers(session, [user_id], t, settings, horizon=_check_horizon(horizon))[user_id]
     _log_one(a)
     return a
 
 
 def compute_goal_attainment_probability(
-    session: psycopg.Connection, user_id: str, target: float | None = None
+    session: psycopg.Connection, user_id: str, target: float | None = None,
+    horizon: date | str | None = None,
 ) -> float | None:
-    """P(the student reaches ``target``) through the chain of the module docstring, or None."""
-    return explain_goal_attainment_probability(session, user_id, target).P
+    """P(the student's expected score reaches ``target`` in the week starting ``horizon``,
+    default the latest run's horizon week) through the chain of the module docstring, or
+    None."""
+    return explain_goal_attainment_probability(session, user_id, target, horizon).P
 
 
 def compute_goal_attainment_probabilities(
     session: psycopg.Connection, user_ids: Iterable[str], target: float | None = None,
-    *, kpi_week: date | None = None,
+    *, kpi_week: date | None = None, horizon: date | str | None = None,
 ) -> dict[str, GoalAnswer]:
     """The batch form: ``{user_id: GoalAnswer}`` for many users, one query per path.
 
@@ -487,7 +602,7 @@ def compute_goal_attainment_probabilities(
     t = _resolve_target(target, settings)
     if kpi_week is not None:
         check_monday("kpi_week", kpi_week)
-    out = _answers(session, users, t, settings, kpi_week)
+    out = _answers(session, users, t, settings, kpi_week, _check_horizon(horizon))
     if log.isEnabledFor(logging.DEBUG):
         for a in out.values():
             log.debug("goal probability user=%s path=%s P=%s; earlier paths: %s",
@@ -505,7 +620,8 @@ def _reason_kind(reason: str) -> str:
     for key in ("no weekly_kpi row", "no P_target", "no P", "not a number", "target",
                 "there is none", "not the latest passed run", "P_source", "no growth_brms_meta",
                 "passed its checks", "no window_start", "no scores", "no theta", "no se",
-                "not finite", "se <= 0", "Normal approximation only"):
+                "not finite", "se <= 0", "Normal approximation only", "since the window",
+                "not the requested"):
         if key in r:
             return key
     return "other"

@@ -79,6 +79,16 @@ def db_url(pg_admin_url: str, pg_template: str) -> Iterator[str]:
         _drop_db(pg_admin_url, name)
 
 
+@pytest.fixture(scope="module")
+def db_url_module(pg_admin_url: str, pg_template: str) -> Iterator[str]:
+    """A fresh, migrated database shared by one test module (an expensive fixture's)."""
+    name = _create_db(pg_admin_url, pg_template)
+    try:
+        yield _with_db(pg_admin_url, name)
+    finally:
+        _drop_db(pg_admin_url, name)
+
+
 @pytest.fixture
 def empty_db_url(pg_admin_url: str) -> Iterator[str]:
     """A fresh database with no tables at all (for migration tests)."""

@@ -15,7 +15,7 @@ import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
-from ..model.contract import ContractError, make_run_id
+from ..model.contract import POPULATION_PARAMS, ContractError, make_run_id
 from ..model.result import FitResult
 
 P_SOURCES = ("brms", "native", "posterior", "normal")
@@ -73,6 +73,10 @@ def free_run_id(conn: psycopg.Connection, engine: str, at: datetime | None = Non
     raise ContractError("run_id", "no free run id within an hour of now", make_run_id(engine, at))
 
 
+# growth_population_draws' columns, in the order of contract.POPULATION_PARAMS
+DRAW_COLUMNS = "b_intercept, b_week, sd_intercept, sd_week, cor, sigma"
+
+
 def write_fit(
     conn: psycopg.Connection,
     result: FitResult,
@@ -84,13 +88,15 @@ def write_fit(
     """Store one fit (``brms_posterior``'s tables): its ``growth_fit`` row and its
     per-student line posteriors in ``growth_student_posterior``.
 
-    One transaction: the fit and all its students, or nothing. Writing the same run_id again
+    One transaction: the fit, all its students and its population draws (when the engine
+    gave them: ``growth_population_draws``), or nothing. Writing the same run_id again
     from the same Dagster run (a retried step) replaces it; another fit with a colliding
     run_id (ids have one-second resolution) is refused, never overwritten. Returns the
     number of student rows written.
     """
     run_id = result.run_id
     header = jsonable(result.header_json())
+    header.pop("population_draws", None)  # their own table, as arrays
     with conn.transaction():
         cur = conn.execute(
             """
@@ -114,6 +120,12 @@ def write_fit(
         with conn.cursor().copy(f"COPY growth_student_posterior ({cols}) FROM STDIN") as copy:
             for row in zip(*columns):
                 copy.write_row((run_id, *row))
+        conn.execute("DELETE FROM growth_population_draws WHERE run_id = %s", (run_id,))
+        if result.population_draws is not None:
+            d = result.population_draws
+            arrays = [np.asarray(d[p], dtype=np.float64).tolist() for p in POPULATION_PARAMS]
+            conn.execute(f"INSERT INTO growth_population_draws (run_id, n_draws, {DRAW_COLUMNS})"
+                         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", (run_id, len(arrays[0]), *arrays))
     return len(s)
 
 

@@ -614,6 +614,7 @@ class NativeEngine:
             n_warmup=int(settings.n_warmup), n_obs=int(red.n_rows),
             lookback_weeks=int(settings.lookback_weeks), horizon_week=int(settings.horizon_week),
             target=float(target), summary=summary, diagnostics=diagnostics, students=students,
+            population_draws=contract.thin_draws({p: pars[p] for p in _PARAM_NAMES}),
             details={
                 "student_level": "rao-blackwellised",
                 "student_level_note": (

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .contract import (DIAGNOSTIC_FIELDS, ENGINES, FORMULA, POPULATION_PARAMS, SUMMARY_FIELDS,
+from .contract import (DIAGNOSTIC_FIELDS, ENGINES, FORMULA, MAX_POPULATION_DRAWS, POPULATION_PARAMS,
+                       SUMMARY_FIELDS,
                        FitResultError, line_prediction)
 from .engine import Engine, FitSettings
 from .panel import Panel
@@ -245,12 +246,40 @@ class FitResult:
                 and np.array_equal(self.students.student_id, panel.student_ids))
         self._validate_students(unique_known=same)
         if self.population_draws is not None:
-            missing = [p for p in POPULATION_PARAMS if p not in self.population_draws]
-            if missing:
-                raise FitResultError("population_draws", f"lacks {missing}")
+            self._validate_draws()
         if panel is not None:
             self._validate_panel(panel, same)
         return self
+
+    def _validate_draws(self) -> None:
+        """The population draws (optional in the contract): the six parameters, each the
+        same number of finite draws within 1..MAX_POPULATION_DRAWS, sds >= 0, sigma > 0,
+        |cor| <= 1; nothing else."""
+        d = self.population_draws
+        missing = [p for p in POPULATION_PARAMS if p not in d]
+        if missing:
+            raise FitResultError("population_draws", f"lacks {missing}")
+        extra = sorted(set(d) - set(POPULATION_PARAMS))
+        if extra:
+            raise FitResultError("population_draws", f"has unknown parameters {extra}")
+        sizes = {np.asarray(d[p]).shape for p in POPULATION_PARAMS}
+        (shape,) = sizes if len(sizes) == 1 else (None,)
+        if shape is None or len(shape) != 1 or not 1 <= shape[0] <= MAX_POPULATION_DRAWS:
+            raise FitResultError("population_draws", f"must be 1..{MAX_POPULATION_DRAWS} draws of "
+                                 "each parameter, the same number", sorted(sizes))
+        for p in POPULATION_PARAMS:
+            a = np.asarray(d[p], dtype=np.float64)
+            if not np.isfinite(a).all():
+                raise FitResultError(f"population_draws.{p}", "must be finite", float(a[~np.isfinite(a)][0]))
+        rules = (("sd_student_id__Intercept", lambda a: a >= 0, ">= 0"),
+                 ("sd_student_id__week", lambda a: a >= 0, ">= 0"),
+                 ("sigma", lambda a: a > 0, "> 0"),
+                 ("cor_student_id__Intercept__week", lambda a: np.abs(a) <= 1, "within [-1, 1]"))
+        for p, ok, what in rules:
+            a = np.asarray(d[p], dtype=np.float64)
+            bad = ~ok(a)
+            if bad.any():
+                raise FitResultError(f"population_draws.{p}", f"must be {what}", float(a[bad][0]))
 
     def _validate_students(self, unique_known: bool = False) -> None:
         s = self.students

@@ -83,7 +83,7 @@ def test_stored_p_rules_run_id_source_legacy_and_latest_week(conn):
         "normal": (stored_p(0.42, run_id=None, source="normal"), "is from run None, not the latest"),
         "legacy": ({"P": 0.42, "sigma": 0.3}, "has no P_target (legacy row)"),
         "string P": ({**stored_p(), "P": "0.42"}, "is not a number within [0, 1]"),
-        "wrong source": (stored_p(0.42, source="brms"), "has P_source 'brms', not 'native' or 'posterior'"),
+        "wrong source": (stored_p(0.42, source="brms"), "has P_source 'brms', not 'native', 'posterior' or 'update'"),
     }
     for name, (k, why) in cases.items():
         set_kpis(conn, "s00000", WEEK, k)

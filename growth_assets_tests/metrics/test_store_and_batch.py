@@ -168,8 +168,9 @@ def test_batch_equals_the_single_user_form_for_every_user(conn, caplog):
     for target in (0.0, 0.35):
         counting = Counting(conn)
         out = batch(counting, users, target=target)
-        # the call's timeouts, runs, stored P, run posterior, data sums, latest theta
-        assert counting.n == 6
+        # the call's timeouts, runs, the run's population draws (none here), stored P, run
+        # posterior, data sums, latest theta
+        assert counting.n == 7
         assert list(out) == list(dict.fromkeys(users))
         for u in out:
             assert out[u] == explain(conn, u, target=target), u
@@ -190,8 +191,8 @@ def test_refresh_active_users_merges_in_one_transaction_and_counts(conn):
     conn.commit()
     counts = refresh_active_users(conn, WEEK, target=0.0)
     conn.commit()
-    assert counts == {"users": 5, "stored": 1, "run": 1, "population": 1, "normal": 1, "none": 1,
-                      "written": 3}
+    assert counts == {"users": 5, "stored": 1, "update": 0, "run": 1, "population": 1, "normal": 1,
+                      "none": 1, "written": 3}
     written = dict(conn.execute("SELECT user_id, kpis->>'P_source' FROM weekly_kpi"
                                 " WHERE week_start = %s AND kpis ? 'P'", (WEEK,)).fetchall())
     assert {u: written.get(u) for u in ("s00000", "s00007", "s00021", "s00027", "s00029")} == {

@@ -23,7 +23,7 @@ from growth_assets.model.engine import FitSettings
 from growth_assets.model.panel import Panel
 
 N_SIMS = 160
-N_STUDENTS = 40
+N_STUDENTS = 10
 RANKS = 99  # thinned draws per fit: ranks 0..99
 BINS = 10
 PARAMS = ("intercept_c", "beta1", "tau0", "tau1", "rho", "sigma")
@@ -42,7 +42,7 @@ def prior_draw(rng: np.random.Generator) -> dict[str, float]:
 
 def simulate(rng: np.random.Generator, truth: dict[str, float]) -> Panel:
     rows = []
-    weeks_of = [np.sort(rng.choice(8, size=int(rng.integers(1, 9)), replace=False))
+    weeks_of = [np.sort(rng.choice(8, size=int(rng.integers(1, 6)), replace=False))
                 for _ in range(N_STUDENTS)]
     wbar = float(np.mean(np.concatenate(weeks_of)))
     beta = np.array([truth["intercept_c"] - truth["beta1"] * wbar, truth["beta1"]])

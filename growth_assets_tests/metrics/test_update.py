@@ -1,0 +1,185 @@
+"""Path "update": P from the run's population draws and every score of the student since
+the window's start, exact for any horizon (issue: P that moves with this week's scores).
+
+One native fit of a 1,000-student cohort (module fixture); 50 students then get two more
+weeks of scores, and the whole cohort is refitted with them: the update must agree with
+the refit up to the O(1/N) move of the hyperparameters."""
+
+from __future__ import annotations
+
+import math
+from datetime import date, datetime, timedelta, timezone
+
+import numpy as np
+import psycopg
+import pytest
+
+from growth_assets.db.writers import merge_weekly_kpi
+from growth_assets.defs.growth.panel import Window, build_panel, load_panel
+from growth_assets.demo.cohort import seed_cohort
+from growth_assets.metrics import (
+    compute_goal_attainment_probabilities as batch,
+    explain_goal_attainment_probability as explain,
+)
+from growth_assets.model.contract import ContractError
+from growth_assets.model.engine import FitSettings
+from growth_assets.model.lines import mixture_prediction
+from growth_assets.model.native import NativeEngine
+from growth_assets.model.result import fit_panel
+from growth_assets_tests.support.per_draw import per_draw_reference
+
+from .helpers import add_theta, store_fit
+
+AS_OF = date(2026, 11, 9)  # the window: 12 weeks before; two later weeks have passed since
+H = 15
+TARGET = 0.1
+RUN = "native-20261109-043000"
+
+
+@pytest.fixture(autouse=True)
+def bayesian(monkeypatch):
+    monkeypatch.setenv("METRICS_USE_BAYESIAN", "true")
+
+
+@pytest.fixture(scope="module")
+def fitted(db_url_module):
+    """The cohort, its panel and fit, stored with its weekly_kpi P as the graph writes it."""
+    window = Window(as_of=AS_OF, lookback_weeks=12)
+    with psycopg.connect(db_url_module) as conn:
+        seed_cohort(conn, n_students=1000, n_weeks=12, seed=5, as_of=AS_OF)
+        info = build_panel(conn, window, "theta", now=datetime(2026, 11, 9, 4, 30, tzinfo=timezone.utc))
+        panel = load_panel(conn, info.panel_id)
+        res = fit_panel(NativeEngine(), panel, FitSettings(seed=7, horizon_week=H, target=TARGET, run_id=RUN))
+        store_fit(conn, res, window_start=window.start, week_start=window.week_start)
+        st = res.students
+        merge_weekly_kpi(conn, list(zip(st.student_id.tolist(), st.P.tolist(), st.sigma.tolist())),
+                         week_start=window.week_start, target=TARGET, p_week=window.start + timedelta(weeks=H),
+                         run_id=RUN, source="native", window_end=window.end)
+        conn.commit()
+    return {"url": db_url_module, "window": window, "res": res, "panel": panel}
+
+
+@pytest.fixture
+def conn(fitted):
+    with psycopg.connect(fitted["url"]) as c:
+        yield c
+        c.rollback()
+
+
+def test_the_run_keeps_1000_population_draws(fitted, conn):
+    n, = conn.execute("SELECT n_draws FROM growth_population_draws WHERE run_id = %s", (RUN,)).fetchone()
+    assert n == 1000 and len(fitted["res"].population_draws["sigma"]) == 1000
+
+
+def test_no_new_scores_is_exactly_the_stored_answer(fitted, conn):
+    st = fitted["res"].students
+    users = st.student_id[:200].tolist()
+    out = batch(conn, users, target=TARGET)
+    for i, u in enumerate(users):
+        assert out[u].path == "stored", (u, out[u].reasons)
+        assert out[u].P == float(st.P[i])  # the very number stored, not a recomputation
+
+
+def test_at_the_run_horizon_the_update_equals_the_stored_p_within_the_thinning_error(fitted, conn):
+    """Another path to the same number: at another target the stored P does not count, so
+    the update recomputes it from the 1000 thinned draws; against the engine's P from all
+    8000 draws at that target the difference is Monte Carlo error: within 4 standard
+    errors sd_d(Phi(z_d)) / sqrt(1000) (draws about independent after thinning), plus the
+    engine's own 1e-3 bound on its cheap P."""
+    res, engine = fitted["res"], NativeEngine()
+    other = TARGET + 0.15
+    users = res.students.student_id[:300].tolist()
+    out = batch(conn, users, target=other)
+    full = fit_panel(engine, fitted["panel"], FitSettings(seed=7, horizon_week=H, target=other, run_id=RUN))
+    d = res.population_draws
+    worst = 0.0
+    for i, u in enumerate(users):
+        a = out[u]
+        assert a.path == "update" and a.n_new == 0, (u, a.reasons)
+        n, sw, sww, sy, swy = (np.array([x]) for x in _sums(fitted["panel"], u))
+        per = _per_draw_phi(d, n, sw, sww, sy, swy, H, other)
+        se = per.std() / math.sqrt(per.size)
+        assert abs(a.P - full.students.P[i]) <= 4 * se + 1e-3, (u, a.P, full.students.P[i], se)
+        worst = max(worst, per.std() / math.sqrt(per.size))
+    assert worst < 0.005  # the draws' count is enough (contract.POPULATION_DRAWS)
+
+
+def test_any_horizon_agrees_with_a_per_draw_computation(fitted, conn):
+    d = fitted["res"].population_draws
+    std = {"beta0": d["b_Intercept"], "beta1": d["b_week"], "tau0": d["sd_student_id__Intercept"],
+           "tau1": d["sd_student_id__week"], "rho": d["cor_student_id__Intercept__week"], "sigma": d["sigma"]}
+    users = sorted(fitted["res"].students.student_id[:40].tolist())
+    for weeks in (12, 20, 30):
+        horizon = fitted["window"].start + timedelta(weeks=weeks)
+        out = batch(conn, users, target=TARGET, horizon=horizon)
+        ref = per_draw_reference(fitted["panel"], std, 0.0, 1.0, float(weeks), TARGET, students=users)
+        for (sid, p_ref, mu_ref, var_ref) in ref:
+            a = out[sid]
+            assert a.path == "update" and a.p_week == horizon, (sid, a.reasons)
+            assert a.P == pytest.approx(p_ref, abs=1e-9), sid
+            assert a.mu == pytest.approx(mu_ref, abs=1e-9) and a.sigma**2 == pytest.approx(var_ref, rel=1e-9)
+
+
+def test_fifty_students_with_new_weeks_agree_with_a_refit(fitted):
+    """Two more weeks for 50 students (one of them two residual sds above her line); the
+    whole cohort refitted with those rows: each updated P within 0.02 of the refit's."""
+    res, window = fitted["res"], fitted["window"]
+    st = res.students
+    sigma = res.summary["sigma"].mean
+    rng = np.random.default_rng(3)
+    chosen = sorted(rng.choice(st.student_id.astype(str), 50, replace=False).tolist())
+    mid = next(u for u in chosen if 0.2 < st.P[np.flatnonzero(st.student_id == u)[0]] < 0.8)
+    with psycopg.connect(fitted["url"]) as conn:
+        for u in chosen:
+            i = int(np.flatnonzero(st.student_id == u)[0])
+            for k, week in enumerate((12, 13)):
+                line = st.mean_a[i] + st.mean_b[i] * week
+                y = line + (2 * sigma if u == mid else rng.normal(0, sigma))
+                add_theta(conn, u, float(y), 0.2,
+                          datetime.combine(window.start + timedelta(weeks=week, days=1 + k),
+                                           datetime.min.time(), timezone.utc))
+        out = batch(conn, chosen, target=TARGET)
+        # the refit sees the window and the two weeks: 14 weeks from the same Monday
+        longer = Window(as_of=AS_OF + timedelta(weeks=2), lookback_weeks=14)
+        assert longer.start == window.start
+        info = build_panel(conn, longer, "theta", now=datetime.now(timezone.utc))
+        refit = fit_panel(NativeEngine(), load_panel(conn, info.panel_id),
+                          FitSettings(seed=8, horizon_week=H, target=TARGET, lookback_weeks=14,
+                                      run_id="native-20261123-043000"))
+        conn.execute("DELETE FROM mirt_ability WHERE fitted_at >= %s",
+                     (datetime.combine(window.end, datetime.min.time(), timezone.utc),))
+        conn.commit()
+    rp = dict(zip(refit.students.student_id.tolist(), refit.students.P.tolist()))
+    diffs = []
+    for u in chosen:
+        a = out[u]
+        assert a.path == "update" and a.n_new == 2, (u, a.reasons)
+        assert any("2 score(s) since the window" in r for r in a.reasons)
+        diffs.append(abs(a.P - rp[u]))
+    i = int(np.flatnonzero(st.student_id == mid)[0])
+    assert out[mid].P > st.P[i] + 0.05, (out[mid].P, st.P[i])  # two high weeks raise P
+    assert max(diffs) <= 0.02, max(diffs)
+    print(f"update vs refit over 50 students: max |dP| {max(diffs):.4f}; {mid}: {st.P[i]:.3f} -> {out[mid].P:.3f}")
+
+
+def test_a_horizon_must_be_a_monday_not_before_the_window(fitted, conn):
+    with pytest.raises(ContractError, match="horizon"):
+        explain(conn, "s00001", target=TARGET, horizon=date(2026, 12, 2))
+    with pytest.raises(ContractError, match="horizon"):
+        explain(conn, "s00001", target=TARGET, horizon=fitted["window"].start - timedelta(weeks=1))
+    with pytest.raises(ContractError, match="horizon"):
+        explain(conn, "s00001", target=TARGET, horizon="next week")
+
+
+def _sums(panel, sid):
+    f = panel.to_frame()
+    d = f[f.student_id == sid]
+    w, y = d.week.to_numpy(float), d.score.to_numpy(float)
+    return len(w), w.sum(), (w * w).sum(), y.sum(), (w * y).sum()
+
+
+def _per_draw_phi(d, n, sw, sww, sy, swy, h, target):
+    """Phi(z_d) per draw for one student (mixture_prediction with one draw at a time)."""
+    keys = list(d)
+    return np.array([mixture_prediction({k: d[k][j:j + 1] for k in keys}, n, sw, sww, sy, swy, float(h), target)[2][0]
+                     for j in range(len(d[keys[0]]))])
