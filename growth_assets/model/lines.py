@@ -84,33 +84,3 @@ def conditional_line(beta0, beta1, tau0, tau1, rho, sigma, n, sw, sww, sy, swy):
         beta0, beta1, tau0, tau1, rho, sigma, n, sw, sww)
     return c0 + K00 * sy + K01 * swy, c1 + K10 * sy + K11 * swy, M00, M11, M01
 
-
-def mixture_prediction(draws, n, sw, sww, sy, swy, h: float, target: float, chunk: int = 2048):
-    """(mu, sigma, P) of ``a + b h`` for students given their five sums, averaged exactly
-    over population hyperparameter draws (data units, brms's names): per draw the line is
-    the conditional Normal above, so ``P = mean_d Phi((m_d(h) - target) / s_d(h))``, ``mu =
-    mean_d m_d(h)`` and ``sigma^2 = mean_d s_d(h)^2 + var_d m_d(h)`` (law of total variance).
-    Students are taken ``chunk`` at a time (memory ``chunk x draws``)."""
-    from scipy.special import ndtr
-
-    b0 = np.asarray(draws["b_Intercept"], dtype=float)[None, :]
-    b1 = np.asarray(draws["b_week"], dtype=float)[None, :]
-    t0 = np.asarray(draws["sd_student_id__Intercept"], dtype=float)[None, :]
-    t1 = np.asarray(draws["sd_student_id__week"], dtype=float)[None, :]
-    rho = np.asarray(draws["cor_student_id__Intercept__week"], dtype=float)[None, :]
-    sig = np.asarray(draws["sigma"], dtype=float)[None, :]
-    cols = [np.asarray(x, dtype=float).reshape(-1) for x in (n, sw, sww, sy, swy)]
-    m = len(cols[0])
-    mu, sd, p = np.empty(m), np.empty(m), np.empty(m)
-    for lo in range(0, m, chunk):
-        c = [x[lo:lo + chunk, None] for x in cols]
-        ma, mb, va, vb, cab = conditional_line(b0, b1, t0, t1, rho, sig, *c)
-        m_d = ma + h * mb
-        v_d = np.maximum(va + 2.0 * h * cab + h * h * vb, 0.0)
-        s_d = np.sqrt(v_d)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = np.where(s_d > 0, (m_d - target) / s_d, np.where(m_d >= target, np.inf, -np.inf))
-        p[lo:lo + chunk] = ndtr(z).mean(axis=1)
-        mu[lo:lo + chunk] = m_d.mean(axis=1)
-        sd[lo:lo + chunk] = np.sqrt(v_d.mean(axis=1) + m_d.var(axis=1))
-    return mu, sd, p

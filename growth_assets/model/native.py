@@ -61,8 +61,8 @@ from .result import Diagnostics, FitResult, ParamSummary, StudentLines
 
 MAX_TREE_DEPTH = 10  # Stan's default, as brms runs it
 TARGET_ACCEPT = 0.8
-P_TOLERANCE = 1e-3  # max error of the cheap P; students above it get the exact mean over draws
-_STUDENT_CHUNK = 100_000
+P_TOLERANCE = native_math.P_TOLERANCE
+student_predictions = native_math.student_predictions
 _PARAM_NAMES = contract.POPULATION_PARAMS
 
 log = logging.getLogger(__name__)
@@ -463,55 +463,6 @@ def brms_draws(draws: dict[str, np.ndarray], ybar: float, s: float) -> dict[str,
         "sigma": s * draws["sigma"],
         "Intercept": ybar + s * draws["intercept_c"],  # brms's centred intercept (sampled)
     }
-
-
-def student_predictions(
-    red: native_math.Reduced,
-    draws_flat: dict[str, np.ndarray],
-    h: float,
-    target: float,
-    p_tolerance: float = P_TOLERANCE,
-) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Rao-Blackwellised line posterior, mu, sigma and P per student (data units)."""
-    ybar, s = red.ybar, red.s
-    t_std = (target - ybar) / s
-    n_groups = int(red.group.max()) + 1
-    gs = native_math.group_stats(red)
-    gm = native_math.group_moments(draws_flat, gs.n[:n_groups], gs.sw[:n_groups],
-                                   gs.sww[:n_groups], h, t_std)
-    S = len(red.student_ids)
-    out = {k: np.empty(S) for k in ("mean_a", "mean_b", "var_a", "var_b", "cov_ab", "P")}
-    bound = np.empty(S)
-    for lo in range(0, S, _STUDENT_CHUNK):
-        sl = slice(lo, min(S, lo + _STUDENT_CHUNK))
-        ma, mb, va, vb, cab, p, bd = native_math.student_lines(gm, red.group[sl], red.g[sl])
-        out["mean_a"][sl] = ybar + s * ma
-        out["mean_b"][sl] = s * mb
-        out["var_a"][sl] = s * s * va
-        out["var_b"][sl] = s * s * vb
-        out["cov_ab"][sl] = s * s * cab
-        out["P"][sl] = p
-        bound[sl] = bd
-    exact = bound > p_tolerance
-    if exact.any():
-        idx = np.flatnonzero(exact)
-        order = idx[np.argsort(red.group[idx], kind="stable")]
-        grp = red.group[order]
-        cuts = np.flatnonzero(np.diff(grp)) + 1
-        for part in np.split(order, cuts):
-            gi = red.group[part[0]]
-            out["P"][part] = native_math.exact_p(
-                draws_flat, gs.n[gi], gs.sw[gi], gs.sww[gi], red.g[part], h, t_std)
-    mu, sd, _ = contract.line_prediction(
-        out["mean_a"], out["mean_b"], out["var_a"], out["var_b"], out["cov_ab"], h, target)
-    out["mu"], out["sigma"] = mu, sd
-    out["P"] = np.clip(out["P"], 0.0, 1.0)
-    info = {
-        "p_tolerance": p_tolerance,
-        "n_p_exact": int(exact.sum()),
-        "max_p_bound_cheap": float(bound[~exact].max()) if (~exact).any() else 0.0,
-    }
-    return out, info
 
 
 @dataclass

@@ -40,14 +40,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.special import ndtr
 
+from .contract import line_prediction
 from .lines import conditional_terms, posterior_blocks
 from .panel import Panel
 
 LOG_2PI = math.log(2.0 * math.pi)
+P_TOLERANCE = 1e-3  # max error of the cheap P; students above it get the exact mean over draws
+_STUDENT_CHUNK = 100_000
 # max |phi'(z)| = phi(1) = exp(-1/2)/sqrt(2 pi); half of it bounds Phi(mean z) - mean Phi(z).
 P_BOUND_COEF = 0.5 * math.exp(-0.5) / math.sqrt(2.0 * math.pi)
 
@@ -284,3 +288,81 @@ def exact_p(draws, n, sw, sww, g: np.ndarray, h: float, t: float, chunk: int = 2
         z = w[:, 0][None, :] + gg[:, 0:1] * w[:, 1][None, :] + gg[:, 1:2] * w[:, 2][None, :]
         out[lo:lo + step] = ndtr(z).mean(axis=1)
     return out
+
+
+def student_predictions(
+    red: Reduced,
+    draws_flat: dict[str, np.ndarray],
+    h: float,
+    target: float,
+    p_tolerance: float = P_TOLERANCE,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Rao-Blackwellised line posterior, mu, sigma and P per student (data units)."""
+    ybar, s = red.ybar, red.s
+    t_std = (target - ybar) / s
+    n_groups = int(red.group.max()) + 1
+    gs = group_stats(red)
+    gm = group_moments(draws_flat, gs.n[:n_groups], gs.sw[:n_groups],
+                                   gs.sww[:n_groups], h, t_std)
+    S = len(red.student_ids)
+    out = {k: np.empty(S) for k in ("mean_a", "mean_b", "var_a", "var_b", "cov_ab", "P")}
+    bound = np.empty(S)
+    for lo in range(0, S, _STUDENT_CHUNK):
+        sl = slice(lo, min(S, lo + _STUDENT_CHUNK))
+        ma, mb, va, vb, cab, p, bd = student_lines(gm, red.group[sl], red.g[sl])
+        out["mean_a"][sl] = ybar + s * ma
+        out["mean_b"][sl] = s * mb
+        out["var_a"][sl] = s * s * va
+        out["var_b"][sl] = s * s * vb
+        out["cov_ab"][sl] = s * s * cab
+        out["P"][sl] = p
+        bound[sl] = bd
+    exact = bound > p_tolerance
+    if exact.any():
+        idx = np.flatnonzero(exact)
+        order = idx[np.argsort(red.group[idx], kind="stable")]
+        grp = red.group[order]
+        cuts = np.flatnonzero(np.diff(grp)) + 1
+        for part in np.split(order, cuts):
+            gi = red.group[part[0]]
+            out["P"][part] = exact_p(
+                draws_flat, gs.n[gi], gs.sw[gi], gs.sww[gi], red.g[part], h, t_std)
+    mu, sd, _ = line_prediction(
+        out["mean_a"], out["mean_b"], out["var_a"], out["var_b"], out["cov_ab"], h, target)
+    out["mu"], out["sigma"] = mu, sd
+    out["P"] = np.clip(out["P"], 0.0, 1.0)
+    info = {
+        "p_tolerance": p_tolerance,
+        "n_p_exact": int(exact.sum()),
+        "max_p_bound_cheap": float(bound[~exact].max()) if (~exact).any() else 0.0,
+    }
+    return out, info
+
+
+def predict_from_sums(draws, n, sw, sww, sy, swy, h: float, target: float,
+                      p_tolerance: float = 0.0):
+    """(mu, sigma, P) of ``a + b h`` for students given only their five sums (n, sum w,
+    sum w^2, sum y, sum w y) and population draws in data units (brms's names): the
+    engine's own Rao-Blackwellised mixture (``student_predictions``: per-draw terms once
+    per group of students with the same (n, sum w, sum w^2)), so ``P = mean_d
+    Phi((m_d(h) - target) / s_d(h))``, exactly with ``p_tolerance = 0``. Scores are
+    standardised by the draws' own scale (mean intercept; sqrt(E sd_Intercept^2 + E
+    sigma^2)) for the arithmetic; the answer is in data units."""
+    b0 = np.asarray(draws["b_Intercept"], dtype=np.float64)
+    t0 = np.asarray(draws["sd_student_id__Intercept"], dtype=np.float64)
+    sig = np.asarray(draws["sigma"], dtype=np.float64)
+    ybar = float(b0.mean())
+    s = float(np.sqrt(np.mean(t0 * t0) + np.mean(sig * sig))) or 1.0
+    std = {"beta0": (b0 - ybar) / s, "beta1": np.asarray(draws["b_week"], dtype=np.float64) / s,
+           "tau0": t0 / s, "tau1": np.asarray(draws["sd_student_id__week"], dtype=np.float64) / s,
+           "rho": np.asarray(draws["cor_student_id__Intercept__week"], dtype=np.float64),
+           "sigma": sig / s}
+    n, sw, sww, sy, swy = (np.asarray(x, dtype=np.float64).reshape(-1) for x in (n, sw, sww, sy, swy))
+    key = np.stack([n, np.rint(sw), np.rint(sww)], axis=1)  # integer weeks: exact keys
+    _, group = np.unique(key, axis=0, return_inverse=True)
+    red = Reduced(student_ids=np.arange(len(n)).astype(object), n_obs=n.astype(np.int64), sw=sw,
+                  sww=sww, g=np.stack([(sy - n * ybar) / s, (swy - sw * ybar) / s], axis=1),
+                  yy=np.zeros(len(n)), group=group.reshape(-1).astype(np.int64), ybar=ybar, s=s,
+                  wbar=0.0, n_rows=int(n.sum()))
+    out, _ = student_predictions(red, std, float(h), float(target), p_tolerance)
+    return out["mu"], out["sigma"], out["P"]

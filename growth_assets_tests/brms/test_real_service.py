@@ -138,7 +138,7 @@ def test_a_retry_with_the_same_key_attaches_to_the_running_fit(r_service):
 
 
 @pytest.mark.slow
-def test_the_graph_end_to_end_on_the_brms_engine(r_service, db_url):
+def test_the_graph_end_to_end_on_the_brms_engine(r_service, db_url, monkeypatch):
     import dagster as dg
     import psycopg
 
@@ -171,6 +171,24 @@ def test_the_graph_end_to_end_on_the_brms_engine(r_service, db_url):
         diff = c.execute('SELECT max(abs((k.kpis->>\'P\')::float8 - p."P")) FROM weekly_kpi k JOIN growth_student_posterior p'
                          " ON p.user_id = k.user_id AND p.run_id = %s WHERE k.week_start = %s", (run_id, AS_OF)).fetchone()[0]
         assert diff < 1e-12
+        # the service kept 1000 population draws; the real-time path "update" uses them: with
+        # the stored P taken away, it recomputes each P from the draws and the student's
+        # scores. brms's own P is the share of 2000 draws with a + b h >= target, whose Monte
+        # Carlo sd is <= sqrt(P (1 - P) / ESS) <= 0.5 / sqrt(400) = 0.025 at the checks' ESS
+        # floor: allow 3 of those, plus the update's thinning error (< 0.005).
+        n_draws = c.execute("SELECT n_draws FROM growth_population_draws WHERE run_id = %s",
+                            (run_id,)).fetchone()[0]
+        assert n_draws == 1000
+        want = dict(c.execute('SELECT user_id, "P" FROM growth_student_posterior WHERE run_id = %s',
+                              (run_id,)).fetchall())
+        target = float(c.execute("SELECT target FROM growth_brms_meta WHERE run_id = %s", (run_id,)).fetchone()[0])
+        c.execute("UPDATE weekly_kpi SET kpis = kpis - 'P'")
+        from growth_assets.metrics import compute_goal_attainment_probabilities
+        monkeypatch.setenv("METRICS_USE_BAYESIAN", "true")
+        out = compute_goal_attainment_probabilities(c, list(want), target=target)
+        assert {a.path for a in out.values()} == {"update"}
+        assert max(abs(out[u].P - want[u]) for u in want) < 0.08
+        c.rollback()
 
 
 def test_cli_fit_through_the_service(r_service, tmp_path):

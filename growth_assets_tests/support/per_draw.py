@@ -83,3 +83,18 @@ def check_stable_and_exact(engine: NativeEngine, panel: Panel, settings: FitSett
         worst = max(worst, abs(st.P[i] - p_ref))
     return {"n_divergent": int(res.diagnostics.n_divergent), "max_rhat": res.diagnostics.max_rhat,
             "worst_p_error": worst, "smallest_sigma": float(nf.flat_draws["sigma"].min() * nf.panel.s)}
+
+
+def per_draw_phi(draws: dict, sums, h: float, target: float) -> np.ndarray:
+    """Phi((m_d(h) - target) / s_d(h)) for each draw d (data units, brms's names) of one
+    student with the five sums (n, sum w, sum w^2, sum y, sum w y): the conditional line
+    per draw (``lines.conditional_line``), no grouping, no mixture moments."""
+    from growth_assets.model.lines import conditional_line
+
+    ma, mb, va, vb, cab = conditional_line(
+        draws["b_Intercept"], draws["b_week"], draws["sd_student_id__Intercept"],
+        draws["sd_student_id__week"], draws["cor_student_id__Intercept__week"], draws["sigma"],
+        *(np.full(len(draws["sigma"]), float(x)) for x in sums))
+    m_d = ma + h * mb
+    s_d = np.sqrt(np.maximum(va + 2 * h * cab + h * h * vb, 0.0))
+    return ndtr((m_d - target) / s_d)

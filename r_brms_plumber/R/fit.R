@@ -1,6 +1,7 @@
 # One fit of the fixed growth model on validated data (spec §3, §4, §6, §8).
 # Runs in a background R process started by the service (see jobs.R).
 
+POPULATION_DRAWS <- 1000L  # growth_assets.model.contract.POPULATION_DRAWS
 POPULATION_PARS <- c("b_Intercept", "b_week", "sd_student_id__Intercept",
                      "sd_student_id__week", "cor_student_id__Intercept__week",
                      "sigma")
@@ -86,6 +87,11 @@ run_growth_fit <- function(model_path, data, params) {
   b1 <- as.numeric(dm[, "b_week"])
   r0 <- dm[, sprintf("r_student_id[%s,Intercept]", codes), drop = FALSE]
   r1 <- dm[, sprintf("r_student_id[%s,week]", codes), drop = FALSE]
+  # A thinned set of the population draws (the real-time path's "update": the contract's
+  # POPULATION_DRAWS, evenly spaced over all chains' draws), beside the summary.
+  keep <- unique(round(seq(1, nrow(dm), length.out = min(POPULATION_DRAWS, nrow(dm)))))
+  population_draws <- lapply(stats::setNames(POPULATION_PARS, POPULATION_PARS),
+                             function(p) I(as.numeric(dm[keep, p])))
   rm(dm)
   a <- unclass(r0) + b0
   b <- unclass(r1) + b1
@@ -130,6 +136,7 @@ run_growth_fit <- function(model_path, data, params) {
     horizon_week = as.integer(params$horizon_week),
     target = target,
     posterior_summary = posterior_summary,
+    population_draws = population_draws,
     diagnostics = list(
       max_rhat = num1(worst(conv$rhat, max)),
       min_ess_bulk = num1(worst(conv$ess_bulk, min)),

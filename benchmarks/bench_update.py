@@ -1,0 +1,247 @@
+"""The real-time path with a run's population draws ("update"), against today's chain.
+
+A throwaway cluster holds N users, a quarter of each kind:
+
+- ``stored``: in the latest passed run, six scores in the window, none since, a stored P;
+- ``update``: in the run, six scores in the window and two in the weeks since (a stale
+  stored P): answered from the run's 1000 draws and all eight scores;
+- ``new``: not in the run, three scores, the last two after the window;
+- ``normal``: not in the run, two thetas from before the window.
+
+Measured with this checkout: p50 / p99 of one ``compute_goal_attainment_probability`` call
+per kind (an open connection, each call a fresh chain), and the batch form for all N users.
+``--baseline SRC`` also runs the batch with another checkout (today's main: no draws, so
+stored / run / population / normal) on the same database, in a fresh process, side by side.
+
+    python benchmarks/bench_update.py --users 100000 --baseline ../main-before --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+WINDOW_START = date(2026, 8, 31)
+WEEK = date(2026, 11, 23)  # the window's end; weeks 12 and 13 have passed since
+RUN_ID = "native-20261123-043000"
+H = 15
+KINDS = ("stored", "update", "new", "normal")
+
+
+def uid(i: int) -> str:
+    return f"u{i:07d}"
+
+
+def kind_of(i: int) -> str:
+    return KINDS[i % 4]
+
+
+def _at(week: int, hour: int = 9) -> datetime:
+    return datetime.combine(WINDOW_START, datetime.min.time(), timezone.utc) + timedelta(weeks=week, hours=hour)
+
+
+def populate(conn, n: int) -> None:
+    import numpy as np
+    from psycopg.types.json import Jsonb
+
+    from growth_assets.db.writers import jsonable, write_fit, write_run_record
+    from growth_assets.model.contract import FORMULA, POPULATION_PARAMS, line_prediction, priors
+    from growth_assets.model.result import FitResult
+
+    rng = np.random.default_rng(1)
+    in_fit = [i for i in range(n) if kind_of(i) in ("stored", "update")]
+    ma = rng.normal(-0.5, 0.5, len(in_fit))
+    mb = rng.normal(0.05, 0.03, len(in_fit))
+    va, vb, cab = 0.04, 0.0004, -0.001
+    mu, sd, p = line_prediction(ma, mb, va, vb, cab, H, 0.0)
+    sd = np.broadcast_to(sd, mu.shape)
+    preds = [{"student_id": uid(i), "n_obs": 6, "mean_a": float(ma[k]), "mean_b": float(mb[k]),
+              "var_a": va, "var_b": vb, "cov_ab": cab, "mu": float(mu[k]), "sigma": float(sd[k]),
+              "P": float(p[k])} for k, i in enumerate(in_fit)]
+    means = {"b_Intercept": -0.5, "b_week": 0.05, "sd_student_id__Intercept": 0.8,
+             "sd_student_id__week": 0.04, "cor_student_id__Intercept__week": 0.2, "sigma": 0.3}
+    scale = {"b_Intercept": 0.01, "b_week": 0.001, "sd_student_id__Intercept": 0.01,
+             "sd_student_id__week": 0.002, "cor_student_id__Intercept__week": 0.05, "sigma": 0.003}
+    summary = {k: {"mean": means[k], "sd": scale[k], "q5": means[k] - 2 * scale[k],
+                   "q95": means[k] + 2 * scale[k], "rhat": 1.001, "ess_bulk": 1500.0,
+                   "ess_tail": 1400.0} for k in POPULATION_PARAMS}
+    draws = {k: (means[k] + scale[k] * rng.standard_normal(1000)).tolist() for k in POPULATION_PARAMS}
+    result = {"run_id": RUN_ID, "engine": "native", "engine_version": "bench", "formula": FORMULA,
+              "priors": priors(0.0, 1.0), "seed": 1, "n_chains": 4, "n_samples": 2000,
+              "n_warmup": 1000, "n_obs": 6 * len(preds), "n_students": len(preds),
+              "lookback_weeks": 12, "horizon_week": H, "target": 0.0,
+              "posterior_summary": summary,
+              "diagnostics": {"max_rhat": 1.002, "min_ess_bulk": 900.0, "min_ess_tail": 800.0,
+                              "n_divergent": 0, "n_max_treedepth": 0, "elapsed_s": 1.0},
+              "predictions": preds, "population_draws": draws}
+    fit = FitResult.from_json(result).validate()
+    write_fit(conn, fit)
+    write_run_record(conn, jsonable(fit.header_json()), status="passed", window_start=WINDOW_START,
+                     window_end=WEEK, week_start=WEEK, score_source="theta")
+    p_of = {pr["student_id"]: pr["P"] for pr in preds}
+    with conn.transaction():
+        with conn.cursor().copy("COPY mirt_ability (user_id, theta, se, model, version, fitted_at)"
+                                " FROM STDIN") as copy:
+            for i in range(n):
+                u, kind = uid(i), kind_of(i)
+                weeks = {"stored": range(0, 12, 2), "update": (*range(0, 12, 2), 12, 13),
+                         "new": (11, 12, 13), "normal": ()}[kind]
+                for w in weeks:
+                    copy.write_row((u, random.gauss(0, 1), 0.25, "m", "v", _at(w)))
+                if kind == "normal":
+                    for d in (20, 10):
+                        copy.write_row((u, random.gauss(0, 1), 0.25, "m", "v", datetime(2026, 8, d, tzinfo=timezone.utc)))
+        with conn.cursor().copy("COPY weekly_kpi (user_id, week_start, kpis) FROM STDIN") as copy:
+            for i in range(n):
+                u = uid(i)
+                if kind_of(i) in ("stored", "update"):
+                    copy.write_row((u, WEEK, Jsonb({"I_t": 1.0, "P": p_of[u], "sigma": 0.3,
+                                                    "P_target": 0.0, "P_week": "2026-12-14",
+                                                    "P_run_id": RUN_ID, "P_source": "native"})))
+    conn.execute("ANALYZE")
+    conn.commit()
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, int(round(q / 100 * (len(xs) - 1)))))]
+
+
+def batch_worker(src: str, url: str, n: int, reps: int) -> dict:
+    """In a fresh process with checkout ``src``: the batch form for every user."""
+    sys.path.insert(0, src)
+    os.environ["METRICS_USE_BAYESIAN"] = "true"
+    from collections import Counter
+
+    import psycopg
+
+    from growth_assets.metrics import compute_goal_attainment_probabilities
+
+    users = [uid(i) for i in range(n)]
+    with psycopg.connect(url) as conn:
+        compute_goal_attainment_probabilities(conn, users[:1000], target=0.0)  # imports, warm-up
+        conn.rollback()
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            ans = compute_goal_attainment_probabilities(conn, users, target=0.0)
+            times.append(time.perf_counter() - t)
+            conn.rollback()
+    return {"seconds": times, "median_s": statistics.median(times),
+            "paths": dict(Counter(a.path for a in ans.values()))}
+
+
+def run_batch(src: Path, url: str, n: int, reps: int) -> dict:
+    code = (f"import json, sys; sys.path.insert(0, {str(REPO / 'benchmarks')!r}); import bench_update as b; "
+            f"print(json.dumps(b.batch_worker({str(src)!r}, {url!r}, {n}, {reps})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": ""})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--users", type=int, default=100_000)
+    ap.add_argument("--calls", type=int, default=300, help="single calls per kind")
+    ap.add_argument("--batch-reps", type=int, default=3)
+    ap.add_argument("--baseline", type=Path, help="another checkout to run the batch with")
+    ap.add_argument("--out", type=Path, help="folder for update.json / update.md")
+    args = ap.parse_args()
+    os.environ["METRICS_USE_BAYESIAN"] = "true"
+    os.environ.pop("METRICS_DEFAULT_TARGET", None)
+    sys.path.insert(0, str(REPO))
+
+    import psycopg
+
+    from growth_assets.db import localpg
+    from growth_assets.db.migrate import migrate
+    from growth_assets.metrics import compute_goal_attainment_probability, explain_goal_attainment_probability
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-update-"))
+    tmp.chmod(0o755)
+    cluster = localpg.ensure_cluster(tmp / "data")
+    res: dict = {"users": args.users, "calls_per_kind": args.calls,
+                 "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+                 "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    expect = {"stored": "stored", "update": "update", "new": "update", "normal": "normal"}
+    try:
+        url = cluster.url()
+        migrate(url)
+        with psycopg.connect(url) as conn:
+            populate(conn, args.users)
+            for i in range(min(args.users, 400)):
+                a = explain_goal_attainment_probability(conn, uid(i), target=0.0)
+                assert a.path == expect[kind_of(i)], (uid(i), a.path, a.reasons)
+            conn.rollback()
+            single = {}
+            users = [uid(i) for i in range(args.users)]
+            for kind in KINDS:
+                ids = [u for i, u in enumerate(users) if kind_of(i) == kind]
+                sample = random.Random(7).sample(ids, min(args.calls, len(ids)))
+                for u in sample[:20]:
+                    compute_goal_attainment_probability(conn, u, target=0.0)
+                times = []
+                for u in sample:
+                    t = time.perf_counter()
+                    compute_goal_attainment_probability(conn, u, target=0.0)
+                    times.append((time.perf_counter() - t) * 1000)
+                conn.rollback()
+                single[kind] = {"p50_ms": pct(times, 50), "p99_ms": pct(times, 99), "n": len(times)}
+                print(kind, single[kind], flush=True)
+            res["single_call"] = single
+        res["batch"] = {"this": run_batch(REPO, url, args.users, args.batch_reps)}
+        print("batch this", res["batch"]["this"], flush=True)
+        if args.baseline:
+            res["batch"]["baseline"] = run_batch(args.baseline.resolve(), url, args.users, args.batch_reps)
+            res["batch"]["baseline_src"] = args.baseline.name
+            print("batch baseline", res["batch"]["baseline"], flush=True)
+    finally:
+        cluster.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    out = args.out or Path(tempfile.mkdtemp(prefix="bench-update-out-"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "update.json").write_text(json.dumps(res, indent=2) + "\n")
+    b = res["batch"]
+    lines = [
+        "# The real-time path with population draws (`update`)",
+        "",
+        f"{res['at']}, {args.users:,} users (a quarter of each kind), local PostgreSQL, "
+        f"{res['machine']['cpus']} CPUs shared. `python benchmarks/bench_update.py --users {args.users}"
+        + (" --baseline <today's main>`" if args.baseline else "`") + ".",
+        "",
+        "## One call (`compute_goal_attainment_probability`, open connection)",
+        "",
+        "| kind | path | p50 ms | p99 ms | calls |",
+        "|---|---|---:|---:|---:|",
+        *[f"| {k} | {expect[k]} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | {v['n']} |"
+          for k, v in res["single_call"].items()],
+        "",
+        "## Batch form, every user, the same database",
+        "",
+        "| code | median s | paths |",
+        "|---|---:|---|",
+        f"| this checkout | {b['this']['median_s']:.2f} | {b['this']['paths']} |",
+    ]
+    if "baseline" in b:
+        lines.append(f"| baseline ({b['baseline_src']}) | {b['baseline']['median_s']:.2f} | {b['baseline']['paths']} |")
+        lines += ["", f"Ratio this / baseline: {b['this']['median_s'] / b['baseline']['median_s']:.2f}."]
+    (out / "update.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
