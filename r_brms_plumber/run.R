@@ -4,10 +4,14 @@
 #   Rscript r_brms_plumber/run.R [--port 8080] [--host 0.0.0.0]
 #
 # Environment (all optional):
-#   R_BRMS_INTERNAL_TOKEN         required token for every route but /healthz, /readyz
+#   R_BRMS_INTERNAL_TOKEN         required token for every route but /healthz, /readyz; without
+#                                 it the service does not start (but with --allow-no-token,
+#                                 for development, bound to 127.0.0.1 only)
+#   BRMS_SCORE_RANGE              -1000,1000  scores outside: 400 (the Python side's range)
 #   R_BRMS_MAX_CONCURRENT_FITS    1      fits beyond this get 429 + Retry-After
-#   R_BRMS_MAX_ROWS               2000000 more rows: 413
-#   R_BRMS_MAX_BODY_BYTES         1 GiB  larger bodies: 413 (plumber)
+#   R_BRMS_MAX_ROWS               120000 more rows: 413 (estimated before parsing)
+#   R_BRMS_MAX_BODY_BYTES         16 MiB larger bodies: 413, before the body is read
+#   R_BRMS_WORKER_MAX_MB          6144   vector heap of a fit's worker (mem.maxVSize)
 #   R_BRMS_MODEL_CACHE            cache dir of the compiled model
 #                                 (default tools::R_user_dir("r_brms_plumber", "cache"))
 #   R_BRMS_FIT_TIMEOUT_SECS       3600   a longer fit is stopped (500)
@@ -32,6 +36,7 @@ local({
   host <- get_arg("--host", Sys.getenv("R_BRMS_HOST", "0.0.0.0"))
   port <- as.integer(get_arg("--port", Sys.getenv("R_BRMS_PORT", "8080")))
   if (is.na(port) || port < 1 || port > 65535) stop("--port must be 1..65535")
+  allow_no_token <- "--allow-no-token" %in% args
 
   suppressPackageStartupMessages({
     library(plumber); library(promises)
@@ -41,11 +46,16 @@ local({
     sys.source(f, envir = app_env)
   }
   cfg <- app_env$service_config()
+  app_env$check_startup_config(cfg, host, allow_no_token)
   options(plumber.maxRequestSize = cfg$max_body_bytes)
   st <- app_env$new_service_state(cfg, r_dir = file.path(here, "R"))
   app_env$.svc <- st
 
   pr <- plumber::pr(file.path(here, "plumber.R"), envir = app_env)
+  # the body-size check before the body is read, with the JSON error shape
+  unlockBinding("onHeaders", pr)
+  pr$onHeaders <- app_env$json_on_headers(cfg$max_body_bytes)
+  lockBinding("onHeaders", pr)
   app_env$log_line("r_brms_plumber: listening on %s:%d (token %s, max concurrent fits %d, max rows %d)",
                    host, port, if (nzchar(cfg$token)) "required" else "NOT required",
                    cfg$max_concurrent, cfg$max_rows)

@@ -205,7 +205,8 @@ def test_the_service_killed_mid_fit_fails_the_asset_and_stores_nothing(seeded, t
         deadline = time.monotonic() + 120
         import httpx
         while time.monotonic() < deadline:  # wait until the fit is running
-            if httpx.get(f"{svc.url}/readyz", timeout=5).json().get("running_fits", 0) >= 1:
+            if httpx.get(f"{svc.url}/readyz", timeout=5,
+                         headers={"Authorization": f"Bearer {svc.token}"}).json().get("running_fits", 0) >= 1:
                 break
             time.sleep(0.3)
         else:

@@ -80,8 +80,11 @@ check_startup <- function(st) {
   invisible()
 }
 
+# Every job, whatever its name (all.names: ls() alone hides names that start with ".").
+job_ids <- function(st) ls(st$jobs, all.names = TRUE, sorted = FALSE)
+
 running_jobs <- function(st) {
-  ids <- ls(st$jobs)
+  ids <- job_ids(st)
   ids[vapply(ids, function(i) identical(st$jobs[[i]]$status, "running"), logical(1))]
 }
 
@@ -105,7 +108,8 @@ start_fit_job <- function(st, key = NULL, body_hash = NULL, data = NULL,
   }
   bg <- start_bg(st, "fit_worker", list(
     model_path = st$model_path, params = params, data = data,
-    body_path = body_path, max_rows = st$config$max_rows))
+    body_path = body_path, max_rows = st$config$max_rows, score_range = st$config$score_range,
+    max_mb = st$config$worker_max_mb))
   job <- new.env(parent = emptyenv())
   job$id <- id
   job$key <- key
@@ -179,7 +183,7 @@ check_job <- function(st, job) {
 
 purge_jobs <- function(st) {
   ttl <- st$config$idempotency_ttl_s
-  for (id in ls(st$jobs)) {
+  for (id in job_ids(st)) {
     j <- st$jobs[[id]]
     if (!identical(j$status, "running") && !is.null(j$finished_at) &&
         as.numeric(difftime(Sys.time(), j$finished_at, units = "secs")) > ttl) {

@@ -4,17 +4,25 @@ handle_healthz <- function(req, res, st) {
   json_response(res, 200L, list(status = "ok"))
 }
 
+# The probe answers with its status only; versions, the model key, the fits running and a
+# failed compile's message only to a caller with the token.
 handle_readyz <- function(req, res, st) {
+  details <- token_ok(req, st$config$token)
   if (isTRUE(st$ready)) {
-    return(json_response(res, 200L, list(
-      status = "ready", engine_version = engine_version_string(engine_versions_light()),
-      model_key = st$model_key, running_fits = length(running_jobs(st)),
-      max_concurrent_fits = st$config$max_concurrent)))
+    body <- list(status = "ready")
+    if (details) {
+      body <- c(body, list(engine_version = engine_version_string(engine_versions_light()),
+                           model_key = st$model_key, running_fits = length(running_jobs(st)),
+                           max_concurrent_fits = st$config$max_concurrent))
+    }
+    return(json_response(res, 200L, body))
   }
+  failed <- identical(st$model_status, "failed")
   json_response(res, 503L, list(
     status = st$model_status,
-    error = if (identical(st$model_status, "failed")) "model_unavailable" else "model_not_ready",
-    detail = if (identical(st$model_status, "failed")) substr(st$model_error %||% "", 1, 1000)
+    error = if (failed) "model_unavailable" else "model_not_ready",
+    detail = if (failed && details) substr(st$model_error %||% "", 1, 1000)
+             else if (failed) "the model failed to load or compile"
              else "the model is being loaded or compiled"),
     headers = list(`Retry-After` = st$config$retry_after_s))
 }
@@ -34,7 +42,9 @@ auth_check <- function(req, res, st) {
                  headers = list(`WWW-Authenticate` = "Bearer"))
 }
 
-IDEMPOTENCY_KEY_RE <- "^[!-~]{1,255}$"
+# A safe alphabet: letters and digits first (a leading "." would hide the job from ls()),
+# then also . _ : - (a UUID, a run id, a hash fit).
+IDEMPOTENCY_KEY_RE <- "^[A-Za-z0-9][A-Za-z0-9._:-]{0,254}$"
 
 handle_fit <- function(req, res, st) {
   cfg <- st$config
@@ -47,7 +57,7 @@ handle_fit <- function(req, res, st) {
   key <- req$HTTP_IDEMPOTENCY_KEY
   if (!is.null(key) && !grepl(IDEMPOTENCY_KEY_RE, key)) {
     return(error_response(res, 400L, "invalid_request", "Idempotency-Key",
-                          "Idempotency-Key must be 1..255 printable ASCII characters"))
+                          "Idempotency-Key must be 1..255 of A-Z a-z 0-9 . _ : -, starting with a letter or digit"))
   }
   body_raw <- req$bodyRaw
   if (is.null(body_raw)) body_raw <- raw(0)
@@ -68,9 +78,15 @@ handle_fit <- function(req, res, st) {
                          headers = list(`Idempotent-Replayed` = "true")))
   }
 
+  # before any parse: the rows a body can hold (each row has one "score" key; counted in C)
+  n_rows <- length(grepRaw('"score"', body_raw, fixed = TRUE, all = TRUE))
+  if (n_rows > cfg$max_rows) {
+    return(error_response(res, 413L, "payload_too_large", "rows", sprintf(
+      "about %d rows exceed the limit of %d (R_BRMS_MAX_ROWS)", n_rows, cfg$max_rows)))
+  }
   inline <- length(body_raw) <= cfg$inline_validate_bytes
   if (inline) {
-    v <- validate_fit_request(body_raw, cfg$max_rows)
+    v <- validate_fit_request(body_raw, cfg$max_rows, cfg$score_range)
     if (!isTRUE(v$ok)) return(error_response(res, v$status, v$error, v$field, v$detail))
   } else {
     # cheap shape check only; the worker parses and validates the body
@@ -93,9 +109,29 @@ handle_fit <- function(req, res, st) {
   respond_when_done(job, res)
 }
 
+# The first byte after leading whitespace is '{'. Looks at the first 4 KiB only: a scan of
+# the whole body in R vectors cost seconds and ~17x the body for tens of MiB.
 looks_like_json_object <- function(body_raw) {
-  i <- which(!body_raw %in% as.raw(c(0x20, 0x09, 0x0a, 0x0d)))
-  length(i) > 0 && body_raw[i[1]] == as.raw(0x7b)  # '{'
+  head <- body_raw[seq_len(min(length(body_raw), 4096L))]
+  i <- which(!head %in% as.raw(c(0x20, 0x09, 0x0a, 0x0d)))
+  length(i) > 0 && head[i[1]] == as.raw(0x7b)  # '{'
+}
+
+# httpuv's onHeaders for the router: a body over R_BRMS_MAX_BODY_BYTES (by Content-Length;
+# a chunked upload has none and counts as too large) is refused before it is read, with the
+# service's JSON error shape (plumber's own answer is text/plain).
+json_on_headers <- function(max_bytes) {
+  function(req) {
+    size <- if (length(req$CONTENT_LENGTH) > 0) suppressWarnings(as.numeric(req$CONTENT_LENGTH))
+            else if (length(req$HTTP_TRANSFER_ENCODING) > 0) Inf else 0
+    if (is.na(size) || size > max_bytes) {
+      return(list(status = 413L, headers = list(`Content-Type` = "application/json"),
+                  body = as.character(to_json(error_body("payload_too_large", "body", sprintf(
+                    "the body exceeds R_BRMS_MAX_BODY_BYTES = %.0f bytes (or has no Content-Length)",
+                    max_bytes))))))
+    }
+    NULL
+  }
 }
 
 respond_when_done <- function(job, res, replayed = FALSE) {

@@ -9,6 +9,9 @@ FORBIDDEN_KEY_RE <- "formula|prior|family|model|stan|link|brms|likelihood|distri
 ALLOWED_KEYS <- c("rows", "n_samples", "n_chains", "seed", "horizon_week",
                   "target", "lookback_weeks")
 
+# BRMS_SCORE_RANGE's default: growth_assets.settings.SCORE_RANGE (a test reads both)
+DEFAULT_SCORE_RANGE <- c(-1000, 1000)
+
 invalid <- function(field, detail, status = 400L, error = "invalid_request") {
   list(ok = FALSE, status = as.integer(status), error = error, field = field,
        detail = detail)
@@ -43,6 +46,10 @@ parse_json_body <- function(body_raw) {
                        simplifyMatrix = FALSE),
     error = function(e) e
   )
+  if (inherits(body, "error") && grepl("memory exhausted|cannot allocate", conditionMessage(body))) {
+    return(invalid("body", "parsing the body needs more memory than R_BRMS_WORKER_MAX_MB allows",
+                   status = 413L, error = "payload_too_large"))
+  }
   if (inherits(body, "error")) {
     return(invalid("body", paste("malformed JSON:", strsplit(conditionMessage(body), "\n")[[1]][1]),
                    error = "malformed_json"))
@@ -51,10 +58,23 @@ parse_json_body <- function(body_raw) {
       any(!nzchar(names(body)))) {
     return(invalid("body", "the request body must be a JSON object"))
   }
-  list(ok = TRUE, body = body)
+  list(ok = TRUE, body = body, text = txt)
 }
 
-validate_rows <- function(rows, max_rows) {
+# jsonlite's simplification turns a row's `true` among numbers into 1 and a number among
+# strings into a string: the raw text says what the JSON had. A match can only be a real
+# value: inside a JSON string a quote is escaped, so `"score":` cannot appear there.
+check_row_types <- function(txt) {
+  if (grepl('"score"\\s*:\\s*[^-0-9\\s]', txt, perl = TRUE)) {
+    return(invalid("rows.score", "score must be a JSON number in every row (not a string, boolean or null)"))
+  }
+  if (grepl('"student_id"\\s*:\\s*[^"\\s]', txt, perl = TRUE)) {
+    return(invalid("rows.student_id", "student_id must be a JSON string in every row"))
+  }
+  NULL
+}
+
+validate_rows <- function(rows, max_rows, score_range = DEFAULT_SCORE_RANGE) {
   if (is.null(rows)) return(invalid("rows", "rows is required: a non-empty array of objects"))
   if (is.list(rows) && !is.data.frame(rows) && length(rows) == 0) {
     return(invalid("rows", "rows must be a non-empty array of objects"))
@@ -86,6 +106,13 @@ validate_rows <- function(rows, max_rows) {
   if (!is.numeric(sc) || anyNA(sc) || any(!is.finite(sc))) {
     return(invalid("rows.score", "score must be a finite number in every row"))
   }
+  out <- which(sc < score_range[1] | sc > score_range[2])
+  if (length(out)) {
+    i <- out[1]
+    return(invalid("rows.score", sprintf(
+      "%d score(s) outside BRMS_SCORE_RANGE [%s, %s], the first in row %d (%s)", length(out),
+      format(score_range[1]), format(score_range[2]), i - 1L, format(sc[i], digits = 6))))
+  }
   data <- data.frame(student_id = sid, week = as.integer(wk), score = as.numeric(sc),
                      stringsAsFactors = FALSE)
   if (n < 3) return(invalid("rows", sprintf("at least 3 rows are needed, got %d", n)))
@@ -106,7 +133,7 @@ validate_rows <- function(rows, max_rows) {
   list(ok = TRUE, data = data)
 }
 
-validate_fit_request <- function(body_raw, max_rows = 2000000L) {
+validate_fit_request <- function(body_raw, max_rows = 120000L, score_range = DEFAULT_SCORE_RANGE) {
   p <- parse_json_body(body_raw)
   if (!isTRUE(p$ok)) return(p)
   body <- p$body
@@ -118,7 +145,16 @@ validate_fit_request <- function(body_raw, max_rows = 2000000L) {
       substr(bad[1], 1, 64), GROWTH_FORMULA), error = "model_is_fixed"))
   }
 
-  r <- validate_rows(body$rows, max_rows)
+  unknown <- setdiff(names(body), ALLOWED_KEYS)
+  if (length(unknown)) {
+    return(invalid(substr(unknown[1], 1, 64), sprintf(
+      "unknown key '%s'; the accepted keys are %s", substr(unknown[1], 1, 64),
+      paste(ALLOWED_KEYS, collapse = ", "))))
+  }
+  bad_type <- check_row_types(p$text)
+  if (!is.null(bad_type)) return(bad_type)
+
+  r <- validate_rows(body$rows, max_rows, score_range)
   if (!isTRUE(r$ok)) return(r)
 
   params <- list()

@@ -21,11 +21,20 @@ compile_worker <- function(cache_dir) {
 # `body_path` (a large body, parsed and validated here so the server's event
 # loop never blocks on it). Returns list(status, json).
 fit_worker <- function(model_path, params, data = NULL, body_path = NULL,
-                       max_rows = 2000000L) {
+                       max_rows = 120000L, score_range = DEFAULT_SCORE_RANGE,
+                       max_mb = NULL) {
+  # a cap on this process's vector heap: a body or fit too large fails here, with an R error
+  # the service answers as a 500, instead of the pod's OOM killer taking the whole service
+  # (R's vector heap and its cons cells, each to max_mb; C++ memory of the sampler is not
+  # counted, which the pod's limit bounds)
+  if (!is.null(max_mb)) {
+    mem.maxVSize(max_mb)
+    mem.maxNSize(floor(max_mb * 2^20 / 56))  # a cons cell is 56 bytes on 64-bit R
+  }
   tryCatch({
     if (!is.null(body_path)) {
       raw <- readBin(body_path, what = "raw", n = file.size(body_path))
-      v <- validate_fit_request(raw, max_rows)
+      v <- validate_fit_request(raw, max_rows, score_range)
       rm(raw)
       if (!isTRUE(v$ok)) {
         return(list(status = v$status,

@@ -75,7 +75,8 @@ test_that("the real service fits sleepstudy and stays live during the fit", {
     h <- http("GET", paste0(base, "/healthz"), timeout = 5)
     expect_equal(h$status, 200L)
     health_secs <- c(health_secs, h$secs)
-    z <- jsonlite::fromJSON(http("GET", paste0(base, "/readyz"), timeout = 5)$body)
+    z <- jsonlite::fromJSON(http("GET", paste0(base, "/readyz"), timeout = 5,
+                                 headers = list(Authorization = paste("Bearer", token)))$body)
     if (isTRUE(z$running_fits > 0)) {
       saw_busy <- TRUE
       # over the concurrency limit: 429 with Retry-After

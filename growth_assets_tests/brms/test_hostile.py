@@ -1,0 +1,100 @@
+"""The real R service under hostile input and configuration (issue: the R brms service
+under faults). The in-process testthat suite (r_brms_plumber/tests/testthat/test-hostile.R)
+covers the same rules at the router; these go through HTTP to the running service."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.r_service
+
+ROWS = [{"student_id": s, "week": w, "score": 0.1 * w + (0.5 if s == "b" else 0.0)}
+        for s in ("a", "b", "c") for w in range(3)]
+
+
+def post(svc, body, **headers):
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(f"{svc.url}/growth/fit", content=raw, timeout=30,
+                      headers={"Authorization": f"Bearer {svc.token}", "Content-Type": "application/json",
+                               **headers})
+
+
+def test_a_leading_dot_key_is_refused_and_nothing_runs(r_service):
+    """Before: keys .x1 .x2 .x3 ran three fits at once, /readyz said running_fits: 0, and
+    every request hung."""
+    for key in (".x1", ".x2"):
+        r = post(r_service, {"rows": ROWS, "n_chains": 1, "n_samples": 200}, **{"Idempotency-Key": key})
+        assert r.status_code == 400 and r.json()["field"] == "Idempotency-Key"
+    z = httpx.get(f"{r_service.url}/readyz", headers={"Authorization": f"Bearer {r_service.token}"}).json()
+    assert z["running_fits"] == 0
+
+
+def test_an_unknown_key_is_a_400_naming_it(r_service):
+    """Before: "n_chain": 2 was ignored and four chains ran."""
+    r = post(r_service, {"rows": ROWS, "n_chain": 2})
+    assert r.status_code == 400 and r.json()["field"] == "n_chain" and "unknown" in r.json()["detail"]
+
+
+def test_boolean_scores_numeric_ids_and_out_of_range_scores_are_refused(r_service):
+    rows = [dict(r) for r in ROWS]
+    rows[0]["score"] = True
+    assert post(r_service, {"rows": rows}).json()["field"] == "rows.score"
+    rows = [dict(r) for r in ROWS]
+    rows[0]["student_id"] = 17
+    assert post(r_service, {"rows": rows}).json()["field"] == "rows.student_id"
+    rows = [{**r, "score": r["score"] * 1e150} for r in ROWS]
+    r = post(r_service, {"rows": rows})
+    assert r.status_code == 400 and r.json()["field"] == "rows.score" and "BRMS_SCORE_RANGE" in r.json()["detail"]
+
+
+def test_a_body_over_the_limit_is_a_json_413_before_it_is_sent(r_service):
+    """Before: a text/plain 413 (plumber's). The answer comes from the headers alone: the
+    client announces 17 MiB and sends none of it."""
+    with socket.create_connection(("127.0.0.1", int(r_service.url.rsplit(":", 1)[1])), timeout=10) as s:
+        s.sendall((f"POST /growth/fit HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {r_service.token}\r\n"
+                   "Content-Type: application/json\r\nContent-Length: 17825792\r\n\r\n").encode())
+        reply = b""
+        while b"\r\n\r\n" not in reply or len(reply.partition(b"\r\n\r\n")[2]) < _length(reply):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    head, _, body = reply.decode(errors="replace").partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 413") and "application/json" in head.lower()
+    assert json.loads(body)["error"] == "payload_too_large"
+
+
+def _length(reply: bytes) -> int:
+    for line in reply.partition(b"\r\n\r\n")[0].split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":")[1])
+    return 1
+
+
+def test_readyz_without_the_token_says_only_its_status(r_service):
+    z = httpx.get(f"{r_service.url}/readyz", timeout=5)
+    assert z.status_code == 200 and z.json() == {"status": "ready"}
+
+
+def test_without_a_token_the_service_does_not_start_on_the_network(tmp_path):
+    """Before: it started, bound 0.0.0.0 and took fits, with only a log line."""
+    from growth_assets.cli import service_dir
+    from growth_assets.db.localpg import free_port
+
+    run = service_dir() / "run.R"
+    env = {k: v for k, v in os.environ.items() if k != "R_BRMS_INTERNAL_TOKEN"}
+    t0 = time.monotonic()
+    p = subprocess.run(["Rscript", str(run), "--host", "0.0.0.0", "--port", str(free_port())], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "R_BRMS_INTERNAL_TOKEN" in p.stderr
+    assert time.monotonic() - t0 < 60  # refused at once, before any model is loaded
+    p = subprocess.run(["Rscript", str(run), "--host", "0.0.0.0", "--port", str(free_port()), "--allow-no-token"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "127.0.0.1" in p.stderr

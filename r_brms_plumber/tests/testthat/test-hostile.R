@@ -1,0 +1,164 @@
+# Hostile input and configuration (issue: the R brms service under faults). Each of these
+# failed on the service before its fix.
+
+TOKEN <- "test-token-123"
+auth <- list(Authorization = paste("Bearer", TOKEN))
+
+hostile_router <- function(...) {
+  env <- load_service_env(list(token = TOKEN, ...))
+  env$.svc$ready <- TRUE
+  env$.svc$model_status <- "ready"
+  env$.svc$model_path <- "/nonexistent/model.rds"
+  list(env = env, pr = make_router(env))
+}
+
+fit_body <- function(rows_txt, extra = "") {
+  sprintf('{"rows": %s, "n_chains": 2, "n_samples": 400%s}', rows_txt, extra)
+}
+
+SMALL_ROWS <- rows_json(small_rows())
+
+test_that("an Idempotency-Key is a safe alphabet: a leading dot (hidden from ls) is refused", {
+  r <- hostile_router()
+  for (key in c(".x1", "..", "a b", "a/b", "k\u00e9y", strrep("k", 256))) {
+    out <- call_route(r$pr, "POST", "/growth/fit", fit_body(SMALL_ROWS),
+                      c(auth, list(`Idempotency-Key` = key)))
+    expect_equal(out$status, 400L, info = key)
+    expect_equal(out$json$field, "Idempotency-Key", info = key)
+  }
+})
+
+test_that("running fits are counted whatever their key (nothing hides a job)", {
+  r <- hostile_router()
+  st <- r$env$.svc
+  for (id in c(".hidden", "visible")) {
+    job <- new.env(parent = emptyenv())
+    job$status <- "running"
+    assign(id, job, envir = st$jobs)
+  }
+  expect_equal(length(r$env$running_jobs(st)), 2L)
+})
+
+test_that("unknown keys are refused with 400 naming them (n_chain is not n_chains)", {
+  r <- hostile_router()
+  out <- call_route(r$pr, "POST", "/growth/fit", fit_body(SMALL_ROWS, ', "n_chain": 2'), auth)
+  expect_equal(out$status, 400L)
+  expect_equal(out$json$field, "n_chain")
+  expect_match(out$json$detail, "unknown")
+})
+
+test_that("a boolean score and a numeric student_id are refused, not coerced", {
+  r <- hostile_router()
+  rows <- '[{"student_id": "a", "week": 0, "score": true}, {"student_id": "a", "week": 1, "score": 1.2},
+            {"student_id": "b", "week": 0, "score": 0.4}, {"student_id": "b", "week": 1, "score": 0.6}]'
+  out <- call_route(r$pr, "POST", "/growth/fit", fit_body(rows), auth)
+  expect_equal(out$status, 400L)
+  expect_equal(out$json$field, "rows.score")
+  rows <- '[{"student_id": 17, "week": 0, "score": 1.0}, {"student_id": "a", "week": 1, "score": 1.2},
+            {"student_id": "b", "week": 0, "score": 0.4}, {"student_id": "b", "week": 1, "score": 0.6}]'
+  out <- call_route(r$pr, "POST", "/growth/fit", fit_body(rows), auth)
+  expect_equal(out$status, 400L)
+  expect_equal(out$json$field, "rows.student_id")
+})
+
+test_that("scores outside BRMS_SCORE_RANGE (the Python side's range) are refused as such", {
+  r <- hostile_router()
+  for (scale in c(1e150, 1e300)) {
+    d <- small_rows()
+    d$score <- d$score * scale
+    out <- call_route(r$pr, "POST", "/growth/fit", fit_body(rows_json(d)), auth)
+    expect_equal(out$status, 400L, info = scale)
+    expect_equal(out$json$field, "rows.score", info = scale)
+    expect_match(out$json$detail, "BRMS_SCORE_RANGE", info = scale)
+  }
+  # the default is the Python settings' SCORE_RANGE
+  py <- readLines(file.path(pkg_dir(), "..", "growth_assets", "settings.py"))
+  line <- grep("^SCORE_RANGE = ", py, value = TRUE)
+  nums <- as.numeric(regmatches(line, gregexpr("-?[0-9.]+", line))[[1]])
+  expect_equal(r$env$service_config()$score_range, nums[1:2])
+})
+
+test_that("without a token the service refuses to start, unless for development on loopback", {
+  env <- load_service_env()
+  cfg <- env$service_config()
+  cfg$token <- ""
+  expect_error(env$check_startup_config(cfg, host = "0.0.0.0", allow_no_token = FALSE), "R_BRMS_INTERNAL_TOKEN")
+  expect_error(env$check_startup_config(cfg, host = "0.0.0.0", allow_no_token = TRUE), "127.0.0.1")
+  expect_silent(env$check_startup_config(cfg, host = "127.0.0.1", allow_no_token = TRUE))
+  cfg$token <- "t"
+  expect_silent(env$check_startup_config(cfg, host = "0.0.0.0", allow_no_token = FALSE))
+})
+
+test_that("the row limit is checked before parsing, from a count of the body's rows", {
+  r <- hostile_router(max_rows = 5L)
+  d <- data.frame(student_id = rep(c("a", "b"), each = 4), week = rep(0:3, 2), score = seq(0.1, 0.8, 0.1))
+  calls <- 0L
+  real <- r$env$validate_fit_request
+  r$env$validate_fit_request <- function(...) { calls <<- calls + 1L; real(...) }
+  out <- call_route(r$pr, "POST", "/growth/fit", fit_body(rows_json(d)), auth)
+  expect_equal(out$status, 413L)
+  expect_equal(out$json$field, "rows")
+  expect_equal(calls, 0L)  # never parsed
+})
+
+test_that("the JSON-object check reads the first bytes only: 30 MiB in well under a second", {
+  env <- load_service_env()
+  big <- c(charToRaw("  {"), as.raw(rep(0x20, 30 * 2^20)))
+  t <- system.time(ok <- env$looks_like_json_object(big))[["elapsed"]]
+  expect_true(ok)
+  expect_lt(t, 0.5)
+  expect_false(env$looks_like_json_object(charToRaw("  [1]")))
+})
+
+test_that("a body over the byte limit is refused before it is read, as JSON", {
+  env <- load_service_env()
+  on_headers <- env$json_on_headers(1000)
+  out <- on_headers(list(CONTENT_LENGTH = "1001"))
+  expect_equal(out$status, 413L)
+  expect_equal(out$headers[["Content-Type"]], "application/json")
+  j <- jsonlite::fromJSON(out$body)
+  expect_equal(j$error, "payload_too_large")
+  expect_equal(j$field, "body")
+  expect_equal(on_headers(list(HTTP_TRANSFER_ENCODING = "chunked"))$status, 413L)
+  expect_null(on_headers(list(CONTENT_LENGTH = "1000")))
+  expect_null(on_headers(list()))
+  # the defaults a pod can serve (README, k8s manifest)
+  cfg <- env$service_config()
+  expect_equal(cfg$max_body_bytes, 16 * 2^20)
+  expect_equal(cfg$max_rows, 120000L)
+})
+
+test_that("readyz tells a caller without the token its status only", {
+  r <- hostile_router()
+  open <- call_route(r$pr, "GET", "/readyz")
+  expect_equal(open$status, 200L)
+  expect_equal(names(open$json), "status")
+  full <- call_route(r$pr, "GET", "/readyz", headers = auth)
+  expect_true(all(c("engine_version", "model_key", "running_fits") %in% names(full$json)))
+  r$env$.svc$ready <- FALSE
+  r$env$.svc$model_status <- "failed"
+  r$env$.svc$model_error <- "Error in stanc: /secret/path/model.stan"
+  failed <- call_route(r$pr, "GET", "/readyz")
+  expect_equal(failed$status, 503L)
+  expect_false(grepl("secret", failed$body))
+})
+
+test_that("a worker's R heap is capped: an oversized parse is a 413, not the OOM killer", {
+  body <- tempfile(fileext = ".json")
+  # 500,000 rows, ~29 MiB: its parse needs ~150 MiB of vectors and ~240 MiB of cons cells
+  d <- data.frame(student_id = sprintf("s%06d", rep(1:100000, each = 5)), week = rep(0:4, 100000),
+                  score = stats::rnorm(500000))
+  writeLines(as.character(jsonlite::toJSON(list(rows = d), dataframe = "rows", digits = NA)), body)
+  rm(d)
+  run <- function(rdir, body, max_mb) {
+    for (f in list.files(rdir, pattern = "[.]R$", full.names = TRUE)) sys.source(f, envir = globalenv())
+    fit_worker("/nonexistent/model.rds", list(), body_path = body, max_rows = 1000000L, max_mb = max_mb)
+  }
+  capped <- callr::r(run, list(file.path(pkg_dir(), "R"), body, 128))
+  expect_equal(as.integer(capped$status), 413L)
+  expect_match(capped$json, "R_BRMS_WORKER_MAX_MB")
+  # with room, the same body is parsed and validated (it then fails on the missing model)
+  roomy <- callr::r(run, list(file.path(pkg_dir(), "R"), body, 4096))
+  expect_false(grepl("memory limit", roomy$json, ignore.case = TRUE))
+  unlink(body)
+})
