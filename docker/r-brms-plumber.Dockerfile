@@ -32,4 +32,5 @@ RUN Rscript /opt/r_brms_plumber/warm_cache.R
 
 EXPOSE 8080
 # R_BRMS_HOST / R_BRMS_PORT default to 0.0.0.0:8080
-CMD ["Rscript", "/opt/r_brms_plumber/run.R"]
+# serve.sh: SIGTERM (a rollout) becomes a graceful shutdown, not an instant death
+CMD ["/opt/r_brms_plumber/serve.sh"]

@@ -186,13 +186,13 @@ def cmd_r_service(args: argparse.Namespace) -> int:
     rscript = shutil.which("Rscript")
     if not rscript:
         raise SystemExit("Rscript not found: run scripts/install_r.sh")
-    argv = [rscript, str(d / "run.R"), "--port", str(args.port), "--host", args.host]
+    argv = ["/bin/sh", str(d / "serve.sh"), "--port", str(args.port), "--host", args.host]
     from .settings import Settings
 
     if not (Settings.from_env().r_brms_internal_token or "").strip() and args.host in ("127.0.0.1", "::1", "localhost"):
         print("R_BRMS_INTERNAL_TOKEN is not set: serving without a token on the loopback interface only")
         argv.append("--allow-no-token")
-    os.execv(rscript, argv)
+    os.execv(argv[0], argv)  # serve.sh runs run.R; SIGTERM there is a graceful shutdown
 
 
 def read_panel_csv(path: str):

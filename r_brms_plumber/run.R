@@ -1,7 +1,10 @@
 #!/usr/bin/env Rscript
 # Entry point of the growth-model service.
 #
-#   Rscript r_brms_plumber/run.R [--port 8080] [--host 0.0.0.0]
+#   r_brms_plumber/serve.sh [--port 8080] [--host 0.0.0.0] [--allow-no-token]
+#
+# (serve.sh runs this file and turns SIGTERM into SIGINT, which shuts the service down
+# gracefully: 503 to in-flight fits, their processes killed.)
 #
 # Environment (all optional):
 #   R_BRMS_INTERNAL_TOKEN         required token for every route but /healthz, /readyz; without
@@ -60,5 +63,10 @@ local({
                    host, port, if (nzchar(cfg$token)) "required" else "NOT required",
                    cfg$max_concurrent, cfg$max_rows)
   app_env$service_start(st)
-  plumber::pr_run(pr, host = host, port = port, quiet = TRUE)
+  # httpuv serves the router; an interrupt (SIGINT, or SIGTERM through serve.sh) shuts down
+  # gracefully (serve_until_interrupted) instead of dropping in-flight requests
+  old_wd <- setwd(here)
+  server <- httpuv::startServer(host, port, pr)
+  app_env$serve_until_interrupted(st, server)
+  setwd(old_wd)
 })

@@ -98,3 +98,116 @@ def test_without_a_token_the_service_does_not_start_on_the_network(tmp_path):
     p = subprocess.run(["Rscript", str(run), "--host", "0.0.0.0", "--port", str(free_port()), "--allow-no-token"],
                        env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode != 0 and "127.0.0.1" in p.stderr
+
+
+# --- processes: SIGTERM and kill -9 ------------------------------------------------------------
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = open(f"/proc/{d}/stat").read()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if fields[0] != "Z":
+                kids.setdefault(int(fields[1]), []).append(int(d))
+    return kids
+
+
+def _descendants(pid: int) -> set[int]:
+    kids, out, todo = _children(), set(), [pid]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out
+
+
+def _alive(pids) -> set[int]:
+    live = set()
+    for p in pids:
+        try:
+            if open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+                live.add(p)
+        except OSError:
+            pass
+    return live
+
+
+def _long_fit_in_background(svc, out: dict):
+    import threading
+
+    from growth_assets_tests.support.panels import cohort_panel
+
+    rows = cohort_panel(120, seed=4).to_dict("records")
+    body = {"rows": rows, "n_chains": 4, "n_samples": 6000, "seed": 1}
+
+    def go():
+        try:
+            out["reply"] = httpx.post(f"{svc.url}/growth/fit", json=body, timeout=600,
+                                      headers={"Authorization": f"Bearer {svc.token}", "Idempotency-Key": "long-1"})
+        except httpx.HTTPError as e:
+            out["error"] = e
+
+    t = threading.Thread(target=go)
+    t.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        z = httpx.get(f"{svc.url}/readyz", timeout=5, headers={"Authorization": f"Bearer {svc.token}"}).json()
+        if z.get("running_fits", 0) >= 1 and len(_descendants(svc.proc.pid)) >= 4:
+            return t
+        time.sleep(0.5)
+    pytest.fail("the fit never started")
+
+
+@pytest.fixture
+def own_service(tmp_path):
+    from growth_assets.db.localpg import free_port
+    from growth_assets_tests.conftest import RService
+
+    svc = RService(free_port(), "proc-test-token", tmp_path / "r.log").wait_ready()
+    try:
+        yield svc
+    finally:
+        svc.kill()
+
+
+def test_sigterm_answers_the_running_fit_with_503_and_leaves_no_process(own_service):
+    """Before: SIGTERM ended the service at once: an empty reply, no log line, the chains
+    orphaned, temp folders left."""
+    svc = own_service
+    out: dict = {}
+    t = _long_fit_in_background(svc, out)
+    tree = _descendants(svc.proc.pid)
+    t0 = time.monotonic()
+    os.kill(svc.proc.pid, 15)  # Kubernetes signals the container's first process only
+    t.join(60)
+    assert "reply" in out, out
+    assert out["reply"].status_code == 503 and out["reply"].json()["error"] == "shutting_down"
+    assert svc.proc.wait(30) == 0
+    assert time.monotonic() - t0 < 20  # well inside the pod's 60 s grace period
+    time.sleep(1)
+    assert _alive(tree) == set(), "processes of the service outlived it"
+    assert "shutdown: done" in svc.log_path.read_text()
+
+
+def test_kill_9_of_a_fit_worker_reaps_its_chains(own_service):
+    """Before: after a kill -9 of the worker (the OOM killer), its two chain processes ran on
+    for over 9 minutes at ~412 MB each."""
+    svc = own_service
+    out: dict = {}
+    t = _long_fit_in_background(svc, out)
+    kids = _children()
+    r_server = [p for p in kids.get(svc.proc.pid, [])]  # serve.sh's child: the R server
+    workers = [w for r in r_server for w in kids.get(r, []) if kids.get(w)]  # a worker has chains
+    assert workers, "no fit worker with chain processes"
+    chains = _descendants(workers[0])
+    os.kill(workers[0], 9)
+    deadline = time.monotonic() + 15
+    while _alive(chains) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _alive(chains) == set()
+    t.join(60)
+    assert out["reply"].status_code == 500 and out["reply"].json()["error"] == "fit_failed"

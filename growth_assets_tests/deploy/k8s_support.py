@@ -155,4 +155,4 @@ def r_env_names() -> set[str]:
     """Variables the R service reads (Sys.getenv / env_int / env_num in run.R and R/*.R)."""
     files = [REPO / "r_brms_plumber" / "run.R", *sorted((REPO / "r_brms_plumber" / "R").glob("*.R"))]
     src = "\n".join(f.read_text() for f in files)
-    return set(re.findall(r'(?:Sys\.getenv|env_int|env_num)\(\s*"([A-Z0-9_]+)"', src))
+    return set(re.findall(r'(?:Sys\.getenv|env_int|env_num|env_range)\(\s*"([A-Z0-9_]+)"', src))

@@ -121,7 +121,8 @@ def test_r_image_installs_with_install_r_and_bakes_the_model_where_the_pod_looks
     baked = re.search(r"R_BRMS_MODEL_CACHE=(\S+)", env).group(1)
     uid = _user(ins)
     assert of(ins, "EXPOSE") == [str(r_default_port())]
-    assert json.loads(of(ins, "CMD")[-1])[:2] == ["Rscript", "/opt/r_brms_plumber/run.R"]
+    # serve.sh: SIGTERM becomes a graceful shutdown (R itself would die at once)
+    assert json.loads(of(ins, "CMD")[-1]) == ["/opt/r_brms_plumber/serve.sh"]
     # the pod: same uid, and the init container copies exactly that baked directory
     deploy = find(base(), "Deployment", "r-brms-plumber")
     spec = deploy["spec"]["template"]["spec"]

@@ -26,7 +26,10 @@ start_bg <- function(st, fn, args) {
                stderr = tempfile("rbrms_err_", fileext = ".log"))
   proc <- callr::r_bg(
     bg_entry, args = list(st$r_dir, WORKER_FILES, fn, args),
-    package = FALSE, supervise = TRUE,
+    # supervise: the worker dies with the service; cleanup_tree: the chains it forks die
+    # with the worker's handle (a process tree is found by processx's environment marker,
+    # so orphans of a killed worker are found too)
+    package = FALSE, supervise = TRUE, cleanup_tree = TRUE,
     stdout = logs$stdout, stderr = logs$stderr,
     # the internal token is never handed to worker processes
     env = c(callr::rcmd_safe_env(), R_BRMS_INTERNAL_TOKEN = "")
@@ -164,13 +167,15 @@ check_job <- function(st, job) {
   if (p$is_alive()) {
     el <- as.numeric(difftime(Sys.time(), job$started, units = "secs"))
     if (el > st$config$fit_timeout_s) {
-      p$kill()
+      p$kill_tree()
       finish_job(st, job, list(status = 500L, json = as.character(to_json(error_body(
         "fit_timeout", NULL, sprintf("the fit exceeded R_BRMS_FIT_TIMEOUT_SECS = %d s and was stopped",
                                      st$config$fit_timeout_s))))))
     }
     return(invisible())
   }
+  # the worker is gone (done, or killed: the OOM killer's kill -9 leaves its chains running)
+  tryCatch(p$kill_tree(), error = function(e) NULL)
   r <- tryCatch(p$get_result(), error = function(e) e)
   if (inherits(r, "error") || is.null(r$status) || is.null(r$json)) {
     msg <- if (inherits(r, "error")) conditionMessage(r) else "worker returned no result"
@@ -218,4 +223,41 @@ job_promise <- function(job) {
   promises::promise(function(resolve, reject) {
     if (!is.null(job$result)) resolve(job$result) else job$waiters <- c(job$waiters, list(resolve))
   })
+}
+
+
+# --- shutdown (SIGTERM, via serve.sh's SIGINT) ------------------------------------------------
+
+# Stop taking work, answer every running fit's requests with 503 shutting_down (a client
+# retries elsewhere with its Idempotency-Key), kill the fits' process trees, drop temp files.
+begin_shutdown <- function(st) {
+  st$stopping <- TRUE
+  st$ready <- FALSE
+  ids <- running_jobs(st)
+  log_line("shutdown: stopping; %d running fit(s) answered 503 and stopped", length(ids))
+  for (id in ids) {
+    job <- st$jobs[[id]]
+    tryCatch(job$proc$kill_tree(), error = function(e) NULL)
+    finish_job(st, job, list(status = 503L, json = as.character(to_json(error_body(
+      "shutting_down", NULL, "the service is shutting down; retry (another replica will take the fit)")))))
+  }
+  invisible(length(ids))
+}
+
+# The service loop: httpuv serves until an interrupt (SIGINT; serve.sh turns SIGTERM into
+# one), then begin_shutdown, a short drain so the 503s are written, and the server stops.
+serve_until_interrupted <- function(st, server, drain_s = 2) {
+  repeat {
+    stop_now <- tryCatch({
+      httpuv::service(250)
+      FALSE
+    }, interrupt = function(e) TRUE)
+    if (stop_now) break
+  }
+  begin_shutdown(st)
+  t_end <- Sys.time() + drain_s
+  while (Sys.time() < t_end) tryCatch(httpuv::service(50), interrupt = function(e) NULL)
+  httpuv::stopServer(server)
+  log_line("shutdown: done")
+  invisible()
 }

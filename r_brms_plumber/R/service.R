@@ -48,6 +48,10 @@ IDEMPOTENCY_KEY_RE <- "^[A-Za-z0-9][A-Za-z0-9._:-]{0,254}$"
 
 handle_fit <- function(req, res, st) {
   cfg <- st$config
+  if (isTRUE(st$stopping)) {
+    return(error_response(res, 503L, "shutting_down", NULL, "the service is shutting down; retry",
+                          headers = list(`Retry-After` = 1L)))
+  }
   if (!isTRUE(st$ready)) {
     status <- if (identical(st$model_status, "failed")) "model_unavailable" else "model_not_ready"
     return(error_response(res, 503L, status, NULL,
