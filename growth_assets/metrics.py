@@ -41,7 +41,9 @@ The chain (spec §6, §7), with METRICS_USE_BAYESIAN=true
    hyperparameter draws and ALL of the student's scores from the run's ``window_start`` up
    to now (the window's and every week since, through the panel's own query, one query
    for every user of the call), exactly: per draw d the line is the conditional Normal
-   (``model.lines``), and ``P = mean_d Phi((m_d(h) - target) / s_d(h))``, ``mu`` and
+   (``model.lines``), and ``P = mean_d Phi((m_d(h) - target) / s_d(h))`` (within a proven
+   1e-3, the engine's own rule for its stored P: ``Phi`` of the mean z where the Taylor bound
+   allows it, else the mean over draws; the 1000 draws' Monte Carlo error is larger), ``mu`` and
    ``sigma`` the mixture's (``native_math.predict_from_sums``). One student's new scores move
    the population posterior by O(1/N), so the run's draws stay valid until the next fit
    (tested against a refit: within 0.02). ``horizon`` (a Monday; default the run's
@@ -117,7 +119,7 @@ import psycopg
 from .db.writers import check_monday, merge_weekly_kpi
 from .model.contract import ContractError, check_target, line_prediction, normal_approximation_p
 from .model.lines import conditional_line
-from .model.native_math import predict_from_sums
+from .model.native_math import P_TOLERANCE, predict_from_sums
 from .settings import Settings
 
 log = logging.getLogger("growth_assets.metrics")
@@ -235,9 +237,19 @@ def _latest_runs(session: psycopg.Connection) -> tuple[_Run | None, tuple[str, s
     return passed, latest
 
 
+def _json_number(key: str) -> str:
+    """SQL: kpis' ``key`` as float8 when it is a JSON number, else NULL (cast in the server:
+    no JSON parsed in Python, one per row, for a batch of 100,000 rows)."""
+    return f"CASE jsonb_typeof(kpis -> '{key}') WHEN 'number' THEN (kpis ->> '{key}')::float8 END"
+
+
 def _stored_rows(session: psycopg.Connection, users: list[str], kpi_week: date | None) -> dict[str, tuple]:
-    keys = ("kpis -> 'P', kpis -> 'sigma', kpis -> 'P_target', kpis ->> 'P_run_id', "
-            "kpis ->> 'P_source', kpis ->> 'P_week'")
+    """Per user: (week_start, P, sigma, P_target, P_run_id, P_source, P_week) of the row;
+    P is a float, None (absent or JSON null) or, when it is another JSON value, its text."""
+    keys = (f"coalesce(({_json_number('P')})::text, CASE WHEN jsonb_typeof(kpis -> 'P') <> 'null'"
+            f" THEN (kpis -> 'P')::text END), {_json_number('sigma')}, {_json_number('P_target')},"
+            " kpis ->> 'P_run_id', kpis ->> 'P_source', kpis ->> 'P_week',"
+            f" jsonb_typeof(kpis -> 'P') = 'number'")
     if kpi_week is None:
         rows = session.execute(
             f"SELECT DISTINCT ON (user_id) user_id, week_start, {keys} FROM weekly_kpi"
@@ -250,7 +262,11 @@ def _stored_rows(session: psycopg.Connection, users: list[str], kpi_week: date |
             " WHERE user_id = ANY(%s) AND week_start = %s",
             (users, kpi_week),
         ).fetchall()
-    return {r[0]: r[1:] for r in rows}
+    out = {}
+    for u, week, p, sigma, p_target, run_id, source, p_week, is_number in rows:
+        # a JSON number is sent as its float8 text (exact: float8 out is round-trip exact)
+        out[u] = (week, float(p) if is_number else p, sigma, p_target, run_id, source, p_week)
+    return out
 
 
 def _posterior_rows(session: psycopg.Connection, run_id: str, users: list[str]) -> dict[str, tuple]:
@@ -414,7 +430,7 @@ def _update_path(pending: dict[str, _Pending], out: dict[str, GoalAnswer], run: 
     if not ids:
         return
     arr = np.array([sums[u][:5] for u in ids], dtype=float)
-    mu, sd, p = predict_from_sums(draws, *arr.T, float(h), target)
+    mu, sd, p = predict_from_sums(draws, *arr.T, float(h), target, p_tolerance=P_TOLERANCE)
     for i, u in enumerate(ids):
         out[u] = GoalAnswer(u, target, float(p[i]), float(sd[i]), float(mu[i]), "update",
                             tuple(pending.pop(u).reasons), run.run_id, "update", p_week, None,
