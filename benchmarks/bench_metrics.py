@@ -49,41 +49,51 @@ def path_of(i: int) -> str:
     return ("stored", "run", "population", "normal")[i % 4]
 
 
-def populate(conn, n: int) -> None:
+MEANS = {"b_Intercept": -0.5, "b_week": 0.05, "sd_student_id__Intercept": 0.8,
+         "sd_student_id__week": 0.04, "cor_student_id__Intercept__week": 0.2, "sigma": 0.3}
+
+
+def store_synthetic_run(conn, ids: list[str], n_obs: int, draws: dict | None = None) -> dict[str, float]:
+    """A passed run of the window WINDOW_START..WEEK with made-up line posteriors for
+    ``ids`` (and ``draws``, the population draws, when given); returns each student's P."""
     import numpy as np
-    from psycopg.types.json import Jsonb
 
     from growth_assets.db.writers import jsonable, write_fit, write_run_record
-    from growth_assets.model.result import FitResult
     from growth_assets.model.contract import FORMULA, POPULATION_PARAMS, line_prediction, priors
+    from growth_assets.model.result import FitResult
 
     rng = np.random.default_rng(1)
-    in_fit = [i for i in range(n) if path_of(i) in ("stored", "run")]
-    ma = rng.normal(-0.5, 0.5, len(in_fit))
-    mb = rng.normal(0.05, 0.03, len(in_fit))
+    ma = rng.normal(-0.5, 0.5, len(ids))
+    mb = rng.normal(0.05, 0.03, len(ids))
     va, vb, cab = 0.04, 0.0004, -0.001
     mu, sd, p = line_prediction(ma, mb, va, vb, cab, H, 0.0)
     sd = np.broadcast_to(sd, mu.shape)
-    preds = [{"student_id": uid(i), "n_obs": 12, "mean_a": float(ma[k]), "mean_b": float(mb[k]),
+    preds = [{"student_id": u, "n_obs": n_obs, "mean_a": float(ma[k]), "mean_b": float(mb[k]),
               "var_a": va, "var_b": vb, "cov_ab": cab, "mu": float(mu[k]), "sigma": float(sd[k]),
-              "P": float(p[k])} for k, i in enumerate(in_fit)]
-    means = {"b_Intercept": -0.5, "b_week": 0.05, "sd_student_id__Intercept": 0.8,
-             "sd_student_id__week": 0.04, "cor_student_id__Intercept__week": 0.2, "sigma": 0.3}
-    summary = {k: {"mean": means[k], "sd": 0.01, "q5": means[k] - 0.02, "q95": means[k] + 0.02,
+              "P": float(p[k])} for k, u in enumerate(ids)]
+    summary = {k: {"mean": MEANS[k], "sd": 0.01, "q5": MEANS[k] - 0.02, "q95": MEANS[k] + 0.02,
                    "rhat": 1.001, "ess_bulk": 1500.0, "ess_tail": 1400.0} for k in POPULATION_PARAMS}
     result = {"run_id": RUN_ID, "engine": "native", "engine_version": "bench", "formula": FORMULA,
               "priors": priors(0.0, 1.0), "seed": 1, "n_chains": 4, "n_samples": 2000,
-              "n_warmup": 1000, "n_obs": 12 * len(preds), "n_students": len(preds),
+              "n_warmup": 1000, "n_obs": n_obs * len(preds), "n_students": len(preds),
               "lookback_weeks": 12, "horizon_week": H, "target": 0.0,
               "posterior_summary": summary,
               "diagnostics": {"max_rhat": 1.002, "min_ess_bulk": 900.0, "min_ess_tail": 800.0,
                               "n_divergent": 0, "n_max_treedepth": 0, "elapsed_s": 1.0},
               "predictions": preds}
+    if draws is not None:
+        result["population_draws"] = draws
     fit = FitResult.from_json(result).validate()
     write_fit(conn, fit)
     write_run_record(conn, jsonable(fit.header_json()), status="passed", window_start=WINDOW_START,
                      window_end=WEEK, week_start=WEEK, score_source="theta")
-    p_of = {pr["student_id"]: pr["P"] for pr in preds}
+    return {pr["student_id"]: pr["P"] for pr in preds}
+
+
+def populate(conn, n: int) -> None:
+    from psycopg.types.json import Jsonb
+
+    p_of = store_synthetic_run(conn, [uid(i) for i in range(n) if path_of(i) in ("stored", "run")], 12)
     t_week = datetime(2026, 11, 23, 6, tzinfo=timezone.utc)
     with conn.transaction():
         with conn.cursor().copy("COPY mirt_ability (user_id, theta, se, model, version, fitted_at)"

@@ -33,6 +33,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
 WINDOW_START = date(2026, 8, 31)
 WEEK = date(2026, 11, 23)  # the window's end; weeks 12 and 13 have passed since
 RUN_ID = "native-20261123-043000"
@@ -56,41 +57,15 @@ def populate(conn, n: int) -> None:
     import numpy as np
     from psycopg.types.json import Jsonb
 
-    from growth_assets.db.writers import jsonable, write_fit, write_run_record
-    from growth_assets.model.contract import FORMULA, POPULATION_PARAMS, line_prediction, priors
-    from growth_assets.model.result import FitResult
+    from bench_metrics import MEANS, store_synthetic_run
+    from growth_assets.model.contract import POPULATION_PARAMS
 
-    rng = np.random.default_rng(1)
-    in_fit = [i for i in range(n) if kind_of(i) in ("stored", "update")]
-    ma = rng.normal(-0.5, 0.5, len(in_fit))
-    mb = rng.normal(0.05, 0.03, len(in_fit))
-    va, vb, cab = 0.04, 0.0004, -0.001
-    mu, sd, p = line_prediction(ma, mb, va, vb, cab, H, 0.0)
-    sd = np.broadcast_to(sd, mu.shape)
-    preds = [{"student_id": uid(i), "n_obs": 6, "mean_a": float(ma[k]), "mean_b": float(mb[k]),
-              "var_a": va, "var_b": vb, "cov_ab": cab, "mu": float(mu[k]), "sigma": float(sd[k]),
-              "P": float(p[k])} for k, i in enumerate(in_fit)]
-    means = {"b_Intercept": -0.5, "b_week": 0.05, "sd_student_id__Intercept": 0.8,
-             "sd_student_id__week": 0.04, "cor_student_id__Intercept__week": 0.2, "sigma": 0.3}
+    rng = np.random.default_rng(2)
     scale = {"b_Intercept": 0.01, "b_week": 0.001, "sd_student_id__Intercept": 0.01,
              "sd_student_id__week": 0.002, "cor_student_id__Intercept__week": 0.05, "sigma": 0.003}
-    summary = {k: {"mean": means[k], "sd": scale[k], "q5": means[k] - 2 * scale[k],
-                   "q95": means[k] + 2 * scale[k], "rhat": 1.001, "ess_bulk": 1500.0,
-                   "ess_tail": 1400.0} for k in POPULATION_PARAMS}
-    draws = {k: (means[k] + scale[k] * rng.standard_normal(1000)).tolist() for k in POPULATION_PARAMS}
-    result = {"run_id": RUN_ID, "engine": "native", "engine_version": "bench", "formula": FORMULA,
-              "priors": priors(0.0, 1.0), "seed": 1, "n_chains": 4, "n_samples": 2000,
-              "n_warmup": 1000, "n_obs": 6 * len(preds), "n_students": len(preds),
-              "lookback_weeks": 12, "horizon_week": H, "target": 0.0,
-              "posterior_summary": summary,
-              "diagnostics": {"max_rhat": 1.002, "min_ess_bulk": 900.0, "min_ess_tail": 800.0,
-                              "n_divergent": 0, "n_max_treedepth": 0, "elapsed_s": 1.0},
-              "predictions": preds, "population_draws": draws}
-    fit = FitResult.from_json(result).validate()
-    write_fit(conn, fit)
-    write_run_record(conn, jsonable(fit.header_json()), status="passed", window_start=WINDOW_START,
-                     window_end=WEEK, week_start=WEEK, score_source="theta")
-    p_of = {pr["student_id"]: pr["P"] for pr in preds}
+    draws = {k: (MEANS[k] + scale[k] * rng.standard_normal(1000)).tolist() for k in POPULATION_PARAMS}
+    p_of = store_synthetic_run(conn, [uid(i) for i in range(n) if kind_of(i) in ("stored", "update")], 6,
+                               draws=draws)
     with conn.transaction():
         with conn.cursor().copy("COPY mirt_ability (user_id, theta, se, model, version, fitted_at)"
                                 " FROM STDIN") as copy:

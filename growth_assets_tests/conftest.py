@@ -9,6 +9,7 @@ migrated template, so tests never see each other's rows.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -69,34 +70,34 @@ def _drop_db(admin_url: str, name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@contextlib.contextmanager
+def _fresh_db(admin_url: str, template: str | None) -> Iterator[str]:
+    name = _create_db(admin_url, template)
+    try:
+        yield _with_db(admin_url, name)
+    finally:
+        _drop_db(admin_url, name)
+
+
 @pytest.fixture
 def db_url(pg_admin_url: str, pg_template: str) -> Iterator[str]:
     """A fresh, migrated database for this test."""
-    name = _create_db(pg_admin_url, pg_template)
-    try:
-        yield _with_db(pg_admin_url, name)
-    finally:
-        _drop_db(pg_admin_url, name)
+    with _fresh_db(pg_admin_url, pg_template) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def db_url_module(pg_admin_url: str, pg_template: str) -> Iterator[str]:
     """A fresh, migrated database shared by one test module (an expensive fixture's)."""
-    name = _create_db(pg_admin_url, pg_template)
-    try:
-        yield _with_db(pg_admin_url, name)
-    finally:
-        _drop_db(pg_admin_url, name)
+    with _fresh_db(pg_admin_url, pg_template) as url:
+        yield url
 
 
 @pytest.fixture
 def empty_db_url(pg_admin_url: str) -> Iterator[str]:
     """A fresh database with no tables at all (for migration tests)."""
-    name = _create_db(pg_admin_url, None)
-    try:
-        yield _with_db(pg_admin_url, name)
-    finally:
-        _drop_db(pg_admin_url, name)
+    with _fresh_db(pg_admin_url, None) as url:
+        yield url
 
 
 @pytest.fixture
