@@ -90,6 +90,23 @@ def store_synthetic_run(conn, ids: list[str], n_obs: int, draws: dict | None = N
     return {pr["student_id"]: pr["P"] for pr in preds}
 
 
+def time_single_calls(conn, ids: list[str], calls: int) -> list[float]:
+    """Milliseconds of one ``compute_goal_attainment_probability`` call each, for a seeded
+    sample of ``ids`` (after 20 warm-up calls), on one open connection."""
+    from growth_assets.metrics import compute_goal_attainment_probability
+
+    sample = random.Random(7).sample(ids, min(calls, len(ids)))
+    for u in sample[:20]:  # warm-up
+        compute_goal_attainment_probability(conn, u, target=0.0)
+    times = []
+    for u in sample:
+        t = time.perf_counter()
+        compute_goal_attainment_probability(conn, u, target=0.0)
+        times.append((time.perf_counter() - t) * 1000)
+    conn.rollback()
+    return times
+
+
 def populate(conn, n: int) -> None:
     from psycopg.types.json import Jsonb
 
@@ -145,7 +162,6 @@ def main() -> None:
     from growth_assets.db.migrate import migrate
     from growth_assets.metrics import (
         compute_goal_attainment_probabilities,
-        compute_goal_attainment_probability,
         explain_goal_attainment_probability,
         refresh_active_users,
     )
@@ -172,16 +188,7 @@ def main() -> None:
                 assert a.path == path_of(i), (uid(i), a.path, a.reasons)
             single = {}
             for kind in ("stored", "run", "population", "normal"):
-                ids = [u for i, u in enumerate(users) if path_of(i) == kind]
-                sample = random.Random(7).sample(ids, min(args.calls, len(ids)))
-                for u in sample[:20]:  # warm-up
-                    compute_goal_attainment_probability(conn, u, target=0.0)
-                times = []
-                for u in sample:
-                    t = time.perf_counter()
-                    compute_goal_attainment_probability(conn, u, target=0.0)
-                    times.append((time.perf_counter() - t) * 1000)
-                conn.rollback()
+                times = time_single_calls(conn, [u for i, u in enumerate(users) if path_of(i) == kind], args.calls)
                 single[kind] = {"p50_ms": pct(times, 50), "p99_ms": pct(times, 99),
                                 "mean_ms": statistics.fmean(times), "n": len(times)}
                 print(kind, single[kind], flush=True)

@@ -142,7 +142,8 @@ def main() -> int:
 
     from growth_assets.db import localpg
     from growth_assets.db.migrate import migrate
-    from growth_assets.metrics import compute_goal_attainment_probability, explain_goal_attainment_probability
+    from bench_metrics import time_single_calls
+    from growth_assets.metrics import explain_goal_attainment_probability
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-update-"))
     tmp.chmod(0o755)
@@ -163,16 +164,7 @@ def main() -> int:
             single = {}
             users = [uid(i) for i in range(args.users)]
             for kind in KINDS:
-                ids = [u for i, u in enumerate(users) if kind_of(i) == kind]
-                sample = random.Random(7).sample(ids, min(args.calls, len(ids)))
-                for u in sample[:20]:
-                    compute_goal_attainment_probability(conn, u, target=0.0)
-                times = []
-                for u in sample:
-                    t = time.perf_counter()
-                    compute_goal_attainment_probability(conn, u, target=0.0)
-                    times.append((time.perf_counter() - t) * 1000)
-                conn.rollback()
+                times = time_single_calls(conn, [u for i, u in enumerate(users) if kind_of(i) == kind], args.calls)
                 single[kind] = {"p50_ms": pct(times, 50), "p99_ms": pct(times, 99), "n": len(times)}
                 print(kind, single[kind], flush=True)
             res["single_call"] = single
