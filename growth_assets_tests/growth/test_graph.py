@@ -43,6 +43,8 @@ def test_whole_graph_on_the_native_engine_writes_meta_students_and_p(seeded):
     post_md = res.asset_materializations_for_node("brms_posterior")[0].metadata
     assert post_md["engine"].value == "native" and post_md["students"].value == n_students
     assert "posterior_summary" in post_md and 1.0 <= post_md["max_rhat"].value < 1.1
+    # 4 x 500 kept draws, 1000 of them kept for the real-time path, in their own table
+    assert post_md["population_draws"].value == 1000
     run_id = res.asset_materializations_for_node("growth_brms_meta")[0].metadata["run_id"].value
     with psycopg.connect(seeded) as c:
         meta = c.execute("SELECT status, engine, n_students, window_start, week_start, horizon_week, target,"
@@ -51,6 +53,7 @@ def test_whole_graph_on_the_native_engine_writes_meta_students_and_p(seeded):
                             date(2026, 8, 31), AS_OF, 15, 0.0)
         assert sum(meta[7].values()) == scores_md["rows"].value
         assert c.execute("SELECT count(*) FROM growth_student_posterior WHERE run_id=%s", (run_id,)).fetchone()[0] == n_students
+        assert c.execute("SELECT n_draws FROM growth_population_draws WHERE run_id=%s", (run_id,)).fetchone() == (1000,)
         kp = c.execute("SELECT count(*), min((kpis->>'P')::float), max((kpis->>'P')::float),"
                        " count(DISTINCT kpis->>'P_week'), min(kpis->>'P_week'), min(kpis->>'P_source'),"
                        " min(kpis->>'P_run_id') FROM weekly_kpi WHERE week_start=%s AND kpis ? 'P'",

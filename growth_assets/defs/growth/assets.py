@@ -163,6 +163,9 @@ def fit_metadata(result: FitResult) -> dict[str, Any]:
         "share_P_at_least_0_5": num(float((p >= 0.5).mean()) if p.size else float("nan"), 3),
         "horizon_week": dg.MetadataValue.int(result.horizon_week),
         "target": dg.MetadataValue.float(result.target),
+        # kept for the real-time path's exact updates (metrics, path "update"); 0: none
+        "population_draws": dg.MetadataValue.int(
+            0 if result.population_draws is None else len(result.population_draws["sigma"])),
         "posterior_summary": _summary_table(result),
     }
 
