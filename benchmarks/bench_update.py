@@ -121,8 +121,10 @@ def batch_worker(src: str, url: str, n: int, reps: int) -> dict:
 def run_batch(src: Path, url: str, n: int, reps: int) -> dict:
     code = (f"import json, sys; sys.path.insert(0, {str(REPO / 'benchmarks')!r}); import bench_update as b; "
             f"print(json.dumps(b.batch_worker({str(src)!r}, {url!r}, {n}, {reps})))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": ""})
+    if out.returncode != 0:
+        raise RuntimeError(f"the batch with {src} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
