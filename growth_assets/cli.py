@@ -195,6 +195,36 @@ def cmd_r_service(args: argparse.Namespace) -> int:
     os.execv(argv[0], argv)  # serve.sh runs run.R; SIGTERM there is a graceful shutdown
 
 
+def cmd_p(args: argparse.Namespace) -> int:
+    """P for a few students, with how it was found (``explain_goal_attainment_probability``)."""
+    import dataclasses
+    import json
+
+    from .db import get_session
+    from .metrics import compute_goal_attainment_probabilities
+
+    with get_session(_database_url()) as s:  # DATABASE_URL, or the demo's local database
+        answers = compute_goal_attainment_probabilities(s, args.user, args.target, horizon=args.horizon)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(a) for a in answers.values()], default=str, indent=2))
+        return 0
+
+    def fmt(x: float | None, digits: int = 4) -> str:
+        return "none" if x is None else f"{x:.{digits}g}"
+
+    blocks = []
+    for a in answers.values():
+        lines = [f"{a.user_id}: P = {fmt(a.P, 3)} (target {a.target:g}"
+                 + (f", week of {a.p_week}" if a.p_week else "") + f"), sigma {fmt(a.sigma)}, mu {fmt(a.mu)}",
+                 f"  path {a.path}" + (f", run {a.run_id}" if a.run_id else "")
+                 + (f", {a.n_obs} week(s) of scores" if a.n_obs is not None else "")
+                 + (f" ({a.n_new} since the window)" if a.n_new else "")]
+        lines += [f"  - {r}" for r in a.reasons]
+        blocks.append("\n".join(lines))
+    print("\n\n".join(blocks))
+    return 0
+
+
 def read_panel_csv(path: str):
     """A ``student_id,week,score`` CSV as text columns: an id "NA" or "null" is an id, not a
     missing value; the numbers are checked by ``Panel``. Bad files are one-line errors."""
@@ -285,6 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--port", type=int, default=8080)
     rs.add_argument("--host", default="127.0.0.1")
     rs.set_defaults(func=cmd_r_service)
+
+    pp = sub.add_parser("p", help="P of one student or a few, with the path it came from and why")
+    pp.add_argument("--user", action="append", required=True, help="a user id (repeat for a few)")
+    pp.add_argument("--target", type=float, help="in score units (default METRICS_DEFAULT_TARGET)")
+    pp.add_argument("--horizon", help="the Monday of the week P is for (default: the latest run's)")
+    pp.add_argument("--json", action="store_true", help="the answers as JSON")
+    pp.set_defaults(func=cmd_p)
 
     ft = sub.add_parser("fit", help="fit a CSV panel (student_id,week,score) and write the spec JSON")
     ft.add_argument("--engine", choices=["native", "brms"], required=True)

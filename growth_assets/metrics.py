@@ -636,6 +636,8 @@ def compute_goal_attainment_probabilities(
     ``kpi_week``: read path 1 from that week's weekly_kpi row instead of each user's latest.
     Duplicates are answered once. Logs one INFO summary and each answer at DEBUG.
     """
+    if isinstance(user_ids, (str, bytes)):
+        raise ContractError("user_ids", "must be a collection of user ids, not one string", user_ids)
     settings = Settings.from_env()
     users = [_check_user(u) for u in user_ids]
     t = _resolve_target(target, settings)

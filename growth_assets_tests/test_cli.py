@@ -93,3 +93,39 @@ def test_fit_refuses_a_bad_panel_naming_the_field(tmp_path, csv, field):
     assert out.returncode == 2
     assert out.stderr.startswith(f"error: {field}:"), out.stderr
     assert not (tmp_path / "o.json").exists()
+
+
+def test_p_explains_one_student_or_a_few(db_url):
+    """`growth-assets p`: P, sigma, mu, the path and why, for each user asked (the explain
+    answer), as text or JSON; a bad horizon is a one-line error naming it."""
+    from datetime import datetime, timezone
+
+    from growth_assets_tests.metrics.helpers import add_theta, store_fit
+    from growth_assets_tests.support.results import make_result
+
+    with psycopg.connect(db_url) as c:
+        store_fit(c, make_result(3))
+        add_theta(c, "fresh", 0.4, 0.2, datetime(2026, 8, 1, tzinfo=timezone.utc))  # before the window
+    env = {"DATABASE_URL": db_url, "METRICS_USE_BAYESIAN": "true"}
+    out = run(["p", "--user", "s00001", "--user", "fresh", "--user", "nobody", "--target", "0.1"], env)
+    assert out.returncode == 0, out.stderr
+    blocks = out.stdout.split("\n\n")
+    assert blocks[0].startswith("s00001: P = 0.") and "path run" in blocks[0] and "sigma" in blocks[0]
+    assert "stored: no weekly_kpi row" in blocks[0]  # why the earlier path did not apply
+    assert blocks[1].startswith("fresh: P = ") and "path normal" in blocks[1]
+    assert blocks[2].startswith("nobody: P = none") and "no theta in mirt_ability" in blocks[2]
+    js = run(["p", "--user", "s00001", "--target", "0.1", "--json"], env)
+    (a,) = json.loads(js.stdout)
+    assert a["user_id"] == "s00001" and a["path"] == "run" and 0 <= a["P"] <= 1 and a["target"] == 0.1
+    bad = run(["p", "--user", "s00001", "--horizon", "2026-12-02"], env)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: horizon") and "Traceback" not in bad.stderr
+
+
+def test_the_batch_form_refuses_a_bare_string(conn):
+    """Before: compute_goal_attainment_probabilities(s, "s0000001") answered for the users
+    "s", "0", "1", ... (the string's characters)."""
+    from growth_assets.metrics import compute_goal_attainment_probabilities
+    from growth_assets.model.contract import ContractError
+
+    with pytest.raises(ContractError, match="user_ids"):
+        compute_goal_attainment_probabilities(conn, "s0000001")
