@@ -143,6 +143,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"run {kpi['run_id'].value}: P written for {kpi['rows_written'].value} students "
           f"(P from {kpi['P_min'].value:.3f} to {kpi['P_max'].value:.3f}, target {kpi['P_target'].value:g}, "
           f"for the week of {kpi['P_week'].value})")
+    # one student, as the real-time path answers for it, and where this week's P are
+    from .db import get_session
+    from .metrics import explain_goal_attainment_probability
+
+    with get_session(url) as s:
+        first = s.execute("SELECT min(user_id) FROM weekly_kpi WHERE week_start = %s AND kpis ? 'P'",
+                          (Window(as_of, settings.lookback_weeks).week_start,)).fetchone()[0]
+        a = explain_goal_attainment_probability(s, first, kpi["P_target"].value)
+    print(f"target {a.target:g} (METRICS_DEFAULT_TARGET, in score units); for example {a.user_id}: "
+          f"P = {a.P:.3f}, sigma {a.sigma:.3g}, path {a.path}"
+          + (f" ({'; '.join(a.reasons)})" if a.reasons else ""))
+    print(f"more: .venv/bin/growth-assets p --user {a.user_id}")
+    print("this week's P in SQL:\n"
+          "  SELECT user_id, kpis->>'P' AS p, kpis->>'sigma' AS sigma, kpis->>'P_week' AS p_week\n"
+          f"  FROM weekly_kpi WHERE week_start = '{Window(as_of, settings.lookback_weeks).week_start}'"
+          " AND kpis ? 'P' ORDER BY user_id;")
     print("browse it: .venv/bin/growth-assets dev   (Dagster UI on http://127.0.0.1:3000)")
     return 0
 

@@ -129,3 +129,15 @@ def test_the_batch_form_refuses_a_bare_string(conn):
 
     with pytest.raises(ContractError, match="user_ids"):
         compute_goal_attainment_probabilities(conn, "s0000001")
+
+
+@pytest.mark.slow
+def test_demo_ends_with_the_target_one_student_and_the_query(db_url, tmp_path):
+    out = run(["demo", "--students", "60"], {"DATABASE_URL": db_url, "GROWTH_LOCAL_DIR": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "for example s0000000: P = " in out.stdout and "path stored" in out.stdout
+    assert "growth-assets p --user s0000000" in out.stdout
+    sql = out.stdout.split("this week's P in SQL:\n", 1)[1].split(";")[0]
+    with psycopg.connect(db_url) as c:
+        rows = c.execute(sql).fetchall()
+    assert len(rows) == 60 and all(0 <= float(p) <= 1 for _, p, _, _ in rows)
