@@ -13,7 +13,7 @@ Measured: p50 / p99 of one ``compute_goal_attainment_probability`` call per path
 is a fresh chain: 3-5 queries on one open connection), the batch form for all N users (one
 query per path), and ``refresh_active_users`` for the week (batch + merge of every user).
 
-    python benchmarks/bench_metrics.py --users 100000
+    python benchmarks/bench_metrics.py --users 100000 --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO))
 
 WINDOW_START = date(2026, 8, 31)
@@ -152,6 +151,8 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=100_000)
     ap.add_argument("--calls", type=int, default=300, help="single calls per path")
     ap.add_argument("--batch-reps", type=int, default=3)
+    ap.add_argument("--out", type=Path, help="folder for metrics.json / metrics.md (default: a temporary one;"
+                                             " the committed results are benchmarks/results)")
     args = ap.parse_args()
     os.environ["METRICS_USE_BAYESIAN"] = "true"
     os.environ.pop("METRICS_DEFAULT_TARGET", None)
@@ -213,8 +214,9 @@ def main() -> None:
         cluster.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "metrics.json").write_text(json.dumps(out, indent=2) + "\n")
+    results = args.out or Path(tempfile.mkdtemp(prefix="bench-metrics-out-"))
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "metrics.json").write_text(json.dumps(out, indent=2) + "\n")
     s = out["single_call"]
     lines = [
         "# metrics.py latency",
@@ -241,7 +243,8 @@ def main() -> None:
         f"- populating the database: {out['populate_s']:.1f} s.",
         "",
     ]
-    (RESULTS / "metrics.md").write_text("\n".join(lines))
+    (results / "metrics.md").write_text("\n".join(lines))
+    print(f"results in {results}")
     print("\n".join(lines))
 
 

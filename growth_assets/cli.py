@@ -60,7 +60,11 @@ def cmd_db(args: argparse.Namespace) -> int:
             if not portfile.exists():
                 print("no DATABASE_URL and no local database: run `growth-assets db start`", file=sys.stderr)
                 return 1
-            url = localpg.LocalCluster(_pg_datadir(), int(portfile.read_text())).url()
+            cluster = localpg.LocalCluster(_pg_datadir(), int(portfile.read_text()))
+            if not cluster.is_running():
+                print("the local database is stopped: run `growth-assets db start`", file=sys.stderr)
+                return 1
+            url = cluster.url()
         print(url)
         return 0
     applied = migrate(_database_url(start_local=False))
@@ -299,7 +303,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from importlib.metadata import PackageNotFoundError, version
+
     p = argparse.ArgumentParser(prog="growth-assets", description=__doc__)
+    try:
+        v = version("growth_assets")
+    except PackageNotFoundError:  # a source tree that is not installed
+        v = "unknown"
+    p.add_argument("--version", action="version", version=f"growth-assets {v}")
     sub = p.add_subparsers(dest="command", required=True)
 
     db = sub.add_parser("db", help="the database: start/stop the local one, migrate DATABASE_URL")

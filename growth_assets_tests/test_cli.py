@@ -43,7 +43,15 @@ def test_local_database_start_is_idempotent_and_stops():
     assert stop.returncode == 0 and "stopped" in stop.stdout
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(url, connect_timeout=2)
+    # before: the stopped cluster's URL, exit 0
+    after = run(["db", "url"], env)
+    assert after.returncode == 1 and after.stdout == "" and "stopped" in after.stderr
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_version():
+    out = run(["--version"])
+    assert out.returncode == 0 and out.stdout.startswith("growth-assets 0.")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the data directory to the postgres user")
