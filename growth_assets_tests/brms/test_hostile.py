@@ -125,15 +125,16 @@ def _descendants(pid: int) -> set[int]:
     return out
 
 
+def _state(pid: int) -> str | None:
+    """The process's state letter (Z: a zombie), or None when it is gone."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
 def _alive(pids) -> set[int]:
-    live = set()
-    for p in pids:
-        try:
-            if open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
-                live.add(p)
-        except OSError:
-            pass
-    return live
+    return {p for p in pids if _state(p) not in (None, "Z")}
 
 
 def _long_fit_in_background(svc, out: dict):
