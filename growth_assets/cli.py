@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sys
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 log = logging.getLogger("growth_assets")
@@ -120,8 +120,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     migrate(url)
     as_of = _as_of(args.as_of)
     with psycopg.connect(url) as conn:
-        rep = seed_cohort(conn, args.students, args.weeks, args.seed, as_of,
-                          local_dir() / "demo" / "true_lines.csv")
+        weeks = args.weeks or Settings.from_env().lookback_weeks + Settings.from_env().horizon_weeks
+        rep = seed_cohort(conn, args.students, weeks, args.seed, as_of, local_dir() / "demo" / "true_lines.csv")
     print(f"seeded {rep.students} students x {rep.weeks} weeks")
     home = dagster_home()
     os.environ["DAGSTER_HOME"] = str(home)
@@ -129,15 +129,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     defs = build_definitions(settings)
     last_week = Window(as_of, settings.lookback_weeks).last_week
-    print(f"running weekly_growth_job for partition {last_week} with the {settings.chosen_engine} engine "
-          f"(Dagster home {home})")
-    job = defs.resolve_job_def("weekly_growth_job")
+    past = last_week - timedelta(weeks=settings.horizon_weeks)
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     with dg.DagsterInstance.get() as instance:
-        res = job.execute_in_process(partition_key=last_week.isoformat(), instance=instance,
-                                     raise_on_error=False,
-                                     run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
-    for ev in res.get_asset_check_evaluations():
-        print(f"  check {ev.check_name}: {'passed' if ev.passed else 'FAILED ' + ev.severity.value}")
+        def run(job_name: str, partition: date):
+            print(f"running {job_name} for partition {partition} with the {settings.chosen_engine} engine")
+            out = defs.resolve_job_def(job_name).execute_in_process(
+                partition_key=partition.isoformat(), instance=instance, raise_on_error=False, run_config=quiet)
+            for ev in out.get_asset_check_evaluations():
+                print(f"  check {ev.check_name}: {'passed' if ev.passed else 'FAILED ' + ev.severity.value}")
+            return out
+
+        print(f"Dagster home {home}")
+        scored = None
+        if rep.weeks >= settings.lookback_weeks + settings.horizon_weeks:
+            # a past run whose horizon week is the cohort's last: its P scored against what happened
+            if run("weekly_growth_job", past).success:
+                scored = run("forecast_backtest_job", past)
+        res = run("weekly_growth_job", last_week)
+    if scored is not None and scored.success:
+        bmd = scored.asset_materializations_for_node("goal_forecast_backtest")[0].metadata
+        print(f"backtest of partition {past} (P for the week of {bmd['P_week'].value}): "
+              f"{bmd['students_scored'].value} students scored, 90 % predictive coverage "
+              f"{bmd['coverage_90_model'].value:.3f}, Brier {bmd['brier_model'].value:.3f} "
+              f"(Normal baseline {bmd['brier_baseline'].value:.3f}, skill {bmd['brier_skill'].value:.2f})")
     if not res.success:
         print("the weekly graph failed; see the Dagster UI (growth-assets dev) for the run", file=sys.stderr)
         return 1
@@ -327,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     dm = sub.add_parser("demo", help="local database + synthetic cohort + the weekly graph")
     dm.add_argument("--students", type=int, default=500)
-    dm.add_argument("--weeks", type=int, default=12)
+    dm.add_argument("--weeks", type=int, default=None,
+                    help="weeks of history (default lookback + horizon: enough for one backtest)")
     dm.add_argument("--seed", type=int, default=1)
     dm.add_argument("--as-of")
     dm.set_defaults(func=cmd_demo)

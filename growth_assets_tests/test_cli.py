@@ -1,6 +1,7 @@
 """The `growth-assets` commands, run as a user runs them (a subprocess of the console script)."""
 
 import json
+import re
 import os
 import shutil
 import tempfile
@@ -148,4 +149,11 @@ def test_demo_ends_with_the_target_one_student_and_the_query(db_url, tmp_path):
     sql = out.stdout.split("this week's P in SQL:\n", 1)[1].split(";")[0]
     with psycopg.connect(db_url) as c:
         rows = c.execute(sql).fetchall()
-    assert len(rows) == 60 and all(0 <= float(p) <= 1 for _, p, _, _ in rows)
+    written = int(re.search(r"P written for (\d+) students", out.stdout).group(1))
+    assert 50 <= written <= 60  # 16 weeks of history: a student who stopped early is not in this window
+    assert len(rows) == written and all(0 <= float(p) <= 1 for _, p, _, _ in rows)
+    # 16 weeks of history: the run of 4 weeks ago was fitted and its P scored on what happened
+    assert re.search(r"backtest of partition \d{4}-\d\d-\d\d \(P for the week of \d{4}-\d\d-\d\d\): "
+                     r"\d+ students scored, 90 % predictive coverage 0\.\d+", out.stdout), out.stdout
+    with psycopg.connect(db_url) as c:
+        assert c.execute("SELECT count(DISTINCT run_id) FROM growth_forecast_backtest").fetchone()[0] == 1

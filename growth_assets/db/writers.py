@@ -129,6 +129,32 @@ def write_fit(
     return len(s)
 
 
+def read_population_draws(conn: psycopg.Connection, run_id: str) -> dict[str, np.ndarray] | None:
+    """A run's thinned population draws (brms's names, data units), or None (a run stored
+    before they existed, or by an engine that gave none)."""
+    row = conn.execute(f"SELECT {DRAW_COLUMNS} FROM growth_population_draws WHERE run_id = %s",
+                       (run_id,)).fetchone()
+    if row is None:
+        return None
+    return {p: np.asarray(v, dtype=np.float64) for p, v in zip(POPULATION_PARAMS, row, strict=True)}
+
+
+def write_backtest(conn: psycopg.Connection, run_id: str, measures: Sequence[Any], *, partition_key: str | None,
+                   horizon_week: date, target: float, dagster_run_id: str | None) -> int:
+    """Store a run's backtest (``goal_forecast_backtest``'s table), replacing an earlier
+    scoring of the same run; one transaction. ``measures``: ``model.backtest.Measure``."""
+    with conn.transaction():
+        conn.execute("DELETE FROM growth_forecast_backtest WHERE run_id = %s", (run_id,))
+        with conn.cursor().copy(
+                "COPY growth_forecast_backtest (run_id, measure, partition_key, horizon_week, target, model,"
+                " baseline, n_students, detail, dagster_run_id) FROM STDIN") as copy:
+            for m in measures:
+                copy.write_row((run_id, m.measure, partition_key, horizon_week, float(target),
+                                jsonable(m.model), jsonable(m.baseline), int(m.n_students),
+                                Jsonb(jsonable(m.detail or {})), dagster_run_id))
+    return len(measures)
+
+
 def write_run_record(
     conn: psycopg.Connection,
     fit: Mapping[str, Any],

@@ -339,15 +339,10 @@ def student_predictions(
     return out, info
 
 
-def predict_from_sums(draws, n, sw, sww, sy, swy, h: float, target: float,
-                      p_tolerance: float = 0.0):
-    """(mu, sigma, P) of ``a + b h`` for students given only their five sums (n, sum w,
-    sum w^2, sum y, sum w y) and population draws in data units (brms's names): the
-    engine's own Rao-Blackwellised mixture (``student_predictions``: per-draw terms once
-    per group of students with the same (n, sum w, sum w^2)), so ``P = mean_d
-    Phi((m_d(h) - target) / s_d(h))``, exactly with ``p_tolerance = 0``. Scores are
-    standardised by the draws' own scale (mean intercept; sqrt(E sd_Intercept^2 + E
-    sigma^2)) for the arithmetic; the answer is in data units."""
+def standardised_draws(draws) -> tuple[dict[str, np.ndarray], float, float]:
+    """Population draws in data units (brms's names) as the standardised draws the
+    arithmetic uses, with their scale (ybar = mean intercept, s = sqrt(E sd_Intercept^2 +
+    E sigma^2)): data = ybar + s * standardised."""
     b0 = np.asarray(draws["b_Intercept"], dtype=np.float64)
     t0 = np.asarray(draws["sd_student_id__Intercept"], dtype=np.float64)
     sig = np.asarray(draws["sigma"], dtype=np.float64)
@@ -357,6 +352,19 @@ def predict_from_sums(draws, n, sw, sww, sy, swy, h: float, target: float,
            "tau0": t0 / s, "tau1": np.asarray(draws["sd_student_id__week"], dtype=np.float64) / s,
            "rho": np.asarray(draws["cor_student_id__Intercept__week"], dtype=np.float64),
            "sigma": sig / s}
+    return std, ybar, s
+
+
+def predict_from_sums(draws, n, sw, sww, sy, swy, h: float, target: float,
+                      p_tolerance: float = 0.0):
+    """(mu, sigma, P) of ``a + b h`` for students given only their five sums (n, sum w,
+    sum w^2, sum y, sum w y) and population draws in data units (brms's names): the
+    engine's own Rao-Blackwellised mixture (``student_predictions``: per-draw terms once
+    per group of students with the same (n, sum w, sum w^2)), so ``P = mean_d
+    Phi((m_d(h) - target) / s_d(h))``, exactly with ``p_tolerance = 0``. Scores are
+    standardised by the draws' own scale (mean intercept; sqrt(E sd_Intercept^2 + E
+    sigma^2)) for the arithmetic; the answer is in data units."""
+    std, ybar, s = standardised_draws(draws)
     n, sw, sww, sy, swy = (np.asarray(x, dtype=np.float64).reshape(-1) for x in (n, sw, sww, sy, swy))
     key = np.stack([n, np.rint(sw), np.rint(sww)], axis=1)  # integer weeks: exact keys
     _, group = np.unique(key, axis=0, return_inverse=True)

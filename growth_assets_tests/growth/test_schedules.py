@@ -12,18 +12,42 @@ def defs():
     return build_definitions(Settings.from_env({}))
 
 
-def test_monday_tick_runs_the_week_that_just_closed(defs):
+def _tick(defs, when: datetime):
+    s = defs.resolve_schedule_def("fit_bayesian_growth")
+    ctx = dg.build_schedule_context(scheduled_execution_time=when, repository_def=defs.get_repository_def(),
+                                    resources={"growth": defs.resources["growth"]})
+    return s.evaluate_tick(ctx).run_requests
+
+
+WEEKLY = {"weekly_scores", "brms_posterior", "growth_brms_meta", "weekly_kpi_P"}
+
+
+def test_monday_tick_runs_the_week_that_just_closed_and_scores_the_run_whose_horizon_it_was(defs):
     s = defs.resolve_schedule_def("fit_bayesian_growth")
     assert s.cron_schedule == "30 4 * * 1" and s.execution_timezone == "UTC"
-    assert s.job_name == "weekly_growth_job"
-    repo = defs.get_repository_def()
-    ctx = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 23, 4, 30, tzinfo=timezone.utc),
-                                    repository_def=repo)
-    reqs = s.evaluate_tick(ctx).run_requests
-    assert len(reqs) == 1 and reqs[0].partition_key == "2026-11-16"
-    nxt = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 30, 4, 30, tzinfo=timezone.utc),
-                                    repository_def=repo)
-    assert s.evaluate_tick(nxt).run_requests[0].partition_key == "2026-11-23"
+    assert s.job_name == "monday_job"
+    fit, backtest = _tick(defs, datetime(2026, 11, 23, 4, 30, tzinfo=timezone.utc))
+    assert fit.partition_key == "2026-11-16"
+    assert {k.to_user_string() for k in fit.asset_selection} == WEEKLY
+    assert fit.tags["growth/fit"] == "weekly"  # the instance's one-fit-at-a-time pool, as weekly_growth_job
+    # the run of partition 2026-10-19 forecast the week of 2026-11-16 (4 weeks after its window)
+    assert backtest.partition_key == "2026-10-19" and backtest.run_key == "backtest:2026-10-19"
+    assert [k.to_user_string() for k in backtest.asset_selection] == ["goal_forecast_backtest"]
+    assert "growth/fit" not in backtest.tags
+    nxt = _tick(defs, datetime(2026, 11, 30, 4, 30, tzinfo=timezone.utc))
+    assert [r.partition_key for r in nxt] == ["2026-11-23", "2026-10-26"]
+
+
+def test_the_backtest_follows_the_horizon_setting():
+    defs = build_definitions(Settings.from_env({"BRMS_HORIZON_WEEKS": "2"}))
+    assert [r.partition_key for r in _tick(defs, datetime(2026, 11, 23, 4, 30, tzinfo=timezone.utc))] == [
+        "2026-11-16", "2026-11-02"]
+
+
+def test_no_backtest_before_the_first_partition_could_have_closed(defs):
+    # partitions start on 2025-01-06: the tick of 2025-01-20 fits 2025-01-13, nothing to score yet
+    assert [r.partition_key for r in _tick(defs, datetime(2025, 1, 20, 4, 30, tzinfo=timezone.utc))] == [
+        "2025-01-13"]
 
 
 def test_weekly_job_covers_the_graph_and_its_checks(defs):

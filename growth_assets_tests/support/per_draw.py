@@ -18,15 +18,13 @@ from growth_assets.model.panel import Panel
 from growth_assets.model.result import fit_panel
 
 
-def per_draw_reference(panel: Panel, draws: dict, ybar: float, s: float, h: float, target: float,
-                       students=None):
-    """[(student_id, P, mu, var of a + b h)] from standardised draws (flat arrays), for
-    every student or those in ``students``."""
+def per_draw_lines(panel: Panel, draws: dict, ybar: float, s: float, h: float, students=None):
+    """For each student (sorted; all, or those in ``students``): (student_id, m_d(h),
+    var_d(h), sigma_d), each (D,), from standardised draws (flat arrays), in data units."""
     beta = np.stack([ybar + s * draws["beta0"], s * draws["beta1"]], 1)  # (D, 2)
     t0, t1, rho, sig = s * draws["tau0"], s * draws["tau1"], draws["rho"], s * draws["sigma"]
     Sigma = np.stack([np.stack([t0 * t0, rho * t0 * t1], -1), np.stack([rho * t0 * t1, t1 * t1], -1)], -2)
     eh = np.array([1.0, h])
-    out = []
     frame = panel.to_frame()
     if students is not None:
         frame = frame[frame["student_id"].isin(set(students))]
@@ -39,11 +37,16 @@ def per_draw_reference(panel: Panel, draws: dict, ybar: float, s: float, h: floa
         r = y[None, :] - beta @ Z.T
         m = beta + np.einsum("dik,dk->di", SZ, np.linalg.solve(V, r[..., None])[..., 0])
         C = Sigma - np.einsum("dik,dkl->dil", SZ, np.linalg.solve(V, np.transpose(SZ, (0, 2, 1))))
-        mu_d = m @ eh
-        var_d = np.einsum("i,dij,j->d", eh, C, eh)
-        out.append((sid, float(np.mean(ndtr((mu_d - target) / np.sqrt(np.maximum(var_d, 0))))),
-                    float(mu_d.mean()), float(var_d.mean() + mu_d.var())))
-    return out
+        yield sid, m @ eh, np.maximum(np.einsum("i,dij,j->d", eh, C, eh), 0.0), sig
+
+
+def per_draw_reference(panel: Panel, draws: dict, ybar: float, s: float, h: float, target: float,
+                       students=None):
+    """[(student_id, P, mu, var of a + b h)] from standardised draws (flat arrays), for
+    every student or those in ``students``."""
+    return [(sid, float(np.mean(ndtr((mu_d - target) / np.sqrt(var_d)))), float(mu_d.mean()),
+             float(var_d.mean() + mu_d.var()))
+            for sid, mu_d, var_d, _ in per_draw_lines(panel, draws, ybar, s, h, students)]
 
 
 class Replay:

@@ -32,6 +32,7 @@ from ..resources import GrowthEngineResource, GrowthSettings, PostgresResource
 from ..sources import panel_sources
 from .diagnostics import CHECK_NAMES, DiagnosticThresholds, attempt_record, evaluate, falls_short, run_status
 from .metadata import num, p_histogram_md, rounded
+from .pictures import diagnostics_picture, p_picture, parameters_picture, population_picture
 from .panel import PanelInfo, Window, build_panel, load_panel, panel_id_for, panel_info
 
 weekly_partitions = dg.WeeklyPartitionsDefinition(
@@ -170,6 +171,63 @@ def fit_metadata(result: FitResult) -> dict[str, Any]:
     }
 
 
+SAMPLE_STUDENTS = 6
+
+
+def sample_students(result: FitResult, panel, k: int = SAMPLE_STUDENTS) -> list[tuple]:
+    """Up to ``k`` students with 3 or more weeks, evenly spaced in id order (the same ones
+    for the same panel): (id, weeks, scores, posterior mean intercept, slope)."""
+    counts = panel.n_obs()
+    eligible = np.flatnonzero(counts >= 3)
+    if eligible.size == 0:
+        return []
+    pick = eligible[np.linspace(0, eligible.size - 1, min(k, eligible.size)).round().astype(int)]
+    pos = {sid: i for i, sid in enumerate(result.students.student_id)}
+    out = []
+    for code in pick:
+        sid = panel.student_ids[code]
+        rows = panel.student == code
+        i = pos[sid]
+        out.append((str(sid), panel.week[rows], panel.score[rows], float(result.students.mean_a[i]),
+                    float(result.students.mean_b[i])))
+    return out
+
+
+def fit_pictures(result: FitResult, panel, window: Window, growth: GrowthSettings) -> dict[str, Any]:
+    """brms_posterior's pictures: the population line with students, P, the parameters."""
+    p_week = window.start + timedelta(weeks=int(result.horizon_week))
+    md = {"picture_P": dg.MetadataValue.md(p_picture(result.students.P, result.target, p_week.isoformat()))}
+    d = result.population_draws
+    if d is None:
+        md["pictures_note"] = "the engine gave no population draws: no line or parameter pictures"
+        return md
+    md["picture_population_line"] = dg.MetadataValue.md(population_picture(
+        d, int(result.horizon_week), growth.lookback_weeks, result.target, sample_students(result, panel),
+        seed=int(result.seed)))
+    md["picture_parameters"] = dg.MetadataValue.md(parameters_picture(d))
+    return md
+
+
+TREND_RUNS = 12
+
+
+def diagnostics_trend(conn: psycopg.Connection, fitted_at) -> dg.MetadataValue:
+    """The diagnostics of the last runs up to this one (growth_brms_meta), one picture."""
+    rows = conn.execute(
+        "SELECT run_id, partition_key, diagnostics, status FROM growth_brms_meta WHERE fitted_at <= %s"
+        " ORDER BY fitted_at DESC, run_id DESC LIMIT %s", (fitted_at, TREND_RUNS)).fetchall()
+
+    def get(d, k):
+        v = (d or {}).get(k)
+        return None if v is None else float(v)
+
+    series = [{"label": (pk or run_id)[-10:] + ("" if status == "passed" else " ✗"),
+               **{k: get(d, k) for k in ("max_rhat", "min_ess_bulk", "min_ess_tail", "n_divergent")},
+               "fit_seconds": get(d, "elapsed_s")}
+              for run_id, pk, d, status in reversed(rows)]
+    return dg.MetadataValue.md(diagnostics_picture(series))
+
+
 def _panel_of(conn: psycopg.Connection, window: Window, growth: GrowthSettings) -> PanelInfo:
     info = panel_info(conn, panel_id_for(window, growth.score_source))
     if info is None:
@@ -245,6 +303,7 @@ def brms_posterior(context: dg.AssetExecutionContext, postgres: PostgresResource
             attempts.append(attempt_record(result))
         result = replace(result, diagnostics=replace(
             result.diagnostics, details={**result.diagnostics.details, "attempts": attempts}))
+    pictures = fit_pictures(result, panel, window, growth)
     del panel
     with postgres.connect() as conn, contract_failures():
         n = write_fit(conn, result, partition_key=context.partition_key,
@@ -254,6 +313,7 @@ def brms_posterior(context: dg.AssetExecutionContext, postgres: PostgresResource
         "attempts": dg.MetadataValue.int(len(attempts)),
         "attempts_detail": dg.MetadataValue.json(jsonable(attempts)),
         "P_distribution": dg.MetadataValue.md(p_histogram_md(result.students.P)),
+        **pictures,
         "wall_seconds": num(time.monotonic() - t0, 2)})
     for o in evaluate(result.diagnostics, result.kept_draws, diagnostics_thresholds):
         yield dg.AssetCheckResult(
@@ -288,12 +348,15 @@ def growth_brms_meta(context: dg.AssetExecutionContext, postgres: PostgresResour
             window_end=info.window_end, week_start=info.week_start, score_source=info.score_source,
             panel_id=panel_id, source_counts=info.rows_by_source, partition_key=context.partition_key,
             dagster_run_id=context.run.run_id)
+        trend = diagnostics_trend(conn, conn.execute(
+            "SELECT fitted_at FROM growth_brms_meta WHERE run_id = %s", (fit["run_id"],)).fetchone()[0])
     if status != "passed":
         context.log.warning("run %s recorded as failed_checks: %s", fit["run_id"], "; ".join(reasons))
     return dg.MaterializeResult(metadata={
         "run_id": fit["run_id"], "status": status,
         "status_reasons": dg.MetadataValue.json(reasons),
         "students": dg.MetadataValue.int(int(fit["n_students"])),
+        "diagnostics_trend": trend,
     })
 
 

@@ -1,0 +1,182 @@
+"""``goal_forecast_backtest``: every published P scored once its horizon week has closed.
+
+Partition k scores the published run of partition k (its newest ``passed`` run): the
+realised scores of the run's horizon week (``P_week``), read by the panel's own query
+(same sources, same priority), against the run's posterior predictive, with spec §7's
+Normal approximation as it stood when P was published as the baseline (spec §10,
+``model.backtest``). Stored in ``growth_forecast_backtest`` (one row per run and measure),
+shown as metadata and pictures, graded by two WARN checks.
+"""
+
+
+import time
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+import numpy as np
+import psycopg
+from pydantic import Field
+
+from ...db.writers import read_population_draws, write_backtest
+from ...model import backtest as bt
+from ..resources import GrowthSettings, PostgresResource
+from ..sources import panel_sources
+from .assets import GROUP, contract_failures, weekly_kpi_P, weekly_partitions
+from .metadata import num
+from .panel import panel_query
+from .pictures import pit_picture, reliability_picture
+
+COVERAGE_CHECK = "predictive_coverage_90"
+SKILL_CHECK = "brier_skill_vs_normal"
+
+
+class BacktestThresholds(dg.ConfigurableResource):
+    """Where the backtest's checks WARN (spec §10)."""
+
+    coverage_90_low: float = Field(0.85, ge=0, le=1, description="WARN below this 90 % predictive coverage")
+    coverage_90_high: float = Field(0.95, ge=0, le=1, description="WARN above this 90 % predictive coverage")
+    min_brier_skill: float = Field(0.0, le=1, description="WARN unless the Brier skill against the Normal "
+                                                           "baseline is above this")
+
+
+_RUN = """
+SELECT run_id, horizon_week, target, window_start, window_end, score_source, panel_id, posterior_summary
+FROM growth_brms_meta WHERE partition_key = %s AND status = 'passed'
+ORDER BY fitted_at DESC, run_id DESC LIMIT 1
+"""
+
+# the realised scores of the horizon week (the panel's query over that one week), the
+# students' window sums (the fitted panel), their stored line at the horizon, and the
+# latest calibration before the run's week (the baseline of spec §7)
+_SCORED = """
+WITH realised AS ({panel}),
+sums AS (
+    SELECT student_id, count(*)::float8 AS n, sum(week)::float8 AS sw, sum(week * week)::float8 AS sww,
+           sum(score) AS sy, sum(week * score) AS swy
+    FROM growth_panel WHERE panel_id = %(panel_id)s AND student_id IN (SELECT student_id FROM realised)
+    GROUP BY student_id),
+base AS (
+    SELECT DISTINCT ON (user_id) user_id, theta, se FROM mirt_ability
+    WHERE user_id IN (SELECT student_id FROM realised) AND fitted_at < (%(published)s::date)::timestamp AT TIME ZONE 'UTC'
+      AND theta IS NOT NULL AND se > 0 AND theta BETWEEN %(score_lo)s AND %(score_hi)s
+    ORDER BY user_id, fitted_at DESC)
+SELECT r.student_id, r.score, s.n, s.sw, s.sww, s.sy, s.swy, sp.mu, sp.sigma, b.theta, b.se
+FROM realised r
+JOIN sums s USING (student_id)
+JOIN growth_student_posterior sp ON sp.run_id = %(run_id)s AND sp.user_id = r.student_id
+LEFT JOIN base b ON b.user_id = r.student_id
+ORDER BY r.student_id
+"""
+
+
+def scored_students(conn: psycopg.Connection, run: dict, p_week, growth: GrowthSettings, now: datetime):
+    """The run's students with a realised score in the horizon week, as columns."""
+    params = {"window_start": p_week, "window_end": p_week + timedelta(weeks=1), "now": now, "users": None,
+              "score_lo": float(growth.score_min), "score_hi": float(growth.score_max),
+              "panel_id": run["panel_id"], "run_id": run["run_id"], "published": run["window_end"]}
+    rows = conn.execute(_SCORED.format(panel=panel_query(run["score_source"])), params).fetchall()
+    cols = list(zip(*rows)) if rows else [[] for _ in range(11)]
+    f = [np.asarray(c, dtype=np.float64) for c in cols[1:9]]
+    theta = np.array([np.nan if v is None else v for v in cols[9]], dtype=np.float64)
+    se = np.array([np.nan if v is None else v for v in cols[10]], dtype=np.float64)
+    return {"ids": list(cols[0]), "y": f[0], "sums": f[1:6], "mu": f[6], "sd": f[7], "theta": theta, "se": se}
+
+
+def score_run(run: dict, data: dict, draws: dict | None) -> tuple[list[bt.Measure], str]:
+    """The measures of one run (``model.backtest.score``) and the predictive used."""
+    y, target, h = data["y"], float(run["target"]), float(run["horizon_week"])
+    x = np.stack([y, np.full(y.size, target)], axis=1)
+    if draws is not None:
+        cdf, method = bt.predictive_cdf(draws, *data["sums"], h, x), "population draws (exact mixture)"
+    else:
+        s = (run["posterior_summary"] or {}).get("sigma") or {}
+        cdf = bt.moment_predictive_cdf(data["mu"], data["sd"], float(s.get("mean") or 0.0),
+                                       float(s.get("sd") or 0.0), x)
+        method = "stored line moments + residual (no draws stored)"
+    has_base = np.isfinite(data["theta"]) & np.isfinite(data["se"])
+    base = bt.normal_baseline(np.where(has_base, data["theta"], 0.0), np.where(has_base, data["se"], 1.0),
+                              y, target)
+    return bt.score(y, target, bt.model_forecasts(cdf), base, has_base), method
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=weekly_partitions,
+    kinds={"python", "postgres"},
+    deps=[weekly_kpi_P, *panel_sources],
+    check_specs=[
+        dg.AssetCheckSpec(COVERAGE_CHECK, asset="goal_forecast_backtest",
+                          description="WARN when the 90 % predictive interval's coverage leaves [0.85, 0.95]"),
+        dg.AssetCheckSpec(SKILL_CHECK, asset="goal_forecast_backtest",
+                          description="WARN unless the Brier skill against the Normal baseline is above 0"),
+    ],
+)
+def goal_forecast_backtest(context: dg.AssetExecutionContext, postgres: PostgresResource,
+                           growth: GrowthSettings, backtest_thresholds: BacktestThresholds):
+    """The published P of this partition's run, scored when its horizon week (``P_week``)
+    has closed: each realised score of that week against the run's posterior predictive
+    (spec §10) — PIT, 50 % / 90 % coverage, Brier and log score of the probability of
+    reaching the target, reliability — and the same for spec §7's Normal approximation on
+    the same students, with the model's Brier skill against it. Stored in
+    ``growth_forecast_backtest``; refuses a partition whose horizon week is not over yet.
+    """
+    t0 = time.monotonic()
+    now = datetime.now(timezone.utc)
+    with postgres.connect() as conn, contract_failures():
+        row = conn.execute(_RUN, (context.partition_key,)).fetchone()
+        if row is None:
+            raise dg.Failure(f"no published (passed) run for partition {context.partition_key}:"
+                             " materialize the weekly graph of this partition first")
+        run = dict(zip(("run_id", "horizon_week", "target", "window_start", "window_end", "score_source",
+                        "panel_id", "posterior_summary"), row))
+        p_week = run["window_start"] + timedelta(weeks=int(run["horizon_week"]))
+        closes = p_week + timedelta(weeks=1)
+        if now.date() < closes:
+            raise dg.Failure(
+                description=f"run {run['run_id']} forecasts the week of {p_week}, which closes on {closes}"
+                            " (00:00 UTC): nothing to score yet",
+                metadata={"run_id": run["run_id"], "P_week": p_week.isoformat(), "closes": closes.isoformat()})
+        data = scored_students(conn, run, p_week, growth, now)
+        if not data["ids"]:
+            raise dg.Failure(f"no realised score in the week of {p_week} for any student of run {run['run_id']}")
+        draws = read_population_draws(conn, run["run_id"])
+        measures, method = score_run(run, data, draws)
+        write_backtest(conn, run["run_id"], measures, partition_key=context.partition_key, horizon_week=p_week,
+                       target=float(run["target"]), dagster_run_id=context.run.run_id)
+    m = {x.measure: x for x in measures}
+    cov90, skill = m["coverage_90"].model, m["brier_skill"].model
+    th = backtest_thresholds
+    yield dg.MaterializeResult(metadata={
+        "run_id": run["run_id"], "P_week": p_week.isoformat(), "target": dg.MetadataValue.float(float(run["target"])),
+        "students_scored": dg.MetadataValue.int(len(data["ids"])),
+        "students_with_baseline": dg.MetadataValue.int(m["brier_skill"].n_students),
+        "predictive": method,
+        **{f"{k}_model": num(m[k].model, 4) for k in ("coverage_50", "coverage_90", "brier", "log_score")},
+        **{f"{k}_baseline": num(m[k].baseline, 4) for k in ("coverage_50", "coverage_90", "brier", "log_score")},
+        "pit_uniformity_p": num(m["pit_uniformity_p"].model, 3),
+        "brier_skill": num(skill, 4),
+        "reliability": dg.MetadataValue.md(reliability_picture(m["reliability"].detail["model"],
+                                                               m["reliability"].detail["baseline"])),
+        "pit_histogram": dg.MetadataValue.md(pit_picture(m["pit_uniformity_p"].detail["model_counts"],
+                                                         m["pit_uniformity_p"].detail["baseline_counts"])),
+        "seconds": num(time.monotonic() - t0, 3),
+    })
+    yield dg.AssetCheckResult(
+        check_name=COVERAGE_CHECK, passed=bool(th.coverage_90_low <= cov90 <= th.coverage_90_high),
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"90 % predictive interval covered {cov90:.1%} of {len(data['ids'])} realised scores"
+                    f" (expected {th.coverage_90_low:.0%}–{th.coverage_90_high:.0%})",
+        metadata={"observed": num(cov90, 4), "threshold": f"[{th.coverage_90_low}, {th.coverage_90_high}]",
+                  "run_id": run["run_id"]})
+    yield dg.AssetCheckResult(
+        check_name=SKILL_CHECK, passed=bool(np.isfinite(skill) and skill > th.min_brier_skill),
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"Brier skill {skill:.3f} against the Normal approximation on "
+                    f"{m['brier_skill'].n_students} students (WARN unless > {th.min_brier_skill:g})",
+        metadata={"observed": num(skill, 4), "threshold": dg.MetadataValue.float(th.min_brier_skill),
+                  "run_id": run["run_id"]})
+
+
+forecast_backtest_job = dg.define_asset_job(
+    "forecast_backtest_job", selection=dg.AssetSelection.assets(goal_forecast_backtest),
+    description="Score the published P of a partition once its horizon week has closed.")

@@ -1,0 +1,118 @@
+"""goal_forecast_backtest against a real PostgreSQL and real native fits: a published P
+scored when its horizon week has arrived (spec §10)."""
+
+import base64
+import io
+import re
+from datetime import date
+
+import dagster as dg
+import psycopg
+import pytest
+from PIL import Image
+
+from growth_assets.defs.growth import BacktestThresholds, goal_forecast_backtest, weekly_assets
+from growth_assets.defs.growth.backtest import COVERAGE_CHECK, SKILL_CHECK
+from growth_assets.demo.cohort import CohortParams, seed_cohort
+from growth_assets_tests.support.graph import AS_OF, ReplayEngine, failure_text, resources
+
+# 16 weeks of history before AS_OF (2026-11-23): the run of partition 2026-10-19 (window
+# 2026-08-03 .. 2026-10-19) forecast the week of 2026-11-16, which has closed
+PAST = "2026-10-19"
+P_WEEK = date(2026, 11, 16)
+MODEL_TRUE = CohortParams(share_topic_only=0.0, share_daily_only=0.0)
+
+
+def _run(url, students, seed, params=MODEL_TRUE, shift=0.0, **growth):
+    with psycopg.connect(url) as conn:
+        seed_cohort(conn, students, 16, seed=seed, as_of=AS_OF, params=params)
+        if shift:  # the model breaks: every score of the horizon week jumps
+            conn.execute("UPDATE mirt_ability SET theta = theta + %s WHERE fitted_at >= %s", (shift, P_WEEK))
+    res = resources(url, **{"n_chains": 4, "n_samples": 1000, **growth})
+    res["backtest_thresholds"] = BacktestThresholds()
+    fit = dg.materialize(weekly_assets, partition_key=PAST, resources=res)
+    assert fit.success, failure_text(fit)
+    bt = dg.materialize([goal_forecast_backtest], partition_key=PAST, resources=res)
+    return fit, bt
+
+
+def _png(md: str) -> Image.Image:
+    m = re.fullmatch(r"!\[[^\]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", md)
+    assert m, md[:80]
+    raw = base64.b64decode(m.group(1))
+    assert 1_000 < len(raw) <= 150_000
+    img = Image.open(io.BytesIO(raw))
+    img.verify()
+    return Image.open(io.BytesIO(raw))
+
+
+@pytest.mark.slow
+def test_on_data_from_the_model_the_forecast_is_calibrated_and_beats_the_normal_baseline(db_url):
+    fit, bt = _run(db_url, 3000, seed=21)
+    assert bt.success, failure_text(bt)
+    md = bt.asset_materializations_for_node("goal_forecast_backtest")[0].metadata
+    run_id = fit.asset_materializations_for_node("growth_brms_meta")[0].metadata["run_id"].value
+    assert md["run_id"].value == run_id and md["P_week"].value == P_WEEK.isoformat()
+    assert md["students_scored"].value >= 2000 and md["predictive"].value.startswith("population draws")
+    # binomial sd of the 90 % coverage on >= 2,000 students is <= 0.0067: 0.87-0.93 is 4.5 sd
+    assert 0.87 <= md["coverage_90_model"].value <= 0.93
+    assert 0.45 <= md["coverage_50_model"].value <= 0.55
+    assert md["pit_uniformity_p"].value > 0.01
+    assert md["brier_skill"].value > 0.3
+    checks = {e.check_name: e for e in bt.get_asset_check_evaluations()}
+    assert checks[COVERAGE_CHECK].passed and checks[SKILL_CHECK].passed
+    for key in ("reliability", "pit_histogram"):
+        assert _png(md[key].value).size[0] > 200
+    with psycopg.connect(db_url) as c:
+        rows = dict(c.execute("SELECT measure, model FROM growth_forecast_backtest WHERE run_id = %s",
+                              (run_id,)).fetchall())
+        n, week, target = c.execute("SELECT min(n_students), min(horizon_week), min(target)"
+                                    " FROM growth_forecast_backtest WHERE run_id = %s AND measure = 'coverage_90'",
+                                    (run_id,)).fetchone()
+    assert rows["coverage_90"] == pytest.approx(md["coverage_90_model"].value, abs=1e-4)
+    assert {"coverage_50", "coverage_90", "pit_uniformity_p", "brier", "log_score", "brier_skill",
+            "reliability"} <= set(rows)
+    assert n == md["students_scored"].value and week == P_WEEK and target == 0.0
+    # the fit's own pictures: the population line, P and the six parameters, and the trend
+    post = fit.asset_materializations_for_node("brms_posterior")[0].metadata
+    for key in ("picture_population_line", "picture_P", "picture_parameters"):
+        assert _png(post[key].value).size[1] > 100
+    meta = fit.asset_materializations_for_node("growth_brms_meta")[0].metadata
+    assert _png(meta["diagnostics_trend"].value).size[0] > 300
+
+
+@pytest.mark.slow
+def test_a_jump_of_two_sds_in_the_horizon_week_fires_the_coverage_warning(db_url):
+    _, bt = _run(db_url, 600, seed=22, shift=2 * MODEL_TRUE.sigma, n_chains=2, n_samples=1000)
+    assert bt.success  # WARN checks do not fail the run
+    checks = {e.check_name: e for e in bt.get_asset_check_evaluations()}
+    cov = checks[COVERAGE_CHECK]
+    assert not cov.passed and cov.severity == dg.AssetCheckSeverity.WARN
+    assert cov.metadata["observed"].value < 0.8
+
+
+def test_scoring_again_replaces_the_rows_and_an_open_horizon_is_refused(db_url):
+    with psycopg.connect(db_url) as conn:
+        seed_cohort(conn, 60, 16, seed=5, as_of=AS_OF, params=MODEL_TRUE)
+    res = resources(db_url, engine=ReplayEngine())
+    res["backtest_thresholds"] = BacktestThresholds()
+    assert dg.materialize(weekly_assets, partition_key=PAST, resources=res).success
+    for _ in range(2):
+        bt = dg.materialize([goal_forecast_backtest], partition_key=PAST, resources=res)
+        assert bt.success, failure_text(bt)
+    with psycopg.connect(db_url) as c:
+        per_measure = c.execute("SELECT measure, count(*) FROM growth_forecast_backtest GROUP BY measure").fetchall()
+    assert per_measure and all(n == 1 for _, n in per_measure)
+    # the run of the latest partition forecasts a week that has not happened yet
+    latest = "2026-11-16"
+    assert dg.materialize(weekly_assets, partition_key=latest, resources=res).success
+    early = dg.materialize([goal_forecast_backtest], partition_key=latest, resources=res, raise_on_error=False)
+    assert not early.success
+    assert "forecasts the week of 2026-12-14, which closes on 2026-12-21" in failure_text(early)
+
+
+def test_a_partition_without_a_published_run_is_a_clear_error(db_url):
+    res = resources(db_url)
+    res["backtest_thresholds"] = BacktestThresholds()
+    r = dg.materialize([goal_forecast_backtest], partition_key=PAST, resources=res, raise_on_error=False)
+    assert not r.success and f"no published (passed) run for partition {PAST}" in failure_text(r)
