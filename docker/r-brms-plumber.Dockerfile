@@ -5,7 +5,11 @@
 #
 # The R install is scripts/install_r.sh, the script CI runs (scripts/test.sh): Debian bookworm's
 # r-cran-* packages, so the image and CI fit with the same brms/rstan builds.
-FROM debian:12.11-slim
+#
+# BASE: Debian 12. The public image by default (what a deployment pulls); where no registry is
+# reachable, scripts/build_images.sh passes a Debian 12 base it made with debootstrap.
+ARG BASE=debian:12.11-slim
+FROM ${BASE}
 
 ENV DEBIAN_FRONTEND=noninteractive \
     LANG=C.UTF-8 \

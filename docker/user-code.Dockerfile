@@ -7,7 +7,13 @@
 # The install is scripts/bootstrap.sh, the script CI runs (scripts/test.sh), with the venv in
 # /opt/venv instead of .venv, the runtime dependencies only (no test extras) and no PostgreSQL
 # server (the image talks to the platform's database).
-FROM python:3.11.13-slim-bookworm
+#
+# BASE: Debian 12 with Debian's own Python 3.11 (python3, python3-venv), not the python: image:
+# the same base as the R image, so the image a deployment pulls (debian:12 from a registry) and
+# the one scripts/build_images.sh builds here from a debootstrap base (no registry reachable) hold
+# the same Python, from the same Debian packages and security updates.
+ARG BASE=debian:12.11-slim
+FROM ${BASE}
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -15,12 +21,20 @@ ENV PYTHONUNBUFFERED=1 \
     GROWTH_VENV=/opt/venv \
     DAGSTER_HOME=/opt/dagster/dagster_home
 
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /opt/app
 # only what `pip install -e .[test]` needs: the project metadata and the package
 COPY pyproject.toml README.md requirements-runtime.lock ./
 COPY scripts/bootstrap.sh scripts/bootstrap.sh
 COPY growth_assets/ growth_assets/
-RUN GROWTH_VENV=/opt/venv GROWTH_EXTRAS="" GROWTH_SKIP_PG=1 bash scripts/bootstrap.sh \
+# build_ca (optional secret): the CA bundle of a network whose TLS is intercepted, for pip;
+# scripts/build_images.sh passes the host's. Not stored in the image.
+RUN --mount=type=secret,id=build_ca \
+    if [ -s /run/secrets/build_ca ]; then export PIP_CERT=/run/secrets/build_ca; fi \
+ && GROWTH_VENV=/opt/venv GROWTH_EXTRAS="" GROWTH_SKIP_PG=1 bash scripts/bootstrap.sh \
  && rm -rf /var/lib/apt/lists/* /root/.cache \
  && /opt/venv/bin/python -c "import growth_assets.definitions, dagster_k8s, dagster_postgres, dagster_webserver"
 

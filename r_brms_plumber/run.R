@@ -52,6 +52,7 @@ local({
   app_env$check_startup_config(cfg, host, allow_no_token)
   options(plumber.maxRequestSize = cfg$max_body_bytes)
   st <- app_env$new_service_state(cfg, r_dir = file.path(here, "R"))
+  st$listen_port <- port  # a fit whose client went away is found by this port (jobs.R)
   app_env$.svc <- st
 
   pr <- plumber::pr(file.path(here, "plumber.R"), envir = app_env)

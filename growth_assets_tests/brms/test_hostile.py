@@ -212,3 +212,65 @@ def test_kill_9_of_a_fit_worker_reaps_its_chains(own_service):
     assert _alive(chains) == set()
     t.join(60)
     assert out["reply"].status_code == 500 and out["reply"].json()["error"] == "fit_failed"
+
+
+# --- a client that goes away ---------------------------------------------------------------------
+
+def _long_body(n_samples: int) -> bytes:
+    from growth_assets_tests.support.panels import cohort_panel
+
+    rows = cohort_panel(120, seed=4).to_dict("records")
+    return json.dumps({"rows": rows, "n_chains": 4, "n_samples": n_samples, "seed": 1}).encode()
+
+
+def _send_fit(svc, body: bytes, key: str | None = None) -> socket.socket:
+    """A fit request on a raw connection, left open: the test decides when the client leaves."""
+    s = socket.create_connection(("127.0.0.1", int(svc.url.rsplit(":", 1)[1])), timeout=10)
+    head = (f"POST /growth/fit HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {svc.token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            + (f"Idempotency-Key: {key}\r\n" if key else "") + "\r\n")
+    s.sendall(head.encode() + body)
+    return s
+
+
+def _running_fits(svc) -> int:
+    return httpx.get(f"{svc.url}/readyz", timeout=5, headers={"Authorization": f"Bearer {svc.token}"}).json()[
+        "running_fits"]
+
+
+def _wait(pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.25)
+    pytest.fail(what)
+
+
+def test_a_client_that_leaves_without_a_key_frees_the_only_slot(own_service):
+    """Before: the fit ran to its end holding the service's one slot (the log said 200), so
+    every other client got 429 for as long as it ran."""
+    svc = own_service
+    s = _send_fit(svc, _long_body(6000))
+    _wait(lambda: _running_fits(svc) == 1, 120, "the fit never started")
+    t0 = time.monotonic()
+    s.close()
+    _wait(lambda: _running_fits(svc) == 0, 15, "the fit of a client that left kept running")
+    assert time.monotonic() - t0 < 10
+    assert "its client went away and no Idempotency-Key can reattach to it: stopped" in svc.log_path.read_text()
+    r = post(svc, {"rows": ROWS, "n_chains": 1, "n_samples": 200})  # the slot is free again
+    assert r.status_code == 200, r.text
+
+
+def test_a_fit_with_a_key_outlives_its_client_and_is_answered_on_reattach(own_service):
+    svc = own_service
+    body = _long_body(3000)
+    s = _send_fit(svc, body, key="keep-1")
+    _wait(lambda: _running_fits(svc) == 1, 120, "the fit never started")
+    s.close()
+    time.sleep(3)  # three of the poller's client checks
+    assert _running_fits(svc) == 1
+    r = httpx.post(f"{svc.url}/growth/fit", content=body, timeout=600,
+                   headers={"Authorization": f"Bearer {svc.token}", "Content-Type": "application/json",
+                            "Idempotency-Key": "keep-1"})
+    assert r.status_code == 200 and r.headers.get("Idempotent-Replayed") == "true"

@@ -11,10 +11,14 @@ import psycopg
 import pytest
 from PIL import Image
 
+from growth_assets.defs import build_definitions
 from growth_assets.defs.growth import BacktestThresholds, goal_forecast_backtest, weekly_assets
 from growth_assets.defs.growth.backtest import COVERAGE_CHECK, SKILL_CHECK
 from growth_assets.demo.cohort import CohortParams, seed_cohort
+from growth_assets.settings import Settings
+from growth_assets_tests.alerts.test_failure_alerts import tick
 from growth_assets_tests.support.graph import AS_OF, ReplayEngine, failure_text, resources
+from growth_assets_tests.support.receiver import Receiver
 
 # 16 weeks of history before AS_OF (2026-11-23): the run of partition 2026-10-19 (window
 # 2026-08-03 .. 2026-10-19) forecast the week of 2026-11-16, which has closed
@@ -23,16 +27,16 @@ P_WEEK = date(2026, 11, 16)
 MODEL_TRUE = CohortParams(share_topic_only=0.0, share_daily_only=0.0)
 
 
-def _run(url, students, seed, params=MODEL_TRUE, shift=0.0, **growth):
+def _run(url, students, seed, params=MODEL_TRUE, shift=0.0, instance=None, **growth):
     with psycopg.connect(url) as conn:
         seed_cohort(conn, students, 16, seed=seed, as_of=AS_OF, params=params)
         if shift:  # the model breaks: every score of the horizon week jumps
             conn.execute("UPDATE mirt_ability SET theta = theta + %s WHERE fitted_at >= %s", (shift, P_WEEK))
     res = resources(url, **{"n_chains": 4, "n_samples": 1000, **growth})
     res["backtest_thresholds"] = BacktestThresholds()
-    fit = dg.materialize(weekly_assets, partition_key=PAST, resources=res)
+    fit = dg.materialize(weekly_assets, partition_key=PAST, resources=res, instance=instance)
     assert fit.success, failure_text(fit)
-    bt = dg.materialize([goal_forecast_backtest], partition_key=PAST, resources=res)
+    bt = dg.materialize([goal_forecast_backtest], partition_key=PAST, resources=res, instance=instance)
     return fit, bt
 
 
@@ -82,13 +86,22 @@ def test_on_data_from_the_model_the_forecast_is_calibrated_and_beats_the_normal_
 
 
 @pytest.mark.slow
-def test_a_jump_of_two_sds_in_the_horizon_week_fires_the_coverage_warning(db_url):
-    _, bt = _run(db_url, 600, seed=22, shift=2 * MODEL_TRUE.sigma, n_chains=2, n_samples=1000)
-    assert bt.success  # WARN checks do not fail the run
-    checks = {e.check_name: e for e in bt.get_asset_check_evaluations()}
-    cov = checks[COVERAGE_CHECK]
-    assert not cov.passed and cov.severity == dg.AssetCheckSeverity.WARN
-    assert cov.metadata["observed"].value < 0.8
+def test_a_jump_of_two_sds_in_the_horizon_week_fires_the_coverage_warning_and_an_alert(db_url):
+    defs = build_definitions(Settings.from_env({}))
+    with dg.instance_for_test() as instance, Receiver() as rx:
+        _, cursor = tick(instance, defs, rx.url, None)  # the sensor's first tick starts from now
+        _, bt = _run(db_url, 600, seed=22, shift=2 * MODEL_TRUE.sigma, instance=instance, n_chains=2,
+                     n_samples=1000)
+        assert bt.success  # WARN checks do not fail the run
+        checks = {e.check_name: e for e in bt.get_asset_check_evaluations()}
+        cov = checks[COVERAGE_CHECK]
+        assert not cov.passed and cov.severity == dg.AssetCheckSeverity.WARN
+        assert cov.metadata["observed"].value < 0.8
+        tick(instance, defs, rx.url, cursor)
+    alerts = [p for p in rx.posts if p.get("check") == COVERAGE_CHECK]
+    assert len(alerts) == 1 and alerts[0]["severity"] == "WARN"
+    assert alerts[0]["asset"] == "goal_forecast_backtest" and alerts[0]["partition"] == PAST
+    assert alerts[0]["run_id"] == bt.run_id
 
 
 def test_scoring_again_replaces_the_rows_and_an_open_horizon_is_refused(db_url):

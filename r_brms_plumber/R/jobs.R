@@ -100,7 +100,7 @@ next_run_id <- function(st) {
 # Start a fit job. `data` + `params` (validated here) or `body_raw` (large
 # body, validated in the worker).
 start_fit_job <- function(st, key = NULL, body_hash = NULL, data = NULL,
-                          params = list(), body_raw = NULL) {
+                          params = list(), body_raw = NULL, client = NULL) {
   id <- key %||% paste0("anon-", digest::digest(list(Sys.time(), stats::runif(1)), algo = "xxhash64"))
   params$run_id <- next_run_id(st)
   params$cores <- st$config$fit_cores
@@ -126,6 +126,8 @@ start_fit_job <- function(st, key = NULL, body_hash = NULL, data = NULL,
   job$waiters <- list()
   job$result <- NULL
   job$finished_at <- NULL
+  job$client <- if (is.null(key)) client else NULL  # a keyed fit can be reattached to: never cancelled
+  job$client_checked <- Sys.time()
   assign(id, job, envir = st$jobs)
   log_line("fit %s: started (%s)", job$run_id,
            if (is.null(data)) "large body, validated in worker" else sprintf("%d rows", nrow(data)))
@@ -164,6 +166,13 @@ finish_job <- function(st, job, result) {
 check_job <- function(st, job) {
   if (!identical(job$status, "running")) return(invisible())
   p <- job$proc
+  if (p$is_alive() && client_gone(job)) {
+    tryCatch(p$kill_tree(), error = function(e) NULL)
+    log_line("fit %s: its client went away and no Idempotency-Key can reattach to it: stopped", job$run_id)
+    finish_job(st, job, list(status = 499L, json = as.character(to_json(error_body(
+      "client_closed_request", NULL, "the client closed the connection before the fit ended")))))
+    return(invisible())
+  }
   if (p$is_alive()) {
     el <- as.numeric(difftime(Sys.time(), job$started, units = "secs"))
     if (el > st$config$fit_timeout_s) {
@@ -184,6 +193,46 @@ check_job <- function(st, job) {
       "fit_failed", NULL, substr(paste(msg, err, sep = "\n"), 1, 2000)))))
   }
   finish_job(st, job, r)
+}
+
+# --- clients that went away --------------------------------------------------------------------
+
+# A fit without an Idempotency-Key is answered only on the connection that asked for it: once
+# that connection is gone (the client disconnected, or gave up), nobody can ever get the answer,
+# so the fit is stopped and its slot freed. httpuv does not tell R that a connection closed;
+# Linux's /proc/net/tcp and tcp6 do: the (server port, client port) pair is no longer
+# ESTABLISHED. Where those files cannot be read, a connection counts as alive (the fit runs to
+# its end, as before), and a port pair that matches any established socket counts as alive too:
+# the check errs towards finishing a fit, never towards stopping one a client still waits for.
+tcp_established <- function(local_port, remote_port, files = c("/proc/net/tcp", "/proc/net/tcp6")) {
+  readable <- FALSE
+  for (f in files) {
+    lines <- tryCatch(suppressWarnings(readLines(f, warn = FALSE)), error = function(e) NULL)
+    if (is.null(lines)) next
+    readable <- TRUE
+    x <- strsplit(trimws(lines[-1]), "[[:space:]]+")
+    x <- x[lengths(x) >= 4]
+    if (!length(x)) next
+    port_of <- function(k) strtoi(sub(".*:", "", vapply(x, `[`, "", k)), 16L)
+    state <- vapply(x, `[`, "", 4)
+    if (any(port_of(2) == local_port & port_of(3) == remote_port & state == "01", na.rm = TRUE)) return(TRUE)
+  }
+  !readable
+}
+
+# The client of a request without a key: the service's listening port and the client's port.
+client_of <- function(req, st) {
+  rp <- suppressWarnings(as.integer(req$REMOTE_PORT %||% NA))
+  lp <- st$listen_port
+  if (is.null(lp) || is.na(rp)) return(NULL)
+  list(local_port = as.integer(lp), remote_port = rp)
+}
+
+client_gone <- function(job, every_s = 1) {
+  if (is.null(job$client)) return(FALSE)
+  if (as.numeric(difftime(Sys.time(), job$client_checked, units = "secs")) < every_s) return(FALSE)
+  job$client_checked <- Sys.time()
+  !tcp_established(job$client$local_port, job$client$remote_port)
 }
 
 purge_jobs <- function(st) {

@@ -105,10 +105,11 @@ handle_fit <- function(req, res, st) {
                                   length(running_jobs(st)), cfg$max_concurrent),
                           headers = list(`Retry-After` = cfg$retry_after_s)))
   }
+  client <- if (is.null(key)) client_of(req, st) else NULL
   job <- if (inline) {
-    start_fit_job(st, key = key, body_hash = body_hash, data = v$data, params = v$params)
+    start_fit_job(st, key = key, body_hash = body_hash, data = v$data, params = v$params, client = client)
   } else {
-    start_fit_job(st, key = key, body_hash = body_hash, body_raw = body_raw)
+    start_fit_job(st, key = key, body_hash = body_hash, body_raw = body_raw, client = client)
   }
   respond_when_done(job, res)
 }

@@ -99,6 +99,22 @@ def score_run(run: dict, data: dict, draws: dict | None) -> tuple[list[bt.Measur
     return bt.score(y, target, bt.model_forecasts(cdf), base, has_base), method
 
 
+def reliability_table(detail: dict) -> dg.MetadataValue:
+    """The reliability bins of the model and the baseline as one table."""
+    cols = [dg.TableColumn("bin", "string")] + [
+        dg.TableColumn(f"{who}_{k}", "float" if k != "students" else "int")
+        for who in ("model", "baseline") for k in ("students", "mean_predicted", "observed")]
+    records = []
+    for mr, br in zip(detail["model"], detail["baseline"], strict=True):
+        rec = {"bin": mr["bin"]}
+        for who, r in (("model", mr), ("baseline", br)):
+            rec[f"{who}_students"] = int(r["students"])
+            for k in ("mean_predicted", "observed"):
+                rec[f"{who}_{k}"] = float("nan") if r[k] is None else round(float(r[k]), 3)
+        records.append(dg.TableRecord(rec))
+    return dg.MetadataValue.table(records=records, schema=dg.TableSchema(columns=cols))
+
+
 @dg.asset(
     group_name=GROUP,
     partitions_def=weekly_partitions,
@@ -155,6 +171,7 @@ def goal_forecast_backtest(context: dg.AssetExecutionContext, postgres: Postgres
         **{f"{k}_baseline": num(m[k].baseline, 4) for k in ("coverage_50", "coverage_90", "brier", "log_score")},
         "pit_uniformity_p": num(m["pit_uniformity_p"].model, 3),
         "brier_skill": num(skill, 4),
+        "reliability_table": reliability_table(m["reliability"].detail),
         "reliability": dg.MetadataValue.md(reliability_picture(m["reliability"].detail["model"],
                                                                m["reliability"].detail["baseline"])),
         "pit_histogram": dg.MetadataValue.md(pit_picture(m["pit_uniformity_p"].detail["model_counts"],

@@ -79,8 +79,9 @@ def population_picture(draws: Mapping[str, np.ndarray], horizon_week: int, windo
     ax.set_xlabel(f"week of the window (0..{window_weeks - 1}; horizon {horizon_week})")
     ax.set_ylabel("score")
     ax.set_title("population line and students' lines, with a sample of students", fontsize=10)
-    ax.legend(fontsize=7, ncol=2, loc="upper left", frameon=False)
-    fig.tight_layout()
+    ax.text(horizon_week - 0.2, ax.get_ylim()[1], "horizon", ha="right", va="top", fontsize=7, color=GREY)
+    fig.legend(fontsize=7, ncol=4, loc="lower center", bbox_to_anchor=(0.5, -0.02), frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     return markdown_png(fig, "population line")
 
 
@@ -127,6 +128,8 @@ def diagnostics_picture(rows: Sequence[Mapping]) -> str:
             ax.plot(x, col(k), style, ms=3, lw=1, color=BLUE, label=k if len(keys) > 1 else None)
         for v in lines:
             ax.axhline(v, color=ORANGE, ls=":", lw=1)
+        if title in ("divergences", "fit seconds"):
+            ax.set_ylim(bottom=0, top=max(1.0, float(np.nanmax(col(keys[0])) if rows else 1.0) * 1.15))
         ax.set_title(title, fontsize=9)
         ax.set_xticks(x, labels, rotation=60, fontsize=6)
         ax.tick_params(axis="y", labelsize=7)

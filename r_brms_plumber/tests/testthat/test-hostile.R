@@ -162,3 +162,35 @@ test_that("a worker's R heap is capped: an oversized parse is a 413, not the OOM
   expect_false(grepl("memory limit", roomy$json, ignore.case = TRUE))
   unlink(body)
 })
+
+test_that("a connection is established only while /proc/net/tcp says so (01), else gone", {
+  env <- load_service_env(list(token = TOKEN))
+  f <- tempfile()
+  writeLines(c(
+    "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode",
+    "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 1 1",
+    "   1: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000  1000        0 2 1",
+    "   2: 0100007F:1F90 0100007F:D432 08 00000000:00000000 00:00000000 00000000  1000        0 3 1"), f)
+  # port 8080 = 0x1F90; client ports 0xD431 (established), 0xD432 (CLOSE_WAIT: the client left)
+  expect_true(env$tcp_established(8080L, 0xD431, files = f))
+  expect_false(env$tcp_established(8080L, 0xD432, files = f))
+  expect_false(env$tcp_established(8080L, 0xD433, files = f))
+  # nothing readable: alive (never stop a fit on a guess)
+  expect_true(env$tcp_established(8080L, 0xD432, files = tempfile()))
+})
+
+test_that("only a fit without a key is watched for its client; a keyed one can be reattached", {
+  r <- hostile_router()
+  st <- r$env$.svc
+  st$listen_port <- 8080L
+  req <- list(REMOTE_PORT = "54321")
+  expect_equal(r$env$client_of(req, st), list(local_port = 8080L, remote_port = 54321L))
+  job <- new.env(parent = emptyenv())
+  job$client <- NULL
+  expect_false(r$env$client_gone(job))
+  job$client <- list(local_port = 1L, remote_port = 2L)  # no such connection anywhere
+  job$client_checked <- Sys.time() - 5
+  expect_true(r$env$client_gone(job))
+  job$client_checked <- Sys.time()
+  expect_false(r$env$client_gone(job))  # checked at most once a second
+})
