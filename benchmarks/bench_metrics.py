@@ -176,7 +176,7 @@ def main() -> None:
                  "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     try:
         url = cluster.url()
-        migrate(url)
+        migrate(url, apply_source_changes=True)
         with psycopg.connect(url) as conn:
             t0 = time.perf_counter()
             populate(conn, args.users)

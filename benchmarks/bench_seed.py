@@ -37,7 +37,7 @@ def main() -> None:
     cluster = localpg.ensure_cluster(tmp / "data")
     try:
         url = cluster.url()
-        migrate(url)
+        migrate(url, apply_source_changes=True)
         with psycopg.connect(url) as conn:
             t0 = time.perf_counter()
             rep = seed_cohort(conn, a.students, a.weeks, seed=1, as_of=date(2026, 11, 23))

@@ -156,7 +156,7 @@ def main() -> int:
     expect = {"stored": "stored", "update": "update", "new": "update", "normal": "normal"}
     try:
         url = cluster.url()
-        migrate(url)
+        migrate(url, apply_source_changes=True)
         with psycopg.connect(url) as conn:
             populate(conn, args.users)
             for i in range(min(args.users, 400)):

@@ -26,12 +26,16 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/app
-# only what `pip install -e .[test]` needs: the project metadata and the package
-COPY pyproject.toml README.md requirements-runtime.lock ./
-COPY scripts/bootstrap.sh scripts/bootstrap.sh
-COPY growth_assets/ growth_assets/
+# the locked dependencies first (a layer that a code change does not invalidate), then the package;
 # build_ca (optional secret): the CA bundle of a network whose TLS is intercepted, for pip;
 # scripts/build_images.sh passes the host's. Not stored in the image.
+COPY pyproject.toml README.md requirements-runtime.lock ./
+COPY scripts/bootstrap.sh scripts/bootstrap.sh
+RUN --mount=type=secret,id=build_ca \
+    if [ -s /run/secrets/build_ca ]; then export PIP_CERT=/run/secrets/build_ca; fi \
+ && GROWTH_DEPS_ONLY=1 GROWTH_VENV=/opt/venv GROWTH_EXTRAS="" GROWTH_SKIP_PG=1 bash scripts/bootstrap.sh \
+ && rm -rf /root/.cache
+COPY growth_assets/ growth_assets/
 RUN --mount=type=secret,id=build_ca \
     if [ -s /run/secrets/build_ca ]; then export PIP_CERT=/run/secrets/build_ca; fi \
  && GROWTH_VENV=/opt/venv GROWTH_EXTRAS="" GROWTH_SKIP_PG=1 bash scripts/bootstrap.sh \

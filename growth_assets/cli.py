@@ -41,7 +41,6 @@ def _database_url(start_local: bool = True) -> str:
 
 def cmd_db(args: argparse.Namespace) -> int:
     from .db import localpg
-    from .db.migrate import migrate
 
     if args.action == "start":
         cluster = localpg.ensure_cluster(_pg_datadir())
@@ -67,8 +66,43 @@ def cmd_db(args: argparse.Namespace) -> int:
             url = cluster.url()
         print(url)
         return 0
-    applied = migrate(_database_url(start_local=False))
-    print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none (up to date)'}")
+    return _migrate(args)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    """``db migrate``: the project's own migrations; the platform's tables only checked, and
+    changed only with --apply-source-changes; --dry-run prints the SQL and changes nothing."""
+    import psycopg
+
+    from .db import source_tables
+    from .db.migrate import migrate, pending
+
+    url = _database_url(start_local=False)
+    with psycopg.connect(url) as conn:
+        todo = pending(conn)
+    if args.dry_run:
+        for version, text in todo:
+            print(f"-- would apply migration {version}:\n{text.rstrip()}\n")
+        if not todo:
+            print("-- the project's tables are up to date")
+    else:
+        applied = migrate(url)
+        print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none (up to date)'}")
+    with psycopg.connect(url) as conn:
+        changes = source_tables.plan(conn)
+    if not changes:
+        print("the platform's tables have what the pipeline needs")
+        return 0
+    if args.apply_source_changes and not args.dry_run:
+        for line in source_tables.apply(url, changes):
+            print(f"changed {line}")
+        return 0
+    print(f"the platform's tables: {len(changes)} change(s) the pipeline would need"
+          + ("" if args.dry_run else " (nothing changed)") + ":")
+    for c in changes:
+        print(f"- {c.describe()}")
+    if not args.dry_run:
+        print("to make them: growth-assets db migrate --apply-source-changes")
     return 0
 
 
@@ -76,14 +110,35 @@ def _as_of(value: str | None) -> date:
     return date.fromisoformat(value) if value else datetime.now(timezone.utc).date()
 
 
+def _prepare_demo_database(url: str) -> None:
+    """The project's migrations, and the source tables a synthetic cohort goes into: created
+    when missing (with their indexes). A database whose own platform tables would need a key
+    dropped or rows deleted is not a demo database: refused, saying why."""
+    from .db import source_tables
+    from .db.migrate import migrate
+
+    migrate(url)
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        changes = source_tables.plan(conn)
+    harmful = [c for c in changes if c.destructive and "does not exist" not in c.what]
+    fresh = {c.table for c in changes if "does not exist" in c.what}
+    harmful = [c for c in harmful if c.table not in fresh]
+    if harmful:
+        raise SystemExit("this database's platform tables are not a demo's: seeding a synthetic cohort would need\n"
+                         + "\n".join(c.describe() for c in harmful)
+                         + "\n(see `growth-assets db migrate --dry-run`; use a database of its own for the demo)")
+    source_tables.apply(url, changes)
+
+
 def cmd_seed_demo(args: argparse.Namespace) -> int:
     import psycopg
 
-    from .db.migrate import migrate
     from .demo.cohort import seed_cohort
 
     url = _database_url()
-    migrate(url)
+    _prepare_demo_database(url)
     truth = Path(args.truth_out) if args.truth_out else local_dir() / "demo" / "true_lines.csv"
     with psycopg.connect(url) as conn:
         rep = seed_cohort(conn, args.students, args.weeks, args.seed, _as_of(args.as_of), truth)
@@ -109,7 +164,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import dagster as dg
     import psycopg
 
-    from .db.migrate import migrate
     from .defs import build_definitions
     from .demo.cohort import seed_cohort
     from .model.window import Window
@@ -117,7 +171,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     url = _database_url()
     os.environ["DATABASE_URL"] = url  # for the definitions' EnvVar and the run
-    migrate(url)
+    _prepare_demo_database(url)
     as_of = _as_of(args.as_of)
     with psycopg.connect(url) as conn:
         weeks = args.weeks or Settings.from_env().lookback_weeks + Settings.from_env().horizon_weeks
@@ -330,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser("db", help="the database: start/stop the local one, migrate DATABASE_URL")
     db.add_argument("action", choices=["start", "stop", "migrate", "url"])
+    db.add_argument("--apply-source-changes", action="store_true",
+                    help="migrate: also make the changes the platform's tables need (keys, indexes, columns)")
+    db.add_argument("--dry-run", action="store_true", help="migrate: print the SQL, change nothing")
     db.set_defaults(func=cmd_db)
 
     sd = sub.add_parser("seed-demo", help="write a synthetic cohort into the source tables")

@@ -54,7 +54,7 @@ def pg_template(pg_admin_url: str) -> str:
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}"')
         conn.execute(f'CREATE DATABASE "{TEMPLATE}"')
-    migrate(_with_db(pg_admin_url, TEMPLATE))
+    migrate(_with_db(pg_admin_url, TEMPLATE), apply_source_changes=True)
     return TEMPLATE
 
 

@@ -5,6 +5,7 @@
 #   GROWTH_VENV=DIR      where the venv goes (default .venv)
 #   GROWTH_EXTRAS=LIST   pip extras (default "test"; "" for the runtime only, as in the image)
 #   GROWTH_SKIP_PG=1     do not install PostgreSQL's server (an image that never runs one)
+#   GROWTH_DEPS_ONLY=1   only the locked dependencies, not the package (an image's cached layer)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${GROWTH_VENV:-$root/.venv}"
@@ -38,6 +39,10 @@ echo "bootstrap: installing the locked dependencies ($(basename "$lock")) and gr
 target="$root"; [ -n "$extras" ] && target="$root[$extras]"
 quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 quiet "$venv/bin/python" -m pip install --quiet -r "$lock"
+if [ "${GROWTH_DEPS_ONLY:-0}" = "1" ]; then  # an image's cached layer: the package comes next
+  echo "bootstrap: locked dependencies installed (GROWTH_DEPS_ONLY=1: not the package)"
+  exit 0
+fi
 quiet "$venv/bin/python" -m pip install --quiet --no-deps -e "$target"
 # the lock must hold everything the package asks for (pip check: no missing or clashing pins)
 "$venv/bin/python" -m pip check >/dev/null

@@ -18,6 +18,7 @@ u_image="localhost/growth-assets/user-code:$version"
 bash scripts/bootstrap.sh >/dev/null
 py=.venv/bin/python
 work="$(mktemp -d)"
+chmod 755 "$work"  # the local PostgreSQL runs as the postgres user
 pids=(); ctrs=()
 cleanup() {
   for p in "${pids[@]:-}"; do [ -n "$p" ] && kill -TERM "$p" 2>/dev/null || true; done
@@ -37,12 +38,14 @@ token="$("$py" -c 'import secrets; print(secrets.token_hex(16))')"
 ctr="$(buildah from "$r_image")"; ctrs+=("$ctr")
 echo "smoke: r-brms-plumber: starting the service (the image's own user) on 127.0.0.1:$port"
 t0=$(date +%s.%N)
-R_BRMS_INTERNAL_TOKEN="$token" buildah run --env R_BRMS_INTERNAL_TOKEN \
+# a token made for this run only (it is on buildah's command line, like docker run -e)
+buildah run --env "R_BRMS_INTERNAL_TOKEN=$token" \
   --env R_BRMS_HOST=127.0.0.1 --env "R_BRMS_PORT=$port" "$ctr" -- /opt/r_brms_plumber/serve.sh \
   >"$work/r.log" 2>&1 &
 pids+=($!)
 ready=""
 for _ in $(seq 1 240); do
+  kill -0 "${pids[0]}" 2>/dev/null || { tail -30 "$work/r.log" >&2; fail "r-brms-plumber: the service exited"; }
   code="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/readyz" || true)"
   if [ "$code" = "200" ]; then ready=1; break; fi
   sleep 0.5
@@ -71,8 +74,15 @@ assert 230 < b < 275, b  # sleepstudy: brms's long-run answer is 251.4
 print(f"smoke: r-brms-plumber: fit {r.run_id}: 18 students, b_Intercept {b:.1f}, max R-hat {r.diagnostics.max_rhat:.3f}")
 EOF
 echo "smoke: r-brms-plumber: fit answered in $(( $(date +%s) - t0 )) s"
-kill -TERM "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
-grep -q "shutdown: done" "$work/r.log" || echo "smoke: note: no 'shutdown: done' in the service log"
+# buildah run (chroot) does not forward signals: send SIGTERM, as Kubernetes would, to the
+# image's entrypoint (serve.sh, the R server's parent), and expect the graceful shutdown
+entry="$(awk '{print $4}' "/proc/$listener/stat")"
+kill -TERM "$entry"
+for _ in $(seq 1 60); do kill -0 "$listener" 2>/dev/null || break; sleep 0.5; done
+! kill -0 "$listener" 2>/dev/null || fail "r-brms-plumber: still running 30 s after SIGTERM"
+grep -q "shutdown: done" "$work/r.log" || fail "r-brms-plumber: no graceful shutdown on SIGTERM"
+wait "${pids[0]}" 2>/dev/null || true
+echo "smoke: r-brms-plumber: SIGTERM: shut down gracefully"
 
 # --- the user-code image ----------------------------------------------------------------------
 ctr="$(buildah from "$u_image")"; ctrs+=("$ctr")

@@ -1,11 +1,13 @@
 import psycopg
 import pytest
 
+from growth_assets.db import source_tables
 from growth_assets.db.migrate import MigrationError, available, migrate
+from growth_assets_tests.test_cli import run
 
-TABLES = {"mirt_ability", "student_topic_theta", "features_topic_daily", "weekly_kpi",
-          "growth_brms_meta", "growth_student_posterior", "growth_panel", "growth_panel_meta",
-          "growth_fit"}
+SOURCES = {"mirt_ability", "student_topic_theta", "features_topic_daily", "weekly_kpi"}
+OWN = {"growth_brms_meta", "growth_student_posterior", "growth_panel", "growth_panel_meta", "growth_fit",
+       "growth_population_draws", "growth_forecast_backtest"}
 
 
 def tables(conn):
@@ -13,15 +15,19 @@ def tables(conn):
         "SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()}
 
 
-def test_migrations_apply_once_then_are_a_no_op(empty_db_url):
+def test_migrations_apply_once_then_are_a_no_op_and_touch_only_the_projects_tables(empty_db_url):
     first = migrate(empty_db_url)
     assert first == [v for v, _ in available()] and len(first) >= 2
     assert migrate(empty_db_url) == []
     with psycopg.connect(empty_db_url) as conn:
-        assert TABLES <= tables(conn)
+        assert OWN <= tables(conn) and not (SOURCES & tables(conn))  # the platform's: not ours to create
         assert "dagster_asset_value" not in tables(conn)  # no serialised values between steps
         versions = [r[0] for r in conn.execute("SELECT version FROM growth_schema_migrations ORDER BY 1")]
         assert versions == first
+        assert {c.table for c in source_tables.plan(conn)} == SOURCES
+    migrate(empty_db_url, apply_source_changes=True)  # the demo's and the tests' own databases
+    with psycopg.connect(empty_db_url) as conn:
+        assert SOURCES <= tables(conn) and source_tables.plan(conn) == []
 
 
 def test_changed_migration_is_refused(empty_db_url):
@@ -33,41 +39,73 @@ def test_changed_migration_is_refused(empty_db_url):
         migrate(empty_db_url)
 
 
-def test_migrate_keeps_and_rekeys_the_seed_systems_tables(empty_db_url):
-    """The seed kept only the latest value per user; its rows stay and history becomes possible."""
-    with psycopg.connect(empty_db_url) as conn:
+UPSERT = ("INSERT INTO mirt_ability (user_id, theta, se, model, version, fitted_at) VALUES (%s, %s, 0.2, 'm', 'v', %s)"
+          " ON CONFLICT (user_id) DO UPDATE SET theta = EXCLUDED.theta, fitted_at = EXCLUDED.fitted_at")
+
+
+def _platform_db(url):
+    """The seed's platform: mirt_ability keyed on user_id, written by an upsert on that key."""
+    with psycopg.connect(url) as conn:
         conn.execute("CREATE TABLE mirt_ability (user_id text PRIMARY KEY, theta float, se float,"
                      " model text, version text, fitted_at timestamptz)")
         conn.execute("CREATE TABLE student_topic_theta (user_id text, topic_id text, theta float,"
-                     " se float, model text, version text, fitted_at timestamptz,"
-                     " PRIMARY KEY (user_id, topic_id))")
+                     " se float, model text, version text, fitted_at timestamptz, PRIMARY KEY (user_id, topic_id))")
+        conn.execute("CREATE TABLE features_topic_daily (user_id text, topic_id text, date date, attempts int,"
+                     " correct int, avg_time_ms int, theta_estimate numeric, theta_sd numeric,"
+                     " PRIMARY KEY (user_id, topic_id, date))")
         conn.execute("CREATE TABLE weekly_kpi (user_id text, week_start date, kpis jsonb NOT NULL"
-                     " DEFAULT '{}', created_at timestamptz, updated_at timestamptz,"
-                     " PRIMARY KEY (user_id, week_start))")
-        conn.execute("INSERT INTO mirt_ability VALUES ('u1', 0.5, 0.2, 'm', 'v', '2026-11-02T10:00Z')")
+                     " DEFAULT '{}', created_at timestamptz, updated_at timestamptz, PRIMARY KEY (user_id, week_start))")
+        conn.execute(UPSERT, ("u1", 0.5, "2026-11-02T10:00Z"))
+        conn.execute(UPSERT, ("u2", 0.1, "2026-11-02T10:00Z"))
         conn.execute("INSERT INTO weekly_kpi (user_id, week_start, kpis) VALUES ('u1', '2026-11-02', '{\"I_t\": 1}')")
-    migrate(empty_db_url)
-    migrate(empty_db_url)
+
+
+def _key_and_rows(url):
+    with psycopg.connect(url) as conn:
+        key = conn.execute("SELECT conname FROM pg_constraint WHERE conrelid = 'mirt_ability'::regclass"
+                           " AND contype = 'p'").fetchall()
+        return key, conn.execute("SELECT user_id, theta FROM mirt_ability ORDER BY 1").fetchall()
+
+
+def test_migrate_leaves_the_platforms_key_and_rows_and_says_what_it_would_change(empty_db_url):
+    """Before: migration 0001 dropped mirt_ability's key on user_id (printing only "applied 2
+    migration(s)"), and the platform's upsert then failed: there is no unique or exclusion
+    constraint matching the ON CONFLICT specification."""
+    _platform_db(empty_db_url)
+    before = _key_and_rows(empty_db_url)
+    env = {"DATABASE_URL": empty_db_url}
+    dry = run(["db", "migrate", "--dry-run"], env)
+    assert dry.returncode == 0, dry.stderr
+    assert "would apply migration 0002_growth_tables" in dry.stdout and "CREATE TABLE" in dry.stdout
     with psycopg.connect(empty_db_url) as conn:
-        assert conn.execute("SELECT theta FROM mirt_ability WHERE user_id='u1'").fetchone()[0] == 0.5
-        # history: a second calibration of the same user is a second row
+        assert "growth_fit" not in tables(conn)  # a dry run changes nothing
+    out = run(["db", "migrate"], env)
+    assert out.returncode == 0, out.stderr
+    assert "mirt_ability: is keyed on (user_id) (constraint mirt_ability_pkey)" in out.stdout
+    assert 'ALTER TABLE "mirt_ability" DROP CONSTRAINT "mirt_ability_pkey";' in out.stdout
+    assert "(nothing changed)" in out.stdout and "--apply-source-changes" in out.stdout
+    assert _key_and_rows(empty_db_url) == before
+    with psycopg.connect(empty_db_url) as conn:
+        conn.execute(UPSERT, ("u1", 0.7, "2026-11-09T10:00Z"))  # the platform's upsert still works
+        assert conn.execute("SELECT count(*), max(theta) FROM mirt_ability WHERE user_id='u1'").fetchone() == (1, 0.7)
+        assert conn.execute("SELECT kpis FROM weekly_kpi").fetchone()[0] == {"I_t": 1}
+    # told to, the change is made and said: history accumulates, a re-delivery is not a duplicate
+    out = run(["db", "migrate", "--apply-source-changes"], env)
+    assert out.returncode == 0, out.stderr
+    assert 'changed mirt_ability: ALTER TABLE "mirt_ability" DROP CONSTRAINT "mirt_ability_pkey"' in out.stdout
+    assert "changed mirt_ability: CREATE INDEX CONCURRENTLY" in out.stdout
+    with psycopg.connect(empty_db_url) as conn:
         conn.execute("INSERT INTO mirt_ability (user_id, theta, se, model, version, fitted_at)"
-                     " VALUES ('u1', 0.7, 0.2, 'm', 'v', '2026-11-09T10:00Z')")
+                     " VALUES ('u1', 0.9, 0.2, 'm', 'v', '2026-11-16T10:00Z')")
         assert conn.execute("SELECT count(*) FROM mirt_ability WHERE user_id='u1'").fetchone()[0] == 2
-        # a re-run of the same calibration is not a duplicate
         with pytest.raises(psycopg.errors.UniqueViolation):
             conn.execute("INSERT INTO mirt_ability (user_id, theta, se, model, version, fitted_at)"
-                         " VALUES ('u1', 0.7, 0.2, 'm', 'v', '2026-11-09T10:00Z')")
-    with psycopg.connect(empty_db_url) as conn:
-        conn.execute("INSERT INTO student_topic_theta VALUES ('u1','t1',0.1,0.2,'m','v','2026-11-02T10:00Z')")
-        conn.execute("INSERT INTO student_topic_theta VALUES ('u1','t1',0.2,0.2,'m','v','2026-11-09T10:00Z')")
-        assert conn.execute("SELECT count(*) FROM student_topic_theta").fetchone()[0] == 2
-        assert conn.execute("SELECT kpis FROM weekly_kpi").fetchone()[0] == {"I_t": 1}
-        with pytest.raises(psycopg.errors.CheckViolation):
-            conn.execute("INSERT INTO weekly_kpi (user_id, week_start) VALUES ('u2', '2026-11-03')")
+                         " VALUES ('u1', 0.9, 0.2, 'm', 'v', '2026-11-16T10:00Z')")
+    again = run(["db", "migrate"], env)
+    assert "the platform's tables have what the pipeline needs" in again.stdout
 
 
-def test_duplicate_calibrations_in_an_unkeyed_table_are_collapsed(empty_db_url):
+def test_duplicate_calibrations_in_an_unkeyed_table_are_collapsed_only_when_told(empty_db_url):
     with psycopg.connect(empty_db_url) as conn:
         conn.execute("CREATE TABLE mirt_ability (user_id text, theta float, se float, model text,"
                      " version text, fitted_at timestamptz)")
@@ -77,8 +115,21 @@ def test_duplicate_calibrations_in_an_unkeyed_table_are_collapsed(empty_db_url):
                      " ('u2', 0.1, 0.2, NULL, NULL, '2026-11-02T10:00Z')")
     migrate(empty_db_url)
     with psycopg.connect(empty_db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM mirt_ability").fetchone()[0] == 5
+    out = run(["db", "migrate", "--apply-source-changes"], {"DATABASE_URL": empty_db_url})
+    assert "(2 duplicate row(s) deleted)" in out.stdout, out.stdout
+    with psycopg.connect(empty_db_url) as conn:
         rows = conn.execute("SELECT user_id, count(*) FROM mirt_ability GROUP BY 1 ORDER BY 1").fetchall()
     assert rows == [("u1", 2), ("u2", 1)]
+
+
+def test_the_demo_refuses_a_database_whose_platform_tables_it_would_rekey(empty_db_url, tmp_path):
+    _platform_db(empty_db_url)
+    before = _key_and_rows(empty_db_url)
+    out = run(["seed-demo", "--students", "20", "--as-of", "2026-11-23", "--truth-out", str(tmp_path / "t.csv")],
+              {"DATABASE_URL": empty_db_url})
+    assert out.returncode != 0 and "not a demo's" in out.stderr and "mirt_ability_pkey" in out.stderr
+    assert _key_and_rows(empty_db_url) == before
 
 
 def test_0003_keeps_stored_runs_and_their_students_and_drops_the_value_store(empty_db_url):

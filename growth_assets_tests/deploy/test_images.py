@@ -151,3 +151,15 @@ def test_no_image_or_manifest_uses_latest():
     for p in [*DOCKER.glob("*.Dockerfile"), *(REPO / "k8s").rglob("*.yaml")]:
         code = "\n".join(ln.split("#")[0] for ln in p.read_text().splitlines())  # comments may say it
         assert not re.search(r":latest\b", code), p
+
+
+def test_ci_builds_and_runs_both_images_from_the_dockerfiles_with_a_local_base():
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "scripts/build_images.sh --smoke" in ci and ci.index("scripts/test.sh") < ci.index("build_images.sh")
+    build = (REPO / "scripts" / "build_images.sh").read_text()
+    for df in ("docker/r-brms-plumber.Dockerfile", "docker/user-code.Dockerfile"):
+        assert df in build
+        assert base_image(instructions(REPO / df)).startswith("debian:12")
+    assert '--build-arg "BASE=$base"' in build and "debootstrap --variant=minbase bookworm" in build
+    assert "--ignorefile" in build  # the same .dockerignore files BuildKit reads
+    assert "scripts/smoke_images.sh" in build
