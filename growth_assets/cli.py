@@ -13,11 +13,24 @@ from pathlib import Path
 log = logging.getLogger("growth_assets")
 
 
+def project_root() -> Path | None:
+    """The source checkout this package runs from (its pyproject.toml beside the package), or
+    None for an installed package."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "pyproject.toml").is_file() and (root / "workspace.yaml").is_file() else None
+
+
 def local_dir() -> Path:
-    """Where the demo keeps its database, Dagster home and outputs (git-ignored)."""
+    """Where the demo keeps its database, Dagster home and outputs (git-ignored):
+    GROWTH_LOCAL_DIR, else ``.local`` of the project (whatever the working directory), else of
+    the working directory for an installed package."""
     from .settings import Settings
 
-    return Path(Settings.from_env().local_dir).resolve()
+    configured = Settings.from_env().local_dir
+    if configured:
+        return Path(configured).resolve()
+    root = project_root()
+    return (root / ".local") if root else Path(".local").resolve()
 
 
 def _pg_datadir() -> Path:
@@ -44,7 +57,7 @@ def cmd_db(args: argparse.Namespace) -> int:
 
     if args.action == "start":
         cluster = localpg.ensure_cluster(_pg_datadir())
-        print(f"DATABASE_URL={cluster.url()}")
+        print(f"export DATABASE_URL={cluster.url()}")
         return 0
     if args.action == "stop":
         stopped = localpg.stop_cluster(_pg_datadir())
@@ -135,12 +148,19 @@ def _prepare_demo_database(url: str) -> None:
 def cmd_seed_demo(args: argparse.Namespace) -> int:
     import psycopg
 
-    from .demo.cohort import seed_cohort
+    from .demo.cohort import delete_demo_rows, demo_rows, seed_cohort
 
     url = _database_url()
     _prepare_demo_database(url)
     truth = Path(args.truth_out) if args.truth_out else local_dir() / "demo" / "true_lines.csv"
     with psycopg.connect(url) as conn:
+        n = demo_rows(conn)
+        if n and not args.replace:
+            print(f"error: {n} rows of demo students (ids s0000000…) are in the source tables already: seeding again"
+                  " would add more calibrations to the same weeks. --replace deletes them first", file=sys.stderr)
+            return 2
+        if n:
+            print(f"replaced: deleted {delete_demo_rows(conn)} rows of the earlier demo cohort")
         rep = seed_cohort(conn, args.students, args.weeks, args.seed, _as_of(args.as_of), truth)
     print(f"seeded {rep.students} students x {rep.weeks} weeks from {rep.first_week}: "
           f"{rep.mirt_rows} mirt_ability, {rep.topic_rows} student_topic_theta, "
@@ -165,7 +185,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import psycopg
 
     from .defs import build_definitions
-    from .demo.cohort import seed_cohort
+    from .demo.cohort import delete_demo_rows, demo_rows, seed_cohort
     from .model.window import Window
     from .settings import Settings
 
@@ -174,6 +194,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _prepare_demo_database(url)
     as_of = _as_of(args.as_of)
     with psycopg.connect(url) as conn:
+        if demo_rows(conn):  # the demo's own database: a new run replaces the last cohort, and says so
+            print(f"replaced the earlier demo cohort ({delete_demo_rows(conn)} rows deleted)")
         weeks = args.weeks or Settings.from_env().lookback_weeks + Settings.from_env().horizon_weeks
         rep = seed_cohort(conn, args.students, weeks, args.seed, as_of, local_dir() / "demo" / "true_lines.csv")
     print(f"seeded {rep.students} students x {rep.weeks} weeks")
@@ -242,7 +264,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
     url = _database_url()
     env = {**os.environ, "DATABASE_URL": url, "DAGSTER_PG_URL": url, "DAGSTER_HOME": str(dagster_home())}
-    workspace = Path(args.workspace).resolve()
+    workspace = Path(args.workspace)
+    if not workspace.is_absolute() and not workspace.exists() and project_root():
+        workspace = project_root() / workspace  # the project's, from any working directory
+    workspace = workspace.resolve()
     # a shell that started us in the background may have left SIGINT/SIGTERM ignored;
     # dagster dev must be stoppable by them
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -371,10 +396,22 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+class _DefaultsShown(argparse.HelpFormatter):
+    """--help with each option's default (when it has one that is not said already)."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        d = action.default
+        if d is None or d is argparse.SUPPRESS or isinstance(d, bool) or "default" in h or not action.option_strings:
+            return h
+        return f"{h} (default: {d})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from importlib.metadata import PackageNotFoundError, version
 
-    p = argparse.ArgumentParser(prog="growth-assets", description=__doc__)
+    fmt = _DefaultsShown  # every default in --help
+    p = argparse.ArgumentParser(prog="growth-assets", description=__doc__.replace("``", ""), formatter_class=fmt)
     try:
         v = version("growth_assets")
     except PackageNotFoundError:  # a source tree that is not installed
@@ -382,57 +419,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"growth-assets {v}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    db = sub.add_parser("db", help="the database: start/stop the local one, migrate DATABASE_URL")
+    db = sub.add_parser("db", formatter_class=fmt, help="the database: start/stop the local one, migrate DATABASE_URL")
     db.add_argument("action", choices=["start", "stop", "migrate", "url"])
     db.add_argument("--apply-source-changes", action="store_true",
                     help="migrate: also make the changes the platform's tables need (keys, indexes, columns)")
     db.add_argument("--dry-run", action="store_true", help="migrate: print the SQL, change nothing")
     db.set_defaults(func=cmd_db)
 
-    sd = sub.add_parser("seed-demo", help="write a synthetic cohort into the source tables")
-    sd.add_argument("--students", type=int, default=1000)
-    sd.add_argument("--weeks", type=int, default=12)
-    sd.add_argument("--seed", type=int, default=1)
+    sd = sub.add_parser("seed-demo", formatter_class=fmt, help="write a synthetic cohort into the source tables")
+    sd.add_argument("--students", type=int, default=1000, help="students in the cohort")
+    sd.add_argument("--weeks", type=int, default=12, help="complete weeks of history before --as-of's week")
+    sd.add_argument("--seed", type=int, default=1, help="random seed of the cohort")
     sd.add_argument("--as-of", help="ISO date; the cohort covers the weeks before its week (default today, UTC)")
+    sd.add_argument("--replace", action="store_true", help="delete an earlier demo cohort's rows first")
     sd.add_argument("--truth-out", help="CSV of each student's true line (default .local/demo/true_lines.csv)")
     sd.set_defaults(func=cmd_seed_demo)
 
-    dm = sub.add_parser("demo", help="local database + synthetic cohort + the weekly graph")
-    dm.add_argument("--students", type=int, default=500)
+    dm = sub.add_parser("demo", formatter_class=fmt, help="local database + synthetic cohort + the weekly graph")
+    dm.add_argument("--students", type=int, default=500, help="students in the cohort")
     dm.add_argument("--weeks", type=int, default=None,
-                    help="weeks of history (default lookback + horizon: enough for one backtest)")
-    dm.add_argument("--seed", type=int, default=1)
-    dm.add_argument("--as-of")
+                    help="weeks of history (None: lookback + horizon, enough for one backtest)")
+    dm.add_argument("--seed", type=int, default=1, help="random seed of the cohort")
+    dm.add_argument("--as-of", help="ISO date: the run's day (default today, UTC)")
     dm.set_defaults(func=cmd_demo)
 
-    dv = sub.add_parser("dev", help="the Dagster UI and daemon on the demo's database (dagster dev)")
-    dv.add_argument("--host", default="127.0.0.1")
-    dv.add_argument("--port", type=int, default=3000)
-    dv.add_argument("--workspace", default="workspace.yaml")
+    dv = sub.add_parser("dev", formatter_class=fmt, help="the Dagster UI and daemon on the demo's database (dagster dev)")
+    dv.add_argument("--host", default="127.0.0.1", help="the UI's address")
+    dv.add_argument("--port", type=int, default=3000, help="the UI's port")
+    dv.add_argument("--workspace", default="workspace.yaml", help="Dagster workspace (relative: the project's)")
     dv.set_defaults(func=cmd_dev)
 
-    rs = sub.add_parser("r-service", help="run the R brms service in the foreground")
-    rs.add_argument("--port", type=int, default=8080)
-    rs.add_argument("--host", default="127.0.0.1")
+    rs = sub.add_parser("r-service", formatter_class=fmt, help="run the R brms service in the foreground")
+    rs.add_argument("--port", type=int, default=8080, help="the service's port")
+    rs.add_argument("--host", default="127.0.0.1", help="the service's address")
     rs.set_defaults(func=cmd_r_service)
 
-    pp = sub.add_parser("p", help="P of one student or a few, with the path it came from and why")
+    pp = sub.add_parser("p", formatter_class=fmt, help="P of one student or a few, with the path it came from and why")
     pp.add_argument("--user", action="append", required=True, help="a user id (repeat for a few)")
     pp.add_argument("--target", type=float, help="in score units (default METRICS_DEFAULT_TARGET)")
     pp.add_argument("--horizon", help="the Monday of the week P is for (default: the latest run's)")
     pp.add_argument("--json", action="store_true", help="the answers as JSON")
     pp.set_defaults(func=cmd_p)
 
-    ft = sub.add_parser("fit", help="fit a CSV panel (student_id,week,score) and write the spec JSON")
-    ft.add_argument("--engine", choices=["native", "brms"], required=True)
-    ft.add_argument("--panel", required=True)
-    ft.add_argument("--out", required=True)
-    ft.add_argument("--horizon-weeks", type=int, default=4)
+    ft = sub.add_parser("fit", formatter_class=fmt, help="fit a CSV panel (student_id,week,score) and write the spec JSON")
+    ft.add_argument("--engine", choices=["native", "brms"], required=True, help="the engine that fits")
+    ft.add_argument("--panel", required=True, help="CSV with student_id,week,score")
+    ft.add_argument("--out", required=True, help="where the spec §8 JSON goes")
+    ft.add_argument("--horizon-weeks", type=int, default=4, help="P is for this many weeks after the panel")
     ft.add_argument("--lookback-weeks", type=int, help="default: the panel's max week + 1")
-    ft.add_argument("--target", type=float)
-    ft.add_argument("--chains", type=int)
-    ft.add_argument("--samples", type=int)
-    ft.add_argument("--seed", type=int)
+    ft.add_argument("--target", type=float, help="the goal (default METRICS_DEFAULT_TARGET)")
+    ft.add_argument("--chains", type=int, help="chains (default BRMS_N_CHAINS)")
+    ft.add_argument("--samples", type=int, help="iterations per chain (default BRMS_N_SAMPLES)")
+    ft.add_argument("--seed", type=int, help="the sampler's seed (default BRMS_SEED)")
     ft.set_defaults(func=cmd_fit)
     return p
 

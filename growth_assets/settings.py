@@ -187,7 +187,8 @@ class Settings:
     alert_webhook_url: str | None = field(default=None, repr=False)
     dagster_webserver_url: str | None = None
     native: NativeRuntime = field(default_factory=NativeRuntime)
-    local_dir: str = ".local"  # GROWTH_LOCAL_DIR: the demo's database, Dagster home, outputs
+    # GROWTH_LOCAL_DIR: the demo's database, Dagster home, outputs; None: the project's .local
+    local_dir: str | None = None
     r_service_dir: str | None = None  # R_BRMS_SERVICE_DIR: default r_brms_plumber/ of the project
     pg_bindir: str | None = None  # PG_BINDIR: PostgreSQL's server binaries for local clusters
 
@@ -221,7 +222,7 @@ class Settings:
             alert_webhook_url=_get(env, "ALERT_WEBHOOK_URL"),
             dagster_webserver_url=_get(env, "DAGSTER_WEBSERVER_URL"),
             native=NativeRuntime.from_env(env),
-            local_dir=_get(env, "GROWTH_LOCAL_DIR") or ".local",
+            local_dir=_get(env, "GROWTH_LOCAL_DIR") or None,
             r_service_dir=_get(env, "R_BRMS_SERVICE_DIR"),
             pg_bindir=_get(env, "PG_BINDIR"),
         )

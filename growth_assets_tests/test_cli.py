@@ -17,6 +17,7 @@ from growth_assets_tests.support.results import accepted_json, checked_json  # n
 from growth_assets_tests.conftest import REFERENCE_DIR
 
 CLI = [sys.executable, "-m", "growth_assets.cli"]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run(args, env_extra=None, cwd=None):
@@ -31,7 +32,8 @@ def test_local_database_start_is_idempotent_and_stops():
     env = {"GROWTH_LOCAL_DIR": str(tmp_path / "local")}
     first = run(["db", "start"], env)
     assert first.returncode == 0, first.stderr
-    url = first.stdout.strip().removeprefix("DATABASE_URL=")
+    assert first.stdout.startswith("export DATABASE_URL=")  # eval "$(growth-assets db start)"
+    url = first.stdout.strip().removeprefix("export DATABASE_URL=")
     second = run(["db", "start"], env)
     assert second.stdout.strip() == first.stdout.strip()
     assert run(["db", "url"], env).stdout.strip() == url
@@ -73,6 +75,21 @@ def test_migrate_then_seed_demo(db_url, tmp_path):
     with psycopg.connect(db_url) as c:
         assert c.execute("SELECT count(DISTINCT user_id) FROM features_topic_daily").fetchone()[0] == 150
     assert len(truth.read_text().splitlines()) == 151
+    # again, on top: refused (it would add a second calibration per week), then replaced when asked
+    with psycopg.connect(db_url) as c:
+        before = c.execute("SELECT count(*) FROM mirt_ability").fetchone()[0]
+    again = run(["seed-demo", "--students", "150", "--seed", "5", "--as-of", "2026-11-23", "--truth-out", str(truth)],
+                {"DATABASE_URL": db_url})
+    assert again.returncode == 2 and "--replace" in again.stderr
+    with psycopg.connect(db_url) as c:
+        assert c.execute("SELECT count(*) FROM mirt_ability").fetchone()[0] == before
+    again = run(["seed-demo", "--students", "150", "--seed", "5", "--as-of", "2026-11-23", "--truth-out", str(truth),
+                 "--replace"], {"DATABASE_URL": db_url})
+    assert again.returncode == 0 and "replaced: deleted" in again.stdout
+    with psycopg.connect(db_url) as c:
+        per_week = c.execute("SELECT max(n) FROM (SELECT count(*) AS n FROM mirt_ability"
+                             " GROUP BY user_id, date_trunc('week', fitted_at)) w").fetchone()[0]
+    assert per_week == 1  # one calibration per student-week, as a single cohort has
 
 
 @pytest.mark.slow
@@ -157,3 +174,23 @@ def test_demo_ends_with_the_target_one_student_and_the_query(db_url, tmp_path):
                      r"\d+ students scored, 90 % predictive coverage 0\.\d+", out.stdout), out.stdout
     with psycopg.connect(db_url) as c:
         assert c.execute("SELECT count(DISTINCT run_id) FROM growth_forecast_backtest").fetchone()[0] == 1
+
+
+def test_the_demos_folder_is_the_projects_whatever_the_working_directory(tmp_path, monkeypatch):
+    """Before: from another folder `db url` found nothing and `db start` made a second, empty cluster."""
+    from growth_assets import cli
+
+    monkeypatch.delenv("GROWTH_LOCAL_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert cli.local_dir() == REPO / ".local"
+    monkeypatch.setenv("GROWTH_LOCAL_DIR", str(tmp_path / "mine"))
+    assert cli.local_dir() == tmp_path / "mine"
+
+
+def test_help_shows_every_default_and_no_rst():
+    top = run(["--help"])
+    assert "``" not in top.stdout
+    seed = run(["seed-demo", "--help"]).stdout
+    assert "(default: 1000)" in seed and "(default: 12)" in seed
+    assert "(default: 3000)" in run(["dev", "--help"]).stdout
+    assert "(default: None)" not in run(["fit", "--help"]).stdout

@@ -147,6 +147,22 @@ def generate(n_students: int, n_weeks: int, seed: int, first_week: date,
             "features_topic_daily": daily}
 
 
+DEMO_ID = r"^s[0-9]{7}$"  # the ids generate() gives
+SEEDED_TABLES = ("mirt_ability", "student_topic_theta", "features_topic_daily")
+
+
+def demo_rows(conn: psycopg.Connection) -> int:
+    """Rows of demo students (ids like s0000001) already in the source tables."""
+    return sum(conn.execute(f"SELECT count(*) FROM {t} WHERE user_id ~ %s", (DEMO_ID,)).fetchone()[0]
+               for t in SEEDED_TABLES)
+
+
+def delete_demo_rows(conn: psycopg.Connection) -> int:
+    """Remove every demo student's rows from the source tables (one transaction)."""
+    with conn.transaction():
+        return sum(conn.execute(f"DELETE FROM {t} WHERE user_id ~ %s", (DEMO_ID,)).rowcount for t in SEEDED_TABLES)
+
+
 def seed_cohort(conn: psycopg.Connection, n_students: int, n_weeks: int, seed: int,
                 as_of: date, truth_path: Path | None = None,
                 params: CohortParams = CohortParams()) -> SeedReport:
