@@ -22,6 +22,8 @@
 #   R_BRMS_RETRY_AFTER_SECS       30     Retry-After value on 429/503
 #   R_BRMS_FIT_CORES              number of cores; parallel chains per fit
 #   R_BRMS_INLINE_VALIDATE_BYTES  1 MiB  larger bodies are parsed in the worker process
+#   R_BRMS_FRONT                  nginx  nginx before httpuv (read timeouts; R/front.R) | off
+#   R_BRMS_BODY_TIMEOUT_SECS      30     a client silent this long (headers or body) is closed
 #   R_BRMS_HOST / R_BRMS_PORT     defaults for --host / --port
 
 local({
@@ -52,7 +54,6 @@ local({
   app_env$check_startup_config(cfg, host, allow_no_token)
   options(plumber.maxRequestSize = cfg$max_body_bytes)
   st <- app_env$new_service_state(cfg, r_dir = file.path(here, "R"))
-  st$listen_port <- port  # a fit whose client went away is found by this port (jobs.R)
   app_env$.svc <- st
 
   pr <- plumber::pr(file.path(here, "plumber.R"), envir = app_env)
@@ -67,7 +68,16 @@ local({
   # httpuv serves the router; an interrupt (SIGINT, or SIGTERM through serve.sh) shuts down
   # gracefully (serve_until_interrupted) instead of dropping in-flight requests
   old_wd <- setwd(here)
-  server <- httpuv::startServer(host, port, pr)
-  app_env$serve_until_interrupted(st, server)
+  # nginx on host:port before httpuv on a loopback port, for the read timeouts (R/front.R)
+  front <- app_env$start_front(cfg, host, port)
+  inner_host <- if (is.null(front)) host else "127.0.0.1"
+  inner_port <- if (is.null(front)) port else front$inner_port
+  st$listen_port <- inner_port  # a fit whose client went away is found by this port (jobs.R)
+  server <- httpuv::startServer(inner_host, inner_port, pr)
+  if (!is.null(front)) {
+    app_env$log_line("front: nginx on %s:%d (read timeout %d s) -> httpuv on 127.0.0.1:%d",
+                     host, port, cfg$body_timeout_s, inner_port)
+  }
+  tryCatch(app_env$serve_until_interrupted(st, server), finally = app_env$stop_front(front))
   setwd(old_wd)
 })

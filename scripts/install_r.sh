@@ -22,6 +22,7 @@ PACKAGES=(
   r-cran-digest
   r-cran-curl         # tests: HTTP client for the end-to-end test
   r-cran-testthat
+  nginx               # the service's front: read timeouts httpuv lacks (r_brms_plumber/R/front.R)
 )
 # Note: Debian's r-cran-bh keeps the Boost headers in /usr/include; the
 # service sets rstan_options(boost_lib = "/usr/include") itself.

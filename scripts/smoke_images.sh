@@ -57,7 +57,9 @@ listener="$(ss -ltnpH "sport = :$port" | grep -o 'pid=[0-9]*' | head -1 | cut -d
   || fail "r-brms-plumber: the service does not run as uid 10002 (pid ${listener:-?})"
 grep -q "model: ready in .* (cache hit" "$work/r.log" \
   || { tail -20 "$work/r.log" >&2; fail "r-brms-plumber: the model was not the one baked at build time"; }
-printf 'smoke: r-brms-plumber: ready in %.1f s as uid 10002 (model: cache hit, compiled at build time)\n' "$ready_s"
+grep -q "front: nginx on 127.0.0.1:$port" "$work/r.log" \
+  || { tail -20 "$work/r.log" >&2; fail "r-brms-plumber: the nginx front did not start"; }
+printf 'smoke: r-brms-plumber: ready in %.1f s as uid 10002 behind its nginx front (model: cache hit, compiled at build time)\n' "$ready_s"
 code="$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$port/growth/fit" -d '{}')"
 [ "$code" = "401" ] || fail "r-brms-plumber: a fit without the token answered $code, not 401"
 t0=$(date +%s)

@@ -274,3 +274,36 @@ def test_a_fit_with_a_key_outlives_its_client_and_is_answered_on_reattach(own_se
                    headers={"Authorization": f"Bearer {svc.token}", "Content-Type": "application/json",
                             "Idempotency-Key": "keep-1"})
     assert r.status_code == 200 and r.headers.get("Idempotent-Replayed") == "true"
+
+
+def test_an_upload_stalled_after_10_bytes_is_closed_at_the_read_timeout(tmp_path):
+    """Before: the connection stayed open past 60 s (httpuv has no read timeout). Now nginx,
+    before httpuv, closes a client silent for R_BRMS_BODY_TIMEOUT_SECS (here 3 s)."""
+    from growth_assets.db.localpg import free_port
+    from growth_assets_tests.conftest import RService
+
+    svc = RService(free_port(), "stall-token", tmp_path / "r.log",
+                   extra_env={"R_BRMS_BODY_TIMEOUT_SECS": "3"}).wait_ready()
+    try:
+        assert "front: nginx on 127.0.0.1" in svc.log_path.read_text()
+        with socket.create_connection(("127.0.0.1", int(svc.url.rsplit(":", 1)[1])), timeout=30) as s:
+            s.sendall((f"POST /growth/fit HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {svc.token}\r\n"
+                       "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n").encode() + b'{"rows": [')
+            t0 = time.monotonic()
+            while s.recv(4096):
+                pass  # whatever comes before the close
+            waited = time.monotonic() - t0
+        assert 2.5 <= waited <= 10, waited
+        # the service still serves, and a slow but steady client is not cut off
+        assert httpx.get(f"{svc.url}/healthz", timeout=5).status_code == 200
+        body = json.dumps({"rows": ROWS, "n_chains": 1, "n_samples": 200}).encode()
+        with socket.create_connection(("127.0.0.1", int(svc.url.rsplit(":", 1)[1])), timeout=120) as s:
+            s.sendall((f"POST /growth/fit HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {svc.token}\r\n"
+                       f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode())
+            for i in range(0, len(body), len(body) // 4 + 1):
+                time.sleep(1.5)  # under the timeout between reads, 6 s in all
+                s.sendall(body[i:i + len(body) // 4 + 1])
+            reply = s.recv(65536)
+        assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+    finally:
+        svc.kill()

@@ -42,7 +42,10 @@ service_config <- function() {
                         max(1L, parallel::detectCores(logical = TRUE), na.rm = TRUE),
                         min = 1L),
     score_range = env_range("BRMS_SCORE_RANGE", DEFAULT_SCORE_RANGE),
-    cache_dir = default_cache_dir()
+    cache_dir = default_cache_dir(),
+    # the front (R/front.R): nginx before httpuv, for the read timeouts httpuv lacks
+    front = Sys.getenv("R_BRMS_FRONT", "nginx"),
+    body_timeout_s = env_int("R_BRMS_BODY_TIMEOUT_SECS", 30L, min = 1L)
   )
 }
 

@@ -194,3 +194,19 @@ test_that("only a fit without a key is watched for its client; a keyed one can b
   job$client_checked <- Sys.time()
   expect_false(r$env$client_gone(job))  # checked at most once a second
 })
+
+test_that("the front closes silent clients, streams the body, and waits out a fit", {
+  env <- load_service_env(list(token = TOKEN, body_timeout_s = 7L, fit_timeout_s = 600L))
+  conf <- env$front_config("0.0.0.0", 8080L, 34567L, env$.svc$config, "/tmp/x")
+  expect_match(conf, "listen 0.0.0.0:8080;", fixed = TRUE)
+  expect_match(conf, "client_header_timeout 7s; client_body_timeout 7s;", fixed = TRUE)
+  expect_match(conf, "proxy_pass http://127.0.0.1:34567;", fixed = TRUE)
+  expect_match(conf, "proxy_request_buffering off;", fixed = TRUE)  # headers first: the 413 before the body
+  expect_match(conf, "client_max_body_size 0;", fixed = TRUE)       # the service's own JSON 413
+  expect_match(conf, "proxy_read_timeout 720s;", fixed = TRUE)       # above the fit timeout
+  expect_false(grepl("user root", conf, fixed = TRUE))
+  expect_match(env$front_config("::", 8080L, 1L, env$.svc$config, "/tmp/x"), "listen [::]:8080;", fixed = TRUE)
+  expect_error(env$start_front(modifyList(env$.svc$config, list(front = "haproxy")), "127.0.0.1", 1L),
+               "R_BRMS_FRONT must be nginx or off")
+  expect_null(env$start_front(modifyList(env$.svc$config, list(front = "off")), "127.0.0.1", 1L))
+})
