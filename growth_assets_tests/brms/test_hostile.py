@@ -133,6 +133,22 @@ def _state(pid: int) -> str | None:
         return None
 
 
+def _fit_workers(svc) -> list[int]:
+    """The fit's worker processes with their chains started: callr processes under the R server
+    (serve.sh's child) that have children (the R server's other children: the front's nginx
+    master with its worker, processx's supervisor)."""
+    kids = _children()
+    return [w for r in kids.get(svc.proc.pid, []) for w in kids.get(r, [])
+            if kids.get(w) and "callr" in _cmdline(w)]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def _alive(pids) -> set[int]:
     return {p for p in pids if _state(p) not in (None, "Z")}
 
@@ -157,7 +173,7 @@ def _long_fit_in_background(svc, out: dict):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         z = httpx.get(f"{svc.url}/readyz", timeout=5, headers={"Authorization": f"Bearer {svc.token}"}).json()
-        if z.get("running_fits", 0) >= 1 and len(_descendants(svc.proc.pid)) >= 4:
+        if z.get("running_fits", 0) >= 1 and _fit_workers(svc):
             return t
         time.sleep(0.5)
     pytest.fail("the fit never started")
@@ -200,9 +216,7 @@ def test_kill_9_of_a_fit_worker_reaps_its_chains(own_service):
     svc = own_service
     out: dict = {}
     t = _long_fit_in_background(svc, out)
-    kids = _children()
-    r_server = [p for p in kids.get(svc.proc.pid, [])]  # serve.sh's child: the R server
-    workers = [w for r in r_server for w in kids.get(r, []) if kids.get(w)]  # a worker has chains
+    workers = _fit_workers(svc)
     assert workers, "no fit worker with chain processes"
     chains = _descendants(workers[0])
     os.kill(workers[0], 9)
