@@ -78,10 +78,16 @@ EOF
 echo "smoke: r-brms-plumber: fit answered in $(( $(date +%s) - t0 )) s"
 # buildah run (chroot) does not forward signals: send SIGTERM, as Kubernetes would, to the
 # image's entrypoint (serve.sh, the R server's parent), and expect the graceful shutdown
-entry="$(awk '{print $4}' "/proc/$listener/stat")"
+# (the listener is the front's nginx, a child of the R server, a child of serve.sh)
+entry="$listener"
+while [ "$entry" -gt 1 ] && ! tr '\0' ' ' <"/proc/$entry/cmdline" | grep -q "serve.sh"; do
+  entry="$(awk '{print $4}' "/proc/$entry/stat")"
+done
+[ "$entry" -gt 1 ] || fail "r-brms-plumber: serve.sh is not an ancestor of the listener"
 kill -TERM "$entry"
-for _ in $(seq 1 60); do kill -0 "$listener" 2>/dev/null || break; sleep 0.5; done
-! kill -0 "$listener" 2>/dev/null || fail "r-brms-plumber: still running 30 s after SIGTERM"
+for _ in $(seq 1 60); do kill -0 "$entry" 2>/dev/null || break; sleep 0.5; done
+! kill -0 "$entry" 2>/dev/null || fail "r-brms-plumber: still running 30 s after SIGTERM"
+! kill -0 "$listener" 2>/dev/null || fail "r-brms-plumber: the front outlived the service"
 grep -q "shutdown: done" "$work/r.log" || fail "r-brms-plumber: no graceful shutdown on SIGTERM"
 wait "${pids[0]}" 2>/dev/null || true
 echo "smoke: r-brms-plumber: SIGTERM: shut down gracefully"
