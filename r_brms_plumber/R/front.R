@@ -19,7 +19,7 @@ front_config <- function(listen_host, listen_port, inner_port, cfg, tmp, as_root
     code, code, error, detail)
   paste(c(
     "daemon off;",
-    "worker_processes 1;",
+    "master_process off;  # one process, which dies with the R server (setpriv --pdeathsig)",
     if (as_root) "user root root;",
     sprintf("pid %s/nginx.pid;", tmp),
     "error_log stderr warn;",
@@ -66,8 +66,12 @@ start_front <- function(cfg, host, port) {
   conf <- file.path(tmp, "nginx.conf")
   as_root <- identical(unname(Sys.info()[["effective_user"]]), "root")
   writeLines(front_config(host, port, inner, cfg, tmp, as_root), conf)
-  proc <- processx::process$new(nginx, c("-e", "stderr", "-p", tmp, "-c", conf), stdout = "", stderr = "",
-                                cleanup = TRUE, supervise = TRUE)
+  args <- c("-e", "stderr", "-p", tmp, "-c", conf)
+  # killed with the R server however it ends (a SIGKILL included): util-linux's setpriv sets the
+  # parent-death signal, which survives the exec of nginx
+  setpriv <- Sys.which("setpriv")
+  cmd <- if (nzchar(setpriv)) c(setpriv, "--pdeathsig", "KILL", "--", nginx, args) else c(nginx, args)
+  proc <- processx::process$new(cmd[1], cmd[-1], stdout = "", stderr = "", cleanup = TRUE)
   list(proc = proc, inner_port = inner, tmp = tmp)
 }
 
