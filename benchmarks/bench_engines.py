@@ -1,12 +1,13 @@
 """Native vs brms, side by side in one run, on the same synthetic cohorts.
 
-    .venv/bin/python benchmarks/bench_engines.py --sizes 50 200
+    .venv/bin/python benchmarks/bench_engines.py                   # 50 students, a few minutes
+    .venv/bin/python benchmarks/bench_engines.py --sizes 50 200 --out benchmarks/results
 
 Each engine fits through the same command (`growth-assets fit`) in a fresh process, so the
 native engine pays its imports and JIT compilation (with its persistent compilation cache, as
 in production); brms pays its sampling with the compiled model already cached in the running
 service (started here unless R_BRMS_BASE_URL is set). Both at the contract's defaults (4 chains
-x 2000 iterations). Writes benchmarks/results/engines.md and engines.json.
+x 2000 iterations). Writes engines.md and engines.json into --out (default: a temporary folder).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from growth_assets.db.localpg import free_port
 from growth_assets.demo.cohort import synthetic_panel
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "benchmarks" / "results"
 
 
 def start_service() -> tuple[str, subprocess.Popen | None]:
@@ -63,8 +63,13 @@ def passes(res: dict) -> bool:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", type=int, nargs="+", default=[50, 200])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[50],
+                    help="cohort sizes (the committed results: --sizes 50 200)")
+    ap.add_argument("--out", type=Path, help="folder for engines.json / engines.md (default: a temporary one;"
+                                             " the committed results are benchmarks/results)")
     a = ap.parse_args()
+    out = a.out or Path(tempfile.mkdtemp(prefix="bench-engines-"))
+    out.mkdir(parents=True, exist_ok=True)
     url, proc = start_service()
     env = {**os.environ, "R_BRMS_BASE_URL": url}
     rows = []
@@ -91,8 +96,7 @@ def main() -> None:
         if proc is not None:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(30)
-    OUT.mkdir(exist_ok=True)
-    (OUT / "engines.json").write_text(json.dumps(rows, indent=1))
+    (out / "engines.json").write_text(json.dumps(rows, indent=1))
     lines = ["# native vs brms (same cohorts, same command, one run)", "",
              "Wall time of `growth-assets fit` per engine (native: fresh process, imports + JIT with the",
              "persistent cache; brms: the request to the running service, compiled model cached).", "",
@@ -103,7 +107,7 @@ def main() -> None:
         lines.append(f"| {r['students']} | {r['rows']} | {r['native_s']} | {r['brms_s']} | {r['speedup']}x | "
                      f"{r['native_passes_checks']} | {r['brms_passes_checks']} | {r['native_min_ess_bulk']} | "
                      f"{r['brms_min_ess_bulk']} | {r['max_abs_dP']} | {r['max_dmean_a_over_sd']} |")
-    (OUT / "engines.md").write_text("\n".join(lines) + "\n")
+    (out / "engines.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ import time
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
+from growth_assets.db import connect
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -148,7 +150,7 @@ def pct(xs: list[float], q: float) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--users", type=int, default=100_000)
+    ap.add_argument("--users", type=int, default=10_000, help="users in the store (the issue's measure: 100000)")
     ap.add_argument("--calls", type=int, default=300, help="single calls per path")
     ap.add_argument("--batch-reps", type=int, default=3)
     ap.add_argument("--out", type=Path, help="folder for metrics.json / metrics.md (default: a temporary one;"
@@ -157,7 +159,6 @@ def main() -> None:
     os.environ["METRICS_USE_BAYESIAN"] = "true"
     os.environ.pop("METRICS_DEFAULT_TARGET", None)
 
-    import psycopg
 
     from growth_assets.db import localpg
     from growth_assets.db.migrate import migrate
@@ -177,7 +178,7 @@ def main() -> None:
     try:
         url = cluster.url()
         migrate(url, apply_source_changes=True)
-        with psycopg.connect(url) as conn:
+        with connect(url) as conn:
             t0 = time.perf_counter()
             populate(conn, args.users)
             out["populate_s"] = time.perf_counter() - t0

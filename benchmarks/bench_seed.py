@@ -1,10 +1,12 @@
 """How long `seed-demo` takes to write a cohort (COPY), beside the INSERT-per-row baseline.
 
-    .venv/bin/python benchmarks/bench_seed.py --students 100000
+    .venv/bin/python benchmarks/bench_seed.py                      # 10,000 students, ~10 s
+    .venv/bin/python benchmarks/bench_seed.py --students 100000 --out benchmarks/results
 
 Starts a throwaway PostgreSQL, seeds the cohort, and times the same rows written with
-psycopg's executemany INSERT (the baseline) on a sample, extrapolated per row. Writes
-benchmarks/results/seed.md and seed.json.
+psycopg's executemany INSERT (the baseline) on a sample, extrapolated per row. Writes seed.md
+and seed.json into --out (default: a temporary folder; the committed results are
+benchmarks/results, written only when named).
 """
 
 from __future__ import annotations
@@ -17,28 +19,26 @@ import time
 from datetime import date
 from pathlib import Path
 
-import psycopg
-
-from growth_assets.db import localpg
+from growth_assets.db import connect, localpg
 from growth_assets.db.migrate import migrate
 from growth_assets.demo.cohort import generate, seed_cohort
-
-OUT = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--students", type=int, default=100_000)
+    ap.add_argument("--students", type=int, default=10_000)
     ap.add_argument("--weeks", type=int, default=12)
     ap.add_argument("--baseline-rows", type=int, default=20_000)
+    ap.add_argument("--out", type=Path, help="folder for seed.json / seed.md (default: a temporary one)")
     a = ap.parse_args()
+    out = a.out or Path(tempfile.mkdtemp(prefix="bench-seed-out-"))
     tmp = Path(tempfile.mkdtemp(prefix="bench-seed-"))
     tmp.chmod(0o755)
     cluster = localpg.ensure_cluster(tmp / "data")
     try:
         url = cluster.url()
         migrate(url, apply_source_changes=True)
-        with psycopg.connect(url) as conn:
+        with connect(url) as conn:
             t0 = time.perf_counter()
             rep = seed_cohort(conn, a.students, a.weeks, seed=1, as_of=date(2026, 11, 23))
             seed_s = time.perf_counter() - t0
@@ -46,7 +46,7 @@ def main() -> None:
         # baseline: the same mirt_ability rows, one INSERT per row (executemany)
         sample = generate(max(2, a.baseline_rows // 10), a.weeks, 2, date(2026, 8, 31))["mirt_ability"]
         sample = sample.head(a.baseline_rows)
-        with psycopg.connect(url) as conn:
+        with connect(url) as conn:
             t0 = time.perf_counter()
             with conn.cursor() as cur:
                 cur.executemany("INSERT INTO mirt_ability (user_id, theta, se, model, version, fitted_at)"
@@ -60,14 +60,15 @@ def main() -> None:
     finally:
         cluster.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    OUT.mkdir(exist_ok=True)
-    (OUT / "seed.json").write_text(json.dumps(result, indent=1))
-    (OUT / "seed.md").write_text(
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "seed.json").write_text(json.dumps(result, indent=1))
+    (out / "seed.md").write_text(
         "# seed-demo (COPY) vs INSERT per row\n\n| students | weeks | rows | seconds | rows/s | INSERT rows/s | speed-up |\n"
         "|---|---|---|---|---|---|---|\n"
         f"| {a.students} | {a.weeks} | {rows} | {result['seed_seconds']} | {result['rows_per_second']} | "
         f"{result['baseline_insert_rows_per_second']} | {result['speedup_vs_insert_per_row']}x |\n")
     print(json.dumps(result))
+    print(f"results in {out}")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ import time
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
+from growth_assets.db import connect
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 WINDOW_START = date(2026, 8, 31)
@@ -100,12 +102,11 @@ def batch_worker(src: str, url: str, n: int, reps: int) -> dict:
     os.environ["METRICS_USE_BAYESIAN"] = "true"
     from collections import Counter
 
-    import psycopg
 
     from growth_assets.metrics import compute_goal_attainment_probabilities
 
     users = [uid(i) for i in range(n)]
-    with psycopg.connect(url) as conn:
+    with connect(url) as conn:
         compute_goal_attainment_probabilities(conn, users[:1000], target=0.0)  # imports, warm-up
         conn.rollback()
         times = []
@@ -130,7 +131,7 @@ def run_batch(src: Path, url: str, n: int, reps: int) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--users", type=int, default=100_000)
+    ap.add_argument("--users", type=int, default=10_000, help="users in the store (the issue's measure: 100000)")
     ap.add_argument("--calls", type=int, default=300, help="single calls per kind")
     ap.add_argument("--batch-reps", type=int, default=3)
     ap.add_argument("--baseline", type=Path, help="another checkout to run the batch with")
@@ -140,7 +141,6 @@ def main() -> int:
     os.environ.pop("METRICS_DEFAULT_TARGET", None)
     sys.path.insert(0, str(REPO))
 
-    import psycopg
 
     from growth_assets.db import localpg
     from growth_assets.db.migrate import migrate
@@ -157,7 +157,7 @@ def main() -> int:
     try:
         url = cluster.url()
         migrate(url, apply_source_changes=True)
-        with psycopg.connect(url) as conn:
+        with connect(url) as conn:
             populate(conn, args.users)
             for i in range(min(args.users, 400)):
                 a = explain_goal_attainment_probability(conn, uid(i), target=0.0)

@@ -32,6 +32,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from growth_assets.db import connect
+
 REPO = Path(__file__).resolve().parents[1]
 AS_OF = "2026-11-23"  # a Monday: the seeded window is the 12 weeks before it
 PARTITION = "2026-11-16"
@@ -114,12 +116,11 @@ def _seed(n: int, env: dict, truth: Path) -> tuple[float, float]:
 
 
 def _job(src: Path, url: str, args) -> dict:
-    import psycopg
 
     env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(src)}
     # every code starts from the same state: the seeded source tables, analysed, and nothing
     # an earlier code's run wrote (its panel, fits, runs, weekly_kpi rows)
-    with psycopg.connect(url, autocommit=True) as c:
+    with connect(url, autocommit=True) as c:
         derived = [r[0] for r in c.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND (tablename LIKE 'growth%%'"
             " AND tablename <> 'growth_schema_migrations' OR tablename IN ('weekly_kpi', 'dagster_asset_value'))")]

@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # The R brms service (r_brms_plumber/), with the growth model compiled at build time.
 #
-#   docker build -f docker/r-brms-plumber.Dockerfile -t growth-assets/r-brms-plumber:0.1.0 .
+#   docker build -f docker/r-brms-plumber.Dockerfile -t growth-assets/r-brms-plumber:0.2.0 .
 #
 # The R install is scripts/install_r.sh, the script CI runs (scripts/test.sh): Debian bookworm's
 # r-cran-* packages, so the image and CI fit with the same brms/rstan builds.

@@ -2,7 +2,7 @@
 # The Dagster image of growth_assets: the gRPC code server `growth`, the webserver, the daemon,
 # and the run/step pods the K8sRunLauncher starts from it (k8s/base).
 #
-#   docker build -f docker/user-code.Dockerfile -t growth-assets/user-code:0.1.0 .
+#   docker build -f docker/user-code.Dockerfile -t growth-assets/user-code:0.2.0 .
 #
 # The install is scripts/bootstrap.sh, the script CI runs (scripts/test.sh), with the venv in
 # /opt/venv instead of .venv, the runtime dependencies only (no test extras) and no PostgreSQL

@@ -44,9 +44,17 @@ def _database_url(start_local: bool = True) -> str:
     url = Settings.from_env().database_url
     if url:
         return url
-    if not start_local:
-        raise SystemExit("DATABASE_URL is not set; run `growth-assets db start` for a local database")
     from .db import localpg
+
+    if not start_local:  # the local cluster if it runs (as `demo` and `dev` would use it), never a new one
+        portfile = _pg_datadir().parent / "data.port"
+        if not portfile.exists():
+            raise SystemExit("no DATABASE_URL and no local database: set DATABASE_URL, "
+                             "or run `growth-assets db start`")
+        cluster = localpg.LocalCluster(_pg_datadir(), int(portfile.read_text()))
+        if not cluster.is_running():
+            raise SystemExit("no DATABASE_URL and the local database is stopped: run `growth-assets db start`")
+        return cluster.url()
 
     cluster = localpg.ensure_cluster(_pg_datadir())
     return cluster.url()
@@ -64,20 +72,11 @@ def cmd_db(args: argparse.Namespace) -> int:
         print("stopped the local database" if stopped else "the local database was not running")
         return 0
     if args.action == "url":
-        from .settings import Settings
-
-        url = Settings.from_env().database_url
-        if not url:
-            portfile = _pg_datadir().parent / "data.port"
-            if not portfile.exists():
-                print("no DATABASE_URL and no local database: run `growth-assets db start`", file=sys.stderr)
-                return 1
-            cluster = localpg.LocalCluster(_pg_datadir(), int(portfile.read_text()))
-            if not cluster.is_running():
-                print("the local database is stopped: run `growth-assets db start`", file=sys.stderr)
-                return 1
-            url = cluster.url()
-        print(url)
+        try:
+            print(_database_url(start_local=False))
+        except SystemExit as e:
+            print(e.code, file=sys.stderr)
+            return 1
         return 0
     return _migrate(args)
 
@@ -85,23 +84,42 @@ def cmd_db(args: argparse.Namespace) -> int:
 def _migrate(args: argparse.Namespace) -> int:
     """``db migrate``: the project's own migrations; the platform's tables only checked, and
     changed only with --apply-source-changes; --dry-run prints the SQL and changes nothing."""
-    import psycopg
-
     from .db import source_tables
-    from .db.migrate import migrate, pending
+    from .db.connection import connect
+    from .db.migrate import migrate, pending, tables_to_move
+    from .settings import Settings
 
     url = _database_url(start_local=False)
-    with psycopg.connect(url) as conn:
+    if not Settings.from_env().database_url:
+        print("DATABASE_URL is not set: migrating the local database (`growth-assets db url`)")
+    schema = Settings.from_env().db_schema
+    with connect(url) as conn:
         todo = pending(conn)
+        old, moving = tables_to_move(conn)
+    if args.check:
+        if moving:
+            print(f"pending: the project's tables are in schema {old}, to be moved to {schema}")
+        if todo:
+            print(f"pending in schema {schema}: {len(todo)} migration(s): {', '.join(v for v, _ in todo)}")
+        if moving or todo:
+            print("run `growth-assets db migrate` (Kubernetes: the growth-db-migrate Job)")
+            return 3
+        print(f"the project's tables in schema {schema} are up to date")
+        return 0
     if args.dry_run:
+        if moving:
+            print(f"-- would move the project's tables from schema {old} to {schema}: {', '.join(moving)}")
         for version, text in todo:
             print(f"-- would apply migration {version}:\n{text.rstrip()}\n")
         if not todo:
             print("-- the project's tables are up to date")
     else:
-        applied = migrate(url)
-        print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none (up to date)'}")
-    with psycopg.connect(url) as conn:
+        notes: list[str] = []
+        applied = migrate(url, notes=notes)
+        for n in notes:
+            print(n)
+        print(f"applied {len(applied)} migration(s) in schema {schema}: {', '.join(applied) or 'none (up to date)'}")
+    with connect(url) as conn:
         changes = source_tables.plan(conn)
     if not changes:
         print("the platform's tables have what the pipeline needs")
@@ -131,9 +149,9 @@ def _prepare_demo_database(url: str) -> None:
     from .db.migrate import migrate
 
     migrate(url)
-    import psycopg
+    from .db.connection import connect
 
-    with psycopg.connect(url) as conn:
+    with connect(url) as conn:
         changes = source_tables.plan(conn)
     harmful = [c for c in changes if c.destructive and "does not exist" not in c.what]
     fresh = {c.table for c in changes if "does not exist" in c.what}
@@ -146,14 +164,13 @@ def _prepare_demo_database(url: str) -> None:
 
 
 def cmd_seed_demo(args: argparse.Namespace) -> int:
-    import psycopg
-
+    from .db.connection import connect
     from .demo.cohort import delete_demo_rows, demo_rows, seed_cohort
 
     url = _database_url()
     _prepare_demo_database(url)
     truth = Path(args.truth_out) if args.truth_out else local_dir() / "demo" / "true_lines.csv"
-    with psycopg.connect(url) as conn:
+    with connect(url) as conn:
         n = demo_rows(conn)
         if n and not args.replace:
             print(f"error: {n} rows of demo students (ids s0000000…) are in the source tables already: seeding again"
@@ -182,8 +199,8 @@ def dagster_home() -> Path:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     import dagster as dg
-    import psycopg
 
+    from .db.connection import connect
     from .defs import build_definitions
     from .demo.cohort import delete_demo_rows, demo_rows, seed_cohort
     from .model.window import Window
@@ -193,7 +210,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     os.environ["DATABASE_URL"] = url  # for the definitions' EnvVar and the run
     _prepare_demo_database(url)
     as_of = _as_of(args.as_of)
-    with psycopg.connect(url) as conn:
+    with connect(url) as conn:
         if demo_rows(conn):  # the demo's own database: a new run replaces the last cohort, and says so
             print(f"replaced the earlier demo cohort ({delete_demo_rows(conn)} rows deleted)")
         weeks = args.weeks or Settings.from_env().lookback_weeks + Settings.from_env().horizon_weeks
@@ -424,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("--apply-source-changes", action="store_true",
                     help="migrate: also make the changes the platform's tables need (keys, indexes, columns)")
     db.add_argument("--dry-run", action="store_true", help="migrate: print the SQL, change nothing")
+    db.add_argument("--check", action="store_true",
+                    help="migrate: change nothing; exit 3 while a migration of the project's tables is pending "
+                         "(a code server's init container waits on it)")
     db.set_defaults(func=cmd_db)
 
     sd = sub.add_parser("seed-demo", formatter_class=fmt, help="write a synthetic cohort into the source tables")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -102,6 +103,19 @@ def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise SettingsError(name, raw, "must be true or false")
 
 
+DB_SCHEMA = "growth"
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def check_schema(value: str, name: str = "GROWTH_DB_SCHEMA") -> str:
+    """The schema of the project's own tables: a plain lower-case SQL identifier, not one of
+    PostgreSQL's own (pg_*, information_schema)."""
+    if not _SCHEMA_NAME.fullmatch(value) or value.startswith("pg_") or value == "information_schema":
+        raise SettingsError(name, value, "must be a lower-case SQL identifier (letters, digits, _; at most 63; "
+                                         "not pg_* or information_schema)")
+    return value
+
+
 def env_choice(env: Mapping[str, str], name: str, default: str | None, choices: tuple[str, ...]) -> str | None:
     raw = _get(env, name)
     if raw is None:
@@ -162,6 +176,9 @@ class NativeRuntime:
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = field(default=None, repr=False)  # holds the password
+    # GROWTH_DB_SCHEMA: the schema of the project's own tables (the platform's are found on the
+    # rest of the connection's search_path, public by default)
+    db_schema: str = DB_SCHEMA
     lookback_weeks: int = LOOKBACK_WEEKS.default
     n_samples: int = N_SAMPLES.default
     n_chains: int = N_CHAINS.default
@@ -200,6 +217,7 @@ class Settings:
             raise SettingsError("R_BRMS_TIMEOUT_SECS", str(timeout), "must be > 0")
         return cls(
             database_url=_get(env, "DATABASE_URL"),
+            db_schema=check_schema(_get(env, "GROWTH_DB_SCHEMA") or DB_SCHEMA),
             lookback_weeks=env_limit(env, LOOKBACK_WEEKS),
             n_samples=env_limit(env, N_SAMPLES),
             n_chains=env_limit(env, N_CHAINS),

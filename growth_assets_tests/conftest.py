@@ -20,7 +20,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from growth_assets.db import localpg
+from growth_assets.db import connect, localpg
 from growth_assets.db.migrate import migrate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,7 +102,8 @@ def empty_db_url(pg_admin_url: str) -> Iterator[str]:
 
 @pytest.fixture
 def conn(db_url: str) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(db_url) as c:
+    """A connection as the project opens one (its schema first on the search_path)."""
+    with connect(db_url) as c:
         yield c
 
 

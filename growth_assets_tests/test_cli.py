@@ -12,6 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from growth_assets.db import connect
 from growth_assets_tests.support.results import accepted_json, checked_json  # noqa: F401
 
 from growth_assets_tests.conftest import REFERENCE_DIR
@@ -38,9 +39,13 @@ def test_local_database_start_is_idempotent_and_stops():
     assert second.stdout.strip() == first.stdout.strip()
     assert run(["db", "url"], env).stdout.strip() == url
     try:
-        with psycopg.connect(url) as c:
+        with connect(url) as c:
             assert c.execute("SELECT 1").fetchone() == (1,)
-        assert "applied" in run(["db", "migrate"], {"DATABASE_URL": url}).stdout
+        # before: migrate without DATABASE_URL refused the running local database that demo/dev use
+        mig = run(["db", "migrate"], env)
+        assert mig.returncode == 0, mig.stderr
+        assert "migrating the local database" in mig.stdout and "applied" in mig.stdout
+        assert "none (up to date)" in run(["db", "migrate"], {"DATABASE_URL": url}).stdout  # the same database
     finally:
         stop = run(["db", "stop"], env)
     assert stop.returncode == 0 and "stopped" in stop.stdout
@@ -49,6 +54,8 @@ def test_local_database_start_is_idempotent_and_stops():
     # before: the stopped cluster's URL, exit 0
     after = run(["db", "url"], env)
     assert after.returncode == 1 and after.stdout == "" and "stopped" in after.stderr
+    mig = run(["db", "migrate"], env)  # never starts a cluster of its own
+    assert mig.returncode != 0 and "stopped" in mig.stderr and "Traceback" not in mig.stderr
     shutil.rmtree(tmp_path, ignore_errors=True)
 
 
@@ -72,21 +79,21 @@ def test_migrate_then_seed_demo(db_url, tmp_path):
                "--truth-out", str(truth)], {"DATABASE_URL": db_url})
     assert out.returncode == 0, out.stderr
     assert "seeded 150 students x 12 weeks from 2026-08-31" in out.stdout
-    with psycopg.connect(db_url) as c:
+    with connect(db_url) as c:
         assert c.execute("SELECT count(DISTINCT user_id) FROM features_topic_daily").fetchone()[0] == 150
     assert len(truth.read_text().splitlines()) == 151
     # again, on top: refused (it would add a second calibration per week), then replaced when asked
-    with psycopg.connect(db_url) as c:
+    with connect(db_url) as c:
         before = c.execute("SELECT count(*) FROM mirt_ability").fetchone()[0]
     again = run(["seed-demo", "--students", "150", "--seed", "5", "--as-of", "2026-11-23", "--truth-out", str(truth)],
                 {"DATABASE_URL": db_url})
     assert again.returncode == 2 and "--replace" in again.stderr
-    with psycopg.connect(db_url) as c:
+    with connect(db_url) as c:
         assert c.execute("SELECT count(*) FROM mirt_ability").fetchone()[0] == before
     again = run(["seed-demo", "--students", "150", "--seed", "5", "--as-of", "2026-11-23", "--truth-out", str(truth),
                  "--replace"], {"DATABASE_URL": db_url})
     assert again.returncode == 0 and "replaced: deleted" in again.stdout
-    with psycopg.connect(db_url) as c:
+    with connect(db_url) as c:
         per_week = c.execute("SELECT max(n) FROM (SELECT count(*) AS n FROM mirt_ability"
                              " GROUP BY user_id, date_trunc('week', fitted_at)) w").fetchone()[0]
     assert per_week == 1  # one calibration per student-week, as a single cohort has
@@ -129,7 +136,7 @@ def test_p_explains_one_student_or_a_few(db_url):
     from growth_assets_tests.metrics.helpers import add_theta, store_fit
     from growth_assets_tests.support.results import make_result
 
-    with psycopg.connect(db_url) as c:
+    with connect(db_url) as c:
         store_fit(c, make_result(3))
         add_theta(c, "fresh", 0.4, 0.2, datetime(2026, 8, 1, tzinfo=timezone.utc))  # before the window
     env = {"DATABASE_URL": db_url, "METRICS_USE_BAYESIAN": "true"}
@@ -164,7 +171,7 @@ def test_demo_ends_with_the_target_one_student_and_the_query(db_url, tmp_path):
     assert "for example s0000000: P = " in out.stdout and "path stored" in out.stdout
     assert "growth-assets p --user s0000000" in out.stdout
     sql = out.stdout.split("this week's P in SQL:\n", 1)[1].split(";")[0]
-    with psycopg.connect(db_url) as c:
+    with connect(db_url) as c:
         rows = c.execute(sql).fetchall()
     written = int(re.search(r"P written for (\d+) students", out.stdout).group(1))
     assert 50 <= written <= 60  # 16 weeks of history: a student who stopped early is not in this window
@@ -172,7 +179,7 @@ def test_demo_ends_with_the_target_one_student_and_the_query(db_url, tmp_path):
     # 16 weeks of history: the run of 4 weeks ago was fitted and its P scored on what happened
     assert re.search(r"backtest of partition \d{4}-\d\d-\d\d \(P for the week of \d{4}-\d\d-\d\d\): "
                      r"\d+ students scored, 90 % predictive coverage 0\.\d+", out.stdout), out.stdout
-    with psycopg.connect(db_url) as c:
+    with connect(db_url) as c:
         assert c.execute("SELECT count(DISTINCT run_id) FROM growth_forecast_backtest").fetchone()[0] == 1
 
 

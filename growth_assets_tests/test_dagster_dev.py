@@ -16,11 +16,11 @@ from pathlib import Path
 
 import dagster as dg
 import httpx
-import psycopg
 import pytest
 
 from dagster._core.definitions.freshness import FreshnessState  # not exported at top level in 1.13
 
+from growth_assets.db import connect
 from growth_assets.db.localpg import free_port
 from growth_assets.demo.cohort import seed_cohort
 from growth_assets_tests.support.graph import AS_OF, PARTITION
@@ -135,7 +135,7 @@ def wait_for(predicate, timeout: float, what: str):
 @pytest.mark.slow
 def test_dagster_dev_runs_the_graph_shows_metadata_freshness_and_alerts(db_url, tmp_path, monkeypatch):
     monkeypatch.setenv("DAGSTER_PG_URL", db_url)  # the demo instance's storage, for reading it here
-    with psycopg.connect(db_url) as conn:
+    with connect(db_url) as conn:
         seed_cohort(conn, 40, 12, seed=5, as_of=AS_OF)
     local = tmp_path / "local"
     with Receiver() as rx:

@@ -1,13 +1,22 @@
-"""Connections to the project's PostgreSQL: one place that knows how to open them."""
+"""Connections to the project's PostgreSQL: one place that knows how to open them.
+
+The project's own tables live in their own schema (``GROWTH_DB_SCHEMA``, default ``growth``),
+apart from the platform's tables and from Dagster's storage: every connection opened here puts
+that schema first on its ``search_path``, ahead of the one the URL asks for (``public`` when
+it asks for none), so the project's tables are found in their schema and the platform's
+(``mirt_ability``, ``weekly_kpi``, ...) where the platform keeps them.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from ..settings import Settings
+from ..settings import Settings, check_schema
 
 
 class DatabaseNotConfigured(RuntimeError):
@@ -23,10 +32,38 @@ def database_url(url: str | None = None) -> str:
     return url
 
 
+_SEARCH_PATH = re.compile(r"-c\s*search_path\s*=\s*(\S+)")
+
+
+def with_schema_options(options: str, schema: str) -> str:
+    """libpq ``options`` with ``schema`` first on the search_path: prepended to a search_path
+    the options already set (unless it is first there already), else ``schema,public``."""
+    m = _SEARCH_PATH.search(options)
+    if not m:
+        return f"{options} -c search_path={schema},public".strip()
+    path = [p.strip() for p in m.group(1).replace("\\,", ",").split(",") if p.strip()]
+    if path and path[0].strip('"') == schema:
+        return options
+    return options[:m.start()] + f"-c search_path={','.join([schema, *path])}" + options[m.end():]
+
+
+def project_conninfo(url: str | None = None, schema: str | None = None, **kwargs) -> str:
+    """The connection string of ``url`` (DATABASE_URL when None) with the project's schema first
+    on its search_path; ``kwargs`` are libpq parameters (an ``options`` given here is merged)."""
+    schema = check_schema(schema or Settings.from_env().db_schema)
+    params = conninfo_to_dict(database_url(url))
+    extra = kwargs.pop("options", "")
+    params.update(kwargs)
+    params["options"] = with_schema_options(f"{params.get('options', '')} {extra}".strip(), schema)
+    return make_conninfo("", **params)
+
+
 @contextmanager
-def connect(url: str | None = None, **kwargs) -> Iterator[psycopg.Connection]:
-    """A connection that commits on success and rolls back on error, then closes."""
-    with psycopg.connect(database_url(url), **kwargs) as conn:
+def connect(url: str | None = None, *, schema: str | None = None, autocommit: bool = False,
+            **kwargs) -> Iterator[psycopg.Connection]:
+    """A connection that commits on success and rolls back on error, then closes, with the
+    project's schema first on its search_path."""
+    with psycopg.connect(project_conninfo(url, schema, **kwargs), autocommit=autocommit) as conn:
         yield conn
 
 

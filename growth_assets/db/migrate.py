@@ -3,6 +3,11 @@ applied in order, once. The platform's tables are not migrated here: ``source_ta
 says what the pipeline needs of them, and they change only when asked
 (``apply_source_changes``; ``growth-assets db migrate --apply-source-changes``).
 
+The tables live in the project's schema (``GROWTH_DB_SCHEMA``, default ``growth``), created
+when missing. A database migrated before there was a schema (the tables in ``public``) has
+them moved there, rows, keys and indexes with them (``ALTER TABLE ... SET SCHEMA``), before
+anything else runs.
+
 Each file runs in its own transaction under an advisory lock, so two processes migrating at
 once do not race. A file that changed after it was applied is an error (write a new one).
 Version 0001 (which re-keyed and cleaned the platform's tables) is gone: a database that
@@ -15,12 +20,47 @@ import hashlib
 from importlib import resources
 
 import psycopg
+from psycopg import sql
+
+from ..settings import Settings, check_schema
+from .connection import with_schema_options
 
 LOCK_ID = 0x67726F77  # "grow"
 
 
+# every table the migrations create (a move to the project's schema takes these, and only these)
+PROJECT_TABLES = ("growth_schema_migrations", "growth_brms_meta", "growth_student_posterior", "growth_panel",
+                  "growth_panel_meta", "growth_fit", "growth_population_draws", "growth_forecast_backtest")
+
+
 class MigrationError(RuntimeError):
     pass
+
+
+def _schema(schema: str | None) -> str:
+    return check_schema(schema or Settings.from_env().db_schema)
+
+
+def schema_exists(conn: psycopg.Connection, schema: str) -> bool:
+    return conn.execute("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %s)", (schema,)).fetchone()[0]
+
+
+def tables_to_move(conn: psycopg.Connection, schema: str | None = None) -> tuple[str | None, list[str]]:
+    """(old schema, tables) of a database migrated before the project had its own schema: its
+    migrations record is in another schema and none is in ``schema``. (None, []) otherwise."""
+    schema = _schema(schema)
+    rows = conn.execute(
+        """SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE c.relkind IN ('r', 'p') AND c.relname = ANY (%s) ORDER BY 1, 2""",
+        (list(PROJECT_TABLES),)).fetchall()
+    holders = {n for n, t in rows if t == "growth_schema_migrations"}
+    if schema in holders or not holders:
+        return None, []
+    if len(holders) > 1:
+        raise MigrationError(f"the project's migration records are in several schemas ({', '.join(sorted(holders))}) "
+                             f"and none is in {schema}: say which is the project's with GROWTH_DB_SCHEMA")
+    old = holders.pop()
+    return old, [t for n, t in rows if n == old]
 
 
 def available() -> list[tuple[str, str]]:
@@ -38,27 +78,37 @@ def migrate_through(conn: psycopg.Connection, last: str) -> list[str]:
     return migrate(conn, through=last)
 
 
-def pending(conn: psycopg.Connection) -> list[tuple[str, str]]:
-    """[(version, sql)] of the migrations not applied yet (nothing is changed)."""
-    exists = conn.execute("SELECT to_regclass('growth_schema_migrations') IS NOT NULL").fetchone()[0]
-    done = {r[0] for r in conn.execute("SELECT version FROM growth_schema_migrations").fetchall()} if exists else set()
+def pending(conn: psycopg.Connection, schema: str | None = None) -> list[tuple[str, str]]:
+    """[(version, sql)] of the migrations not applied yet (nothing is changed). The record is
+    read where ``migrate`` would find it: in ``schema``, or where a move would bring it from."""
+    schema = _schema(schema)
+    old, _ = tables_to_move(conn, schema)
+    table = sql.Identifier(old or schema, "growth_schema_migrations")
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table.as_string(conn),)).fetchone()[0]
+    done = ({r[0] for r in conn.execute(sql.SQL("SELECT version FROM {}").format(table)).fetchall()}
+            if exists else set())
     return [(v, s) for v, s in available() if v not in done]
 
 
 def migrate(url_or_conn: str | psycopg.Connection, through: str | None = None, *,
-            apply_source_changes: bool = False) -> list[str]:
-    """Apply the migrations not applied yet; return the versions applied by this call. With
-    ``apply_source_changes`` (a URL only), also make every change ``source_tables.plan``
-    finds (the demo's and the tests' own databases)."""
+            apply_source_changes: bool = False, schema: str | None = None,
+            notes: list[str] | None = None) -> list[str]:
+    """Apply the migrations not applied yet, in the project's schema (``schema``, default
+    GROWTH_DB_SCHEMA); return the versions applied by this call. Tables moved from an older
+    layout are said in ``notes``. With ``apply_source_changes`` (a URL only), also make every
+    change ``source_tables.plan`` finds (the demo's and the tests' own databases)."""
+    schema = _schema(schema)
     if isinstance(url_or_conn, str):
-        with psycopg.connect(url_or_conn) as conn:
-            out = migrate(conn, through)
+        from .connection import connect
+
+        with connect(url_or_conn, schema=schema) as conn:
+            out = migrate(conn, through, schema=schema, notes=notes)
         if apply_source_changes:
             from . import source_tables
 
-            with psycopg.connect(url_or_conn) as conn:
-                changes = source_tables.plan(conn)
-            source_tables.apply(url_or_conn, changes)
+            with connect(url_or_conn, schema=schema) as conn:
+                changes = source_tables.plan(conn, schema)
+            source_tables.apply(url_or_conn, changes, schema=schema)
         return out
     if apply_source_changes:
         raise MigrationError("apply_source_changes needs the database URL (indexes are built CONCURRENTLY)")
@@ -66,6 +116,17 @@ def migrate(url_or_conn: str | psycopg.Connection, through: str | None = None, *
     applied_now: list[str] = []
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_ID,))
+        if not schema_exists(conn, schema):
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        # this transaction's statements see the project's schema first, whatever the caller's path
+        path = conn.execute("SELECT current_setting('search_path')").fetchone()[0]
+        local = with_schema_options(f"-c search_path={path.replace(' ', '')}", schema).split("=", 1)[1]
+        conn.execute("SELECT set_config('search_path', %s, true)", (local,))
+        old, tables = tables_to_move(conn, schema)
+        for t in tables:
+            conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(sql.Identifier(old, t), sql.Identifier(schema)))
+        if tables and notes is not None:
+            notes.append(f"moved the project's tables from schema {old} to {schema}: {', '.join(tables)}")
         conn.execute(
             """CREATE TABLE IF NOT EXISTS growth_schema_migrations (
                    version text PRIMARY KEY,
@@ -73,10 +134,10 @@ def migrate(url_or_conn: str | psycopg.Connection, through: str | None = None, *
                    applied_at timestamptz NOT NULL DEFAULT now())"""
         )
         done = dict(conn.execute("SELECT version, checksum FROM growth_schema_migrations").fetchall())
-        for version, sql in available():
+        for version, text in available():
             if through is not None and version > through:
                 break
-            checksum = hashlib.sha256(sql.encode()).hexdigest()
+            checksum = hashlib.sha256(text.encode()).hexdigest()
             if version in done:
                 if done[version] != checksum:
                     raise MigrationError(
@@ -84,7 +145,7 @@ def migrate(url_or_conn: str | psycopg.Connection, through: str | None = None, *
                     )
                 continue
             with conn.transaction():
-                conn.execute(sql)
+                conn.execute(text)
                 conn.execute(
                     "INSERT INTO growth_schema_migrations (version, checksum) VALUES (%s, %s)",
                     (version, checksum),

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import psycopg
 
+from ..settings import Settings
+
 COLUMNS: dict[str, dict[str, str]] = {
     "mirt_ability": {"user_id": "text", "theta": "double precision", "se": "double precision",
                      "model": "text", "version": "text", "fitted_at": "timestamptz"},
@@ -94,10 +96,19 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _create(table: str) -> str:
+def platform_schema(conn: psycopg.Connection, project_schema: str | None = None) -> str:
+    """Where a missing platform table is created: the first schema of the connection's
+    search_path that is not the project's own (public, unless the URL says otherwise)."""
+    project_schema = project_schema or Settings.from_env().db_schema
+    row = conn.execute("SELECT s FROM unnest(current_schemas(false)) s WHERE s <> %s LIMIT 1",
+                       (project_schema,)).fetchone()
+    return row[0] if row else "public"
+
+
+def _create(table: str, schema: str) -> str:
     opts = CREATE_OPTIONS.get(table, {})
     cols = [f"{_q(c)} {t}{(' ' + opts[c]) if c in opts else ''}" for c, t in COLUMNS[table].items()]
-    return f"CREATE TABLE {_q(table)} ({', '.join(cols + CREATE_EXTRA.get(table, []))})"
+    return f"CREATE TABLE {_q(schema)}.{_q(table)} ({', '.join(cols + CREATE_EXTRA.get(table, []))})"
 
 
 def _keys_without_fitted_at(conn: psycopg.Connection, table: str) -> list[tuple[str, str, str]]:
@@ -123,13 +134,16 @@ def _index_exists(conn: psycopg.Connection, name: str) -> bool:
     return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]
 
 
-def plan(conn: psycopg.Connection) -> list[Change]:
-    """What the pipeline needs of the platform's tables and does not find, as changes."""
+def plan(conn: psycopg.Connection, project_schema: str | None = None) -> list[Change]:
+    """What the pipeline needs of the platform's tables and does not find, as changes (a
+    missing table: created in ``platform_schema``)."""
     changes: list[Change] = []
     present = {t: _exists(conn, t) for t in COLUMNS}
+    schema = platform_schema(conn, project_schema)
     for table, cols in COLUMNS.items():
         if not present[table]:
-            changes.append(Change(table, "does not exist: create it (empty)", (_create(table),)))
+            changes.append(Change(table, f"does not exist: create it (empty, in schema {schema})",
+                                  (_create(table, schema),)))
             continue
         missing = [c for c in cols if c not in _columns(conn, table)]
         if missing:
@@ -162,11 +176,13 @@ def plan(conn: psycopg.Connection) -> list[Change]:
     return changes
 
 
-def apply(url: str, changes: list[Change]) -> list[str]:
+def apply(url: str, changes: list[Change], schema: str | None = None) -> list[str]:
     """Make the changes, each in its own transaction (an index CONCURRENTLY, outside one);
     returns one line per change made, with the rows it deleted."""
+    from .connection import connect
+
     done = []
-    with psycopg.connect(url, autocommit=True) as conn:
+    with connect(url, schema=schema, autocommit=True) as conn:
         for ch in changes:
             if ch.concurrently:
                 for s in ch.statements:

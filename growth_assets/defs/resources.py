@@ -18,7 +18,7 @@ from pydantic import Field
 from ..model.contract import ContractError, horizon_week
 from ..model.engine import Engine, FitSettings
 from ..model.engines import make_engine
-from ..settings import (CHAIN_METHODS, HORIZON_WEEKS, LOOKBACK_WEEKS, MAX_N_SAMPLES, N_CHAINS, N_SAMPLES,
+from ..settings import (DB_SCHEMA, CHAIN_METHODS, HORIZON_WEEKS, LOOKBACK_WEEKS, MAX_N_SAMPLES, N_CHAINS, N_SAMPLES,
                         R_BRMS_TIMEOUT_SECS, SCORE_RANGE, SCORE_SOURCES, SEED, IntLimit, NativeRuntime,
                         Settings)
 
@@ -31,10 +31,14 @@ class PostgresResource(dg.ConfigurableResource):
     """The project's PostgreSQL (``DATABASE_URL``): hands out connections as context managers."""
 
     database_url: str = Field(description="libpq URL of the project's database (DATABASE_URL)")
+    db_schema: str = Field(DB_SCHEMA, description="GROWTH_DB_SCHEMA: the schema of the project's own tables, "
+                                                  "first on every connection's search_path")
 
     @contextmanager
     def connect(self) -> Iterator[psycopg.Connection]:
-        with psycopg.connect(self.database_url) as conn:
+        from ..db.connection import connect
+
+        with connect(self.database_url, schema=self.db_schema) as conn:
             yield conn
 
 
@@ -110,7 +114,8 @@ def resources_from_settings(settings: Settings) -> dict[str, Any]:
         "alert_webhook": AlertWebhook(
             url=dg.EnvVar("ALERT_WEBHOOK_URL") if settings.alert_webhook_url else None,
             webserver_url=settings.dagster_webserver_url),
-        "postgres": PostgresResource(database_url=dg.EnvVar("DATABASE_URL") if url else ""),
+        "postgres": PostgresResource(database_url=dg.EnvVar("DATABASE_URL") if url else "",
+                                     db_schema=settings.db_schema),
         "growth": GrowthSettings(
             lookback_weeks=settings.lookback_weeks, score_source=settings.score_source,
             family=settings.family, n_chains=settings.n_chains, n_samples=settings.n_samples,

@@ -9,9 +9,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dagster as dg
-import psycopg
 import pytest
 
+from growth_assets.db import connect
 from growth_assets.defs.growth import weekly_assets
 from growth_assets.defs.resources import GrowthEngineResource
 from growth_assets.demo.cohort import seed_cohort
@@ -163,7 +163,7 @@ def test_nothing_listening_is_a_clear_error():
 
 @pytest.fixture
 def seeded(db_url):
-    with psycopg.connect(db_url) as conn:
+    with connect(db_url) as conn:
         seed_cohort(conn, 40, 12, seed=8, as_of=AS_OF)
     return db_url
 
@@ -174,7 +174,7 @@ def brms_engine(url, token=None, **kw):
 
 
 def nothing_written(url):
-    with psycopg.connect(url) as c:
+    with connect(url) as c:
         return (c.execute("SELECT count(*) FROM growth_brms_meta").fetchone()[0] == 0
                 and c.execute("SELECT count(*) FROM growth_fit").fetchone()[0] == 0
                 and c.execute("SELECT count(*) FROM growth_student_posterior").fetchone()[0] == 0

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from growth_assets.db import connect
 from growth_assets.model.panel import Panel
 
 from growth_assets_tests.support.results import accepted_json, checked_json  # noqa: F401
@@ -140,14 +141,13 @@ def test_a_retry_with_the_same_key_attaches_to_the_running_fit(r_service):
 @pytest.mark.slow
 def test_the_graph_end_to_end_on_the_brms_engine(r_service, db_url, monkeypatch):
     import dagster as dg
-    import psycopg
 
     from growth_assets.defs.growth import weekly_assets
     from growth_assets.defs.resources import GrowthEngineResource
     from growth_assets.demo.cohort import seed_cohort
     from growth_assets_tests.support.graph import AS_OF, PARTITION, resources
 
-    with psycopg.connect(db_url) as conn:
+    with connect(db_url) as conn:
         seed_cohort(conn, 50, 12, seed=11, as_of=AS_OF)
     engine = GrowthEngineResource(engine="brms", r_brms_base_url=r_service.url,
                                   r_brms_internal_token=r_service.token)
@@ -156,7 +156,7 @@ def test_the_graph_end_to_end_on_the_brms_engine(r_service, db_url, monkeypatch)
     assert res.success
     run_id = res.asset_materializations_for_node("growth_brms_meta")[0].metadata["run_id"].value
     assert run_id.startswith("brms-")
-    with psycopg.connect(db_url) as c:
+    with connect(db_url) as c:
         meta = c.execute("SELECT status, engine, engine_version, n_students, formula, diagnostics->>'max_rhat'"
                          " FROM growth_brms_meta WHERE run_id = %s", (run_id,)).fetchone()
         assert meta[0] == "passed" and meta[1] == "brms" and meta[2].startswith("brms 2.18")

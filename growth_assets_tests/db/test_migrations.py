@@ -1,7 +1,7 @@
 import psycopg
 import pytest
 
-from growth_assets.db import source_tables
+from growth_assets.db import connect, source_tables
 from growth_assets.db.migrate import MigrationError, available, migrate
 from growth_assets_tests.test_cli import run
 
@@ -10,29 +10,33 @@ OWN = {"growth_brms_meta", "growth_student_posterior", "growth_panel", "growth_p
        "growth_population_draws", "growth_forecast_backtest"}
 
 
-def tables(conn):
+def tables(conn, schema="growth"):
+    """The tables of one schema (the project's own: ``growth`` unless GROWTH_DB_SCHEMA says)."""
     return {r[0] for r in conn.execute(
-        "SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()}
+        "SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)).fetchall()}
 
 
 def test_migrations_apply_once_then_are_a_no_op_and_touch_only_the_projects_tables(empty_db_url):
     first = migrate(empty_db_url)
     assert first == [v for v, _ in available()] and len(first) >= 2
     assert migrate(empty_db_url) == []
-    with psycopg.connect(empty_db_url) as conn:
+    with connect(empty_db_url) as conn:
         assert OWN <= tables(conn) and not (SOURCES & tables(conn))  # the platform's: not ours to create
+        assert not (OWN & tables(conn, "public"))  # the project's tables in their own schema only
         assert "dagster_asset_value" not in tables(conn)  # no serialised values between steps
         versions = [r[0] for r in conn.execute("SELECT version FROM growth_schema_migrations ORDER BY 1")]
         assert versions == first
         assert {c.table for c in source_tables.plan(conn)} == SOURCES
     migrate(empty_db_url, apply_source_changes=True)  # the demo's and the tests' own databases
-    with psycopg.connect(empty_db_url) as conn:
-        assert SOURCES <= tables(conn) and source_tables.plan(conn) == []
+    with connect(empty_db_url) as conn:
+        # missing platform tables are made where the platform's live: public, not the project's schema
+        assert SOURCES <= tables(conn, "public") and not (SOURCES & tables(conn))
+        assert source_tables.plan(conn) == []
 
 
 def test_changed_migration_is_refused(empty_db_url):
     migrate(empty_db_url)
-    with psycopg.connect(empty_db_url) as conn:
+    with connect(empty_db_url) as conn:
         conn.execute("UPDATE growth_schema_migrations SET checksum = 'x' WHERE version = %s",
                      (available()[0][0],))
     with pytest.raises(MigrationError, match="changed after it was applied"):
@@ -44,7 +48,8 @@ UPSERT = ("INSERT INTO mirt_ability (user_id, theta, se, model, version, fitted_
 
 
 def _platform_db(url):
-    """The seed's platform: mirt_ability keyed on user_id, written by an upsert on that key."""
+    """The seed's platform: mirt_ability keyed on user_id, written by an upsert on that key
+    (its own connection: tables in public)."""
     with psycopg.connect(url) as conn:
         conn.execute("CREATE TABLE mirt_ability (user_id text PRIMARY KEY, theta float, se float,"
                      " model text, version text, fitted_at timestamptz)")
@@ -61,7 +66,7 @@ def _platform_db(url):
 
 
 def _key_and_rows(url):
-    with psycopg.connect(url) as conn:
+    with connect(url) as conn:
         key = conn.execute("SELECT conname FROM pg_constraint WHERE conrelid = 'mirt_ability'::regclass"
                            " AND contype = 'p'").fetchall()
         return key, conn.execute("SELECT user_id, theta FROM mirt_ability ORDER BY 1").fetchall()
@@ -77,15 +82,15 @@ def test_migrate_leaves_the_platforms_key_and_rows_and_says_what_it_would_change
     dry = run(["db", "migrate", "--dry-run"], env)
     assert dry.returncode == 0, dry.stderr
     assert "would apply migration 0002_growth_tables" in dry.stdout and "CREATE TABLE" in dry.stdout
-    with psycopg.connect(empty_db_url) as conn:
-        assert "growth_fit" not in tables(conn)  # a dry run changes nothing
+    with connect(empty_db_url) as conn:
+        assert "growth_fit" not in tables(conn) | tables(conn, "public")  # a dry run changes nothing
     out = run(["db", "migrate"], env)
     assert out.returncode == 0, out.stderr
     assert "mirt_ability: is keyed on (user_id) (constraint mirt_ability_pkey)" in out.stdout
     assert 'ALTER TABLE "mirt_ability" DROP CONSTRAINT "mirt_ability_pkey";' in out.stdout
     assert "(nothing changed)" in out.stdout and "--apply-source-changes" in out.stdout
     assert _key_and_rows(empty_db_url) == before
-    with psycopg.connect(empty_db_url) as conn:
+    with connect(empty_db_url) as conn:
         conn.execute(UPSERT, ("u1", 0.7, "2026-11-09T10:00Z"))  # the platform's upsert still works
         assert conn.execute("SELECT count(*), max(theta) FROM mirt_ability WHERE user_id='u1'").fetchone() == (1, 0.7)
         assert conn.execute("SELECT kpis FROM weekly_kpi").fetchone()[0] == {"I_t": 1}
@@ -94,7 +99,7 @@ def test_migrate_leaves_the_platforms_key_and_rows_and_says_what_it_would_change
     assert out.returncode == 0, out.stderr
     assert 'changed mirt_ability: ALTER TABLE "mirt_ability" DROP CONSTRAINT "mirt_ability_pkey"' in out.stdout
     assert "changed mirt_ability: CREATE INDEX CONCURRENTLY" in out.stdout
-    with psycopg.connect(empty_db_url) as conn:
+    with connect(empty_db_url) as conn:
         conn.execute("INSERT INTO mirt_ability (user_id, theta, se, model, version, fitted_at)"
                      " VALUES ('u1', 0.9, 0.2, 'm', 'v', '2026-11-16T10:00Z')")
         assert conn.execute("SELECT count(*) FROM mirt_ability WHERE user_id='u1'").fetchone()[0] == 2
@@ -114,11 +119,11 @@ def test_duplicate_calibrations_in_an_unkeyed_table_are_collapsed_only_when_told
                      " ('u1', 0.6, 0.2, 'm', 'v', '2026-11-09T10:00Z'), ('u2', 0.1, 0.2, NULL, NULL, '2026-11-02T10:00Z'),"
                      " ('u2', 0.1, 0.2, NULL, NULL, '2026-11-02T10:00Z')")
     migrate(empty_db_url)
-    with psycopg.connect(empty_db_url) as conn:
+    with connect(empty_db_url) as conn:
         assert conn.execute("SELECT count(*) FROM mirt_ability").fetchone()[0] == 5
     out = run(["db", "migrate", "--apply-source-changes"], {"DATABASE_URL": empty_db_url})
     assert "(2 duplicate row(s) deleted)" in out.stdout, out.stdout
-    with psycopg.connect(empty_db_url) as conn:
+    with connect(empty_db_url) as conn:
         rows = conn.execute("SELECT user_id, count(*) FROM mirt_ability GROUP BY 1 ORDER BY 1").fetchall()
     assert rows == [("u1", 2), ("u2", 1)]
 
@@ -137,7 +142,7 @@ def test_0003_keeps_stored_runs_and_their_students_and_drops_the_value_store(emp
     the per-partition lookups have their columns, and the value table is gone."""
     from growth_assets.db.migrate import migrate_through
 
-    with psycopg.connect(empty_db_url) as conn:
+    with connect(empty_db_url) as conn:
         migrate_through(conn, "0002_growth_tables")
         conn.execute("INSERT INTO growth_brms_meta (run_id, formula, priors, posterior_summary, diagnostics, engine,"
                      " status) VALUES ('brms-20261116-043000', 'f', '[]', '{}', '{}', 'brms', 'passed')")
@@ -146,7 +151,7 @@ def test_0003_keeps_stored_runs_and_their_students_and_drops_the_value_store(emp
         conn.execute("INSERT INTO dagster_asset_value (asset_key, value) VALUES ('x', '\\x00')")
         conn.commit()
     assert "0003_one_owner_per_table" in migrate(empty_db_url)
-    with psycopg.connect(empty_db_url) as conn:
+    with connect(empty_db_url) as conn:
         assert conn.execute("SELECT engine FROM growth_fit").fetchall() == [("brms",)]
         assert conn.execute("SELECT count(*) FROM growth_student_posterior").fetchone()[0] == 1
         assert "dagster_asset_value" not in tables(conn)
@@ -154,3 +159,103 @@ def test_0003_keeps_stored_runs_and_their_students_and_drops_the_value_store(emp
         with pytest.raises(psycopg.errors.ForeignKeyViolation):
             conn.execute("INSERT INTO growth_student_posterior VALUES ('nope', 'u1', 3, 0, 0, 0.1,"
                          " 0.01, 0, 0, 0.3, 0.5)")
+
+
+# --- the project's own schema ---------------------------------------------------------------------
+
+
+def test_the_schema_is_a_setting_and_the_platforms_tables_stay_where_they_are(empty_db_url):
+    """GROWTH_DB_SCHEMA puts the project's tables where the team says; the platform's stay in
+    public, and the pipeline's connections find both."""
+    _platform_db(empty_db_url)
+    env = {"DATABASE_URL": empty_db_url, "GROWTH_DB_SCHEMA": "analytics_growth"}
+    out = run(["db", "migrate"], env)
+    assert out.returncode == 0, out.stderr
+    assert "in schema analytics_growth" in out.stdout
+    with psycopg.connect(empty_db_url) as conn:
+        assert OWN <= tables(conn, "analytics_growth")
+        assert not (OWN & (tables(conn) | tables(conn, "public")))
+        assert SOURCES <= tables(conn, "public")
+    with connect(empty_db_url, schema="analytics_growth") as conn:  # both found on the search_path
+        assert conn.execute("SELECT count(*) FROM growth_fit").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM mirt_ability").fetchone()[0] == 2
+
+
+@pytest.mark.parametrize("bad", ["Growth", "growth-assets", "pg_growth", "a;drop", "x" * 64])
+def test_a_schema_name_that_is_not_a_plain_identifier_is_refused_naming_it(empty_db_url, bad):
+    out = run(["db", "migrate"], {"DATABASE_URL": empty_db_url, "GROWTH_DB_SCHEMA": bad})
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"GROWTH_DB_SCHEMA={bad!r}" in out.stderr and "identifier" in out.stderr
+    with psycopg.connect(empty_db_url) as conn:  # nothing made
+        assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname NOT LIKE 'pg_%%'"
+                            " AND nspname NOT IN ('public', 'information_schema')").fetchone()[0] == 0
+
+
+def test_an_older_database_has_the_projects_tables_moved_with_their_rows(empty_db_url):
+    """Before the schema setting the project's tables were in public: `db migrate` moves them
+    (rows, keys and indexes with them), says so, and leaves the platform's tables alone."""
+    _platform_db(empty_db_url)
+    migrate(empty_db_url, schema="public")  # the layout of a database migrated by 0.1.0
+    with psycopg.connect(empty_db_url) as conn:
+        assert OWN <= tables(conn, "public")
+        conn.execute("INSERT INTO growth_fit (run_id, engine, partition_key, result)"
+                     " VALUES ('native-20261116-043000', 'native', '2026-11-16', '{}')")
+    env = {"DATABASE_URL": empty_db_url}
+    dry = run(["db", "migrate", "--dry-run"], env)
+    assert "would move the project's tables from schema public to growth" in dry.stdout, dry.stdout
+    assert "would apply migration" not in dry.stdout  # every migration is on record already
+    with psycopg.connect(empty_db_url) as conn:
+        assert OWN <= tables(conn, "public")  # a dry run moves nothing
+    out = run(["db", "migrate"], env)
+    assert out.returncode == 0, out.stderr
+    assert "moved the project's tables from schema public to growth" in out.stdout
+    assert "applied 0 migration(s)" in out.stdout
+    with psycopg.connect(empty_db_url) as conn:
+        assert OWN | {"growth_schema_migrations"} <= tables(conn)
+        assert not (OWN & tables(conn, "public")) and SOURCES <= tables(conn, "public")
+        assert conn.execute("SELECT run_id FROM growth.growth_fit").fetchall() == [("native-20261116-043000",)]
+        assert conn.execute("SELECT count(*) FROM pg_indexes WHERE schemaname = 'growth'"
+                            " AND indexname = 'growth_fit_partition'").fetchone()[0] == 1
+    assert "moved" not in run(["db", "migrate"], env).stdout  # once
+
+
+@pytest.mark.parametrize("options, expected", [
+    ("", "-c search_path=growth,public"),
+    ("-c statement_timeout=5", "-c statement_timeout=5 -c search_path=growth,public"),
+    ("-csearch_path=platform", "-c search_path=growth,platform"),
+    ("-c search_path=growth,platform", "-c search_path=growth,platform"),
+])
+def test_the_projects_schema_goes_first_on_any_search_path(options, expected):
+    from growth_assets.db.connection import with_schema_options
+
+    assert with_schema_options(options, "growth") == expected
+
+
+def test_a_url_with_its_own_search_path_keeps_it_after_the_projects_schema(empty_db_url):
+    """The platform's tables in a schema of their own (the URL says where): missing ones are
+    created there, the project's in its schema."""
+    with psycopg.connect(empty_db_url) as conn:
+        conn.execute("CREATE SCHEMA platform")
+    url = f"{empty_db_url}?options=-csearch_path%3Dplatform"
+    migrate(url, apply_source_changes=True)
+    with psycopg.connect(empty_db_url) as conn:
+        assert SOURCES <= tables(conn, "platform") and OWN <= tables(conn)
+        assert not (SOURCES | OWN) & tables(conn, "public")
+
+
+def test_check_says_what_is_pending_and_changes_nothing(empty_db_url):
+    """`db migrate --check`: the code server's init container waits on it (exit 3 while pending)."""
+    env = {"DATABASE_URL": empty_db_url}
+    out = run(["db", "migrate", "--check"], env)
+    assert out.returncode == 3, (out.stdout, out.stderr)
+    assert f"pending in schema growth: {len(available())} migration(s)" in out.stdout
+    with psycopg.connect(empty_db_url) as conn:  # nothing made, not even the schema
+        assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'growth'").fetchone()[0] == 0
+    migrate(empty_db_url)
+    out = run(["db", "migrate", "--check"], env)
+    assert out.returncode == 0 and "up to date" in out.stdout
+    migrate(empty_db_url, schema="public")  # an older layout: the move is pending too
+    with psycopg.connect(empty_db_url) as conn:
+        conn.execute("DROP SCHEMA growth CASCADE")
+    out = run(["db", "migrate", "--check"], env)
+    assert out.returncode == 3 and "in schema public, to be moved to growth" in out.stdout

@@ -5,6 +5,7 @@ from datetime import date
 import psycopg
 import pytest
 
+from growth_assets.db import connect
 from growth_assets.db.writers import jsonable, merge_weekly_kpi, write_fit, write_run_record
 from growth_assets.model.contract import ContractError
 from growth_assets_tests.support.results import make_result
@@ -83,7 +84,7 @@ def test_merge_keeps_keys_other_writers_own(conn):
 
 
 def _other_writer_update(url, user, key, value, hold, done):
-    with psycopg.connect(url) as c:
+    with connect(url) as c:
         c.execute("INSERT INTO weekly_kpi (user_id, week_start, kpis) VALUES (%s, %s, jsonb_build_object(%s::text, %s::int))"
                   " ON CONFLICT (user_id, week_start) DO UPDATE SET kpis = weekly_kpi.kpis || EXCLUDED.kpis",
                   (user, WEEK, key, value))
@@ -94,7 +95,7 @@ def _other_writer_update(url, user, key, value, hold, done):
 
 def test_merge_waits_for_a_concurrent_writer_and_keeps_its_keys(db_url):
     """Other writer holds the row (uncommitted) while the P merge runs; both keys survive."""
-    with psycopg.connect(db_url) as c:
+    with connect(db_url) as c:
         c.execute("INSERT INTO weekly_kpi (user_id, week_start) VALUES ('u1', %s)", (WEEK,))
     hold, done = threading.Event(), threading.Event()
     t = threading.Thread(target=_other_writer_update, args=(db_url, "u1", "I_t", 7, hold, done))
@@ -103,7 +104,7 @@ def test_merge_waits_for_a_concurrent_writer_and_keeps_its_keys(db_url):
     result = {}
 
     def run_merge():
-        with psycopg.connect(db_url) as c:
+        with connect(db_url) as c:
             result["n"] = merge(c, [("u1", 0.6, 0.3), ("u3", 0.2, 0.3)])
 
     m = threading.Thread(target=run_merge)
@@ -113,7 +114,7 @@ def test_merge_waits_for_a_concurrent_writer_and_keeps_its_keys(db_url):
     hold.set()
     t.join(10), m.join(10)
     assert done.is_set() and result["n"] == 2
-    with psycopg.connect(db_url) as c:
+    with connect(db_url) as c:
         assert kpis(c, "u1") == {**kpis(c, "u1"), "I_t": 7, "P": 0.6}
 
 
@@ -121,7 +122,7 @@ def test_other_writer_waits_for_an_open_merge_and_keeps_p(db_url):
     """The P merge holds the row (uncommitted); the other writer's upsert on a row that did not
     exist yet waits, then merges into it instead of failing or replacing it."""
     hold, done = threading.Event(), threading.Event()
-    with psycopg.connect(db_url) as c:
+    with connect(db_url) as c:
         with c.transaction():
             merge(c, [("u9", 0.5, 0.1)])  # nested: a savepoint, the outer transaction stays open
             t = threading.Thread(target=_other_writer_update, args=(db_url, "u9", "A_t", 3, hold, done))

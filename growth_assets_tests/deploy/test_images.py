@@ -9,7 +9,7 @@ import re
 import shlex
 from pathlib import Path
 
-from .k8s_support import REPO, base, container, env_of, find, r_default_port
+from .k8s_support import REPO, seedtest, container, env_of, find, r_default_port
 
 DOCKER = REPO / "docker"
 
@@ -109,7 +109,7 @@ def test_user_code_image_installs_with_bootstrap_into_opt_venv_and_runs_the_grpc
     assert cmd.startswith("dagster api grpc -m growth_assets.definitions -a defs -h 0.0.0.0 -p 4000")
     assert re.search(r"PATH=/opt/venv/bin", " ".join(of(ins, "ENV")))
     for dname in ("growth-user-code", "dagster-webserver", "dagster-daemon"):
-        assert find(base(), "Deployment", dname)["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == uid
+        assert find(seedtest(), "Deployment", dname)["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == uid
 
 
 def test_r_image_installs_with_install_r_and_bakes_the_model_where_the_pod_looks():
@@ -137,7 +137,7 @@ def test_r_image_installs_with_install_r_and_bakes_the_model_where_the_pod_looks
     # serve.sh: SIGTERM becomes a graceful shutdown (R itself would die at once)
     assert json.loads(of(ins, "CMD")[-1]) == ["/opt/r_brms_plumber/serve.sh"]
     # the pod: same uid, and the init container copies exactly that baked directory
-    deploy = find(base(), "Deployment", "r-brms-plumber")
+    deploy = find(seedtest(), "Deployment", "r-brms-plumber")
     spec = deploy["spec"]["template"]["spec"]
     assert spec["securityContext"]["runAsUser"] == uid
     (init,) = spec["initContainers"]

@@ -3,7 +3,12 @@
 from pathlib import Path
 
 import dagster as dg
+import pytest
 import yaml
+
+from growth_assets.db import connect
+
+from .k8s_support import find, overlay
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -16,10 +21,18 @@ current-context: x
 """
 
 
-def test_production_instance_loads_with_the_k8s_launcher_and_postgres(db_url, tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["seedtest", "example"])
+def test_production_instance_loads_with_the_k8s_launcher_and_postgres(db_url, tmp_path, monkeypatch, name):
+    """The one dagster.yaml, in each overlay's environment: the launcher starts run Jobs in the
+    pod's namespace and mounts the overlay's database Secret into them."""
+    docs = overlay(name)
+    namespace = {d["metadata"]["namespace"] for d in docs if d["kind"] == "Deployment"}.pop()
+    secret = find(docs, "ConfigMap", "growth-assets-config")["data"]["GROWTH_DB_SECRET"]
+    monkeypatch.setenv("DAGSTER_JOB_NAMESPACE", namespace)  # the downward API's metadata.namespace
+    monkeypatch.setenv("GROWTH_DB_SECRET", secret)
     cfg = yaml.safe_load((REPO / "dagster.yaml").read_text())
     launcher = cfg["run_launcher"]["config"]
-    assert cfg["run_launcher"]["class"] == "K8sRunLauncher" and launcher["job_namespace"] == "seedtest"
+    assert cfg["run_launcher"]["class"] == "K8sRunLauncher"
     # off-cluster: the same config, but the client reads a dummy kubeconfig instead of the pod's
     (tmp_path / "kubeconfig").write_text(DUMMY_KUBECONFIG)
     launcher.update(load_incluster_config=False, kubeconfig_file=str(tmp_path / "kubeconfig"))
@@ -30,11 +43,11 @@ def test_production_instance_loads_with_the_k8s_launcher_and_postgres(db_url, tm
         from dagster_postgres import PostgresRunStorage
 
         assert isinstance(instance.run_launcher, K8sRunLauncher)
-        assert instance.run_launcher.job_namespace == "seedtest"
+        assert instance.run_launcher.job_namespace == namespace
+        assert instance.run_launcher.env_secrets == [secret]
         assert instance.run_launcher.instance_config_map == "dagster-instance"
         assert isinstance(instance.run_storage, PostgresRunStorage)
         assert instance.get_runs() == []  # storage reachable, tables created
-    import psycopg
 
-    with psycopg.connect(db_url) as c:
+    with connect(db_url) as c:
         assert c.execute("SELECT to_regclass('public.runs') IS NOT NULL").fetchone()[0]

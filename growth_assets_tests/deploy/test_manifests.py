@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from .k8s_support import (
-    K8S, NAMESPACE, REPO, base, container, container_port, dagster_yaml_env_names, env_of, find,
-    kustomization_dirs, labels_match, names, project_version, r_default_port, r_env_names, r_routes,
-    render, root_dagster_yaml, settings_env_names,
+    K8S, NAMESPACE, NAMESPACES, REPO, container, container_port, dagster_yaml_env_names, db_secret_refs, env_of,
+    find, kustomization_dirs, labels_match, names, namespace_of, overlay, project_version, r_default_port,
+    r_env_names, r_routes, render, root_dagster_yaml, seedtest, settings_env_names,
 )
 
 # The cluster versions the manifests must be valid for: an older supported one and the newest
@@ -37,10 +37,10 @@ def _validate(doc: dict) -> None:
 
 def test_every_kustomization_builds_and_base_holds_the_whole_deployment():
     dirs = kustomization_dirs()
-    assert K8S / "base" in dirs
+    assert {str(d.relative_to(K8S)) for d in dirs} == set(NAMESPACES)
     for d in dirs:
         assert render(d), f"{d}: empty build"
-    kinds = {(doc["kind"], doc["metadata"]["name"]) for doc in base()}
+    kinds = {(doc["kind"], doc["metadata"]["name"]) for doc in seedtest()}
     for want in [("Namespace", "seedtest"), ("Deployment", "dagster-webserver"),
                  ("Deployment", "dagster-daemon"), ("Deployment", "growth-user-code"),
                  ("Service", "growth-user-code"), ("ConfigMap", "dagster-instance"),
@@ -48,7 +48,8 @@ def test_every_kustomization_builds_and_base_holds_the_whole_deployment():
                  ("ServiceAccount", "dagster-run"), ("Role", "dagster-job-launcher"),
                  ("RoleBinding", "dagster-job-launcher"), ("Deployment", "r-brms-plumber"),
                  ("Service", "r-brms-plumber"), ("NetworkPolicy", "r-brms-plumber"),
-                 ("PodDisruptionBudget", "r-brms-plumber"), ("ExternalSecret", "r-brms-credentials")]:
+                 ("PodDisruptionBudget", "r-brms-plumber"), ("ExternalSecret", "r-brms-credentials"),
+                 ("Job", "growth-db-migrate")]:
         assert want in kinds, f"missing {want}"
 
 
@@ -62,10 +63,11 @@ def test_rendered_manifests_validate_against_the_kubernetes_schemas(kdir: Path):
         _validate(doc)
         checked += 1
         if doc["kind"] not in CLUSTER_SCOPED:
-            assert doc["metadata"].get("namespace") == NAMESPACE, doc["metadata"]
+            assert doc["metadata"].get("namespace") == namespace_of(kdir), doc["metadata"]
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Namespace"] == [namespace_of(kdir)]
     assert checked == len(docs) - sum(d["kind"] in CRD_KINDS for d in docs)
     assert {d["kind"] for d in docs} - CRD_KINDS - {"Namespace", "ServiceAccount", "Role", "RoleBinding",
-        "ConfigMap", "Deployment", "Service", "NetworkPolicy", "PodDisruptionBudget"} == set(), \
+        "ConfigMap", "Deployment", "Service", "NetworkPolicy", "PodDisruptionBudget", "Job"} == set(), \
         "a new kind: add it to the expectations above (and to CRD_KINDS if it has no schema)"
 
 
@@ -81,11 +83,11 @@ def test_source_files_outside_kustomizations_validate_too():
 
 def test_the_validator_rejects_what_it_should():
     """Guards the two tests above against a validator that accepts anything."""
-    deploy = copy.deepcopy(find(base(), "Deployment", "r-brms-plumber"))
+    deploy = copy.deepcopy(find(seedtest(), "Deployment", "r-brms-plumber"))
     deploy["spec"]["replicas"] = "two"
     with pytest.raises(kubernetes_validate.ValidationError):
         _validate(deploy)
-    deploy = copy.deepcopy(find(base(), "Deployment", "r-brms-plumber"))
+    deploy = copy.deepcopy(find(seedtest(), "Deployment", "r-brms-plumber"))
     container(deploy, "r-brms-plumber")["livenessProbe"]["httpGet"]["pathh"] = "/healthz"  # typo: strict
     with pytest.raises(kubernetes_validate.ValidationError):
         _validate(deploy)
@@ -93,7 +95,7 @@ def test_the_validator_rejects_what_it_should():
 
 def test_external_secret_is_structurally_valid():
     """No schema for the CRD: the fields the External Secrets Operator (v1beta1) requires."""
-    es = find(base(), "ExternalSecret", "r-brms-credentials")
+    es = find(seedtest(), "ExternalSecret", "r-brms-credentials")
     assert es["apiVersion"] == "external-secrets.io/v1beta1"
     assert es["metadata"]["namespace"] == NAMESPACE
     spec = es["spec"]
@@ -123,18 +125,18 @@ def test_the_default_kustomizations_apply_no_plain_secret_and_the_example_is_not
 def test_images_are_tagged_with_the_project_version_and_the_launcher_gets_the_same_image():
     version = project_version()
     images = []
-    for d in base():
-        if d["kind"] == "Deployment":
+    for d in seedtest():
+        if d["kind"] in ("Deployment", "Job"):
             spec = d["spec"]["template"]["spec"]
             images += [c["image"] for c in [*spec.get("initContainers", []), *spec["containers"]]]
     assert images
     for image in images:
         name, _, tag = image.rpartition(":")
         assert name and tag == version, f"{image}: tag must be the project version {version}"
-    uc = container(find(base(), "Deployment", "growth-user-code"), "user-code")
+    uc = container(find(seedtest(), "Deployment", "growth-user-code"), "user-code")
     assert env_of(uc)["DAGSTER_CURRENT_IMAGE"]["value"] == uc["image"]  # run pods use this image
     for dname, cname in (("dagster-webserver", "webserver"), ("dagster-daemon", "daemon")):
-        assert container(find(base(), "Deployment", dname), cname)["image"] == uc["image"]
+        assert container(find(seedtest(), "Deployment", dname), cname)["image"] == uc["image"]
 
 
 # --- Dagster --------------------------------------------------------------------------------------
@@ -144,33 +146,95 @@ def test_the_instance_configmap_is_the_repository_dagster_yaml_byte_for_byte():
     root = (REPO / "dagster.yaml").read_bytes()
     assert (K8S / "base" / "dagster" / "dagster.yaml").read_bytes() == root, \
         "k8s/base/dagster/dagster.yaml differs from dagster.yaml: cp dagster.yaml k8s/base/dagster/"
-    cm = find(base(), "ConfigMap", "dagster-instance")
+    cm = find(seedtest(), "ConfigMap", "dagster-instance")
     assert cm["data"] == {"dagster.yaml": root.decode()}
 
 
-def test_the_run_launcher_names_exist_among_the_manifests():
-    docs = base()
+@pytest.mark.parametrize("name", ["seedtest", "example"])
+def test_the_run_launcher_names_exist_among_the_manifests(name):
+    docs = overlay(name)
     cfg = root_dagster_yaml()["run_launcher"]["config"]
-    assert cfg["job_namespace"] == NAMESPACE
+    # the namespace and the platform's database Secret come from the environment, not the file
+    assert cfg["job_namespace"] == {"env": "DAGSTER_JOB_NAMESPACE"}
+    assert cfg["env_secrets"] == [{"env": "GROWTH_DB_SECRET"}]
     assert cfg["instance_config_map"] in names(docs, "ConfigMap")
     assert cfg["service_account_name"] in names(docs, "ServiceAccount")
     for cm in cfg["env_config_maps"]:
         assert cm in names(docs, "ConfigMap")
+    config = find(docs, "ConfigMap", "growth-assets-config")["data"]
+    # every process that loads the instance gets both variables: its own namespace, the Secret's name
+    run_env = {e["name"]: e for e in cfg["run_k8s_config"]["container_config"]["env"]}
+    namespace_ref = {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert run_env["DAGSTER_JOB_NAMESPACE"]["valueFrom"] == namespace_ref
+    assert "GROWTH_DB_SECRET" in config and "growth-assets-config" in cfg["env_config_maps"]
+    assert run_env["DAGSTER_PG_URL"]["value"] == "$(DATABASE_URL)"  # from the env_secrets Secret
+    for dname, cname in (("dagster-webserver", "webserver"), ("dagster-daemon", "daemon")):
+        env = env_of(container(find(docs, "Deployment", dname), cname))
+        assert env["DAGSTER_JOB_NAMESPACE"]["valueFrom"] == namespace_ref
+        assert env["GROWTH_DB_SECRET"]["valueFrom"]["configMapKeyRef"] == {"name": "growth-assets-config",
+                                                                           "key": "GROWTH_DB_SECRET"}
     # the secrets the run pods read: provisioned here (ExternalSecret) or the platform's, and the
     # gRPC server gets the very same mapping, so it serves the definitions the run pods rebuild
-    run_env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in cfg["run_k8s_config"]["container_config"]["env"]
-               if "valueFrom" in e}
+    run_secrets = {n: e["valueFrom"]["secretKeyRef"] for n, e in run_env.items()
+                   if "secretKeyRef" in e.get("valueFrom", {})}
     provisioned = {es["spec"]["target"]["name"] for es in docs if es["kind"] == "ExternalSecret"}
-    platform = {"seedtest-db-credentials", "growth-assets-alerts"}
-    assert {r["name"] for r in run_env.values()} <= provisioned | platform
+    assert {r["name"] for r in run_secrets.values()} <= provisioned | {"r-brms-credentials", "growth-assets-alerts"}
     uc = container(find(docs, "Deployment", "growth-user-code"), "user-code")
-    uc_env = {n: e["valueFrom"]["secretKeyRef"] for n, e in env_of(uc).items() if "valueFrom" in e}
-    assert {n: r for n, r in run_env.items() if n != "DAGSTER_PG_URL"} == uc_env
+    uc_env = {n: e["valueFrom"]["secretKeyRef"] for n, e in env_of(uc).items()
+              if "secretKeyRef" in e.get("valueFrom", {})}
+    assert uc_env == {**run_secrets, "DATABASE_URL": {"name": config["GROWTH_DB_SECRET"], "key": "DATABASE_URL"}}
+    assert env_of(uc)["DAGSTER_JOB_NAMESPACE"]["valueFrom"] == namespace_ref
     assert [f["configMapRef"]["name"] for f in uc["envFrom"]] == cfg["env_config_maps"]
 
 
+@pytest.mark.parametrize("name, secret", [("seedtest", "seedtest-db-credentials"), ("example", "analytics-postgres")])
+def test_the_database_secret_is_one_setting_of_the_overlay(name, secret):
+    """The overlay names the platform's Secret once (growth-assets-config's GROWTH_DB_SECRET); every
+    reader of DATABASE_URL — webserver, daemon, code server and its init check, the migration Job,
+    the run pods through dagster.yaml — reads that Secret."""
+    docs = overlay(name)
+    assert find(docs, "ConfigMap", "growth-assets-config")["data"]["GROWTH_DB_SECRET"] == secret
+    refs = db_secret_refs(docs)
+    assert set(refs) == {"dagster-webserver/webserver/DAGSTER_PG_URL", "dagster-daemon/daemon/DAGSTER_PG_URL",
+                         "growth-user-code/user-code/DATABASE_URL",
+                         "growth-user-code/migrations-applied/DATABASE_URL",
+                         "growth-db-migrate/migrate/DATABASE_URL"}
+    assert set(refs.values()) == {secret}, refs
+
+
+def test_the_example_overlay_names_no_seedtest_anywhere():
+    """Another namespace: no object, URL, file inside a ConfigMap or Secret name says seedtest."""
+    docs = overlay("example")
+    text = yaml.safe_dump_all(docs)
+    assert "seedtest" not in text
+    assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {"learning-analytics"}
+    assert "ExternalSecret" not in {d["kind"] for d in docs}  # applies on a cluster without the operator
+    # and the seed's overlay still has the seed's names
+    seed = yaml.safe_dump_all(seedtest())
+    for want in ("seedtest-db-credentials", "seedtest-secret-store", "seedtest/r-brms-credentials"):
+        assert want in seed
+
+
+def test_the_migration_job_runs_before_the_code_server_and_the_server_waits_for_it():
+    docs = seedtest()
+    job = find(docs, "Job", "growth-db-migrate")
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    uc_deploy = find(docs, "Deployment", "growth-user-code")
+    uc = container(uc_deploy, "user-code")
+    assert c["args"] == ["growth-assets", "db", "migrate"]  # the project's tables only: no --apply-source-changes
+    assert c["image"] == uc["image"]
+    assert [f["configMapRef"]["name"] for f in c["envFrom"]] == ["growth-assets-config"]  # same GROWTH_DB_SCHEMA
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] >= 1
+    (init,) = uc_deploy["spec"]["template"]["spec"]["initContainers"]
+    assert init["args"] == ["growth-assets", "db", "migrate", "--check"] and init["image"] == uc["image"]
+    assert uc_deploy["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0  # the old server serves meanwhile
+    for x in (c, init):
+        sc = x["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+
+
 def test_launcher_rbac_lets_webserver_daemon_and_run_pods_create_jobs_and_read_pod_logs():
-    docs = base()
+    docs = seedtest()
     role = find(docs, "Role", "dagster-job-launcher")
 
     def allowed(group: str, resource: str, verb: str) -> bool:
@@ -195,7 +259,7 @@ def test_launcher_rbac_lets_webserver_daemon_and_run_pods_create_jobs_and_read_p
 
 
 def test_workspace_points_at_the_grpc_server_of_the_growth_location():
-    docs = base()
+    docs = seedtest()
     uc_deploy = find(docs, "Deployment", "growth-user-code")
     uc = container(uc_deploy, "user-code")
     assert " ".join(uc["args"]).startswith("dagster api grpc -m growth_assets.definitions -a defs -h 0.0.0.0 -p 4000")
@@ -232,6 +296,7 @@ def test_workspace_points_at_the_grpc_server_of_the_growth_location():
         # dagster.yaml's storage reads DAGSTER_PG_URL: the same secret as the app's DATABASE_URL
         assert env_of(c)["DAGSTER_PG_URL"]["valueFrom"]["secretKeyRef"] == \
             {"name": "seedtest-db-credentials", "key": "DATABASE_URL"}
+    assert grpc["host"] == "growth-user-code"  # by name in its own namespace: no namespace in the file
 
 
 # --- environment variables ------------------------------------------------------------------------
@@ -240,7 +305,7 @@ def test_workspace_points_at_the_grpc_server_of_the_growth_location():
 def test_every_python_env_var_the_manifests_set_is_one_the_code_reads():
     read = settings_env_names() | dagster_yaml_env_names(root_dagster_yaml())
     dagster_own = {"DAGSTER_HOME", "DAGSTER_CURRENT_IMAGE"}
-    docs = base()
+    docs = seedtest()
     cm = find(docs, "ConfigMap", "growth-assets-config")["data"]
     assert set(cm) <= read, f"not read by settings.py: {set(cm) - read}"
     for dname, cname in (("growth-user-code", "user-code"), ("dagster-webserver", "webserver"),
@@ -255,13 +320,13 @@ def test_every_python_env_var_the_manifests_set_is_one_the_code_reads():
 def test_the_config_map_parses_with_the_settings_the_run_pods_use():
     from growth_assets.settings import Settings
 
-    cm = find(base(), "ConfigMap", "growth-assets-config")["data"]
+    cm = find(seedtest(), "ConfigMap", "growth-assets-config")["data"]
     assert set(cm) >= {"R_BRMS_BASE_URL", "R_BRMS_TIMEOUT_SECS", "GROWTH_ENGINE", "BRMS_LOOKBACK_WEEKS",
                        "BRMS_N_SAMPLES", "BRMS_N_CHAINS", "BRMS_UPDATE_KPI", "BRMS_SCORE_SOURCE",
                        "BRMS_FAMILY", "METRICS_USE_BAYESIAN", "METRICS_DEFAULT_TARGET"}
     s = Settings.from_env(cm)  # raises SettingsError on a value the code cannot use
     assert s.chosen_engine == "native"  # brms covers hundreds of students within its timeout
-    assert s.r_brms_base_url == "http://r-brms-plumber.seedtest.svc.cluster.local:80"  # the seed system's
+    assert s.r_brms_base_url == "http://r-brms-plumber:80"  # the seed's Service, by name in its namespace
     assert (s.lookback_weeks, s.n_samples, s.n_chains, s.family) == (12, 2000, 4, "gaussian")
 
 
@@ -269,16 +334,16 @@ def test_the_config_map_parses_with_the_settings_the_run_pods_use():
 
 
 def _r_deploy():
-    return find(base(), "Deployment", "r-brms-plumber")
+    return find(seedtest(), "Deployment", "r-brms-plumber")
 
 
 def test_base_url_service_and_container_port_agree_with_the_r_service():
-    docs = base()
+    docs = seedtest()
     url = urlsplit(find(docs, "ConfigMap", "growth-assets-config")["data"]["R_BRMS_BASE_URL"])
     host = url.hostname.split(".")
-    assert url.scheme == "http" and host[2:] == ["svc", "cluster", "local"]
+    assert url.scheme == "http" and host == ["r-brms-plumber"]  # resolved in the caller's namespace
     svc = find(docs, "Service", host[0])
-    assert svc["metadata"]["name"] == "r-brms-plumber" and svc["metadata"]["namespace"] == host[1] == NAMESPACE
+    assert svc["metadata"]["name"] == "r-brms-plumber" and svc["metadata"]["namespace"] == NAMESPACE
     (port,) = [p for p in svc["spec"]["ports"] if p["port"] == (url.port or 80)]
     assert port["port"] == 80 and port.get("name") and port.get("protocol", "TCP") == "TCP"
     deploy = _r_deploy()
@@ -351,7 +416,7 @@ def test_r_service_pod_is_hardened_and_sized():
     assert any(t["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
                and labels_match(t["podAffinityTerm"]["labelSelector"], deploy["spec"]["template"]["metadata"]["labels"])
                for t in terms)
-    pdb = find(base(), "PodDisruptionBudget", "r-brms-plumber")
+    pdb = find(seedtest(), "PodDisruptionBudget", "r-brms-plumber")
     assert pdb["spec"]["minAvailable"] == 1
     assert labels_match(pdb["spec"]["selector"], deploy["spec"]["template"]["metadata"]["labels"])
 
@@ -368,7 +433,7 @@ def _dagster_k8s_pod_labels(component: str) -> dict[str, str]:
 
 
 def test_network_policy_admits_only_dagster_run_and_step_pods():
-    docs = base()
+    docs = seedtest()
     np_ = find(docs, "NetworkPolicy", "r-brms-plumber")
     deploy = _r_deploy()
     assert labels_match(np_["spec"]["podSelector"], deploy["spec"]["template"]["metadata"]["labels"])

@@ -10,6 +10,7 @@ from datetime import date, datetime, timedelta, timezone
 import psycopg
 import pytest
 
+from growth_assets.db import connect
 from growth_assets.db.writers import merge_weekly_kpi
 from growth_assets.metrics import explain_goal_attainment_probability as explain
 from growth_assets.metrics import refresh_active_users
@@ -82,7 +83,7 @@ def test_writers_lock_rows_in_one_order_so_two_merges_do_not_deadlock(db_url):
     order its rows came in) deadlocked with A; sorted, B waits for u1 and both commit."""
     week = NEW_WEEK
     errors: list[BaseException] = []
-    with psycopg.connect(db_url) as setup:
+    with connect(db_url) as setup:
         for u in ("u1", "u2"):
             setup.execute("INSERT INTO weekly_kpi (user_id, week_start) VALUES (%s, %s)", (u, week))
     # autocommit: each `transaction()` block below is a real transaction, committed at its end
@@ -112,5 +113,5 @@ def test_writers_lock_rows_in_one_order_so_two_merges_do_not_deadlock(db_url):
         a.close()
         b.close()
     assert not errors, errors
-    with psycopg.connect(db_url) as c:
+    with connect(db_url) as c:
         assert {r[0] for r in c.execute("SELECT kpis->>'P_run_id' FROM weekly_kpi").fetchall()} == {"r-b"}

@@ -5,9 +5,9 @@ silently wrong, item 11). The engine is scripted (fault injection) to fall short
 from __future__ import annotations
 
 import dagster as dg
-import psycopg
 import pytest
 
+from growth_assets.db import connect
 from growth_assets.defs.growth import weekly_assets
 from growth_assets.defs.growth.diagnostics import ESS_CHECK
 from growth_assets_tests.support.graph import PARTITION, ReplayEngine, resources, seed_db
@@ -19,7 +19,7 @@ def seeded(db_url):
 
 
 def attempts_of(url):
-    with psycopg.connect(url) as c:
+    with connect(url) as c:
         return c.execute("SELECT diagnostics->'attempts', status FROM growth_brms_meta").fetchone()
 
 

@@ -10,19 +10,20 @@ import sys
 import time
 from pathlib import Path
 
-import psycopg
 import pytest
+
+from growth_assets.db import connect
 
 REPO = Path(__file__).resolve().parents[2]
 
 _WRITER = """
 import sys
 sys.path.insert(0, {repo!r})
-import psycopg
+from growth_assets.db import connect
 from growth_assets.db.writers import write_fit, merge_weekly_kpi
 from growth_assets_tests.support.results import make_result
 from datetime import date
-with psycopg.connect({url!r}) as conn:
+with connect({url!r}) as conn:
     if {what!r} == "fit":
         write_fit(conn, make_result(300_000))
     else:
@@ -33,7 +34,7 @@ with psycopg.connect({url!r}) as conn:
 
 
 def _copy_running(url: str, table: str) -> bool:
-    with psycopg.connect(url, autocommit=True) as c:
+    with connect(url, autocommit=True) as c:
         return c.execute("SELECT count(*) FROM pg_stat_activity WHERE query ILIKE %s AND state = 'active'",
                          (f"COPY {table}%",)).fetchone()[0] > 0
 
@@ -54,7 +55,7 @@ def test_kill_9_mid_copy_leaves_nothing(db_url, what, table):
         if proc.poll() is None:
             proc.kill()
     time.sleep(0.5)  # the server notices the dropped connection and rolls back
-    with psycopg.connect(db_url) as c:
+    with connect(db_url) as c:
         assert c.execute("SELECT count(*) FROM growth_fit").fetchone()[0] == 0
         assert c.execute("SELECT count(*) FROM growth_student_posterior").fetchone()[0] == 0
         assert c.execute("SELECT count(*) FROM weekly_kpi").fetchone()[0] == 0
@@ -78,7 +79,7 @@ def _kill_when(db_url: str, code: str, started, what: str) -> None:
 
 
 def _active(db_url: str, prefix: str) -> bool:
-    with psycopg.connect(db_url, autocommit=True) as c:
+    with connect(db_url, autocommit=True) as c:
         return c.execute("SELECT count(*) FROM pg_stat_activity WHERE query ILIKE %s AND state = 'active'"
                          " AND pid <> pg_backend_pid()", (prefix + "%",)).fetchone()[0] > 0
 
@@ -86,11 +87,11 @@ def _active(db_url: str, prefix: str) -> bool:
 _PANEL = """
 import sys
 sys.path.insert(0, {repo!r})
-import psycopg
+from growth_assets.db import connect
 from datetime import date, datetime, timezone
 from growth_assets.defs.growth.panel import build_panel
 from growth_assets.model.window import Window
-with psycopg.connect({url!r}) as conn:
+with connect({url!r}) as conn:
     build_panel(conn, Window(date(2026, 11, 23), 12), "theta", now=datetime(2026, 11, 23, 4, 30, tzinfo=timezone.utc))
 """
 
@@ -104,7 +105,7 @@ def test_kill_9_mid_panel_rebuild_keeps_the_previous_panel(db_url):
     from growth_assets.defs.growth.panel import build_panel
     from growth_assets.model.window import Window
 
-    with psycopg.connect(db_url) as c:
+    with connect(db_url) as c:
         c.execute("""INSERT INTO mirt_ability (user_id, theta, se, model, version, fitted_at)
                      SELECT 'u' || lpad(i::text, 7, '0'), (i % 97) / 100.0, 0.2, 'mirt', 'v1',
                             timestamptz '2026-09-01 10:00+00' + (w * 7 || ' days')::interval
@@ -119,7 +120,7 @@ def test_kill_9_mid_panel_rebuild_keeps_the_previous_panel(db_url):
     assert before.n_rows == 60000 * 12
     _kill_when(db_url, _PANEL.format(repo=str(REPO), url=db_url),
                lambda: _active(db_url, "INSERT INTO growth_panel "), "panel build")
-    with psycopg.connect(db_url) as c:
+    with connect(db_url) as c:
         assert c.execute("SELECT count(*), sum(score::numeric) FROM growth_panel").fetchone() == rows_before
         assert c.execute("SELECT stats, created_at FROM growth_panel_meta").fetchall() == meta_before
 
@@ -127,10 +128,10 @@ def test_kill_9_mid_panel_rebuild_keeps_the_previous_panel(db_url):
 _RECORD = """
 import sys
 sys.path.insert(0, {repo!r})
-import psycopg
+from growth_assets.db import connect
 from growth_assets.db.writers import jsonable, write_run_record
 from growth_assets_tests.support.results import make_result
-with psycopg.connect({url!r}) as conn:
+with connect({url!r}) as conn:
     write_run_record(conn, jsonable(make_result(3).header_json()), status="failed_checks",
                      status_reasons=["a newer verdict that must not half-land"])
 """
@@ -143,21 +144,21 @@ def test_kill_9_mid_run_record_keeps_the_previous_record(db_url):
     from growth_assets_tests.support.results import make_result
 
     res = make_result(3)
-    with psycopg.connect(db_url) as c:
+    with connect(db_url) as c:
         write_fit(c, res)
         write_run_record(c, jsonable(res.header_json()), status="passed")
         before = c.execute("SELECT status, status_reasons, posterior_summary FROM growth_brms_meta").fetchall()
-    with psycopg.connect(db_url) as holder:
+    with connect(db_url) as holder:
         holder.execute("SELECT 1 FROM growth_brms_meta FOR UPDATE")  # held until the kill
 
         def waiting() -> bool:
-            with psycopg.connect(db_url, autocommit=True) as c:
+            with connect(db_url, autocommit=True) as c:
                 return c.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                                  "AND query ILIKE 'INSERT INTO growth_brms_meta%'").fetchone()[0] > 0
 
         _kill_when(db_url, _RECORD.format(repo=str(REPO), url=db_url), waiting, "run record")
         holder.rollback()
     time.sleep(0.5)
-    with psycopg.connect(db_url) as c:
+    with connect(db_url) as c:
         assert c.execute("SELECT status, status_reasons, posterior_summary FROM growth_brms_meta").fetchall() == before
         assert c.execute("SELECT count(*) FROM growth_brms_meta").fetchone()[0] == 1

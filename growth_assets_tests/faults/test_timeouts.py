@@ -10,6 +10,7 @@ import time
 import psycopg
 import pytest
 
+from growth_assets.db import connect
 from growth_assets.db import get_session
 from growth_assets.metrics import compute_goal_attainment_probability as compute
 
@@ -36,7 +37,7 @@ def test_a_locked_table_is_an_error_within_the_lock_timeout(db_url, monkeypatch)
     locker = psycopg.connect(db_url)
     locker.execute("LOCK TABLE weekly_kpi IN ACCESS EXCLUSIVE MODE")  # a migration, say
     try:
-        with psycopg.connect(db_url) as session:  # any session: the timeouts are the call's own
+        with connect(db_url) as session:  # any session: the timeouts are the call's own
             t0 = time.monotonic()
             with pytest.raises(psycopg.errors.LockNotAvailable, match="lock timeout"):
                 compute(session, "u1", target=0.0)
@@ -54,7 +55,7 @@ def test_a_stuck_statement_is_an_error_within_the_statement_timeout(db_url, monk
 
 
 def test_a_read_leaves_the_session_idle_not_in_a_transaction(db_url):
-    with psycopg.connect(db_url) as session:
+    with connect(db_url) as session:
         compute(session, "nobody", target=0.0)
         assert session.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         # a caller's own open transaction is kept (the call ran in a savepoint)

@@ -7,10 +7,10 @@ import re
 from datetime import date
 
 import dagster as dg
-import psycopg
 import pytest
 from PIL import Image
 
+from growth_assets.db import connect
 from growth_assets.defs import build_definitions
 from growth_assets.defs.growth import BacktestThresholds, goal_forecast_backtest, weekly_assets
 from growth_assets.defs.growth.backtest import COVERAGE_CHECK, SKILL_CHECK
@@ -31,7 +31,7 @@ MODEL_TRUE = CohortParams(share_topic_only=0.0, share_daily_only=0.0, slope_mean
 
 
 def _run(url, students, seed, params=MODEL_TRUE, shift=0.0, instance=None, **growth):
-    with psycopg.connect(url) as conn:
+    with connect(url) as conn:
         seed_cohort(conn, students, 16, seed=seed, as_of=AS_OF, params=params)
         if shift:  # the model breaks: every score of the horizon week jumps
             conn.execute("UPDATE mirt_ability SET theta = theta + %s WHERE fitted_at >= %s", (shift, P_WEEK))
@@ -70,7 +70,7 @@ def test_on_data_from_the_model_the_forecast_is_calibrated_and_beats_the_normal_
     assert checks[COVERAGE_CHECK].passed and checks[SKILL_CHECK].passed
     for key in ("reliability", "pit_histogram"):
         assert _png(md[key].value).size[0] > 200
-    with psycopg.connect(db_url) as c:
+    with connect(db_url) as c:
         rows = dict(c.execute("SELECT measure, model FROM growth_forecast_backtest WHERE run_id = %s",
                               (run_id,)).fetchall())
         n, week, target = c.execute("SELECT min(n_students), min(horizon_week), min(target)"
@@ -108,7 +108,7 @@ def test_a_jump_of_two_sds_in_the_horizon_week_fires_the_coverage_warning_and_an
 
 
 def test_scoring_again_replaces_the_rows_and_an_open_horizon_is_refused(db_url):
-    with psycopg.connect(db_url) as conn:
+    with connect(db_url) as conn:
         seed_cohort(conn, 60, 16, seed=5, as_of=AS_OF, params=MODEL_TRUE)
     res = resources(db_url, engine=ReplayEngine())
     res["backtest_thresholds"] = BacktestThresholds()
@@ -116,7 +116,7 @@ def test_scoring_again_replaces_the_rows_and_an_open_horizon_is_refused(db_url):
     for _ in range(2):
         bt = dg.materialize([goal_forecast_backtest], partition_key=PAST, resources=res)
         assert bt.success, failure_text(bt)
-    with psycopg.connect(db_url) as c:
+    with connect(db_url) as c:
         per_measure = c.execute("SELECT measure, count(*) FROM growth_forecast_backtest GROUP BY measure").fetchall()
     assert per_measure and all(n == 1 for _, n in per_measure)
     # the run of the latest partition forecasts a week that has not happened yet

@@ -3,9 +3,9 @@
 from datetime import date
 
 import dagster as dg
-import psycopg
 import pytest
 
+from growth_assets.db import connect
 from growth_assets.defs.growth import weekly_assets
 from growth_assets.defs.growth.diagnostics import (
     DIVERGENCE_CHECK, ESS_CHECK, RHAT_CHECK, DiagnosticThresholds, evaluate, run_status)
@@ -15,13 +15,13 @@ from growth_assets_tests.support.results import make_result
 
 @pytest.fixture
 def seeded(db_url):
-    with psycopg.connect(db_url) as conn:
+    with connect(db_url) as conn:
         seed_cohort(conn, 60, 12, seed=3, as_of=AS_OF)
     return db_url
 
 
 def count(url, sql, *args):
-    with psycopg.connect(url) as c:
+    with connect(url) as c:
         return c.execute(sql, args).fetchone()[0]
 
 
@@ -46,7 +46,7 @@ def test_whole_graph_on_the_native_engine_writes_meta_students_and_p(seeded):
     # 4 x 500 kept draws, 1000 of them kept for the real-time path, in their own table
     assert post_md["population_draws"].value == 1000
     run_id = res.asset_materializations_for_node("growth_brms_meta")[0].metadata["run_id"].value
-    with psycopg.connect(seeded) as c:
+    with connect(seeded) as c:
         meta = c.execute("SELECT status, engine, n_students, window_start, week_start, horizon_week, target,"
                          " source_counts FROM growth_brms_meta WHERE run_id = %s", (run_id,)).fetchone()
         assert meta[:7] == ("passed", "native", n_students,
@@ -128,7 +128,7 @@ def test_an_empty_window_is_stopped_by_the_blocking_data_checks(db_url):
 
 
 def test_a_panel_too_small_to_fit_stops_with_an_error_naming_the_field(db_url):
-    with psycopg.connect(db_url) as c:  # 2 students, 2 rows: past the data checks, not the contract
+    with connect(db_url) as c:  # 2 students, 2 rows: past the data checks, not the contract
         c.execute("INSERT INTO mirt_ability (user_id, theta, se, model, version, fitted_at) VALUES"
                   " ('a', 0.1, 0.2, 'm', 'v', '2026-11-17T10:00Z'), ('b', 0.3, 0.2, 'm', 'v', '2026-11-17T10:00Z')")
     res = dg.materialize(weekly_assets, partition_key=PARTITION, resources=resources(db_url, ReplayEngine()),
@@ -170,7 +170,7 @@ def test_each_threshold_grades_as_specified(diag, expect):
 
 
 def test_the_share_of_students_with_3_weeks_warns(db_url):
-    with psycopg.connect(db_url) as c:  # 3 students with one week each
+    with connect(db_url) as c:  # 3 students with one week each
         c.execute("INSERT INTO mirt_ability (user_id, theta, se, model, version, fitted_at) VALUES"
                   " ('a', 0.1, 0.2, 'm', 'v', '2026-11-17T10:00Z'), ('b', 0.3, 0.2, 'm', 'v', '2026-11-17T10:00Z'),"
                   " ('c', 0.2, 0.2, 'm', 'v', '2026-11-10T10:00Z')")
@@ -203,7 +203,7 @@ def test_steps_in_separate_processes_hand_each_other_nothing_but_tables(seeded, 
                 if e.dagster_event and e.dagster_event.event_type_value == "STEP_START"}
     assert len(pids) == 4  # one process per step
     run_id = res.asset_materializations_for_node("growth_brms_meta")[0].metadata["run_id"].value
-    with psycopg.connect(seeded) as c:
+    with connect(seeded) as c:
         assert c.execute("SELECT partition_key, dagster_run_id FROM growth_fit WHERE run_id = %s",
                          (run_id,)).fetchone() == (PARTITION, res.run_id)
         assert c.execute("SELECT count(*) FROM weekly_kpi WHERE kpis->>'P_run_id' = %s", (run_id,)).fetchone()[0] \

@@ -1,10 +1,10 @@
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
-import psycopg
 
 from dagster._utils.schedules import cron_string_iterator
 
+from growth_assets.db import connect
 from growth_assets.defs import build_definitions
 from growth_assets.defs.growth import weekly_assets
 from growth_assets.defs.kpi import daily_kpi_P
@@ -31,7 +31,7 @@ def test_the_daily_refresh_ticks_at_0210_utc_monday_to_friday_only():
 
 def test_daily_refresh_after_a_weekly_run_reuses_stored_p_and_keeps_other_keys(db_url, monkeypatch):
     monkeypatch.setenv("METRICS_USE_BAYESIAN", "true")
-    with psycopg.connect(db_url) as conn:
+    with connect(db_url) as conn:
         seed_cohort(conn, 30, 13, seed=4, as_of=AS_OF + timedelta(days=7))  # data into the run's week too
         conn.execute("INSERT INTO weekly_kpi (user_id, week_start, kpis) VALUES ('s0000001', %s, '{\"I_t\": 5}')"
                      " ON CONFLICT (user_id, week_start) DO UPDATE SET kpis = weekly_kpi.kpis || EXCLUDED.kpis",
@@ -46,21 +46,21 @@ def test_daily_refresh_after_a_weekly_run_reuses_stored_p_and_keeps_other_keys(d
     users = md["users"].value
     assert users > 0 and md["path_stored"].value == users  # every active user has this run's P
     assert md["written"].value == 0  # reused, not rewritten
-    with psycopg.connect(db_url) as c:
+    with connect(db_url) as c:
         k = c.execute("SELECT kpis FROM weekly_kpi WHERE user_id = 's0000001' AND week_start = %s", (AS_OF,)).fetchone()[0]
     assert k["I_t"] == 5 and "P" in k
 
 
 def test_daily_refresh_with_no_run_uses_the_normal_approximation(db_url, monkeypatch):
     monkeypatch.setenv("METRICS_USE_BAYESIAN", "true")
-    with psycopg.connect(db_url) as conn:
+    with connect(db_url) as conn:
         seed_cohort(conn, 20, 13, seed=4, as_of=AS_OF + timedelta(days=7))
     out = dg.materialize([daily_kpi_P], resources=resources(db_url, ReplayEngine()),
                          run_config={"ops": {"daily_kpi_P": {"config": {"as_of": "2026-11-24"}}}})
     md = out.asset_materializations_for_node("daily_kpi_P")[0].metadata
     assert md["path_stored"].value == 0 and md["path_run"].value == 0
     assert md["path_normal"].value > 0 and md["written"].value == md["path_normal"].value
-    with psycopg.connect(db_url) as c:
+    with connect(db_url) as c:
         src = {r[0] for r in c.execute("SELECT kpis->>'P_source' FROM weekly_kpi WHERE week_start = %s AND kpis ? 'P'",
                                        (AS_OF,))}
     assert src == {"normal"}

@@ -8,8 +8,8 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 
-import psycopg
 
+from growth_assets.db import connect
 from growth_assets import metrics
 from growth_assets.demo.cohort import seed_cohort
 
@@ -23,7 +23,7 @@ def snippet() -> str:
 
 
 def test_the_readme_snippet_answers_for_the_demo(db_url, monkeypatch):
-    with psycopg.connect(db_url) as c:
+    with connect(db_url) as c:
         seed_cohort(c, n_students=20, n_weeks=12, seed=1, as_of=datetime.now(timezone.utc).date())
     monkeypatch.setenv("DATABASE_URL", db_url)
     answers = []

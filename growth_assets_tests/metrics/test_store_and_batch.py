@@ -6,10 +6,10 @@ import logging
 import math
 from datetime import date, datetime, timedelta, timezone
 
-import psycopg
 import pytest
 from scipy.stats import norm
 
+from growth_assets.db import connect
 from growth_assets.db.writers import merge_weekly_kpi
 from growth_assets.metrics import (
     calculate_and_store_weekly_kpi as store,
@@ -110,7 +110,7 @@ def test_two_writers_on_the_same_row_keep_each_others_keys(conn, db_url):
                      run_id=RUN, source="native", window_end=WEEK)
     conn.commit()
     # a daily writer adds a key
-    with psycopg.connect(db_url) as other:
+    with connect(db_url) as other:
         other.execute("UPDATE weekly_kpi SET kpis = kpis || '{\"A_t\": 9}' WHERE user_id = 's00000'")
     # calculate_and_store for another target merges; the graph's writer then merges again
     a = store(conn, "s00000", WEEK, target=0.25)
@@ -118,7 +118,7 @@ def test_two_writers_on_the_same_row_keep_each_others_keys(conn, db_url):
     k = kpis(conn, "s00000")
     assert (k["I_t"], k["R_t"], k["A_t"], k["P"], k["P_target"], k["P_source"]) == (
         0.5, 2, 9, a.P, 0.25, "posterior")
-    with psycopg.connect(db_url) as other:
+    with connect(db_url) as other:
         merge_weekly_kpi(other, [("s00000", 0.66, 0.1)], week_start=WEEK, target=0.0,
                          p_week=P_WEEK, run_id=RUN, source="native", window_end=WEEK)
         other.execute("UPDATE weekly_kpi SET kpis = kpis || '{\"S\": 1}' WHERE user_id = 's00000'")

@@ -11,9 +11,9 @@ import math
 from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
-import psycopg
 import pytest
 
+from growth_assets.db import connect
 from growth_assets.db.writers import merge_weekly_kpi
 from growth_assets.defs.growth.panel import Window, build_panel, load_panel
 from growth_assets.demo.cohort import seed_cohort
@@ -44,7 +44,7 @@ def bayesian(monkeypatch):
 def fitted(db_url_module):
     """The cohort, its panel and fit, stored with its weekly_kpi P as the graph writes it."""
     window = Window(as_of=AS_OF, lookback_weeks=12)
-    with psycopg.connect(db_url_module) as conn:
+    with connect(db_url_module) as conn:
         seed_cohort(conn, n_students=1000, n_weeks=12, seed=5, as_of=AS_OF)
         info = build_panel(conn, window, "theta", now=datetime(2026, 11, 9, 4, 30, tzinfo=timezone.utc))
         panel = load_panel(conn, info.panel_id)
@@ -60,7 +60,7 @@ def fitted(db_url_module):
 
 @pytest.fixture
 def conn(fitted):
-    with psycopg.connect(fitted["url"]) as c:
+    with connect(fitted["url"]) as c:
         yield c
         c.rollback()
 
@@ -129,7 +129,7 @@ def test_fifty_students_with_new_weeks_agree_with_a_refit(fitted):
     rng = np.random.default_rng(3)
     chosen = sorted(rng.choice(st.student_id.astype(str), 50, replace=False).tolist())
     mid = next(u for u in chosen if 0.2 < st.P[np.flatnonzero(st.student_id == u)[0]] < 0.8)
-    with psycopg.connect(fitted["url"]) as conn:
+    with connect(fitted["url"]) as conn:
         for u in chosen:
             i = int(np.flatnonzero(st.student_id == u)[0])
             for k, week in enumerate((12, 13)):
@@ -196,7 +196,7 @@ def test_rewritten_draws_of_the_same_run_are_read_again(db_url, monkeypatch):
 
     monkeypatch.setenv("METRICS_USE_BAYESIAN", "true")
     res = make_result(3)
-    with psycopg.connect(db_url) as c:
+    with connect(db_url) as c:
         store_fit(c, replace(res, population_draws=_draws(-1.0)))
         add_theta(c, "s00000", 0.0, 0.2, datetime(2026, 11, 25, 9, tzinfo=timezone.utc))  # after the window
         low = explain(c, "s00000", target=0.0)
@@ -205,3 +205,25 @@ def test_rewritten_draws_of_the_same_run_are_read_again(db_url, monkeypatch):
         c.commit()
     assert low.path == high.path == "update" and low.n_new == high.n_new == 1
     assert high.P > low.P + 0.05, (low.P, high.P)
+
+
+@pytest.mark.parametrize("autocommit", [False, True])
+def test_a_session_of_another_service_on_public_gets_the_same_answers(fitted, autocommit):
+    """Other services call with their own session, whose search_path is public: the project's
+    tables (in schema growth) are found all the same, every path answers as on the project's
+    own session, and the caller's search_path is its own again after the call."""
+    import psycopg
+
+    users = fitted["res"].students.student_id[:40].tolist() + ["no-such-student"]
+    with connect(fitted["url"]) as own:
+        want = {u: (a.path, a.P) for u, a in batch(own, users, TARGET).items()}
+    with psycopg.connect(fitted["url"], autocommit=autocommit) as theirs:
+        before = theirs.execute("SHOW search_path").fetchone()[0]
+        assert "growth" not in before
+        got = {u: (a.path, a.P) for u, a in batch(theirs, users, TARGET).items()}
+        one = explain(theirs, users[0], TARGET)
+        if not autocommit:
+            theirs.commit()  # the caller's transaction ends: its own settings again
+        assert theirs.execute("SHOW search_path").fetchone()[0] == before
+    assert got == want and (one.path, one.P) == want[users[0]]
+    assert {p for p, _ in want.values()} >= {"stored", "none"}

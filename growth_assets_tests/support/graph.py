@@ -4,6 +4,7 @@ from datetime import date
 
 import dagster as dg
 
+from growth_assets.db import connect
 from growth_assets.defs.alerts import AlertWebhook
 from growth_assets.defs.growth.diagnostics import DiagnosticThresholds
 from growth_assets.defs.resources import GrowthEngineResource, GrowthSettings, PostgresResource
@@ -78,10 +79,9 @@ def failure_text(res) -> str:
 
 def seed_db(db_url: str, students: int, seed: int) -> str:
     """A synthetic cohort of the window that ends with PARTITION, in the test's database."""
-    import psycopg
 
     from growth_assets.demo.cohort import seed_cohort
 
-    with psycopg.connect(db_url) as conn:
+    with connect(db_url) as conn:
         seed_cohort(conn, students, 12, seed=seed, as_of=AS_OF)
     return db_url
