@@ -31,8 +31,6 @@ import time
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
-from growth_assets.db import connect
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -162,6 +160,7 @@ def main() -> None:
 
     from growth_assets.db import localpg
     from growth_assets.db.migrate import migrate
+    from growth_assets.db import connect
     from growth_assets.metrics import (
         compute_goal_attainment_probabilities,
         explain_goal_attainment_probability,

@@ -8,10 +8,11 @@ A throwaway cluster holds N users, a quarter of each kind:
 - ``new``: not in the run, three scores, the last two after the window;
 - ``normal``: not in the run, two thetas from before the window.
 
-Measured with this checkout: p50 / p99 of one ``compute_goal_attainment_probability`` call
-per kind (an open connection, each call a fresh chain), and the batch form for all N users.
-``--baseline SRC`` also runs the batch with another checkout (today's main: no draws, so
-stored / run / population / normal) on the same database, in a fresh process, side by side.
+Measured per checkout, each in a fresh process on the same database: p50 / p99 of one
+``compute_goal_attainment_probability`` call per kind (an open connection, each call a fresh
+chain), and the batch form for all N users. ``--baseline SRC`` runs the same with another
+checkout, side by side (a checkout from before the schema setting reads the same tables
+through the search_path).
 
     python benchmarks/bench_update.py --users 100000 --baseline ../main-before --out DIR
 """
@@ -31,8 +32,6 @@ import tempfile
 import time
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-
-from growth_assets.db import connect
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -96,18 +95,35 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, max(0, int(round(q / 100 * (len(xs) - 1)))))]
 
 
-def batch_worker(src: str, url: str, n: int, reps: int) -> dict:
-    """In a fresh process with checkout ``src``: the batch form for every user."""
+def worker(src: str, url: str, n: int, calls: int, reps: int) -> dict:
+    """In a fresh process with checkout ``src``: p50/p99 of one call per kind (a random
+    sample, after 20 warm-up calls, on one open connection) and the batch form for every
+    user. ``url``: a connection string with the project's schema on its search_path (a
+    checkout from before the schema setting finds its tables there too)."""
     sys.path.insert(0, src)
     os.environ["METRICS_USE_BAYESIAN"] = "true"
     from collections import Counter
 
+    import psycopg
 
-    from growth_assets.metrics import compute_goal_attainment_probabilities
+    from growth_assets.metrics import compute_goal_attainment_probabilities, compute_goal_attainment_probability
 
     users = [uid(i) for i in range(n)]
-    with connect(url) as conn:
-        compute_goal_attainment_probabilities(conn, users[:1000], target=0.0)  # imports, warm-up
+    out: dict = {"single": {}}
+    with psycopg.connect(url) as conn:
+        for kind in KINDS:
+            ids = random.Random(7).sample([u for i, u in enumerate(users) if kind_of(i) == kind],
+                                          min(calls, n // 4))
+            for u in ids[:20]:
+                compute_goal_attainment_probability(conn, u, target=0.0)
+            times = []
+            for u in ids:
+                t = time.perf_counter()
+                compute_goal_attainment_probability(conn, u, target=0.0)
+                times.append((time.perf_counter() - t) * 1000)
+            conn.rollback()
+            out["single"][kind] = {"p50_ms": pct(times, 50), "p99_ms": pct(times, 99), "n": len(times)}
+        compute_goal_attainment_probabilities(conn, users[:1000], target=0.0)  # warm-up
         conn.rollback()
         times = []
         for _ in range(reps):
@@ -115,17 +131,18 @@ def batch_worker(src: str, url: str, n: int, reps: int) -> dict:
             ans = compute_goal_attainment_probabilities(conn, users, target=0.0)
             times.append(time.perf_counter() - t)
             conn.rollback()
-    return {"seconds": times, "median_s": statistics.median(times),
-            "paths": dict(Counter(a.path for a in ans.values()))}
+    out["batch"] = {"seconds": times, "median_s": statistics.median(times),
+                    "paths": dict(Counter(a.path for a in ans.values()))}
+    return out
 
 
-def run_batch(src: Path, url: str, n: int, reps: int) -> dict:
+def run_worker(src: Path, url: str, n: int, calls: int, reps: int) -> dict:
     code = (f"import json, sys; sys.path.insert(0, {str(REPO / 'benchmarks')!r}); import bench_update as b; "
-            f"print(json.dumps(b.batch_worker({str(src)!r}, {url!r}, {n}, {reps})))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+            f"print(json.dumps(b.worker({str(src)!r}, {url!r}, {n}, {calls}, {reps})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(src),
                          env={**os.environ, "PYTHONPATH": ""})
     if out.returncode != 0:
-        raise RuntimeError(f"the batch with {src} failed:\n{out.stderr[-3000:]}")
+        raise RuntimeError(f"the worker with {src} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -134,17 +151,16 @@ def main() -> int:
     ap.add_argument("--users", type=int, default=10_000, help="users in the store (the issue's measure: 100000)")
     ap.add_argument("--calls", type=int, default=300, help="single calls per kind")
     ap.add_argument("--batch-reps", type=int, default=3)
-    ap.add_argument("--baseline", type=Path, help="another checkout to run the batch with")
+    ap.add_argument("--baseline", type=Path, help="another checkout to measure side by side")
     ap.add_argument("--out", type=Path, help="folder for update.json / update.md")
     args = ap.parse_args()
     os.environ["METRICS_USE_BAYESIAN"] = "true"
     os.environ.pop("METRICS_DEFAULT_TARGET", None)
     sys.path.insert(0, str(REPO))
 
-
-    from growth_assets.db import localpg
+    from growth_assets.db import connect, localpg
+    from growth_assets.db.connection import project_conninfo
     from growth_assets.db.migrate import migrate
-    from bench_metrics import time_single_calls
     from growth_assets.metrics import explain_goal_attainment_probability
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-update-"))
@@ -163,19 +179,13 @@ def main() -> int:
                 a = explain_goal_attainment_probability(conn, uid(i), target=0.0)
                 assert a.path == expect[kind_of(i)], (uid(i), a.path, a.reasons)
             conn.rollback()
-            single = {}
-            users = [uid(i) for i in range(args.users)]
-            for kind in KINDS:
-                times = time_single_calls(conn, [u for i, u in enumerate(users) if kind_of(i) == kind], args.calls)
-                single[kind] = {"p50_ms": pct(times, 50), "p99_ms": pct(times, 99), "n": len(times)}
-                print(kind, single[kind], flush=True)
-            res["single_call"] = single
-        res["batch"] = {"this": run_batch(REPO, url, args.users, args.batch_reps)}
-        print("batch this", res["batch"]["this"], flush=True)
+        url = project_conninfo(url)  # for the workers' own connections, of either checkout
+        codes = [("this", REPO)] + ([("baseline", args.baseline.resolve())] if args.baseline else [])
+        for label, src in codes:
+            res[label] = run_worker(src, url, args.users, args.calls, args.batch_reps)
+            print(label, json.dumps(res[label]), flush=True)
         if args.baseline:
-            res["batch"]["baseline"] = run_batch(args.baseline.resolve(), url, args.users, args.batch_reps)
-            res["batch"]["baseline_src"] = args.baseline.name
-            print("batch baseline", res["batch"]["baseline"], flush=True)
+            res["baseline_src"] = args.baseline.name
     finally:
         cluster.stop()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -183,30 +193,40 @@ def main() -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-update-out-"))
     out.mkdir(parents=True, exist_ok=True)
     (out / "update.json").write_text(json.dumps(res, indent=2) + "\n")
-    b = res["batch"]
+    base = res.get("baseline")
+    head = "| kind | path | p50 ms | p99 ms |" + (" baseline p50 ms | baseline p99 ms | p50 this / baseline |" if base else "")
+    rule = "|---|---|---:|---:|" + ("---:|---:|---:|" if base else "")
+    rows = []
+    for k in KINDS:
+        t = res["this"]["single"][k]
+        row = f"| {k} | {expect[k]} | {t['p50_ms']:.2f} | {t['p99_ms']:.2f} |"
+        if base:
+            o = base["single"][k]
+            row += f" {o['p50_ms']:.2f} | {o['p99_ms']:.2f} | {t['p50_ms'] / o['p50_ms']:.2f} |"
+        rows.append(row)
     lines = [
         "# The real-time path with population draws (`update`)",
         "",
         f"{res['at']}, {args.users:,} users (a quarter of each kind), local PostgreSQL, "
-        f"{res['machine']['cpus']} CPUs shared. `python benchmarks/bench_update.py --users {args.users}"
-        + (" --baseline <today's main>`" if args.baseline else "`") + ".",
+        f"{res['machine']['cpus']} CPUs. `python benchmarks/bench_update.py --users {args.users}"
+        + (" --baseline <another checkout>`" if base else "`") + ": each checkout in a fresh process,"
+        " one after the other, on the same database.",
         "",
-        "## One call (`compute_goal_attainment_probability`, open connection)",
+        f"## One call (`compute_goal_attainment_probability`, open connection, {args.calls} calls per kind)",
         "",
-        "| kind | path | p50 ms | p99 ms | calls |",
-        "|---|---|---:|---:|---:|",
-        *[f"| {k} | {expect[k]} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | {v['n']} |"
-          for k, v in res["single_call"].items()],
+        head,
+        rule,
+        *rows,
         "",
-        "## Batch form, every user, the same database",
+        "## Batch form, every user",
         "",
         "| code | median s | paths |",
         "|---|---:|---|",
-        f"| this checkout | {b['this']['median_s']:.2f} | {b['this']['paths']} |",
+        f"| this checkout | {res['this']['batch']['median_s']:.2f} | {res['this']['batch']['paths']} |",
     ]
-    if "baseline" in b:
-        lines.append(f"| baseline ({b['baseline_src']}) | {b['baseline']['median_s']:.2f} | {b['baseline']['paths']} |")
-        lines += ["", f"Ratio this / baseline: {b['this']['median_s'] / b['baseline']['median_s']:.2f}."]
+    if base:
+        lines.append(f"| baseline ({res['baseline_src']}) | {base['batch']['median_s']:.2f} | {base['batch']['paths']} |")
+        lines += ["", f"Batch ratio this / baseline: {res['this']['batch']['median_s'] / base['batch']['median_s']:.2f}."]
     (out / "update.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

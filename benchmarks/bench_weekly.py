@@ -122,7 +122,8 @@ def _job(src: Path, url: str, args) -> dict:
     # an earlier code's run wrote (its panel, fits, runs, weekly_kpi rows)
     with connect(url, autocommit=True) as c:
         derived = [r[0] for r in c.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND (tablename LIKE 'growth%%'"
+            "SELECT format('%%I.%%I', schemaname, tablename) FROM pg_tables"
+            " WHERE schemaname IN ('public', 'growth') AND (tablename LIKE 'growth%%'"
             " AND tablename <> 'growth_schema_migrations' OR tablename IN ('weekly_kpi', 'dagster_asset_value'))")]
         if derived:
             c.execute(f"TRUNCATE {', '.join(derived)} CASCADE")

@@ -100,7 +100,8 @@ Every answer records which path gave it and why each earlier path did not apply
 reason) and each user's answer at DEBUG. A NaN/infinite target or an empty user id raises
 :class:`ContractError` naming the field. Database errors propagate (nothing is swallowed).
 
-Queries: one per path for any number of users (``= ANY(%s)`` arrays), never one per user.
+Queries: one per path for any number of users (``= ANY(%s)``: the ids as one binary array,
+2.5x cheaper to send than text), never one per user.
 """
 
 from __future__ import annotations
@@ -213,20 +214,32 @@ def _is_number(v: Any) -> bool:
 # --- the queries (one per path, for any number of users) ------------------------------------------
 
 
-def _latest_runs(session: psycopg.Connection) -> tuple[_Run | None, tuple[str, str] | None]:
-    """(the latest passed run, (run_id, status) of the latest run of any status)."""
+_CALL_CONFIG = ("SELECT set_config('statement_timeout', %(statement_timeout)s, true),"
+                " set_config('lock_timeout', %(lock_timeout)s, true),"
+                " set_config('search_path', %(schema)s || ', ' || current_setting('search_path'), true),"
+                " set_config('plan_cache_mode', %(plan_mode)s, true)")
+
+
+def _latest_runs(session: psycopg.Connection, schema: str,
+                 config: dict[str, str]) -> tuple[_Run | None, tuple[str, str] | None]:
+    """(the latest passed run, (run_id, status) of the latest run of any status), read in
+    the statement that sets the call's ``config`` (``_CALL_CONFIG``: in force from the next
+    statement on), so the two cost one round trip. Its tables are named with their schema:
+    the search_path it sets is not in force for the statement itself."""
+    q = f'"{schema}"'  # a checked identifier (settings.check_schema)
     rows = session.execute(
-        """
+        f"""
+        SELECT r.* FROM ({_CALL_CONFIG}) cfg CROSS JOIN (
         (SELECT 'passed' AS which, run_id, engine, status, horizon_week, window_start,
                 score_source, posterior_summary, window_end,
-                (SELECT d.xmin::text FROM growth_population_draws d WHERE d.run_id = m.run_id)
-         FROM growth_brms_meta m WHERE status = 'passed'
+                (SELECT d.xmin::text FROM {q}.growth_population_draws d WHERE d.run_id = m.run_id)
+         FROM {q}.growth_brms_meta m WHERE status = 'passed'
          ORDER BY window_end DESC NULLS LAST, fitted_at DESC NULLS LAST, run_id DESC LIMIT 1)
         UNION ALL
         (SELECT 'any', run_id, engine, status, NULL, NULL, NULL, NULL, NULL, NULL
-         FROM growth_brms_meta
-         ORDER BY window_end DESC NULLS LAST, fitted_at DESC NULLS LAST, run_id DESC LIMIT 1)
-        """
+         FROM {q}.growth_brms_meta
+         ORDER BY window_end DESC NULLS LAST, fitted_at DESC NULLS LAST, run_id DESC LIMIT 1)) r
+        """, config
     ).fetchall()
     passed = latest = None
     for which, run_id, engine, status, h, ws, src, summary, we, draws_version in rows:
@@ -243,59 +256,75 @@ def _json_number(key: str) -> str:
     return f"CASE jsonb_typeof(kpis -> '{key}') WHEN 'number' THEN (kpis ->> '{key}')::float8 END"
 
 
-def _stored_rows(session: psycopg.Connection, users: list[str], kpi_week: date | None) -> dict[str, tuple]:
-    """Per user: (week_start, P, sigma, P_target, P_run_id, P_source, P_week) of the row;
-    P is a float, None (absent or JSON null) or, when it is another JSON value, its text."""
-    keys = (f"coalesce(({_json_number('P')})::text, CASE WHEN jsonb_typeof(kpis -> 'P') <> 'null'"
-            f" THEN (kpis -> 'P')::text END), {_json_number('sigma')}, {_json_number('P_target')},"
-            " kpis ->> 'P_run_id', kpis ->> 'P_source', kpis ->> 'P_week',"
-            f" jsonb_typeof(kpis -> 'P') = 'number'")
+_STORED_KEYS = (f"coalesce(({_json_number('P')})::text, CASE WHEN jsonb_typeof(kpis -> 'P') <> 'null'"
+                f" THEN (kpis -> 'P')::text END), {_json_number('sigma')}, {_json_number('P_target')},"
+                " kpis ->> 'P_run_id', kpis ->> 'P_source', kpis ->> 'P_week',"
+                " jsonb_typeof(kpis -> 'P') = 'number'")
+
+
+def _stored_sql(kpi_week: date | None) -> str:
+    """Per user: (week_start, P, sigma, P_target, P_run_id, P_source, P_week, P is a number) of
+    the latest (or ``kpi_week``'s) weekly_kpi row. Parameters: users, kpi_week."""
     if kpi_week is None:
-        rows = session.execute(
-            f"SELECT DISTINCT ON (user_id) user_id, week_start, {keys} FROM weekly_kpi"
-            " WHERE user_id = ANY(%s) ORDER BY user_id, week_start DESC",
-            (users,),
-        ).fetchall()
-    else:
-        rows = session.execute(
-            f"SELECT user_id, week_start, {keys} FROM weekly_kpi"
-            " WHERE user_id = ANY(%s) AND week_start = %s",
-            (users, kpi_week),
-        ).fetchall()
-    out = {}
-    for u, week, p, sigma, p_target, run_id, source, p_week, is_number in rows:
-        # a JSON number is sent as its float8 text (exact: float8 out is round-trip exact)
-        out[u] = (week, float(p) if is_number else p, sigma, p_target, run_id, source, p_week)
-    return out
+        return (f"SELECT DISTINCT ON (user_id) user_id, week_start, {_STORED_KEYS} FROM weekly_kpi"
+                " WHERE user_id = ANY(%(users)s) ORDER BY user_id, week_start DESC")
+    return (f"SELECT user_id, week_start, {_STORED_KEYS} FROM weekly_kpi"
+            " WHERE user_id = ANY(%(users)s) AND week_start = %(kpi_week)s")
 
 
-def _posterior_rows(session: psycopg.Connection, run_id: str, users: list[str]) -> dict[str, tuple]:
-    rows = session.execute(
+def _stored_row(week, p, sigma, p_target, run_id, source, p_week, is_number) -> tuple:
+    """(week_start, P, sigma, P_target, P_run_id, P_source, P_week); P is a float, None
+    (absent or JSON null) or, when it is another JSON value, its text. A JSON number is
+    sent as its float8 text (exact: float8 out is round-trip exact)."""
+    return (week, float(p) if is_number else p, sigma, p_target, run_id, source, p_week)
+
+
+def _send_stored(session: psycopg.Connection, users: list[str], kpi_week: date | None) -> psycopg.Cursor:
+    return session.execute(_stored_sql(kpi_week), {"users": users, "kpi_week": kpi_week})
+
+
+def _read_stored(cur: psycopg.Cursor) -> dict[str, tuple]:
+    return {r[0]: _stored_row(*r[1:]) for r in cur.fetchall()}
+
+
+def _send_posterior(session: psycopg.Connection, run_id: str, users: list[str]) -> psycopg.Cursor:
+    """Per user (``_read_rows``): the stored line posterior of the run (n_obs, mean_a, mean_b,
+    var_a, var_b, cov_ab)."""
+    return session.execute(
         "SELECT user_id, n_obs, mean_a, mean_b, var_a, var_b, cov_ab FROM growth_student_posterior"
         " WHERE run_id = %s AND user_id = ANY(%s)",
         (run_id, users),
-    ).fetchall()
-    return {r[0]: r[1:] for r in rows}
+    )
 
 
-def _data_sums(session: psycopg.Connection, run: _Run, users: list[str],
-               score_range: tuple[float, float]) -> dict[str, tuple]:
-    """Per user: (n weeks, sum w, sum w^2, sum y, sum w y, weeks after the window) of the
-    student-week scores since the run's window_start up to now, through the panel's own
-    query (the same four sources in the same priority, or accuracy, as the run's panel;
-    weeks after the window keep their calendar index)."""
+def _send_sums(session: psycopg.Connection, run: _Run, users: list[str],
+               score_range: tuple[float, float]) -> psycopg.Cursor:
+    """Per user (``_read_rows``): (n weeks, sum w, sum w^2, sum y, sum w y, weeks after the
+    window) of the student-week scores since the run's window_start up to now, through the
+    panel's own query (the same four sources in the same priority, or accuracy, as the run's
+    panel; weeks after the window keep their calendar index)."""
+    return session.execute(_sums_sql(run), _sums_params(run, users, score_range))
+
+
+def _sums_sql(run: _Run) -> str:
     from .defs.growth.panel import panel_query
 
-    query = panel_query(run.score_source or "theta")
+    query = panel_query(run.score_source or "theta", for_users=True)
+    return (f"SELECT student_id, count(*), sum(week)::float8, sum(week * week)::float8, sum(score),"
+            f" sum(week * score), count(*) FILTER (WHERE week >= %(lookback)s) FROM ({query}) p GROUP BY 1")
+
+
+def _sums_params(run: _Run, users: list[str], score_range: tuple[float, float]) -> dict[str, Any]:
     now = datetime.now(timezone.utc)
     lookback = run.lookback_weeks
-    rows = session.execute(
-        f"SELECT student_id, count(*), sum(week)::float8, sum(week * week)::float8, sum(score),"
-        f" sum(week * score), count(*) FILTER (WHERE week >= %(lookback)s) FROM ({query}) p GROUP BY 1",
-        {"window_start": run.window_start, "window_end": now.date() + timedelta(days=1), "now": now,
-         "users": users, "score_lo": score_range[0], "score_hi": score_range[1],
-         "lookback": lookback if lookback is not None else 2**31 - 1}).fetchall()
-    return {r[0]: tuple(r[1:]) for r in rows}
+    return {"window_start": run.window_start, "window_end": now.date() + timedelta(days=1), "now": now,
+            "users": users, "score_lo": score_range[0], "score_hi": score_range[1],
+            "lookback": lookback if lookback is not None else 2**31 - 1}
+
+
+def _read_rows(cur: psycopg.Cursor) -> dict[str, tuple]:
+    """{first column: the rest} of a query's rows."""
+    return {r[0]: tuple(r[1:]) for r in cur.fetchall()}
 
 
 _DRAWS_CACHE: dict[tuple, dict[str, np.ndarray]] = {}
@@ -346,18 +375,18 @@ def _horizon_index(run: _Run, horizon: date | None) -> int:
     return h
 
 
-def _latest_theta(session: psycopg.Connection, users: list[str],
-                  score_range: tuple[float, float]) -> dict[str, tuple]:
-    """The latest calibration up to now (a future-dated row is not "latest") with a theta
-    inside BRMS_SCORE_RANGE."""
-    rows = session.execute(
-        "SELECT DISTINCT ON (user_id) user_id, theta, se FROM mirt_ability"
-        " WHERE user_id = ANY(%s) AND theta IS NOT NULL AND fitted_at <= now()"
-        " AND theta BETWEEN %s AND %s"
-        " ORDER BY user_id, fitted_at DESC NULLS LAST",
-        (users, score_range[0], score_range[1]),
-    ).fetchall()
-    return {r[0]: (r[1], r[2]) for r in rows}
+# per user: the latest calibration up to now (a future-dated row is not "latest") with a theta
+# inside BRMS_SCORE_RANGE: (theta, se). Parameters: users, score_lo, score_hi.
+_THETA_SQL = ("SELECT DISTINCT ON (user_id) user_id, theta, se FROM mirt_ability"
+              " WHERE user_id = ANY(%(users)s) AND theta IS NOT NULL AND fitted_at <= now()"
+              " AND theta BETWEEN %(score_lo)s AND %(score_hi)s"
+              " ORDER BY user_id, fitted_at DESC NULLS LAST")
+
+
+def _send_theta(session: psycopg.Connection, users: list[str],
+                score_range: tuple[float, float]) -> psycopg.Cursor:
+    """Per user (``_read_rows``): ``_THETA_SQL``'s (theta, se)."""
+    return session.execute(_THETA_SQL, {"users": users, "score_lo": score_range[0], "score_hi": score_range[1]})
 
 
 # --- the mathematics ---------------------------------------------------------------------------
@@ -386,6 +415,75 @@ def population_line_posterior(
                             (t0, t1, rho, sigma))
     return conditional_line(mean("b_Intercept"), mean("b_week"), t0, t1, rho, sigma,
                             *(np.asarray(x, dtype=float) for x in (n, sw, sww, sy, swy)))
+
+
+# --- the reads of a call ---------------------------------------------------------------------------
+
+
+class _Reads:
+    """The queries of one call, each for all its users at once (one per path, never one per
+    user), sent when the chain needs it, for the users still pending: a batch does not ask for
+    what it will not use."""
+
+    def __init__(self, session: psycopg.Connection, users: list[str], score_range: tuple[float, float]) -> None:
+        self.session, self.users, self.score_range = session, users, score_range
+        self.run: _Run | None = None
+        self.kpi_week: date | None = None
+        self._sums: dict[str, tuple] | None = None
+
+    def for_run(self, run: _Run | None, draws: dict | None, kpi_week: date | None) -> None:
+        """The run of the call; with population draws, every user's scores since the window
+        are read now (paths 1 and 2 both need them)."""
+        self.run, self.kpi_week = run, kpi_week
+        if run is not None and run.window_start is not None and draws is not None:
+            self._sums = _read_rows(_send_sums(self.session, run, self.users, self.score_range))
+
+    def stored(self) -> dict[str, tuple]:
+        return _read_stored(_send_stored(self.session, self.users, self.kpi_week))
+
+    def sums(self) -> dict[str, tuple]:
+        return self._sums or {}
+
+    def sums_for(self, users: list[str]) -> dict[str, tuple]:
+        if self._sums is not None:
+            return self._sums
+        return _read_rows(_send_sums(self.session, self.run, users, self.score_range))
+
+    def posterior(self, users: list[str]) -> dict[str, tuple]:
+        return _read_rows(_send_posterior(self.session, self.run.run_id, users))
+
+    def theta(self, users: list[str]) -> dict[str, tuple]:
+        return _read_rows(_send_theta(self.session, users, self.score_range))
+
+
+@dataclass
+class _Known:
+    """What a call knows before the chain: the run, its horizon, its draws, and its reads."""
+
+    reads: _Reads
+    run: _Run | None = None
+    latest: tuple[str, str] | None = None
+    h: int | None = None
+    p_week: date | None = None
+    draws: dict[str, np.ndarray] | None = None
+
+
+def _start(session: psycopg.Connection, users: list[str], use_bayesian: bool, score_range: tuple[float, float],
+           kpi_week: date | None, horizon: date | None, schema: str, config: dict[str, str]) -> _Known:
+    """The call's settings in force (``config``), its run, horizon and draws."""
+    known = _Known(_Reads(session, users, score_range))
+    if not use_bayesian:
+        session.execute(_CALL_CONFIG, config)
+        return known
+    if users:
+        known.run, known.latest = _latest_runs(session, schema, config)
+        run = known.run
+        if run is not None:
+            known.h = _horizon_index(run, horizon)
+            known.p_week = run.p_week(known.h)
+            known.draws = _run_draws(session, run)
+        known.reads.for_run(run, known.draws, kpi_week)
+    return known
 
 
 # --- the chain -----------------------------------------------------------------------------
@@ -437,13 +535,12 @@ def _update_path(pending: dict[str, _Pending], out: dict[str, GoalAnswer], run: 
                             int(sums[u][0]), run.window_end, int(sums[u][5]))
 
 
-def _line_paths(session: psycopg.Connection, pending: dict[str, _Pending], out: dict[str, GoalAnswer],
-                run: _Run, h: int, p_week: date | None, target: float,
-                score_range: tuple[float, float]) -> None:
+def _line_paths(reads: _Reads, pending: dict[str, _Pending], out: dict[str, GoalAnswer],
+                run: _Run, h: int, p_week: date | None, target: float) -> None:
     """Path 2 for a run without population draws: the student's stored line posterior
     (``run``), or the plug-in population posterior and the student's data (``population``)."""
     todo = list(pending)
-    post = _posterior_rows(session, run.run_id, todo)
+    post = reads.posterior(todo)
     if post:
         ids = [u for u in todo if u in post]
         arr = np.array([post[u][1:] for u in ids], dtype=float)
@@ -458,7 +555,7 @@ def _line_paths(session: psycopg.Connection, pending: dict[str, _Pending], out: 
             pending[u].reasons.append(
                 f"population: student not in run {run.run_id}, and the run has no window_start")
     elif todo:
-        sums = _data_sums(session, run, todo, score_range)
+        sums = reads.sums_for(todo)
         ids = [u for u in todo if u in sums]
         for u in todo:
             if u not in sums:
@@ -478,6 +575,16 @@ def _line_paths(session: psycopg.Connection, pending: dict[str, _Pending], out: 
                                     run.window_end)
 
 
+# A call for at most this many users runs its (auto-prepared) statements on their generic plans:
+# each is an index lookup per user whatever the ids, and planning the score query again costs
+# more than running it. A larger batch is planned for its own size (hash joins over the users).
+GENERIC_PLAN_MAX_USERS = 64
+
+
+def _plan_mode(n_users: int) -> str:
+    return "force_generic_plan" if n_users <= GENERIC_PLAN_MAX_USERS else "force_custom_plan"
+
+
 def _answers(
     session: psycopg.Connection,
     user_ids: Sequence[str],
@@ -489,45 +596,36 @@ def _answers(
     """The chain for many users, in one transaction of the session (a savepoint if the
     caller has one open) with the settings' statement and lock timeouts: a stuck or locked
     database is an error within them, and the session is not left idle in a transaction.
-    The project's schema goes first on the search_path for that transaction (the same
-    statement, no extra round trip): a session another service opened, on ``public``, finds
-    the project's tables without knowing where they are."""
-    with session.transaction():
-        session.execute("SELECT set_config('statement_timeout', %s, true),"
-                        " set_config('lock_timeout', %s, true),"
-                        " set_config('search_path', %s || ', ' || current_setting('search_path'), true)",
-                        (f"{settings.db_statement_timeout_ms}ms", f"{settings.db_lock_timeout_ms}ms",
-                         f'"{settings.db_schema}"'))
-        return _chain(session, user_ids, target, settings.metrics_use_bayesian, settings.score_range,
-                      kpi_week, horizon)
-
-
-def _chain(
-    session: psycopg.Connection,
-    user_ids: Sequence[str],
-    target: float,
-    use_bayesian: bool,
-    score_range: tuple[float, float],
-    kpi_week: date | None = None,
-    horizon: date | None = None,
-) -> dict[str, GoalAnswer]:
+    The project's schema goes first on the search_path for that transaction (set in the
+    run's query, no round trip of its own): a session another service opened, on ``public``,
+    finds the project's tables without knowing where they are."""
     users = list(dict.fromkeys(user_ids))
+    if not users:
+        return {}
+    use_bayesian, score_range = settings.metrics_use_bayesian, settings.score_range
+    config = {"statement_timeout": f"{settings.db_statement_timeout_ms}ms",
+              "lock_timeout": f"{settings.db_lock_timeout_ms}ms", "schema": f'"{settings.db_schema}"',
+              "plan_mode": _plan_mode(len(users))}
+    with session.transaction():
+        known = _start(session, users, use_bayesian, score_range, kpi_week, horizon, settings.db_schema, config)
+        return _chain(users, target, use_bayesian, kpi_week, known)
+
+
+def _chain(users: list[str], target: float, use_bayesian: bool, kpi_week: date | None,
+           known: _Known) -> dict[str, GoalAnswer]:
     pending = {u: _Pending(u) for u in users}
     out: dict[str, GoalAnswer] = {}
     if not users:
         return out
+    reads = known.reads
 
     if use_bayesian:
-        run, latest = _latest_runs(session)
+        run, latest, h, p_week, draws = known.run, known.latest, known.h, known.p_week, known.draws
         where = "latest week" if kpi_week is None else f"week {kpi_week.isoformat()}"
-        h = _horizon_index(run, horizon) if run is not None else None
-        p_week = run.p_week(h) if run is not None else None
-        draws = _run_draws(session, run) if run is not None else None
         # the students' scores since the window's start: one query, for paths 1 and 2
-        sums = (_data_sums(session, run, users, score_range)
-                if draws is not None and run.window_start is not None else {})
+        sums = reads.sums() if draws is not None else {}
         # 1. stored P
-        stored = _stored_rows(session, users, kpi_week)
+        stored = reads.stored()
         for u in users:
             why = _stored_reason(stored.get(u), target, run, where, p_week)
             if why is None and u in sums and sums[u][5] > 0:
@@ -553,14 +651,14 @@ def _chain(
         elif pending and draws is not None:
             _update_path(pending, out, run, draws, sums, h, p_week, target)
         elif pending:
-            _line_paths(session, pending, out, run, h, p_week, target, score_range)
+            _line_paths(reads, pending, out, run, h, p_week, target)
     else:
         for p in pending.values():
             p.reasons.append("METRICS_USE_BAYESIAN=false: Normal approximation only")
 
     # 3. Normal approximation (spec §7), for the users whose latest theta and se are usable
     if pending:
-        theta = _latest_theta(session, list(pending), score_range)
+        theta = reads.theta(list(pending))
         ok: list[str] = []
         for u in list(pending):
             if u not in theta:

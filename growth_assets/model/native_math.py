@@ -355,6 +355,33 @@ def standardised_draws(draws) -> tuple[dict[str, np.ndarray], float, float]:
     return std, ybar, s
 
 
+# up to this many students, predict_from_sums works per student over the draws directly (the
+# real-time path's single call: ~0.1 ms instead of ~2.5 ms for the grouped moments' set-up)
+FEW_STUDENTS = 16
+
+
+def _predict_few(std, ybar: float, s: float, n, sw, sww, sy, swy, h: float, target: float,
+                 p_tolerance: float):
+    """``predict_from_sums`` for a few students, draw by draw: the same quantities as the
+    grouped path (``student_predictions``), by the same rules, without its grouping. Per draw
+    d the line at h is Normal(m_d, v_d) given the sums (``lines.conditional_terms``); mu and
+    sigma are the mixture's moments, P = mean_d Phi(z_d) with z_d = (m_d - t) / sqrt(v_d), or
+    Phi(mean z) when that is within ``p_tolerance`` (the grouped path's bound)."""
+    c0, c1, K00, K01, K10, K11, M00, M01, M11 = conditional_terms(
+        *(std[k][None, :] for k in ("beta0", "beta1", "tau0", "tau1", "rho", "sigma")),
+        n[:, None], sw[:, None], sww[:, None])  # (S, D)
+    g0, g1 = ((sy - n * ybar) / s)[:, None], ((swy - sw * ybar) / s)[:, None]
+    t = (target - ybar) / s
+    m = c0 + h * c1 + g0 * (K00 + h * K10) + g1 * (K01 + h * K11)
+    v = M00 + 2.0 * h * M01 + h * h * M11
+    z = (m - t) / np.sqrt(np.maximum(v, 1e-300))
+    mu_std = m.mean(axis=1)
+    var_std = v.mean(axis=1) + m.var(axis=1)
+    exact = P_BOUND_COEF * z.var(axis=1) > p_tolerance
+    p = np.where(exact, ndtr(z).mean(axis=1), ndtr(z.mean(axis=1)))
+    return ybar + s * mu_std, s * np.sqrt(np.maximum(var_std, 0.0)), np.clip(p, 0.0, 1.0)
+
+
 def predict_from_sums(draws, n, sw, sww, sy, swy, h: float, target: float,
                       p_tolerance: float = 0.0):
     """(mu, sigma, P) of ``a + b h`` for students given only their five sums (n, sum w,
@@ -366,6 +393,8 @@ def predict_from_sums(draws, n, sw, sww, sy, swy, h: float, target: float,
     sigma^2)) for the arithmetic; the answer is in data units."""
     std, ybar, s = standardised_draws(draws)
     n, sw, sww, sy, swy = (np.asarray(x, dtype=np.float64).reshape(-1) for x in (n, sw, sww, sy, swy))
+    if len(n) <= FEW_STUDENTS:
+        return _predict_few(std, ybar, s, n, sw, sww, sy, swy, float(h), float(target), p_tolerance)
     key = np.stack([n, np.rint(sw), np.rint(sww)], axis=1)  # integer weeks: exact keys
     _, group = np.unique(key, axis=0, return_inverse=True)
     red = Reduced(student_ids=np.arange(len(n)).astype(object), n_obs=n.astype(np.int64), sw=sw,

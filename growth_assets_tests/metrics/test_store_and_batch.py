@@ -168,9 +168,9 @@ def test_batch_equals_the_single_user_form_for_every_user(conn, caplog):
     for target in (0.0, 0.35):
         counting = Counting(conn)
         out = batch(counting, users, target=target)
-        # the call's timeouts, runs (with whether they kept population draws: none here),
-        # stored P, run posterior, data sums, latest theta
-        assert counting.n == 6
+        # the runs (with whether they kept population draws: none here) in the statement that
+        # sets the call's timeouts, stored P, run posterior, data sums, latest theta
+        assert counting.n == 5
         assert list(out) == list(dict.fromkeys(users))
         for u in out:
             assert out[u] == explain(conn, u, target=target), u

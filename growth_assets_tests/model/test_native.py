@@ -208,6 +208,48 @@ def test_cheap_p_stays_within_its_proven_bound():
             assert info["n_p_exact"] > 0  # and so is the fallback
 
 
+@pytest.mark.parametrize("tolerance", [0.0, 1e-3])
+def test_a_few_students_get_the_grouped_answer_draw_by_draw(tolerance):
+    """predict_from_sums for up to FEW_STUDENTS students (the real-time single call) works
+    draw by draw instead of through the grouped moments: the same mu, sigma and P (same
+    rules for the cheap P) as the grouped path gives the same students among many."""
+    rng = np.random.default_rng(3)
+    D = 400
+    draws = {"b_Intercept": rng.normal(0.1, 0.01, D), "b_week": rng.normal(0.05, 0.002, D),
+             "sd_student_id__Intercept": np.abs(rng.normal(0.5, 0.05, D)),
+             "sd_student_id__week": np.abs(rng.normal(0.03, 0.01, D)),
+             "cor_student_id__Intercept__week": np.tanh(rng.normal(0.1, 0.3, D)),
+             "sigma": np.abs(rng.normal(0.3, 0.02, D))}
+    S = 3 * native_math.FEW_STUDENTS  # enough for the grouped path
+    weeks = [np.sort(rng.choice(16, size=k, replace=False)) for k in rng.integers(1, 9, S)]
+    n, sw, sww = (np.array([f(w) for w in weeks], float) for f in (len, np.sum, lambda w: np.sum(w * w)))
+    ys = [0.1 + 0.05 * w + rng.normal(0, 0.5) + rng.normal(0, 0.3, len(w)) for w in weeks]
+    sy, swy = np.array([y.sum() for y in ys]), np.array([(y * w).sum() for y, w in zip(ys, weeks)])
+    h, target = 15.0, 0.7
+    grouped = native_math.predict_from_sums(draws, n, sw, sww, sy, swy, h, target, p_tolerance=tolerance)
+    for lo in range(0, S, native_math.FEW_STUDENTS):
+        sl = slice(lo, lo + native_math.FEW_STUDENTS)
+        few = native_math.predict_from_sums(draws, n[sl], sw[sl], sww[sl], sy[sl], swy[sl], h, target,
+                                            p_tolerance=tolerance)
+        for got, want in zip(few, grouped):
+            np.testing.assert_allclose(got, want[sl], rtol=1e-11, atol=1e-12)
+    if tolerance == 0.0:  # and both are the exact mixture: a per-draw loop shares no code with either
+        std, ybar, s = native_math.standardised_draws(draws)
+        for i in (0, S // 2, S - 1):
+            m, v = [], []
+            for d in range(D):
+                tau = s * np.array([std["tau0"][d], std["tau1"][d]])
+                beta = np.array([ybar + s * std["beta0"][d], s * std["beta1"][d]])
+                mean, C = dense_student_posterior(ys[i], weeks[i].astype(float), beta, tau, std["rho"][d],
+                                                  s * std["sigma"][d])
+                m.append(mean @ (1.0, h))
+                v.append(np.array([1.0, h]) @ C @ np.array([1.0, h]))
+            m, v = np.array(m), np.array(v)
+            assert grouped[2][i] == pytest.approx(np.mean(norm.cdf((m - target) / np.sqrt(v))), abs=1e-10)
+            assert grouped[0][i] == pytest.approx(m.mean(), abs=1e-10)
+            assert grouped[1][i] ** 2 == pytest.approx(v.mean() + m.var(), rel=1e-9)
+
+
 # --- the engine ----------------------------------------------------------------------------------
 
 
