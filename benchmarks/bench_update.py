@@ -106,22 +106,14 @@ def worker(src: str, url: str, n: int, calls: int, reps: int) -> dict:
 
     import psycopg
 
-    from growth_assets.metrics import compute_goal_attainment_probabilities, compute_goal_attainment_probability
+    from bench_metrics import time_single_calls
+    from growth_assets.metrics import compute_goal_attainment_probabilities
 
     users = [uid(i) for i in range(n)]
     out: dict = {"single": {}}
     with psycopg.connect(url) as conn:
         for kind in KINDS:
-            ids = random.Random(7).sample([u for i, u in enumerate(users) if kind_of(i) == kind],
-                                          min(calls, n // 4))
-            for u in ids[:20]:
-                compute_goal_attainment_probability(conn, u, target=0.0)
-            times = []
-            for u in ids:
-                t = time.perf_counter()
-                compute_goal_attainment_probability(conn, u, target=0.0)
-                times.append((time.perf_counter() - t) * 1000)
-            conn.rollback()
+            times = time_single_calls(conn, [u for i, u in enumerate(users) if kind_of(i) == kind], calls)
             out["single"][kind] = {"p50_ms": pct(times, 50), "p99_ms": pct(times, 99), "n": len(times)}
         compute_goal_attainment_probabilities(conn, users[:1000], target=0.0)  # warm-up
         conn.rollback()
