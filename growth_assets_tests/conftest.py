@@ -21,6 +21,7 @@ import psycopg
 import pytest
 
 from growth_assets.db import connect, localpg
+from growth_assets_tests.support.fake_http import fake  # noqa: F401 (a fixture of every test)
 from growth_assets.db.migrate import migrate
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,6 @@ And the real service killed in the middle of a fit of the real graph.
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dagster as dg
 import pytest
@@ -34,54 +33,6 @@ SETTINGS = FitSettings(n_chains=4, n_samples=2000, seed=1, horizon_week=15, look
 
 def valid_body() -> dict:
     return make_result(2, run_id="brms-20261123-043000", n_obs=[2, 2]).to_json()
-
-
-class Fake:
-    """Answers POST /growth/fit with a scripted sequence of (status, body bytes, delay[, headers])."""
-
-    def __init__(self, script):
-        self.script = list(script)
-        self.requests: list[dict] = []
-        outer = self
-
-        class H(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                outer.requests.append(dict(self.headers))
-                status, body, delay, *extra = outer.script.pop(0) if len(outer.script) > 1 else outer.script[0]
-                time.sleep(delay)
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                for k, v in (extra[0] if extra else {}).items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)) if status != 299 else "100000")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *a):
-                pass  # keep the test output quiet
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def fake():
-    made = []
-
-    def make(*script):
-        f = Fake(script)
-        made.append(f)
-        return f
-
-    yield make
-    for f in made:
-        f.close()
 
 
 def client(url, **kw):

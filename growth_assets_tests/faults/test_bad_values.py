@@ -136,3 +136,21 @@ def test_fit_with_the_service_down_is_one_line(tmp_path):
     last = out.stderr.strip().splitlines()[-1]  # after the retry warnings
     assert out.returncode == 1 and last.startswith("error: brms service: could not connect"), out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_fit_with_a_missing_panel_file_is_one_line(tmp_path):
+    out = cli("fit", "--engine", "native", "--panel", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o.json"))
+    assert out.returncode == 2 and out.stderr.strip() == f"error: --panel: no such file (got '{tmp_path / 'nope.csv'}')"
+
+
+def test_fit_refused_by_the_service_401_is_one_line(tmp_path, fake):
+    """A wrong token: the service's own answer, in one line (a fake server: a fault, not the service)."""
+    import json
+
+    f = fake((401, json.dumps({"error": "unauthorized", "detail": "bad token"}).encode(), 0))
+    panel = tmp_path / "p.csv"
+    panel.write_text("student_id,week,score\na,0,1\na,1,2\nb,0,2\n")
+    out = cli("fit", "--engine", "brms", "--panel", str(panel), "--out", str(tmp_path / "o.json"),
+              env={"R_BRMS_BASE_URL": f.url, "R_BRMS_INTERNAL_TOKEN": "wrong"})
+    assert out.returncode == 1 and out.stderr.strip().splitlines()[-1].startswith("error: brms service answered 401")
+    assert "Traceback" not in out.stderr and "wrong" not in out.stderr  # the token is never printed

@@ -10,7 +10,7 @@ import pytest
 
 from growth_assets.model.brms_client import BrmsClient, BrmsServiceError
 from growth_assets.model.result import fit_panel
-from growth_assets_tests.brms.test_faults import PANEL, SETTINGS, fake, ok, valid_body  # noqa: F401, F811 (a fixture)
+from growth_assets_tests.brms.test_faults import PANEL, SETTINGS, ok, valid_body
 
 
 def test_read_timeouts_with_retries_stay_within_the_one_deadline(fake):
