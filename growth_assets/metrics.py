@@ -117,6 +117,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from .db.connection import SCHEMA_FIRST
 from .db.writers import check_monday, merge_weekly_kpi
 from .model.contract import ContractError, check_target, line_prediction, normal_approximation_p
 from .model.lines import conditional_line
@@ -216,7 +217,7 @@ def _is_number(v: Any) -> bool:
 
 _CALL_CONFIG = ("SELECT set_config('statement_timeout', %(statement_timeout)s, true),"
                 " set_config('lock_timeout', %(lock_timeout)s, true),"
-                " set_config('search_path', %(schema)s || ', ' || current_setting('search_path'), true),"
+                f" {SCHEMA_FIRST},"
                 " set_config('plan_cache_mode', %(plan_mode)s, true)")
 
 

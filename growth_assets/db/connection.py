@@ -32,6 +32,10 @@ def database_url(url: str | None = None) -> str:
     return url
 
 
+# SQL: the project's schema (parameter ``schema``, a quoted identifier) first on the search_path
+# for the rest of the current transaction, ahead of whatever path the session had
+SCHEMA_FIRST = "set_config('search_path', %(schema)s || ', ' || current_setting('search_path'), true)"
+
 _SEARCH_PATH = re.compile(r"-c\s*search_path\s*=\s*(\S+)")
 
 

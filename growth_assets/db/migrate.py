@@ -23,7 +23,7 @@ import psycopg
 from psycopg import sql
 
 from ..settings import Settings, check_schema
-from .connection import with_schema_options
+from .connection import SCHEMA_FIRST
 
 LOCK_ID = 0x67726F77  # "grow"
 
@@ -119,9 +119,7 @@ def migrate(url_or_conn: str | psycopg.Connection, through: str | None = None, *
         if not schema_exists(conn, schema):
             conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
         # this transaction's statements see the project's schema first, whatever the caller's path
-        path = conn.execute("SELECT current_setting('search_path')").fetchone()[0]
-        local = with_schema_options(f"-c search_path={path.replace(' ', '')}", schema).split("=", 1)[1]
-        conn.execute("SELECT set_config('search_path', %s, true)", (local,))
+        conn.execute(f"SELECT {SCHEMA_FIRST}", {"schema": sql.Identifier(schema).as_string(conn)})
         old, tables = tables_to_move(conn, schema)
         for t in tables:
             conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(sql.Identifier(old, t), sql.Identifier(schema)))
