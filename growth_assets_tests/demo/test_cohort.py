@@ -62,3 +62,71 @@ def test_seeding_twice_does_not_duplicate(db_url, tmp_path):
         assert n == rep.mirt_rows
     t = pd.read_csv(truth)
     assert list(t.columns[:3]) == ["student_id", "a", "b"] and len(t) == 200
+
+
+def test_a_cohort_drawn_in_chunks_has_every_id_once_and_chunks_of_their_own(monkeypatch):
+    from growth_assets.demo import cohort
+
+    monkeypatch.setattr(cohort, "CHUNK_STUDENTS", 50)
+    d = generate(120, 12, seed=3, first_week=FIRST)
+    t = d["truth"]
+    assert list(t["student_id"]) == [f"s{i:07d}" for i in range(120)]
+    # the chunks are different draws (not one chunk's stream repeated), the first as unchunked
+    assert not np.allclose(t["a"][:50].to_numpy(), t["a"][50:100].to_numpy())
+    monkeypatch.setattr(cohort, "CHUNK_STUDENTS", 100_000)
+    pd.testing.assert_frame_equal(generate(50, 12, seed=3, first_week=FIRST)["truth"], t.head(50))
+    with pytest.raises(ValueError, match="students: at most 10,000,000"):
+        next(cohort.cohort_chunks(10_000_001, 12, 1, FIRST))
+
+
+INDEXES = ("SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index"
+           " WHERE indrelid = ANY(ARRAY['mirt_ability', 'student_topic_theta', 'features_topic_daily']::regclass[])"
+           " ORDER BY 1")
+
+
+def test_an_empty_table_is_loaded_then_indexed_as_it_was(db_url):
+    """The bulk path drops the empty tables' indexes and keys for the load and makes them
+    again exactly; the stored rows are the generated ones, value for value."""
+    with connect(db_url) as conn:
+        before = conn.execute(INDEXES).fetchall()
+        assert len(before) >= 7
+        seed_cohort(conn, 300, 12, seed=4, as_of=date(2026, 11, 25))
+        assert conn.execute(INDEXES).fetchall() == before
+        pkey = conn.execute("SELECT conname FROM pg_constraint WHERE conrelid = 'features_topic_daily'::regclass"
+                            " AND contype = 'p'").fetchone()
+        assert pkey is not None
+        d = generate(300, 12, seed=4, first_week=FIRST)
+        stored = pd.DataFrame(conn.execute(
+            "SELECT user_id, topic_id, date, attempts, correct, avg_time_ms, theta_estimate::float8, theta_sd::float8"
+            " FROM features_topic_daily ORDER BY user_id, topic_id, date").fetchall(),
+            columns=list(d["features_topic_daily"].columns))
+        want = d["features_topic_daily"].sort_values(["user_id", "topic_id", "date"], ignore_index=True)
+        pd.testing.assert_frame_equal(stored, want, check_dtype=False)
+        m = conn.execute("SELECT user_id, theta, se, model, version, fitted_at FROM mirt_ability"
+                         " ORDER BY user_id, fitted_at").fetchall()
+        want_m = d["mirt_ability"].sort_values(["user_id", "fitted_at"], ignore_index=True)
+        assert [r[:5] for r in m] == [tuple(r) for r in want_m.iloc[:, :5].itertuples(index=False)]
+        assert [r[5] for r in m] == list(want_m["fitted_at"].dt.to_pydatetime())
+
+
+def test_a_seed_that_fails_half_way_leaves_the_tables_as_they_were(db_url, monkeypatch):
+    from growth_assets.demo import cohort
+
+    monkeypatch.setattr(cohort, "CHUNK_STUDENTS", 100)
+    real = cohort.encode
+    calls = []
+
+    def failing(cols):
+        calls.append(1)
+        if len(calls) > 4:  # the second chunk
+            raise RuntimeError("disk full")
+        return real(cols)
+
+    monkeypatch.setattr(cohort, "encode", failing)
+    with connect(db_url) as conn:
+        before = conn.execute(INDEXES).fetchall()
+        with pytest.raises(RuntimeError, match="disk full"):
+            seed_cohort(conn, 300, 12, seed=4, as_of=date(2026, 11, 25))
+        assert conn.execute(INDEXES).fetchall() == before
+        assert conn.execute("SELECT (SELECT count(*) FROM mirt_ability) + (SELECT count(*) FROM features_topic_daily)"
+                            " + (SELECT count(*) FROM student_topic_theta)").fetchone()[0] == 0

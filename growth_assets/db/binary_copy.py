@@ -1,0 +1,125 @@
+"""PostgreSQL's binary COPY format built from numpy columns, without a Python object per row.
+
+A tuple of the binary format is a field count, then each field as its length and its bytes
+(https://www.postgresql.org/docs/15/sql-copy.html, "Binary Format"). When every value of a
+column has the same width (numbers, dates, timestamps, fixed-width ids), a run of tuples is
+one numpy structured array: the columns are written into it as whole arrays and its buffer is
+the COPY data. A column may have NULLs (``NaN`` in a float column): rows are then written in
+groups, one per pattern of NULLs, each group of one width.
+
+``numeric`` columns are sent with a fixed six decimals (the demo's ``theta_estimate`` and
+``theta_sd``): three base-10000 digits (integer part, then 4 + 2 decimals), which the server
+normalises on receipt.
+
+``load_panel`` reads the same format back (``defs/growth/panel.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import psycopg
+
+SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8  # signature, flags, header extension length
+TRAILER = b"\xff\xff"
+
+# microseconds / days between the Unix epoch and PostgreSQL's (2000-01-01)
+_PG_EPOCH_US = 946_684_800 * 1_000_000
+_PG_EPOCH_DAYS = 10_957
+
+_NUMERIC_DSCALE = 6
+_NUMERIC_LIMIT = 10_000.0  # the first base-10000 digit holds the integer part
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column to send: its PostgreSQL type and its values (one per row)."""
+
+    pg_type: str  # text (fixed width), float8, int4, date, timestamptz, numeric
+    values: np.ndarray
+
+
+def _field(col: Column, name: str) -> tuple[np.dtype, int, np.ndarray, np.ndarray | None]:
+    """(numpy dtype of the field's bytes, its width, the values to store, NULL mask)."""
+    v = np.asarray(col.values)
+    t = col.pg_type
+    if t == "text":
+        b = v.astype("S") if v.dtype.kind != "S" else v
+        width = b.dtype.itemsize
+        if b.size and int(np.char.str_len(b).min()) != width:
+            raise ValueError(f"{name}: a text column for binary COPY must have values of one width")
+        return np.dtype(f"S{width}"), width, b, None
+    if t == "float8":
+        return np.dtype(">f8"), 8, v.astype(np.float64), None
+    if t == "int4":
+        return np.dtype(">i4"), 4, v.astype(np.int32), None
+    if t == "date":
+        days = v.astype("datetime64[D]").astype(np.int64) - _PG_EPOCH_DAYS
+        return np.dtype(">i4"), 4, days.astype(np.int32), None
+    if t == "timestamptz":
+        us = v.astype("datetime64[us]").astype(np.int64) - _PG_EPOCH_US
+        return np.dtype(">i8"), 8, us, None
+    if t == "numeric":
+        x = v.astype(np.float64)
+        null = ~np.isfinite(x)
+        if bool(np.any(np.abs(x[~null]) >= _NUMERIC_LIMIT)):
+            raise ValueError(f"{name}: numeric values for binary COPY must be below {_NUMERIC_LIMIT:g} in size")
+        q = np.rint(np.abs(np.where(null, 0.0, x)) * 10**_NUMERIC_DSCALE).astype(np.int64)
+        d = np.empty(x.size, dtype=np.dtype([("nd", ">i2"), ("w", ">i2"), ("sign", ">u2"), ("ds", ">i2"),
+                                             ("d0", ">i2"), ("d1", ">i2"), ("d2", ">i2")]))
+        d["nd"], d["w"], d["ds"] = 3, 0, _NUMERIC_DSCALE
+        d["sign"] = np.where(x < 0, 0x4000, 0)
+        d["d0"] = q // 10**6
+        d["d1"] = (q // 100) % 10_000
+        d["d2"] = (q % 100) * 100
+        return np.dtype((np.void, 14)), 14, d.view(np.dtype((np.void, 14))), null
+    raise ValueError(f"{name}: no binary COPY encoding for type {t!r}")
+
+
+def encode(columns: Mapping[str, Column]) -> bytes:
+    """The tuples of ``columns`` (all of one length) in binary COPY format, without header."""
+    fields = {name: _field(col, name) for name, col in columns.items()}
+    lengths = {v.shape[0] for _, _, v, _ in fields.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"columns of binary COPY differ in length: {sorted(lengths)}")
+    n = lengths.pop() if lengths else 0
+    if n == 0:
+        return b""
+    masks = {name: m for name, (_, _, _, m) in fields.items() if m is not None and m.any()}
+    if not masks:
+        return _tuples(fields, np.arange(n), set())
+    pattern = np.zeros(n, dtype=np.int64)
+    names = list(masks)
+    for k, name in enumerate(names):
+        pattern |= masks[name].astype(np.int64) << k
+    out = []
+    for p in np.unique(pattern):
+        nulls = {names[k] for k in range(len(names)) if p >> k & 1}
+        out.append(_tuples(fields, np.flatnonzero(pattern == p), nulls))
+    return b"".join(out)
+
+
+def _tuples(fields, rows: np.ndarray, nulls: set[str]) -> bytes:
+    spec = [("nf", ">i2")]
+    for name, (dt, _, _, _) in fields.items():
+        spec.append((f"{name}__len", ">i4"))
+        if name not in nulls:
+            spec.append((name, dt))
+    a = np.empty(rows.size, dtype=np.dtype(spec))
+    a["nf"] = len(fields)
+    for name, (_, width, values, _) in fields.items():
+        a[f"{name}__len"] = -1 if name in nulls else width
+        if name not in nulls:
+            a[name] = values[rows]
+    return a.tobytes()
+
+
+def copy_in(conn: psycopg.Connection, table: str, names: Sequence[str], data: Iterable[bytes]) -> None:
+    """One COPY of ``data`` (what ``encode`` made of columns ``names``, in pieces) into ``table``."""
+    with conn.cursor().copy(f"COPY {table} ({', '.join(names)}) FROM STDIN (FORMAT binary)") as copy:
+        copy.write(SIGNATURE)
+        for piece in data:
+            copy.write(piece)
+        copy.write(TRAILER)
