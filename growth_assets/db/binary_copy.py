@@ -1,11 +1,11 @@
 """PostgreSQL's binary COPY format built from numpy columns, without a Python object per row.
 
 A tuple of the binary format is a field count, then each field as its length and its bytes
-(https://www.postgresql.org/docs/15/sql-copy.html, "Binary Format"). When every value of a
-column has the same width (numbers, dates, timestamps, fixed-width ids), a run of tuples is
-one numpy structured array: the columns are written into it as whole arrays and its buffer is
-the COPY data. A column may have NULLs (``NaN`` in a float column): rows are then written in
-groups, one per pattern of NULLs, each group of one width.
+(https://www.postgresql.org/docs/15/sql-copy.html, "Binary Format"). Rows whose fields all
+have one width (numbers, dates, timestamps; ids of one length) are one numpy structured
+array: the columns are written into it as whole arrays and its buffer is the COPY data. Text
+of several lengths and NULLs (``NaN`` in a numeric column) make groups of rows, one per
+pattern of widths, each one such array.
 
 ``numeric`` columns are sent with a fixed six decimals (the demo's ``theta_estimate`` and
 ``theta_sd``): three base-10000 digits (integer part, then 4 + 2 decimals), which the server
@@ -41,16 +41,20 @@ class Column:
     values: np.ndarray
 
 
-def _field(col: Column, name: str) -> tuple[np.dtype, int, np.ndarray, np.ndarray | None]:
-    """(numpy dtype of the field's bytes, its width, the values to store, NULL mask)."""
+def _text(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """UTF-8 bytes of a text column and each value's length in bytes."""
+    b = v if v.dtype.kind == "S" else np.char.encode(v.astype(str), "utf-8")
+    return b, np.char.str_len(b).astype(np.int64)
+
+
+def _field(col: Column, name: str) -> tuple[np.dtype | None, int | None, np.ndarray, np.ndarray | None]:
+    """(numpy dtype of the field's bytes, its width, the values to store, NULL mask); a text
+    column's dtype and width are None: they are set per group of rows of one length."""
     v = np.asarray(col.values)
     t = col.pg_type
     if t == "text":
-        b = v.astype("S") if v.dtype.kind != "S" else v
-        width = b.dtype.itemsize
-        if b.size and int(np.char.str_len(b).min()) != width:
-            raise ValueError(f"{name}: a text column for binary COPY must have values of one width")
-        return np.dtype(f"S{width}"), width, b, None
+        b, _ = _text(v)
+        return None, None, b, None
     if t == "float8":
         return np.dtype(">f8"), 8, v.astype(np.float64), None
     if t == "int4":
@@ -79,7 +83,10 @@ def _field(col: Column, name: str) -> tuple[np.dtype, int, np.ndarray, np.ndarra
 
 
 def encode(columns: Mapping[str, Column]) -> bytes:
-    """The tuples of ``columns`` (all of one length) in binary COPY format, without header."""
+    """The tuples of ``columns`` (all of one length) in binary COPY format, without header.
+
+    Rows are written in groups of one width (one pattern of NULLs and text lengths): ids of a
+    few lengths make a few groups. The order of rows is not kept (a table has none)."""
     fields = {name: _field(col, name) for name, col in columns.items()}
     lengths = {v.shape[0] for _, _, v, _ in fields.values()}
     if len(lengths) > 1:
@@ -87,31 +94,38 @@ def encode(columns: Mapping[str, Column]) -> bytes:
     n = lengths.pop() if lengths else 0
     if n == 0:
         return b""
-    masks = {name: m for name, (_, _, _, m) in fields.items() if m is not None and m.any()}
-    if not masks:
-        return _tuples(fields, np.arange(n), set())
-    pattern = np.zeros(n, dtype=np.int64)
-    names = list(masks)
-    for k, name in enumerate(names):
-        pattern |= masks[name].astype(np.int64) << k
-    out = []
-    for p in np.unique(pattern):
-        nulls = {names[k] for k in range(len(names)) if p >> k & 1}
-        out.append(_tuples(fields, np.flatnonzero(pattern == p), nulls))
-    return b"".join(out)
+    # one key column per NULL-able or text field: -1 for NULL, else the width in bytes
+    keyed = [name for name, (dt, _, _, m) in fields.items() if dt is None or (m is not None and m.any())]
+    if not keyed:
+        return _tuples(fields, np.arange(n), {})
+    key = np.empty((n, len(keyed)), dtype=np.int64)
+    for j, name in enumerate(keyed):
+        dt, width, values, mask = fields[name]
+        key[:, j] = _text(values)[1] if dt is None else width
+        if mask is not None:
+            key[mask, j] = -1
+    groups, inverse = np.unique(key, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[order], np.arange(groups.shape[0] + 1))
+    return b"".join(_tuples(fields, order[bounds[g]:bounds[g + 1]], dict(zip(keyed, groups[g].tolist())))
+                    for g in range(groups.shape[0]))
 
 
-def _tuples(fields, rows: np.ndarray, nulls: set[str]) -> bytes:
+def _tuples(fields, rows: np.ndarray, widths: dict[str, int]) -> bytes:
+    """Rows of one width: ``widths`` gives each keyed field's width (-1: NULL)."""
     spec = [("nf", ">i2")]
     for name, (dt, _, _, _) in fields.items():
         spec.append((f"{name}__len", ">i4"))
-        if name not in nulls:
-            spec.append((name, dt))
+        w = widths.get(name)
+        if w is None or w > 0:  # a NULL (-1) or an empty text (0) has no bytes
+            spec.append((name, dt if dt is not None else np.dtype(f"S{w}")))
     a = np.empty(rows.size, dtype=np.dtype(spec))
     a["nf"] = len(fields)
-    for name, (_, width, values, _) in fields.items():
-        a[f"{name}__len"] = -1 if name in nulls else width
-        if name not in nulls:
+    for name, (dt, width, values, _) in fields.items():
+        w = widths.get(name, width)
+        a[f"{name}__len"] = w
+        if w > 0:
             a[name] = values[rows]
     return a.tobytes()
 

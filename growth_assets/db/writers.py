@@ -17,6 +17,7 @@ from psycopg.types.json import Jsonb
 
 from ..model.contract import POPULATION_PARAMS, ContractError, make_run_id
 from ..model.result import FitResult
+from .binary_copy import Column, copy_in, encode
 
 P_SOURCES = ("brms", "native", "posterior", "normal")
 # what both merges write into kpis, and how they resolve a row that exists
@@ -34,6 +35,7 @@ _MERGE_TAIL = """ORDER BY user_id  -- every writer locks rows in one order: no d
                WHERE (w.kpis ->> 'P_window_end') IS NULL
                   OR (EXCLUDED.kpis ->> 'P_window_end')::date >= (w.kpis ->> 'P_window_end')::date"""
 RUN_STATUSES = ("passed", "failed_checks")
+_COPY_CHUNK = 200_000  # students encoded at a time
 STUDENT_COLUMNS = ("user_id", "n_obs", "mean_a", "mean_b", "var_a", "var_b", "cov_ab", "mu", "sigma", "P")
 
 
@@ -114,12 +116,15 @@ def write_fit(
             raise ContractError("run_id", "already stored by another run; refusing to overwrite it", run_id)
         conn.execute("DELETE FROM growth_student_posterior WHERE run_id = %s", (run_id,))
         s = result.students
-        cols = ", ".join(f'"{c}"' for c in ("run_id", *STUDENT_COLUMNS))
-        columns = [s.student_id.tolist(), s.n_obs.tolist()] + [
-            getattr(s, c).tolist() for c in STUDENT_COLUMNS[2:]]
-        with conn.cursor().copy(f"COPY growth_student_posterior ({cols}) FROM STDIN") as copy:
-            for row in zip(*columns):
-                copy.write_row((run_id, *row))
+        n = len(s)
+        columns = {'"run_id"': Column("text", np.full(n, run_id.encode())),
+                   '"user_id"': Column("text", np.asarray(s.student_id)),
+                   '"n_obs"': Column("int4", np.asarray(s.n_obs)),
+                   **{f'"{c}"': Column("float8", np.asarray(getattr(s, c))) for c in STUDENT_COLUMNS[2:]}}
+        # binary COPY from the result's columns, a chunk at a time (no Python object per student)
+        copy_in(conn, "growth_student_posterior", list(columns),
+                (encode({k: Column(c.pg_type, c.values[i:i + _COPY_CHUNK]) for k, c in columns.items()})
+                 for i in range(0, n, _COPY_CHUNK)))
         conn.execute("DELETE FROM growth_population_draws WHERE run_id = %s", (run_id,))
         if result.population_draws is not None:
             d = result.population_draws

@@ -100,6 +100,43 @@ def test_theta_panel_is_calendar_indexed_with_the_first_source_per_student_week(
     assert info.excluded["null_user_id"] == 1
     assert info.excluded["future_dated"] == 1
     assert info.students_with_3_weeks == 1
+    # the observations behind each student-week, counted in the pass that built the panel
+    n = dict(((r[0], r[1]), r[2]) for r in fixture_db.execute(
+        "SELECT student_id, week, n FROM growth_panel WHERE panel_id = %s", (info.panel_id,)))
+    assert all(v >= 1 for v in n.values()) and info.observations == sum(n.values())
+    assert info.non_finite == 0
+
+
+def test_a_panel_reads_back_in_code_point_order_whatever_the_databases_collation(pg_admin_url):
+    """load_panel reads in the table's key order (no sort); under a language's collation
+    ("_z", "a", "B") the ids and their rows are put in code-point order ("B", "_z", "a")."""
+    import psycopg
+
+    from growth_assets.db import connect
+    from growth_assets.db.migrate import migrate
+
+    name = "panel_icu_order"
+    with psycopg.connect(pg_admin_url, autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        c.execute(f"CREATE DATABASE \"{name}\" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
+                  " LOCALE 'C.UTF-8'")
+    url = pg_admin_url.rsplit("/", 1)[0] + "/" + name
+    try:
+        migrate(url)
+        with connect(url) as conn:
+            rows = [("a", 0, 1.0), ("a", 2, 1.5), ("B", 1, 2.0), ("_z", 0, 3.0), ("_z", 3, 3.5), ("B", 0, 2.5)]
+            conn.execute("INSERT INTO growth_panel (panel_id, student_id, week, score, source)"
+                         " SELECT 'p', * , 'mirt_ability' FROM unnest(%s::text[], %s::int[], %s::float8[])",
+                         ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]))
+            assert [r[0] for r in conn.execute("SELECT DISTINCT student_id FROM growth_panel ORDER BY 1")] == [
+                "_z", "a", "B"]  # the database's order is not the code points'
+            panel = load_panel(conn, "p")
+        assert panel.student_ids.tolist() == ["B", "_z", "a"]
+        got = [(panel.student_ids[c], int(w), float(y)) for c, w, y in zip(panel.student, panel.week, panel.score)]
+        assert got == sorted(rows, key=lambda r: (r[0], r[1]))
+    finally:
+        with psycopg.connect(pg_admin_url, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_rebuilding_a_panel_replaces_it(fixture_db):

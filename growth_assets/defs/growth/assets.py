@@ -109,9 +109,6 @@ def weekly_scores(context: dg.AssetExecutionContext, postgres: PostgresResource,
     with postgres.connect() as conn, contract_failures():
         info = build_panel(conn, window, growth.score_source, partition_key=context.partition_key,
                            dagster_run_id=context.run.run_id, score_range=(growth.score_min, growth.score_max))
-        non_finite = conn.execute(
-            "SELECT count(*) FROM growth_panel WHERE panel_id = %s"
-            " AND score IN ('NaN', 'Infinity', '-Infinity')", (info.panel_id,)).fetchone()[0]
     share3 = info.students_with_3_weeks / info.n_students if info.n_students else 0.0
     yield dg.MaterializeResult(metadata={
         "panel_id": info.panel_id,
@@ -128,8 +125,8 @@ def weekly_scores(context: dg.AssetExecutionContext, postgres: PostgresResource,
     })
     yield _check(SCORES_NOT_EMPTY, info.n_rows > 0, "ERROR", f"{info.n_rows} rows in the window",
                  observed=info.n_rows, threshold=1)
-    yield _check(SCORES_FINITE, non_finite == 0, "ERROR", f"{non_finite} non-finite scores",
-                 observed=int(non_finite), threshold=0)
+    yield _check(SCORES_FINITE, info.non_finite == 0, "ERROR", f"{info.non_finite} non-finite scores",
+                 observed=info.non_finite, threshold=0)
     yield _check(SCORES_TWO_STUDENTS, info.n_students >= 2, "ERROR", f"{info.n_students} students",
                  observed=info.n_students, threshold=2)
     yield _check(SCORES_THREE_WEEKS, share3 >= growth.min_share_3_weeks, "WARN",
