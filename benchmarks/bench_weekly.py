@@ -122,8 +122,8 @@ def _job(src: Path, url: str, args) -> dict:
     # an earlier code's run wrote (its panel, fits, runs, weekly_kpi rows)
     with connect(url, autocommit=True) as c:
         derived = [r[0] for r in c.execute(
-            "SELECT format('%%I.%%I', schemaname, tablename) FROM pg_tables"
-            " WHERE schemaname IN ('public', 'growth') AND (tablename LIKE 'growth%%'"
+            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables"
+            " WHERE schemaname IN ('public', 'growth') AND (tablename LIKE 'growth%'"
             " AND tablename <> 'growth_schema_migrations' OR tablename IN ('weekly_kpi', 'dagster_asset_value'))")]
         if derived:
             c.execute(f"TRUNCATE {', '.join(derived)} CASCADE")
@@ -135,13 +135,16 @@ def _job(src: Path, url: str, args) -> dict:
                           str(args.chains), str(args.samples)], env=env, capture_output=True, text=True, cwd=src)
     if out.returncode != 0:
         raise RuntimeError(f"job worker failed: {out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    with connect(url) as c:  # the P the job published, for the comparison of codes
+        got = c.execute('SELECT user_id, "P" FROM growth_student_posterior ORDER BY user_id').fetchall()
+    row["_P"] = dict(got)
+    return row
 
 
 def bench_size(codes: list[tuple[str, Path]], admin_url: str, n: int, args) -> list[dict]:
-    """One database per size, seeded once by the first code (its schema); each code then
-    migrates it to its own schema and runs the job on the same source rows, in the order
-    given (the baseline first: its schema is the older one)."""
+    """One database per size, seeded once by the current code; each code then migrates it to
+    its own schema and runs the job on the same source rows, in the order given."""
     import psycopg
 
     db = f"bench_{n}"
@@ -150,8 +153,11 @@ def bench_size(codes: list[tuple[str, Path]], admin_url: str, n: int, args) -> l
         c.execute(f'CREATE DATABASE "{db}"')
     url = admin_url.rsplit("/", 1)[0] + "/" + db
     truth = Path(tempfile.mkdtemp()) / "truth.csv"
-    seed_s, seed_peak = _seed(n, {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(codes[0][1])}, truth)
-    rows = []
+    # seeded by the current code (the same cohort for the same seed as the older codes', drawn
+    # in chunks: minutes less at a million students); its seconds are the current seed-demo's
+    seed_s, seed_peak = _seed(n, {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(codes[-1][1])}, truth)
+    rows: list[dict] = []
+    published: dict[str, dict[str, float]] = {}
     for label, src in codes:
         if label in args.warm:  # a run first, unreported: its caches are then as on a Monday
             _job(src, url, args)
@@ -159,6 +165,13 @@ def bench_size(codes: list[tuple[str, Path]], admin_url: str, n: int, args) -> l
                "seed_peak_rss_mb": round(seed_peak), **_job(src, url, args)}
         if not row["success"]:
             raise RuntimeError(f"{label} at {n}: the weekly job failed: {row['steps']}")
+        p = row.pop("_P")
+        if rows:  # the same data and seed: how far this code's P is from the first code's
+            first = published[rows[0]["label"]]
+            row["students_in_both"] = len(first.keys() & p.keys())
+            row["max_abs_dP_vs_" + rows[0]["label"]] = max(
+                (abs(first[u] - p[u]) for u in first.keys() & p.keys()), default=float("nan"))
+        published[label] = p
         rows.append(row)
         print(json.dumps(rows[-1]), flush=True)
     with psycopg.connect(admin_url, autocommit=True) as c:
@@ -186,6 +199,10 @@ def markdown(rows: list[dict], meta: dict) -> str:
               for r in rows if r["label"] == "current" and r["students"] in base]
     if ratios:
         lines += ["", "Ratios (baseline / current, same machine, same run):", *ratios]
+    same = [f"- {r['students']:,} students: max |P(current) - P(baseline)| = {r['max_abs_dP_vs_baseline']:.2g}"
+            f" over {r['students_in_both']:,} students in both" for r in rows if "max_abs_dP_vs_baseline" in r]
+    if same:
+        lines += ["", "The same data and seed, the same P:", *same]
     return "\n".join(lines) + "\n"
 
 
