@@ -139,6 +139,36 @@ def test_a_panel_reads_back_in_code_point_order_whatever_the_databases_collation
             c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def test_a_panel_rebuilt_while_it_is_read_is_refused_not_mixed(fixture_db, db_url):
+    """load_panel reads ids and rows in two statements; a rebuild committed between them
+    (another run of the same partition) must not pair one panel's ids with the other's rows."""
+    from growth_assets.db import connect
+    from growth_assets.model.contract import ContractError
+
+    w = Window(MONDAY, 12)
+    info = build_panel(fixture_db, w, "theta", now=NOW)
+    fixture_db.commit()
+
+    class RebuiltBeforeTheRows:
+        """The connection, with another session's rebuild committed just before the COPY."""
+
+        def __init__(self, conn):
+            self._conn = conn
+
+        def __getattr__(self, name):
+            return getattr(self._conn, name)
+
+        def cursor(self, *a, **k):
+            with connect(db_url) as other:
+                other.execute("DELETE FROM mirt_ability WHERE user_id = 'A'")  # A loses weeks
+                build_panel(other, w, "theta", now=NOW)
+            return self._conn.cursor(*a, **k)
+
+    with pytest.raises(ContractError, match="panel_id: was rebuilt while it was read"):
+        load_panel(RebuiltBeforeTheRows(fixture_db), info.panel_id)
+    assert load_panel(fixture_db, info.panel_id).n_rows < info.n_rows  # the new panel, read whole
+
+
 def test_rebuilding_a_panel_replaces_it(fixture_db):
     w = Window(MONDAY, 12)
     first = build_panel(fixture_db, w, "theta", now=NOW)

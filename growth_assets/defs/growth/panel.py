@@ -202,9 +202,16 @@ def load_panel(conn: psycopg.Connection, panel_id: str) -> Panel:
 
     Both reads follow the table's key (panel_id, student_id, week), so neither sorts: the ids
     with their row counts, then the rows' weeks and scores by binary COPY in the same order.
-    Ids are then put in code-point order (the database's collation may order them otherwise)."""
+    Ids are then put in code-point order (the database's collation may order them otherwise).
+
+    The two reads may see different snapshots (read committed): a rebuild of the panel
+    committed between them would pair one panel's ids with another's rows. ``build_panel``
+    stamps the panel's meta in the transaction that writes its rows, so an unchanged stamp
+    after both reads shows they read one panel; else ContractError, and nothing is fitted."""
+    built = "SELECT created_at FROM growth_panel_meta WHERE panel_id = %s"
     with conn.transaction():
         conn.execute(PANEL_SETTINGS)
+        stamp = conn.execute(built, (panel_id,)).fetchone()
         ids_counts = conn.execute(
             "SELECT student_id, count(*) FROM growth_panel WHERE panel_id = %s GROUP BY student_id"
             " ORDER BY student_id", (panel_id,)).fetchall()
@@ -214,6 +221,9 @@ def load_panel(conn: psycopg.Connection, panel_id: str) -> Panel:
             " TO STDOUT (FORMAT binary)", (panel_id,)) as copy:
             for chunk in copy:
                 buf += chunk
+        if conn.execute(built, (panel_id,)).fetchone() != stamp:
+            raise ContractError("panel_id", "was rebuilt while it was read: materialize brms_posterior again",
+                                panel_id)
     rows = np.frombuffer(memoryview(buf)[_HEADER:len(buf) - 2], dtype=_ROW)  # the trailer is int16 -1
     ids = np.array([r[0] for r in ids_counts], dtype=object)
     counts = np.fromiter((r[1] for r in ids_counts), dtype=np.int64, count=len(ids_counts))
