@@ -37,7 +37,7 @@ _NUMERIC_LIMIT = 10_000.0  # the first base-10000 digit holds the integer part
 class Column:
     """One column to send: its PostgreSQL type and its values (one per row)."""
 
-    pg_type: str  # text (fixed width), float8, int4, date, timestamptz, numeric
+    pg_type: str  # text, float8, int4, date, timestamptz, numeric (six decimals)
     values: np.ndarray
 
 
