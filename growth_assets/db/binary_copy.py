@@ -37,24 +37,21 @@ _NUMERIC_LIMIT = 10_000.0  # the first base-10000 digit holds the integer part
 class Column:
     """One column to send: its PostgreSQL type and its values (one per row)."""
 
-    pg_type: str  # text, float8, int4, date, timestamptz, numeric (six decimals)
+    pg_type: str  # text, float8 (double precision), int4 (integer), date, timestamptz, numeric (six decimals)
     values: np.ndarray
 
 
-def _text(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """UTF-8 bytes of a text column and each value's length in bytes."""
-    b = v if v.dtype.kind == "S" else np.char.encode(v.astype(str), "utf-8")
-    return b, np.char.str_len(b).astype(np.int64)
+# PostgreSQL's own names of the types, as information_schema and table definitions give them
+_ALIASES = {"double precision": "float8", "integer": "int4"}
 
 
 def _field(col: Column, name: str) -> tuple[np.dtype | None, int | None, np.ndarray, np.ndarray | None]:
     """(numpy dtype of the field's bytes, its width, the values to store, NULL mask); a text
     column's dtype and width are None: they are set per group of rows of one length."""
     v = np.asarray(col.values)
-    t = col.pg_type
-    if t == "text":
-        b, _ = _text(v)
-        return None, None, b, None
+    t = _ALIASES.get(col.pg_type, col.pg_type)
+    if t == "text":  # UTF-8 bytes
+        return None, None, v if v.dtype.kind == "S" else np.char.encode(v.astype(str), "utf-8"), None
     if t == "float8":
         return np.dtype(">f8"), 8, v.astype(np.float64), None
     if t == "int4":
@@ -101,7 +98,7 @@ def encode(columns: Mapping[str, Column]) -> bytes:
     key = np.empty((n, len(keyed)), dtype=np.int64)
     for j, name in enumerate(keyed):
         dt, width, values, mask = fields[name]
-        key[:, j] = _text(values)[1] if dt is None else width
+        key[:, j] = np.char.str_len(values) if dt is None else width
         if mask is not None:
             key[mask, j] = -1
     groups, inverse = np.unique(key, axis=0, return_inverse=True)

@@ -197,12 +197,7 @@ def delete_demo_rows(conn: psycopg.Connection) -> int:
 def _columns(table: str, cols: dict[str, np.ndarray], p: CohortParams) -> dict[str, Column]:
     """A chunk of one table as binary COPY columns, in the table's types."""
     types = source_tables.COLUMNS[table]
-    out = {}
-    for name, values in cols.items():
-        t = types[name]
-        kind = {"text": "text", "double precision": "float8", "integer": "int4", "date": "date",
-                "timestamptz": "timestamptz", "numeric": "numeric"}[t]
-        out[name] = Column(kind, values)
+    out = {name: Column(types[name], values) for name, values in cols.items()}
     if table in ("mirt_ability", "student_topic_theta"):
         n = len(cols["user_id"])
         out["model"] = Column("text", np.full(n, p.model.encode()))
