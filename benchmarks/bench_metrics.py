@@ -52,9 +52,11 @@ MEANS = {"b_Intercept": -0.5, "b_week": 0.05, "sd_student_id__Intercept": 0.8,
          "sd_student_id__week": 0.04, "cor_student_id__Intercept__week": 0.2, "sigma": 0.3}
 
 
-def store_synthetic_run(conn, ids: list[str], n_obs: int, draws: dict | None = None) -> dict[str, float]:
+def store_synthetic_run(conn, ids: list[str], n_obs: int, draws: dict | None = None,
+                        window_sums=None) -> dict[str, float]:
     """A passed run of the window WINDOW_START..WEEK with made-up line posteriors for
-    ``ids`` (and ``draws``, the population draws, when given); returns each student's P."""
+    ``ids`` (and ``draws``, the population draws, and ``window_sums``, each student's sums of
+    the rows the fit saw, when given); returns each student's P."""
     import numpy as np
 
     from growth_assets.db.writers import jsonable, write_fit, write_run_record
@@ -83,7 +85,7 @@ def store_synthetic_run(conn, ids: list[str], n_obs: int, draws: dict | None = N
     if draws is not None:
         result["population_draws"] = draws
     fit = FitResult.from_json(result).validate()
-    write_fit(conn, fit)
+    write_fit(conn, fit, **({"window_sums": window_sums} if window_sums is not None else {}))
     write_run_record(conn, jsonable(fit.header_json()), status="passed", window_start=WINDOW_START,
                      window_end=WEEK, week_start=WEEK, score_source="theta")
     return {pr["student_id"]: pr["P"] for pr in preds}

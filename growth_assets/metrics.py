@@ -39,17 +39,26 @@ The chain (spec §6, §7), with METRICS_USE_BAYESIAN=true
 2. ``update`` (a run with population draws, ``growth_population_draws``: the native
    engine keeps 1000, ``contract.POPULATION_DRAWS``): the latest passed run's
    hyperparameter draws and ALL of the student's scores from the run's ``window_start`` up
-   to now (the window's and every week since, through the panel's own query, one query
-   for every user of the call), exactly: per draw d the line is the conditional Normal
-   (``model.lines``), and ``P = mean_d Phi((m_d(h) - target) / s_d(h))`` (within a proven
-   1e-3, the engine's own rule for its stored P: ``Phi`` of the mean z where the Taylor bound
-   allows it, else the mean over draws; the 1000 draws' Monte Carlo error is larger), ``mu`` and
-   ``sigma`` the mixture's (``native_math.predict_from_sums``). One student's new scores move
-   the population posterior by O(1/N), so the run's draws stay valid until the next fit
-   (tested against a refit: within 0.02). ``horizon`` (a Monday; default the run's
-   ``P_week``) gives P for any week: ``h`` = weeks from ``window_start``. The answer's
-   ``n_new`` says how many weeks after the window it folded in. A student with no scores
-   at all since ``window_start`` goes on to path 3. ``P_source`` ``update``.
+   to now, exactly: per draw d the line is the conditional Normal (``model.lines``), and
+   ``P = mean_d Phi((m_d(h) - target) / s_d(h))`` (within a proven 1e-3, the engine's own
+   rule for its stored P: ``Phi`` of the mean z where the Taylor bound allows it, else the
+   mean over draws; the 1000 draws' Monte Carlo error is larger), ``mu`` and ``sigma`` the
+   mixture's (``native_math.predict_from_sums``). The scores are five sums per student:
+
+   - a student of the run: the window as the run's fit saw it (its sums, kept beside her
+     line in ``growth_student_posterior``), plus every week since the window, read through
+     the panel's own query. A score dated inside the window that arrived after the fit is
+     not folded in: the stored P (path 1) does not see it either, so both paths answer from
+     the same data until the next fit;
+   - any other user (not in the fit, or in a fit stored before the sums were kept): every
+     week since ``window_start``, read through the panel's own query.
+
+   One student's new scores move the population posterior by O(1/N), so the run's draws
+   stay valid until the next fit (tested against a refit: within 0.02). ``horizon`` (a
+   Monday; default the run's ``P_week``) gives P for any week: ``h`` = weeks from
+   ``window_start``. The answer's ``n_new`` says how many weeks after the window it folded
+   in. A user with no scores at all since ``window_start`` goes on to path 3. ``P_source``
+   ``update``.
 
 2'. ``run`` / ``population`` (a run without population draws: stored before they existed,
    or by an engine that gives none): the latest ``growth_brms_meta`` run with status ``passed``
@@ -101,27 +110,33 @@ reason) and each user's answer at DEBUG. A NaN/infinite target or an empty user 
 :class:`ContractError` naming the field. Database errors propagate (nothing is swallowed).
 
 Queries: one per path for any number of users (``= ANY(%s)``: the ids as one binary array,
-2.5x cheaper to send than text), never one per user.
+encoded once per call, ``_Ids``), never one per user. The reads every user needs (the
+latest run, the stored P, the score sums; for a call of a few users also path 3's theta) go
+in one pipeline: one round trip to the server.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import struct
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
 import numpy as np
 import psycopg
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 
 from .db.connection import SCHEMA_FIRST
 from .db.writers import check_monday, merge_weekly_kpi
 from .model.contract import ContractError, check_target, line_prediction, normal_approximation_p
 from .model.lines import conditional_line
-from .model.native_math import P_TOLERANCE, predict_from_sums
+from .model.native_math import P_TOLERANCE, predict_from_sums, standardised_draws
 from .settings import Settings
 
 log = logging.getLogger("growth_assets.metrics")
@@ -178,10 +193,8 @@ class _Run:
         return self.window_start + timedelta(weeks=h) if self.window_start else None
 
 
-@dataclass
-class _Pending:
-    user_id: str
-    reasons: list[str] = field(default_factory=list)
+# a user still pending in the chain: the reasons, so far, why earlier paths did not apply
+_Pending = list
 
 
 # --- argument checks ---------------------------------------------------------------------------
@@ -215,20 +228,56 @@ def _is_number(v: Any) -> bool:
 # --- the queries (one per path, for any number of users) ------------------------------------------
 
 
+class _Ids:
+    """A call's user ids as one binary ``text[]`` parameter, encoded once however many
+    statements send it (psycopg's list dumper checks every id of every statement for
+    quoting: ~0.2 s per statement for 100,000 ids)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, users: Sequence[str]) -> None:
+        if not users:  # an empty array has no dimensions
+            self.data = _ARRAY_HEAD.pack(0, 0, _TEXT_OID, 0, 0)[:12]
+            return
+        parts = [_ARRAY_HEAD.pack(1, 0, _TEXT_OID, len(users), 1)]
+        for u in users:
+            b = u.encode()
+            parts.append(_I4.pack(len(b)))
+            parts.append(b)
+        self.data = b"".join(parts)
+
+
+_ARRAY_HEAD = struct.Struct("!iiiii")  # ndim, has nulls, element type, length, lower bound
+_I4 = struct.Struct("!i")
+_TEXT_OID = 25
+
+
+class _IdsDumper(Dumper):
+    format = Format.BINARY
+    oid = 1009  # text[]
+
+    def dump(self, obj: _Ids) -> bytes:
+        return obj.data
+
+
+def _ids(users: Sequence[str] | _Ids) -> _Ids:
+    return users if isinstance(users, _Ids) else _Ids(users)
+
+
 _CALL_CONFIG = ("SELECT set_config('statement_timeout', %(statement_timeout)s, true),"
                 " set_config('lock_timeout', %(lock_timeout)s, true),"
                 f" {SCHEMA_FIRST},"
                 " set_config('plan_cache_mode', %(plan_mode)s, true)")
 
 
-def _latest_runs(session: psycopg.Connection, schema: str,
-                 config: dict[str, str]) -> tuple[_Run | None, tuple[str, str] | None]:
-    """(the latest passed run, (run_id, status) of the latest run of any status), read in
-    the statement that sets the call's ``config`` (``_CALL_CONFIG``: in force from the next
-    statement on), so the two cost one round trip. Its tables are named with their schema:
-    the search_path it sets is not in force for the statement itself."""
+def _send_latest_runs(session: psycopg.Connection, schema: str, config: dict[str, str]) -> psycopg.Cursor:
+    """The latest passed run and (run_id, status) of the latest run of any status
+    (``_read_latest_runs``), read in the statement that sets the call's ``config``
+    (``_CALL_CONFIG``: in force from the next statement on), so the two cost one round trip.
+    Its tables are named with their schema: the search_path it sets is not in force for the
+    statement itself."""
     q = f'"{schema}"'  # a checked identifier (settings.check_schema)
-    rows = session.execute(
+    return session.execute(
         f"""
         SELECT r.* FROM ({_CALL_CONFIG}) cfg CROSS JOIN (
         (SELECT 'passed' AS which, run_id, engine, status, horizon_week, window_start,
@@ -241,9 +290,13 @@ def _latest_runs(session: psycopg.Connection, schema: str,
          FROM {q}.growth_brms_meta
          ORDER BY window_end DESC NULLS LAST, fitted_at DESC NULLS LAST, run_id DESC LIMIT 1)) r
         """, config
-    ).fetchall()
+    )
+
+
+def _read_latest_runs(cur: psycopg.Cursor) -> tuple[_Run | None, tuple[str, str] | None]:
+    """(the latest passed run, (run_id, status) of the latest run of any status)."""
     passed = latest = None
-    for which, run_id, engine, status, h, ws, src, summary, we, draws_version in rows:
+    for which, run_id, engine, status, h, ws, src, summary, we, draws_version in cur.fetchall():
         if which == "passed":
             passed = _Run(run_id, engine, h, ws, src, summary, we, draws_version)
         else:
@@ -281,7 +334,7 @@ def _stored_row(week, p, sigma, p_target, run_id, source, p_week, is_number) -> 
 
 
 def _send_stored(session: psycopg.Connection, users: list[str], kpi_week: date | None) -> psycopg.Cursor:
-    return session.execute(_stored_sql(kpi_week), {"users": users, "kpi_week": kpi_week})
+    return session.execute(_stored_sql(kpi_week), {"users": _ids(users), "kpi_week": kpi_week})
 
 
 def _read_stored(cur: psycopg.Cursor) -> dict[str, tuple]:
@@ -294,7 +347,7 @@ def _send_posterior(session: psycopg.Connection, run_id: str, users: list[str]) 
     return session.execute(
         "SELECT user_id, n_obs, mean_a, mean_b, var_a, var_b, cov_ab FROM growth_student_posterior"
         " WHERE run_id = %s AND user_id = ANY(%s)",
-        (run_id, users),
+        (run_id, _ids(users)),
     )
 
 
@@ -303,24 +356,93 @@ def _send_sums(session: psycopg.Connection, run: _Run, users: list[str],
     """Per user (``_read_rows``): (n weeks, sum w, sum w^2, sum y, sum w y, weeks after the
     window) of the student-week scores since the run's window_start up to now, through the
     panel's own query (the same four sources in the same priority, or accuracy, as the run's
-    panel; weeks after the window keep their calendar index)."""
+    panel; weeks after the window keep their calendar index w). For a run without population
+    draws (``_line_paths``)."""
     return session.execute(_sums_sql(run), _sums_params(run, users, score_range))
+
+
+def _send_run_sums(session: psycopg.Connection, run: _Run, users: list[str],
+                   score_range: tuple[float, float]) -> tuple[psycopg.Cursor, psycopg.Cursor]:
+    """``_send_sums``'s answer for a run with population draws, as two statements (each
+    ``_read_rows``): for a student of the run whose fit kept her window sums
+    (``growth_student_posterior``), those sums (the window as the fit saw it) plus the weeks
+    since the window (w >= lookback), read from the sources; for every other user
+    (``_NOT_IN_RUN``), the window and the weeks since, read from the sources. So a batch
+    reads the sources only for what the fit did not see."""
+    params = _sums_params(run, users, score_range)
+    return session.execute(_run_sums_sql(run, "run"), params), session.execute(_run_sums_sql(run, "rest"), params)
+
+
+# the users of a call (``users``) whose window sums the run (``run_id``) did not store: not in
+# its fit, or in a fit stored before the sums were kept. Their window is read from the sources.
+_NOT_IN_RUN = ("SELECT coalesce(array_agg(u), '{}') AS ids FROM unnest(%(users)s::text[]) u"
+               " WHERE NOT EXISTS (SELECT 1 FROM growth_student_posterior p"
+               " WHERE p.run_id = %(run_id)s AND p.user_id = u AND p.sum_w IS NOT NULL)")
+
+_SUMS_OF = ("SELECT student_id, count(*), sum(w)::float8, sum(w * w)::float8, sum(score), sum(w * score),"
+            " count(*) FILTER (WHERE w >= %(lookback)s) FROM ({rows}) r GROUP BY 1")
 
 
 def _sums_sql(run: _Run) -> str:
     from .defs.growth.panel import panel_query
 
     query = panel_query(run.score_source or "theta", for_users=True)
-    return (f"SELECT student_id, count(*), sum(week)::float8, sum(week * week)::float8, sum(score),"
-            f" sum(week * score), count(*) FILTER (WHERE week >= %(lookback)s) FROM ({query}) p GROUP BY 1")
+    return _SUMS_OF.format(rows=f"SELECT student_id, week AS w, score FROM ({query}) q")
+
+
+def _run_sums_sql(run: _Run, part: str) -> str:
+    """``part`` ``run``: the users of the run with window sums, those sums plus the weeks
+    since the window (from the sources); ``rest``: the other users, everything from the
+    sources."""
+    from .defs.growth.panel import panel_query
+
+    if part == "rest":
+        rest = panel_query(run.score_source or "theta", for_users=True, users_from=_NOT_IN_RUN)
+        return _SUMS_OF.format(rows=f"SELECT student_id, week AS w, score FROM ({rest}) r")
+    since = panel_query(run.score_source or "theta", for_users=True)
+    assert "%(window_start)s" in since
+    since = since.replace("%(window_start)s", "%(window_end_run)s")  # weeks from the window's end on
+    return ("SELECT p.user_id, p.n_obs + coalesce(s.n, 0), p.sum_w + coalesce(s.sw, 0), p.sum_ww + coalesce(s.sww, 0),"
+            " p.sum_y + coalesce(s.sy, 0), p.sum_wy + coalesce(s.swy, 0), coalesce(s.n, 0)"
+            " FROM growth_student_posterior p LEFT JOIN ("
+            "SELECT student_id, count(*) AS n, sum(w)::float8 AS sw, sum(w * w)::float8 AS sww, sum(score) AS sy,"
+            f" sum(w * score) AS swy FROM (SELECT student_id, week + %(lookback)s AS w, score FROM ({since}) q) r"
+            " GROUP BY 1) s ON s.student_id = p.user_id"
+            " WHERE p.run_id = %(run_id)s AND p.user_id = ANY(%(users)s::text[]) AND p.sum_w IS NOT NULL")
 
 
 def _sums_params(run: _Run, users: list[str], score_range: tuple[float, float]) -> dict[str, Any]:
     now = datetime.now(timezone.utc)
     lookback = run.lookback_weeks
-    return {"window_start": run.window_start, "window_end": now.date() + timedelta(days=1), "now": now,
-            "users": users, "score_lo": score_range[0], "score_hi": score_range[1],
+    return {"window_start": run.window_start, "window_end_run": run.window_end,
+            "window_end": now.date() + timedelta(days=1), "now": now,
+            "users": _ids(users), "score_lo": score_range[0], "score_hi": score_range[1], "run_id": run.run_id,
             "lookback": lookback if lookback is not None else 2**31 - 1}
+
+
+def _reads_key(run: _Run | None) -> tuple | None:
+    """What the reads of a run with population draws depend on (None: not such a run)."""
+    if run is None or run.window_start is None or run.window_end is None or run.draws_version is None:
+        return None
+    return (run.run_id, run.window_start, run.window_end, run.score_source, run.draws_version)
+
+
+def _send_run_reads(session: psycopg.Connection, run: _Run, users: list[str],
+                    score_range: tuple[float, float], theta: bool) -> tuple:
+    """The reads of a run with population draws: every user's sums since the window's start
+    (``_send_run_sums``) and (``theta``) the latest theta of the users it did not fit, in
+    case they go on to path 3."""
+    return (_send_run_sums(session, run, users, score_range),
+            session.execute(_THETA_REST_SQL, {"users": _ids(users), "run_id": run.run_id, "score_lo": score_range[0],
+                                              "score_hi": score_range[1]}) if theta else None)
+
+
+def _read_run_reads(curs: tuple) -> tuple[dict[str, tuple], dict[str, tuple] | None]:
+    """(every user's sums since the window's start, the prefetched thetas or None)."""
+    (run, rest), theta = curs
+    sums = _read_rows(rest)
+    sums.update(_read_rows(run))
+    return sums, (_read_rows(theta) if theta is not None else None)
 
 
 def _read_rows(cur: psycopg.Cursor) -> dict[str, tuple]:
@@ -328,13 +450,14 @@ def _read_rows(cur: psycopg.Cursor) -> dict[str, tuple]:
     return {r[0]: tuple(r[1:]) for r in cur.fetchall()}
 
 
-_DRAWS_CACHE: dict[tuple, dict[str, np.ndarray]] = {}
+_DRAWS_CACHE: dict[tuple, tuple[dict[str, np.ndarray], tuple]] = {}
 _DRAWS_CACHE_SIZE = 4
 
 
-def _run_draws(session: psycopg.Connection, run: _Run) -> dict[str, np.ndarray] | None:
-    """The run's thinned population draws (``growth_population_draws``), or None (a run
-    stored before they existed, or by an engine that gave none). Kept in this process by
+def _run_draws(session: psycopg.Connection, run: _Run) -> tuple[dict[str, np.ndarray], tuple] | None:
+    """The run's thinned population draws (``growth_population_draws``) with their
+    standardised form (``native_math.standardised_draws``), or None (a run stored before
+    they existed, or by an engine that gave none). Kept in this process by
     (server, database, run_id, the row's xmin): a rewritten row (a retried step) has
     another xmin and is read again; reading 6 x 1000 doubles costs ~5 ms, a cache hit nothing."""
     from .db.writers import DRAW_COLUMNS
@@ -354,11 +477,12 @@ def _run_draws(session: psycopg.Connection, run: _Run) -> dict[str, np.ndarray] 
     draws = {p: np.asarray(v, dtype=np.float64) for p, v in zip(POPULATION_PARAMS, row[1:], strict=True)}
     for a in draws.values():
         a.setflags(write=False)
+    kept = (draws, standardised_draws(draws))
     if row[0] == run.draws_version:
         while len(_DRAWS_CACHE) >= _DRAWS_CACHE_SIZE:
             _DRAWS_CACHE.pop(next(iter(_DRAWS_CACHE)))
-        _DRAWS_CACHE[key] = draws
-    return draws
+        _DRAWS_CACHE[key] = kept
+    return kept
 
 
 def _horizon_index(run: _Run, horizon: date | None) -> int:
@@ -384,10 +508,17 @@ _THETA_SQL = ("SELECT DISTINCT ON (user_id) user_id, theta, se FROM mirt_ability
               " ORDER BY user_id, fitted_at DESC NULLS LAST")
 
 
+# _THETA_SQL for the users of a call whose window sums the run did not store (_NOT_IN_RUN).
+# Parameters: users, run_id, score_lo, score_hi.
+assert "ANY(%(users)s)" in _THETA_SQL
+_THETA_REST_SQL = (f"WITH for_users AS MATERIALIZED ({_NOT_IN_RUN}) "
+                   + _THETA_SQL.replace("ANY(%(users)s)", "ANY((SELECT ids FROM for_users)::text[])"))
+
+
 def _send_theta(session: psycopg.Connection, users: list[str],
                 score_range: tuple[float, float]) -> psycopg.Cursor:
     """Per user (``_read_rows``): ``_THETA_SQL``'s (theta, se)."""
-    return session.execute(_THETA_SQL, {"users": users, "score_lo": score_range[0], "score_hi": score_range[1]})
+    return session.execute(_THETA_SQL, {"users": _ids(users), "score_lo": score_range[0], "score_hi": score_range[1]})
 
 
 # --- the mathematics ---------------------------------------------------------------------------
@@ -429,18 +560,12 @@ class _Reads:
     def __init__(self, session: psycopg.Connection, users: list[str], score_range: tuple[float, float]) -> None:
         self.session, self.users, self.score_range = session, users, score_range
         self.run: _Run | None = None
-        self.kpi_week: date | None = None
         self._sums: dict[str, tuple] | None = None
-
-    def for_run(self, run: _Run | None, draws: dict | None, kpi_week: date | None) -> None:
-        """The run of the call; with population draws, every user's scores since the window
-        are read now (paths 1 and 2 both need them)."""
-        self.run, self.kpi_week = run, kpi_week
-        if run is not None and run.window_start is not None and draws is not None:
-            self._sums = _read_rows(_send_sums(self.session, run, self.users, self.score_range))
+        self._stored: dict[str, tuple] = {}
+        self._theta: dict[str, tuple] | None = None  # prefetched for the users the run did not fit
 
     def stored(self) -> dict[str, tuple]:
-        return _read_stored(_send_stored(self.session, self.users, self.kpi_week))
+        return self._stored
 
     def sums(self) -> dict[str, tuple]:
         return self._sums or {}
@@ -454,6 +579,8 @@ class _Reads:
         return _read_rows(_send_posterior(self.session, self.run.run_id, users))
 
     def theta(self, users: list[str]) -> dict[str, tuple]:
+        if self._theta is not None and self._sums is not None and not any(u in self._sums for u in users):
+            return self._theta
         return _read_rows(_send_theta(self.session, users, self.score_range))
 
 
@@ -466,24 +593,59 @@ class _Known:
     latest: tuple[str, str] | None = None
     h: int | None = None
     p_week: date | None = None
-    draws: dict[str, np.ndarray] | None = None
+    draws: tuple[dict[str, np.ndarray], tuple] | None = None  # (the draws, standardised): _run_draws
+
+
+# The latest passed run a process last saw, per database and schema: the guess that lets a
+# call send its reads in one round trip (``_start``). Only a guess: every call reads the
+# latest run in the same round trip, and reads again what depended on a guess that was wrong.
+_RUN_GUESS: dict[tuple, _Run] = {}
 
 
 def _start(session: psycopg.Connection, users: list[str], use_bayesian: bool, score_range: tuple[float, float],
            kpi_week: date | None, horizon: date | None, schema: str, config: dict[str, str]) -> _Known:
-    """The call's settings in force (``config``), its run, horizon and draws."""
-    known = _Known(_Reads(session, users, score_range))
+    """The call's settings in force (``config``), its run, horizon and draws, and the reads
+    every user needs (the stored P, and with population draws every user's score sums since
+    the window's start). They go in one pipeline, so one round trip: the sums depend on the
+    run's window, taken from the run the process saw last (``_RUN_GUESS``); if the latest run
+    read in the same round trip is another, they are read again for it. A call for a few
+    users also asks for the latest theta of those the run did not fit (path 3's read)."""
+    reads = _Reads(session, users, score_range)
+    known = _Known(reads)
     if not use_bayesian:
         session.execute(_CALL_CONFIG, config)
         return known
-    if users:
-        known.run, known.latest = _latest_runs(session, schema, config)
-        run = known.run
-        if run is not None:
-            known.h = _horizon_index(run, horizon)
-            known.p_week = run.p_week(known.h)
-            known.draws = _run_draws(session, run)
-        known.reads.for_run(run, known.draws, kpi_week)
+    if not users:
+        return known
+    key = (session.info.host, session.info.port, session.info.dbname, schema)
+    guess = _RUN_GUESS.get(key)
+    few = len(users) <= GENERIC_PLAN_MAX_USERS
+    ids, got = _Ids(users), None
+    with session.pipeline():
+        runs_cur = _send_latest_runs(session, schema, config)
+        stored_cur = _send_stored(session, ids, kpi_week)
+        guessed = _send_run_reads(session, guess, ids, score_range, few) if _reads_key(guess) else None
+        run, known.latest = _read_latest_runs(runs_cur)
+        reads._stored = _read_stored(stored_cur)
+        if guessed is not None:
+            got = _read_run_reads(guessed)
+    known.run = reads.run = run
+    if run is None:
+        _RUN_GUESS.pop(key, None)
+        return known
+    _RUN_GUESS[key] = run
+    known.h = _horizon_index(run, horizon)
+    known.p_week = run.p_week(known.h)
+    known.draws = _run_draws(session, run)
+    if known.draws is None:
+        return known
+    if _reads_key(run) is not None:
+        if got is None or _reads_key(guess) != _reads_key(run):  # the guess was another run
+            with session.pipeline():
+                got = _read_run_reads(_send_run_reads(session, run, ids, score_range, few))
+        reads._sums, reads._theta = got
+    elif run.window_start is not None:  # a run record without window_end: all from the sources
+        reads._sums = _read_rows(_send_sums(session, run, ids, score_range))
     return known
 
 
@@ -517,22 +679,23 @@ def _stored_reason(row: tuple | None, target: float, run: _Run | None, where: st
 
 
 def _update_path(pending: dict[str, _Pending], out: dict[str, GoalAnswer], run: _Run,
-                 draws: dict[str, np.ndarray], sums: dict[str, tuple], h: int, p_week: date | None,
+                 draws: tuple[dict[str, np.ndarray], tuple], sums: dict[str, tuple], h: int, p_week: date | None,
                  target: float) -> None:
     """Path 2 with the run's population draws: every score of the student since the window's
     start (the window's and every week since), exactly, per draw (``native_math.predict_from_sums``)."""
     ids = [u for u in pending if u in sums]
     for u in pending:
         if u not in sums:
-            pending[u].reasons.append(
+            pending[u].append(
                 f"update: the student has no scores since {run.window_start.isoformat()}")
     if not ids:
         return
-    arr = np.array([sums[u][:5] for u in ids], dtype=float)
-    mu, sd, p = predict_from_sums(draws, *arr.T, float(h), target, p_tolerance=P_TOLERANCE)
+    arr = np.array([sums[u] for u in ids], dtype=float)[:, :5]
+    mu, sd, p = predict_from_sums(draws[0], *arr.T, float(h), target, p_tolerance=P_TOLERANCE,
+                                  standardised=draws[1])
     for i, u in enumerate(ids):
         out[u] = GoalAnswer(u, target, float(p[i]), float(sd[i]), float(mu[i]), "update",
-                            tuple(pending.pop(u).reasons), run.run_id, "update", p_week, None,
+                            tuple(pending.pop(u)), run.run_id, "update", p_week, None,
                             int(sums[u][0]), run.window_end, int(sums[u][5]))
 
 
@@ -548,19 +711,19 @@ def _line_paths(reads: _Reads, pending: dict[str, _Pending], out: dict[str, Goal
         mu, sd, p = line_prediction(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3], arr[:, 4], h, target)
         for i, u in enumerate(ids):
             out[u] = GoalAnswer(u, target, float(p[i]), float(sd[i]), float(mu[i]), "run",
-                                tuple(pending.pop(u).reasons), run.run_id, "posterior",
+                                tuple(pending.pop(u)), run.run_id, "posterior",
                                 p_week, None, int(post[u][0]), run.window_end)
     todo = list(pending)
     if todo and run.window_start is None:
         for u in todo:
-            pending[u].reasons.append(
+            pending[u].append(
                 f"population: student not in run {run.run_id}, and the run has no window_start")
     elif todo:
         sums = reads.sums_for(todo)
         ids = [u for u in todo if u in sums]
         for u in todo:
             if u not in sums:
-                pending[u].reasons.append(
+                pending[u].append(
                     f"population: student not in run {run.run_id} and has no scores since "
                     f"{run.window_start.isoformat()}")
         if ids:
@@ -571,7 +734,7 @@ def _line_paths(reads: _Reads, pending: dict[str, _Pending], out: dict[str, Goal
             for i, u in enumerate(ids):
                 out[u] = GoalAnswer(u, target, float(p[i]), float(sd[i]), float(mu[i]),
                                     "population",
-                                    tuple(pending.pop(u).reasons) + (f"run: student not in run {run.run_id}",),
+                                    tuple(pending.pop(u)) + (f"run: student not in run {run.run_id}",),
                                     run.run_id, "posterior", p_week, None, int(sums[u][0]),
                                     run.window_end)
 
@@ -607,6 +770,7 @@ def _answers(
     config = {"statement_timeout": f"{settings.db_statement_timeout_ms}ms",
               "lock_timeout": f"{settings.db_lock_timeout_ms}ms", "schema": f'"{settings.db_schema}"',
               "plan_mode": _plan_mode(len(users))}
+    session.adapters.register_dumper(_Ids, _IdsDumper)  # a private type: nothing else of the session changes
     with session.transaction():
         known = _start(session, users, use_bayesian, score_range, kpi_week, horizon, settings.db_schema, config)
         return _chain(users, target, use_bayesian, kpi_week, known)
@@ -614,7 +778,7 @@ def _answers(
 
 def _chain(users: list[str], target: float, use_bayesian: bool, kpi_week: date | None,
            known: _Known) -> dict[str, GoalAnswer]:
-    pending = {u: _Pending(u) for u in users}
+    pending: dict[str, _Pending] = {u: [] for u in users}
     out: dict[str, GoalAnswer] = {}
     if not users:
         return out
@@ -636,11 +800,11 @@ def _chain(users: list[str], target: float, use_bayesian: bool, kpi_week: date |
                 week, p, sigma, _t, p_run_id, p_source, p_week_s = stored[u]
                 out[u] = GoalAnswer(
                     u, target, float(p), float(sigma) if _is_number(sigma) else None, None,
-                    "stored", tuple(pending[u].reasons), p_run_id, p_source,
+                    "stored", tuple(pending[u]), p_run_id, p_source,
                     _parse_date(p_week_s), week)
                 del pending[u]
             else:
-                pending[u].reasons.append(why)
+                pending[u].append(why)
         # 2. the latest passed run
         if pending and run is None:
             if latest is None:
@@ -648,14 +812,14 @@ def _chain(users: list[str], target: float, use_bayesian: bool, kpi_week: date |
             else:
                 why = f"run: no run passed its checks (latest run {latest[0]} is {latest[1]})"
             for p in pending.values():
-                p.reasons.append(why)
+                p.append(why)
         elif pending and draws is not None:
             _update_path(pending, out, run, draws, sums, h, p_week, target)
         elif pending:
             _line_paths(reads, pending, out, run, h, p_week, target)
     else:
         for p in pending.values():
-            p.reasons.append("METRICS_USE_BAYESIAN=false: Normal approximation only")
+            p.append("METRICS_USE_BAYESIAN=false: Normal approximation only")
 
     # 3. Normal approximation (spec §7), for the users whose latest theta and se are usable
     if pending:
@@ -675,7 +839,7 @@ def _chain(users: list[str], target: float, use_bayesian: bool, kpi_week: date |
                 else:
                     ok.append(u)
                     continue
-            reasons = pending.pop(u).reasons
+            reasons = pending.pop(u)
             reasons.append(why)
             out[u] = GoalAnswer(u, target, None, path="none", reasons=tuple(reasons))
         if ok:
@@ -683,7 +847,7 @@ def _chain(users: list[str], target: float, use_bayesian: bool, kpi_week: date |
             p = normal_approximation_p(arr[:, 0], arr[:, 1], target)
             for i, u in enumerate(ok):
                 out[u] = GoalAnswer(u, target, float(p[i]), float(arr[i, 1]), float(arr[i, 0]),
-                                    "normal", tuple(pending.pop(u).reasons), None, "normal")
+                                    "normal", tuple(pending.pop(u)), None, "normal")
     return {u: out[u] for u in users}
 
 
@@ -753,10 +917,16 @@ def compute_goal_attainment_probabilities(
             log.debug("goal probability user=%s path=%s P=%s; earlier paths: %s",
                       a.user_id, a.path, a.P, "; ".join(a.reasons) or "-")
     paths = Counter(a.path for a in out.values())
-    reasons = Counter(r.split(":")[0] + ":" + _reason_kind(r) for a in out.values() for r in a.reasons)
+    reasons = Counter(_reason_class(r) for a in out.values() for r in a.reasons)
     log.info("goal probabilities for %d users, target=%s: paths %s; fall-through reasons %s",
              len(out), t, dict(paths), dict(reasons))
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _reason_class(reason: str) -> str:
+    """``path:kind`` of a reason (a batch's reasons are a few distinct strings, many times)."""
+    return reason.split(":")[0] + ":" + _reason_kind(reason)
 
 
 def _reason_kind(reason: str) -> str:

@@ -35,10 +35,16 @@ _NUMERIC_LIMIT = 10_000.0  # the first base-10000 digit holds the integer part
 
 @dataclass(frozen=True)
 class Column:
-    """One column to send: its PostgreSQL type and its values (one per row)."""
+    """One column to send: its PostgreSQL type and its values (one per row); ``null``: the
+    rows sent as NULL (float8 and int4; a numeric column's non-finite values are NULL)."""
 
     pg_type: str  # text, float8 (double precision), int4 (integer), date, timestamptz, numeric (six decimals)
     values: np.ndarray
+    null: np.ndarray | None = None
+
+    def rows(self, sl: slice) -> "Column":
+        """The column of rows ``sl`` only."""
+        return Column(self.pg_type, self.values[sl], None if self.null is None else self.null[sl])
 
 
 # PostgreSQL's own names of the types, as information_schema and table definitions give them
@@ -52,10 +58,13 @@ def _field(col: Column, name: str) -> tuple[np.dtype | None, int | None, np.ndar
     t = _ALIASES.get(col.pg_type, col.pg_type)
     if t == "text":  # UTF-8 bytes
         return None, None, v if v.dtype.kind == "S" else np.char.encode(v.astype(str), "utf-8"), None
+    null = None if col.null is None else np.asarray(col.null, dtype=bool)
+    if null is not None and t not in ("float8", "int4"):
+        raise ValueError(f"{name}: NULLs by mask are for float8 and int4 columns, not {t!r}")
     if t == "float8":
-        return np.dtype(">f8"), 8, v.astype(np.float64), None
+        return np.dtype(">f8"), 8, v.astype(np.float64), null
     if t == "int4":
-        return np.dtype(">i4"), 4, v.astype(np.int32), None
+        return np.dtype(">i4"), 4, v.astype(np.int32), null
     if t == "date":
         days = v.astype("datetime64[D]").astype(np.int64) - _PG_EPOCH_DAYS
         return np.dtype(">i4"), 4, days.astype(np.int32), None

@@ -16,6 +16,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from ..model.contract import POPULATION_PARAMS, ContractError, make_run_id
+from ..model.panel import WindowSums
 from ..model.result import FitResult
 from .binary_copy import Column, copy_in, encode
 
@@ -86,6 +87,7 @@ def write_fit(
     partition_key: str | None = None,
     dagster_run_id: str | None = None,
     panel_id: str | None = None,
+    window_sums: WindowSums | None = None,
 ) -> int:
     """Store one fit (``brms_posterior``'s tables): its ``growth_fit`` row and its
     per-student line posteriors in ``growth_student_posterior``.
@@ -95,6 +97,10 @@ def write_fit(
     from the same Dagster run (a retried step) replaces it; another fit with a colliding
     run_id (ids have one-second resolution) is refused, never overwritten. Returns the
     number of student rows written.
+
+    ``window_sums`` (``Panel.window_sums()`` of the fitted panel): each student's sums over
+    the rows the fit conditioned on, kept beside her line posterior for the real-time path;
+    without them those columns are NULL (and that path reads the window from the sources).
     """
     run_id = result.run_id
     header = jsonable(result.header_json())
@@ -121,9 +127,12 @@ def write_fit(
                    '"user_id"': Column("text", np.asarray(s.student_id)),
                    '"n_obs"': Column("int4", np.asarray(s.n_obs)),
                    **{f'"{c}"': Column("float8", np.asarray(getattr(s, c))) for c in STUDENT_COLUMNS[2:]}}
+        if window_sums is not None:
+            columns.update({f'"{k}"': Column("float8", v, null=np.isnan(v))  # not in the panel: NULL
+                            for k, v in window_sums.for_students(np.asarray(s.student_id)).items()})
         # binary COPY from the result's columns, a chunk at a time (no Python object per student)
         copy_in(conn, "growth_student_posterior", list(columns),
-                (encode({k: Column(c.pg_type, c.values[i:i + _COPY_CHUNK]) for k, c in columns.items()})
+                (encode({k: c.rows(slice(i, i + _COPY_CHUNK)) for k, c in columns.items()})
                  for i in range(0, n, _COPY_CHUNK)))
         conn.execute("DELETE FROM growth_population_draws WHERE run_id = %s", (run_id,))
         if result.population_draws is not None:

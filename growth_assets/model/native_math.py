@@ -383,15 +383,16 @@ def _predict_few(std, ybar: float, s: float, n, sw, sww, sy, swy, h: float, targ
 
 
 def predict_from_sums(draws, n, sw, sww, sy, swy, h: float, target: float,
-                      p_tolerance: float = 0.0):
+                      p_tolerance: float = 0.0, standardised=None):
     """(mu, sigma, P) of ``a + b h`` for students given only their five sums (n, sum w,
     sum w^2, sum y, sum w y) and population draws in data units (brms's names): the
     engine's own Rao-Blackwellised mixture (``student_predictions``: per-draw terms once
     per group of students with the same (n, sum w, sum w^2)), so ``P = mean_d
     Phi((m_d(h) - target) / s_d(h))``, exactly with ``p_tolerance = 0``. Scores are
     standardised by the draws' own scale (mean intercept; sqrt(E sd_Intercept^2 + E
-    sigma^2)) for the arithmetic; the answer is in data units."""
-    std, ybar, s = standardised_draws(draws)
+    sigma^2)) for the arithmetic; the answer is in data units. ``standardised``:
+    ``standardised_draws(draws)`` already computed (a caller that keeps the draws)."""
+    std, ybar, s = standardised if standardised is not None else standardised_draws(draws)
     n, sw, sww, sy, swy = (np.asarray(x, dtype=np.float64).reshape(-1) for x in (n, sw, sww, sy, swy))
     if len(n) <= FEW_STUDENTS:
         return _predict_few(std, ybar, s, n, sw, sww, sy, swy, float(h), float(target), p_tolerance)

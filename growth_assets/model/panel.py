@@ -22,6 +22,32 @@ def _shown(ids: np.ndarray, rows: np.ndarray, limit: int = 5) -> str:
 
 
 @dataclass(frozen=True, eq=False)
+class WindowSums:
+    """Per student (``student_ids``, sorted): rows n, sum of weeks, of squared weeks, of
+    scores, of week * score."""
+
+    student_ids: np.ndarray
+    n: np.ndarray
+    sw: np.ndarray
+    sww: np.ndarray
+    sy: np.ndarray
+    swy: np.ndarray
+
+    def for_students(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """The four sums (sum_w, sum_ww, sum_y, sum_wy) for ``ids`` in that order; NaN for
+        an id with no rows here."""
+        ids = np.asarray(ids, dtype=object)
+        names = ("sum_w", "sum_ww", "sum_y", "sum_wy")
+        if ids is self.student_ids or (ids.size == self.student_ids.size and np.array_equal(ids, self.student_ids)):
+            return dict(zip(names, (self.sw, self.sww, self.sy, self.swy)))  # the panel's own order (native)
+        at = np.searchsorted(self.student_ids, ids) if self.student_ids.size else np.zeros(ids.size, dtype=np.int64)
+        at = np.minimum(at, max(self.student_ids.size - 1, 0))
+        found = (self.student_ids[at] == ids) if self.student_ids.size else np.zeros(ids.size, dtype=bool)
+        return {name: np.where(found, col[at], np.nan) if col.size else np.full(ids.size, np.nan)
+                for name, col in zip(names, (self.sw, self.sww, self.sy, self.swy))}
+
+
+@dataclass(frozen=True, eq=False)
 class Panel:
     """A checked panel (spec §1, §3); build it with ``from_frame`` or ``from_columns``."""
 
@@ -41,6 +67,16 @@ class Panel:
     def n_obs(self) -> np.ndarray:
         """Rows per student, in ``student_ids`` order."""
         return np.bincount(self.student, minlength=self.n_students).astype(np.int64)
+
+    def window_sums(self) -> "WindowSums":
+        """Each student's sums over her rows (``student_ids`` order): the five numbers a
+        student's line posterior depends on, given the population (``model.lines``)."""
+        S, w, y = self.n_students, self.week.astype(np.float64), self.score
+
+        def total(weights: np.ndarray) -> np.ndarray:
+            return np.bincount(self.student, weights=weights, minlength=S)
+
+        return WindowSums(self.student_ids, self.n_obs(), total(w), total(w * w), total(y), total(w * y))
 
     def scales(self) -> tuple[float, float]:
         """(ybar, s) of spec §3."""

@@ -47,8 +47,22 @@ def test_every_type_round_trips_with_nulls_in_any_pattern(conn):
                         (["9999.999999", "-0.5", "0.3", "-3.14159"],)).fetchone()[0] == 4
 
 
+def test_float8_and_int4_rows_marked_null_arrive_as_null_and_nan_as_nan(conn):
+    """A float8 NaN is a value (sent as such); the rows of a ``null`` mask are NULL."""
+    conn.execute("CREATE TEMP TABLE t (id integer, x double precision, n integer)")
+    x = np.array([np.nan, 1.0, 2.0, np.nan])
+    cols = {"id": Column("int4", np.arange(4)), "x": Column("float8", x, null=np.array([False, True, False, True])),
+            "n": Column("int4", np.array([5, 6, 7, 8]), null=np.array([True, False, False, False]))}
+    copy_in(conn, "t", list(cols), [encode({k: c.rows(slice(0, 2)) for k, c in cols.items()}),
+                                     encode({k: c.rows(slice(2, 4)) for k, c in cols.items()})])
+    got = conn.execute("SELECT id, x, n FROM t ORDER BY id").fetchall()
+    assert got[1:] == [(1, None, 6), (2, 2.0, 7), (3, None, 8)]
+    assert got[0][0] == 0 and np.isnan(got[0][1]) and got[0][2] is None
+
+
 @pytest.mark.parametrize("col,message", [
     (Column("numeric", np.array([1.0, 1e4])), "below 10000"),
+    (Column("date", np.array(["2026-01-01"], dtype="datetime64[D]"), null=np.array([True])), "NULLs by mask"),
     (Column("jsonb", np.array([1])), "no binary COPY encoding"),
 ])
 def test_what_cannot_be_sent_is_refused_naming_the_column(col, message):

@@ -190,3 +190,24 @@ def test_a_run_id_taken_in_the_same_second_moves_to_the_next_free_second(conn):
     write_fit(conn, make_result(2, run_id="native-20261123-043000"), dagster_run_id="A")
     write_fit(conn, make_result(2, run_id="native-20261123-043001"), dagster_run_id="B")
     assert free_run_id(conn, "native", at) == "native-20261123-043002"
+
+
+def test_each_students_window_sums_are_kept_beside_her_line(conn):
+    """``write_fit(window_sums=panel.window_sums())``: the five sums of each student's panel
+    rows, by id whatever the result's order; a student the sums do not cover gets NULLs."""
+    import numpy as np
+    import pandas as pd
+
+    from growth_assets.model.panel import Panel
+
+    res = make_result(3)  # s00000, s00001, s00002
+    panel = Panel.from_frame(pd.DataFrame({"student_id": ["s00002", "s00002", "s00000", "s00000", "s00000"],
+                                           "week": [1, 4, 0, 2, 3], "score": [0.5, 1.5, -1.0, 0.25, 2.0]}))
+    flipped = res.students.take(np.array([2, 1, 0]))
+    from dataclasses import replace
+    write_fit(conn, replace(res, students=flipped), window_sums=panel.window_sums())
+    rows = {r[0]: r[1:] for r in conn.execute(
+        "SELECT user_id, sum_w, sum_ww, sum_y, sum_wy FROM growth_student_posterior").fetchall()}
+    assert rows["s00000"] == (5.0, 13.0, 1.25, 6.5)  # weeks 0, 2, 3
+    assert rows["s00002"] == (5.0, 17.0, 2.0, 6.5)  # weeks 1, 4
+    assert rows["s00001"] == (None, None, None, None)

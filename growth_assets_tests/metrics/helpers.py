@@ -32,7 +32,7 @@ def store_run(conn, run_id="native-20261123-043000", *, status="passed", n_stude
 
 
 def store_fit(conn, res, *, status="passed", window_start=WINDOW_START, summary_means=None, drop=(),
-              week_start=WEEK, score_source="theta"):
+              week_start=WEEK, score_source="theta", window_sums=None):
     if summary_means:
         summary = dict(res.summary)
         for k, v in summary_means.items():
@@ -41,7 +41,7 @@ def store_fit(conn, res, *, status="passed", window_start=WINDOW_START, summary_
     if drop:
         keep = np.flatnonzero(~np.isin(res.students.student_id.astype(str), list(drop)))
         res = replace(res, students=res.students.take(keep))
-    write_fit(conn, res)
+    write_fit(conn, res, window_sums=window_sums)
     write_run_record(conn, jsonable(res.header_json()), status=status, window_start=window_start,
                      window_end=week_start, week_start=week_start, score_source=score_source)
     return res

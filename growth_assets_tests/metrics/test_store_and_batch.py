@@ -137,8 +137,8 @@ class Counting:
         self.n += 1
         return self.conn.execute(*a, **k)
 
-    def transaction(self):
-        return self.conn.transaction()
+    def __getattr__(self, name):  # transaction(), pipeline(), info: the connection's
+        return getattr(self.conn, name)
 
 
 def mixed_population(conn):

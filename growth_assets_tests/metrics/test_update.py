@@ -49,7 +49,8 @@ def fitted(db_url_module):
         info = build_panel(conn, window, "theta", now=datetime(2026, 11, 9, 4, 30, tzinfo=timezone.utc))
         panel = load_panel(conn, info.panel_id)
         res = fit_panel(NativeEngine(), panel, FitSettings(seed=7, horizon_week=H, target=TARGET, run_id=RUN))
-        store_fit(conn, res, window_start=window.start, week_start=window.week_start)
+        store_fit(conn, res, window_start=window.start, week_start=window.week_start,
+                  window_sums=panel.window_sums())
         st = res.students
         merge_weekly_kpi(conn, list(zip(st.student_id.tolist(), st.P.tolist(), st.sigma.tolist())),
                          week_start=window.week_start, target=TARGET, p_week=window.start + timedelta(weeks=H),
@@ -160,6 +161,88 @@ def test_fifty_students_with_new_weeks_agree_with_a_refit(fitted):
     assert out[mid].P > st.P[i] + 0.05, (out[mid].P, st.P[i])  # two high weeks raise P
     assert max(diffs) <= 0.02, max(diffs)
     print(f"update vs refit over 50 students: max |dP| {max(diffs):.4f}; {mid}: {st.P[i]:.3f} -> {out[mid].P:.3f}")
+
+
+def test_the_fit_keeps_each_students_window_sums(fitted, conn):
+    """Beside each student's line: the five sums of the panel rows the fit conditioned on."""
+    users = fitted["res"].students.student_id[:50].tolist()
+    rows = conn.execute("SELECT user_id, n_obs, sum_w, sum_ww, sum_y, sum_wy FROM growth_student_posterior"
+                        " WHERE run_id = %s AND user_id = ANY(%s)", (RUN, users)).fetchall()
+    assert len(rows) == 50
+    for u, *got in rows:
+        assert got == pytest.approx(list(_sums(fitted["panel"], u)), rel=1e-12, abs=1e-12), u
+
+
+def test_the_update_is_the_window_as_the_fit_saw_it_plus_the_weeks_since(fitted, conn):
+    """A student of the run: the update conditions on her window's rows as the run's fit saw
+    them, plus every week since. A score dated inside the window that arrived after the fit
+    is not read into the window again (the stored P ignores it too, so the two paths answer
+    from the same data); a week after the window is."""
+    d = fitted["res"].population_draws
+    u = fitted["res"].students.student_id[7]
+    n, sw, sww, sy, swy = _sums(fitted["panel"], u)
+    start = fitted["window"].start
+    at = lambda week: datetime.combine(start + timedelta(weeks=week, days=2), datetime.min.time(), timezone.utc)  # noqa: E731
+    conn.execute("INSERT INTO mirt_ability (user_id, theta, se, model, version, fitted_at)"
+                 " VALUES (%s, 3.0, 0.2, 'm', 'v', %s), (%s, 1.5, 0.2, 'm', 'v', %s)", (u, at(4), u, at(12)))
+    a = batch(conn, [u], target=TARGET)[u]
+    assert a.path == "update" and a.n_new == 1 and a.n_obs == n + 1, (a.path, a.n_obs, a.reasons)
+    want = per_draw_phi(d, (n + 1, sw + 12, sww + 144, sy + 1.5, swy + 12 * 1.5), H, TARGET).mean()
+    assert a.P == pytest.approx(want, abs=1e-3 + 1e-9)  # the engine's proven bound
+
+
+def test_a_batch_answers_each_user_as_a_call_for_that_user_alone(fitted, conn):
+    """A batch (over GENERIC_PLAN_MAX_USERS users: planned for its size, no theta read
+    ahead) and one call per user give the same answers on every path: students of the run
+    with and without weeks since the window, a user the run did not fit with scores, one
+    with only an old theta, one with nothing."""
+    from growth_assets.metrics import GENERIC_PLAN_MAX_USERS
+
+    ids = fitted["res"].students.student_id.tolist()
+    start = fitted["window"].start
+    rows = [(u, 0.3 + 0.01 * k, start + timedelta(weeks=12 + k % 2, days=1)) for k, u in enumerate(ids[:20])]
+    rows += [("newcomer", 0.2, start + timedelta(weeks=11, days=3)), ("newcomer", 0.4, start + timedelta(weeks=12, days=3)),
+             ("only-old-theta", 0.1, start - timedelta(weeks=3))]
+    for u, y, d in rows:
+        conn.execute("INSERT INTO mirt_ability (user_id, theta, se, model, version, fitted_at)"
+                     " VALUES (%s, %s, 0.2, 'm', 'v', %s)", (u, y, datetime.combine(d, datetime.min.time(), timezone.utc)))
+    users = ids[:150] + ["newcomer", "only-old-theta", "nobody-at-all"]
+    assert len(users) > GENERIC_PLAN_MAX_USERS
+    out = batch(conn, users, target=TARGET)
+    assert {a.path for a in out.values()} == {"stored", "update", "normal", "none"}
+    assert out["newcomer"].path == "update" and out["newcomer"].n_obs == 2 and out["newcomer"].n_new == 1
+    for u in ids[:25] + ids[140:150] + ["newcomer", "only-old-theta", "nobody-at-all"]:
+        one, b = explain(conn, u, target=TARGET), out[u]
+        assert (one.path, one.n_obs, one.n_new, one.reasons) == (b.path, b.n_obs, b.n_new, b.reasons), u
+        # the same numbers, by the grouped arithmetic of a batch or draw by draw for one user
+        for x, y in ((one.P, b.P), (one.mu, b.mu), (one.sigma, b.sigma)):
+            assert (x is None and y is None) or x == pytest.approx(y, rel=1e-12, abs=1e-15), u
+
+
+def test_a_new_run_between_two_calls_is_answered_from_at_once(db_url, monkeypatch):
+    """A call sends its reads in one round trip, the score sums shaped by the run the process
+    saw last: when another run has passed since, the answer is still the new run's, the same
+    as a fresh process gives."""
+    from dataclasses import replace
+
+    import growth_assets.metrics as metrics
+    from growth_assets_tests.support.results import make_result
+
+    monkeypatch.setenv("METRICS_USE_BAYESIAN", "true")
+    with connect(db_url) as c:
+        for week in (0, 5, 11, 12):  # three in the first run's window, one after it
+            add_theta(c, "s00000", 0.1 * week, 0.2, datetime(2026, 8, 31, 9, tzinfo=timezone.utc) + timedelta(weeks=week))
+        store_fit(c, replace(make_result(3), population_draws=_draws(-1.0)))
+        first = explain(c, "s00000", target=0.0)
+        later = replace(make_result(3, run_id="native-20261130-043000"), population_draws=_draws(1.0))
+        store_fit(c, later, window_start=date(2026, 9, 7), week_start=date(2026, 11, 30))
+        second = explain(c, "s00000", target=0.0)
+        metrics._RUN_GUESS.clear()
+        fresh = explain(c, "s00000", target=0.0)
+        c.commit()
+    assert (first.run_id, first.path, first.n_obs, first.n_new) == ("native-20261123-043000", "update", 4, 1)
+    assert (second.run_id, second.path, second.n_obs, second.n_new) == ("native-20261130-043000", "update", 3, 0)
+    assert (second.P, second.mu, second.sigma) == (fresh.P, fresh.mu, fresh.sigma)
 
 
 def test_a_horizon_must_be_a_monday_not_before_the_window(fitted, conn):

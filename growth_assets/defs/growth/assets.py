@@ -301,10 +301,11 @@ def brms_posterior(context: dg.AssetExecutionContext, postgres: PostgresResource
         result = replace(result, diagnostics=replace(
             result.diagnostics, details={**result.diagnostics.details, "attempts": attempts}))
     pictures = fit_pictures(result, panel, window, growth)
+    sums = panel.window_sums()  # kept with each student's line, for the real-time path
     del panel
     with postgres.connect() as conn, contract_failures():
         n = write_fit(conn, result, partition_key=context.partition_key,
-                      dagster_run_id=context.run.run_id, panel_id=info.panel_id)
+                      dagster_run_id=context.run.run_id, panel_id=info.panel_id, window_sums=sums)
     yield dg.MaterializeResult(metadata={
         **fit_metadata(result), "student_rows": dg.MetadataValue.int(n),
         "attempts": dg.MetadataValue.int(len(attempts)),

@@ -74,7 +74,7 @@ _ALL_USERS = "%(users)s::text[] IS NULL OR "
 PANEL_SETTINGS = "SELECT set_config('work_mem', '256MB', true), set_config('enable_hashagg', 'off', true)"
 
 
-def panel_query(score_source: str, *, for_users: bool = False) -> str:
+def panel_query(score_source: str, *, for_users: bool = False, users_from: str | None = None) -> str:
     """The one query of spec §1/§5's student-week scores, for the panel and for the
     real-time path. Parameters: window_start, window_end (dates), now, users (NULL: all),
     score_lo, score_hi (BRMS_SCORE_RANGE; the accuracy query has no use for them).
@@ -83,13 +83,17 @@ def panel_query(score_source: str, *, for_users: bool = False) -> str:
     source's filter is then just ``user_id = ANY(users)``, which a prepared statement's
     generic plan answers from the user_id indexes without planning the query again (the
     ``users IS NULL OR`` of the whole-panel form needs a plan per call: ~3 ms of the
-    real-time path's ~4)."""
+    real-time path's ~4). ``users_from``: with ``for_users``, the users are instead the
+    column ``ids`` (a text array) of the one row of this query, computed once (a CTE)."""
     if score_source not in SCORE_SOURCES:
         raise ContractError("BRMS_SCORE_SOURCE", f"must be one of {SCORE_SOURCES}", score_source)
     sql = _sql("panel_theta.sql" if score_source == "theta" else "panel_accuracy.sql")
     if for_users:
-        assert _ALL_USERS in sql, "the panel query's user filter changed: update panel_query"
+        assert _ALL_USERS in sql and sql.startswith("WITH "), "the panel query changed: update panel_query"
         sql = sql.replace(_ALL_USERS, "")
+        if users_from is not None:
+            sql = (f"WITH for_users AS MATERIALIZED ({users_from}), "
+                   + sql[len("WITH "):].replace("%(users)s::text[]", "(SELECT ids FROM for_users)::text[]"))
     return sql
 
 
