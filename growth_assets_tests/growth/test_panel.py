@@ -207,3 +207,37 @@ def test_partition_key_maps_to_the_window_that_ends_with_it():
 def test_unknown_score_source_names_the_setting(conn):
     with pytest.raises(ContractError, match="BRMS_SCORE_SOURCE"):
         build_panel(conn, Window(MONDAY, 12), "zscore", now=NOW)
+
+
+def test_every_reason_of_every_source_is_counted_once(conn):
+    """The exclusion counts (rows of the sources the panel left out): each reason in each
+    source that can have it, inside the window, before it and dated after now."""
+    ma = lambda u, th, ts: {"user_id": u, "theta": th, "se": 0.2, "model": "m", "version": "v", "fitted_at": ts}  # noqa: E731
+    insert(conn, "mirt_ability", [
+        ma("", 1.0, "2026-09-01T00:00:00Z"), ma(None, 1.0, "2026-09-02T00:00:00Z"),  # 2 ids missing
+        ma("A", float("nan"), "2026-09-03T00:00:00Z"),  # not finite
+        ma("A", 5000.0, "2026-09-04T00:00:00Z"),  # out of BRMS_SCORE_RANGE
+        ma(None, float("nan"), "2026-08-01T00:00:00Z"),  # before the window: not counted
+        ma("A", 0.5, "2030-01-07T00:00:00Z"),  # dated after now
+        ma("A", 0.5, "2026-09-05T00:00:00Z"),  # kept
+    ])
+    sti = lambda u, th, ts: {"user_id": u, "topic_id": "t", "theta": th, "se": 0.3, "model": "m",  # noqa: E731
+                             "version": "v", "fitted_at": ts}
+    insert(conn, "student_topic_theta", [
+        sti(None, 1.0, "2026-09-01T00:00:00Z"), sti("A", float("-inf"), "2026-09-02T00:00:00Z"),
+        sti("A", -2000.0, "2026-09-03T00:00:00Z"), sti("A", 1.0, "2031-01-06T00:00:00Z"),
+    ])
+    ftd = lambda d, th, att=10, cor=5: {"user_id": "B", "topic_id": "t", "date": d, "attempts": att,  # noqa: E731
+                                        "correct": cor, "avg_time_ms": 1000, "theta_estimate": th}
+    insert(conn, "features_topic_daily", [
+        ftd("2026-09-01", float("nan")), ftd("2026-09-02", 0.1, 0, 0), ftd("2026-09-03", 0.1, 3, 4),
+        ftd("2026-09-04", 1500.0), ftd("2030-02-01", 0.1), ftd("2026-08-01", 0.1, 0, 0),
+    ])
+    insert(conn, "weekly_kpi", [
+        {"user_id": "C", "week_start": "2026-09-07", "kpis": '{"ability_estimate": 1e6}'},
+        {"user_id": "C", "week_start": "2026-09-14", "kpis": '{"ability_estimate": 0.5}'},
+    ])
+    conn.commit()
+    info = build_panel(conn, Window(MONDAY, 12), "theta", now=NOW)
+    assert info.excluded == {"null_user_id": 3, "non_finite_theta": 3, "invalid_attempts": 2,
+                             "future_dated": 3, "out_of_range": 4}
