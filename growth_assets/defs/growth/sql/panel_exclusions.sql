@@ -7,25 +7,17 @@ WITH bounds AS (
            (%(window_end)s::date)::timestamp AT TIME ZONE 'UTC' AS ts1,
            %(now)s::timestamptz AS now_ts
 ),
-m AS (
+-- the two theta tables of one shape (id, theta, time), as one scan
+th AS (
     SELECT count(*) FILTER (WHERE w AND (user_id IS NULL OR user_id = '')) AS null_user_id,
            count(*) FILTER (WHERE w AND theta IN ('NaN', 'Infinity', '-Infinity')) AS non_finite,
            count(*) FILTER (WHERE fitted_at > now_ts) AS future,
            count(*) FILTER (WHERE w AND theta NOT IN ('NaN', 'Infinity', '-Infinity')
                             AND NOT theta BETWEEN %(score_lo)s::float8 AND %(score_hi)s::float8) AS out_of_range
-    FROM (SELECT m.user_id, m.theta, m.fitted_at, b.now_ts, m.fitted_at >= b.ts0 AND m.fitted_at < b.ts1 AS w
-          FROM mirt_ability m, bounds b
-          WHERE (m.fitted_at >= b.ts0 AND m.fitted_at < b.ts1) OR m.fitted_at > b.now_ts) x
-),
-t AS (
-    SELECT count(*) FILTER (WHERE w AND (user_id IS NULL OR user_id = '')) AS null_user_id,
-           count(*) FILTER (WHERE w AND theta IN ('NaN', 'Infinity', '-Infinity')) AS non_finite,
-           count(*) FILTER (WHERE fitted_at > now_ts) AS future,
-           count(*) FILTER (WHERE w AND theta NOT IN ('NaN', 'Infinity', '-Infinity')
-                            AND NOT theta BETWEEN %(score_lo)s::float8 AND %(score_hi)s::float8) AS out_of_range
-    FROM (SELECT t.user_id, t.theta, t.fitted_at, b.now_ts, t.fitted_at >= b.ts0 AND t.fitted_at < b.ts1 AS w
-          FROM student_topic_theta t, bounds b
-          WHERE (t.fitted_at >= b.ts0 AND t.fitted_at < b.ts1) OR t.fitted_at > b.now_ts) x
+    FROM (SELECT s.user_id, s.theta, s.fitted_at, b.now_ts, s.fitted_at >= b.ts0 AND s.fitted_at < b.ts1 AS w
+          FROM (SELECT user_id, theta, fitted_at FROM mirt_ability
+                UNION ALL SELECT user_id, theta, fitted_at FROM student_topic_theta) s, bounds b
+          WHERE (s.fitted_at >= b.ts0 AND s.fitted_at < b.ts1) OR s.fitted_at > b.now_ts) x
 ),
 f AS (
     SELECT count(*) FILTER (WHERE w AND theta_estimate IN ('NaN'::numeric, 'Infinity'::numeric, '-Infinity'::numeric))
@@ -48,9 +40,9 @@ k AS (
       AND NOT CASE WHEN jsonb_typeof(k.kpis -> 'ability_estimate') = 'number'
                    THEN (k.kpis -> 'ability_estimate')::numeric END BETWEEN %(score_lo)s::numeric AND %(score_hi)s::numeric
 )
-SELECT m.null_user_id + t.null_user_id AS null_user_id,
-       m.non_finite + t.non_finite + f.non_finite AS non_finite_theta,
+SELECT th.null_user_id AS null_user_id,
+       th.non_finite + f.non_finite AS non_finite_theta,
        f.invalid_attempts AS invalid_attempts,
-       m.future + t.future + f.future AS future_dated,
-       m.out_of_range + t.out_of_range + f.out_of_range + k.out_of_range AS out_of_range
-FROM m, t, f, k
+       th.future + f.future AS future_dated,
+       th.out_of_range + f.out_of_range + k.out_of_range AS out_of_range
+FROM th, f, k
