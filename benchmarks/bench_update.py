@@ -56,11 +56,12 @@ def _at(week: int, hour: int = 9) -> datetime:
 
 def populate(conn, n: int) -> None:
     import numpy as np
+    import pandas as pd
     from psycopg.types.json import Jsonb
 
     from bench_metrics import MEANS, store_synthetic_run
     from growth_assets.model.contract import POPULATION_PARAMS
-    from growth_assets.model.panel import WindowSums
+    from growth_assets.model.panel import Panel
 
     rng = np.random.default_rng(2)
     scale = {"b_Intercept": 0.01, "b_week": 0.001, "sd_student_id__Intercept": 0.01,
@@ -69,10 +70,8 @@ def populate(conn, n: int) -> None:
     weeks_of = {"stored": range(0, 12, 2), "update": (*range(0, 12, 2), 12, 13), "new": (11, 12, 13), "normal": ()}
     scores = {i: [(w, random.gauss(0, 1)) for w in weeks_of[kind_of(i)]] for i in range(n)}
     in_run = [i for i in range(n) if kind_of(i) in ("stored", "update")]
-    seen = [[(w, y) for w, y in scores[i] if w < 12] for i in in_run]  # what the run's fit saw
-    sums = WindowSums(np.array([uid(i) for i in in_run], dtype=object), np.array([len(r) for r in seen]),
-                      *(np.array([sum(f(w, y) for w, y in r) for r in seen], dtype=float)
-                        for f in (lambda w, y: w, lambda w, y: w * w, lambda w, y: y, lambda w, y: w * y)))
+    seen = [(uid(i), w, y) for i in in_run for w, y in scores[i] if w < 12]  # what the run's fit saw
+    sums = Panel.from_frame(pd.DataFrame(seen, columns=["student_id", "week", "score"])).window_sums()
     p_of = store_synthetic_run(conn, [uid(i) for i in in_run], 6, draws=draws, window_sums=sums)
     with conn.transaction():
         with conn.cursor().copy("COPY mirt_ability (user_id, theta, se, model, version, fitted_at)"

@@ -357,7 +357,7 @@ def _send_sums(session: psycopg.Connection, run: _Run, users: list[str],
     window) of the student-week scores since the run's window_start up to now, through the
     panel's own query (the same four sources in the same priority, or accuracy, as the run's
     panel; weeks after the window keep their calendar index w). For a run without population
-    draws (``_line_paths``)."""
+    draws (``_line_paths``), or one whose record has no window_end."""
     return session.execute(_sums_sql(run), _sums_params(run, users, score_range))
 
 
