@@ -120,7 +120,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import struct
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -129,7 +128,7 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from psycopg.adapt import Dumper
+from psycopg.adapt import Dumper, PyFormat, Transformer
 from psycopg.pq import Format
 
 from .db.connection import SCHEMA_FIRST
@@ -230,26 +229,17 @@ def _is_number(v: Any) -> bool:
 
 class _Ids:
     """A call's user ids as one binary ``text[]`` parameter, encoded once however many
-    statements send it (psycopg's list dumper checks every id of every statement for
-    quoting: ~0.2 s per statement for 100,000 ids)."""
+    statements send it: psycopg's own binary list dumper makes the bytes (through the
+    session's adapters), and this holds them (dumping the list again in every statement
+    costs ~0.06 s per statement at 100,000 ids)."""
 
     __slots__ = ("data",)
 
-    def __init__(self, users: Sequence[str]) -> None:
-        if not users:  # an empty array has no dimensions
-            self.data = _ARRAY_HEAD.pack(0, 0, _TEXT_OID, 0, 0)[:12]
-            return
-        parts = [_ARRAY_HEAD.pack(1, 0, _TEXT_OID, len(users), 1)]
-        for u in users:
-            b = u.encode()
-            parts.append(_I4.pack(len(b)))
-            parts.append(b)
-        self.data = b"".join(parts)
-
-
-_ARRAY_HEAD = struct.Struct("!iiiii")  # ndim, has nulls, element type, length, lower bound
-_I4 = struct.Struct("!i")
-_TEXT_OID = 25
+    def __init__(self, session: psycopg.Connection, users: Sequence[str]) -> None:
+        users = list(users)
+        # the dumper of a non-empty list of str: an empty list alone gets the text dumper
+        dumper = Transformer.from_context(session).get_dumper(users or [""], PyFormat.BINARY)
+        self.data = bytes(dumper.dump(users))
 
 
 class _IdsDumper(Dumper):
@@ -260,8 +250,8 @@ class _IdsDumper(Dumper):
         return obj.data
 
 
-def _ids(users: Sequence[str] | _Ids) -> _Ids:
-    return users if isinstance(users, _Ids) else _Ids(users)
+def _ids(session: psycopg.Connection, users: Sequence[str] | _Ids) -> _Ids:
+    return users if isinstance(users, _Ids) else _Ids(session, users)
 
 
 _CALL_CONFIG = ("SELECT set_config('statement_timeout', %(statement_timeout)s, true),"
@@ -334,7 +324,7 @@ def _stored_row(week, p, sigma, p_target, run_id, source, p_week, is_number) -> 
 
 
 def _send_stored(session: psycopg.Connection, users: list[str], kpi_week: date | None) -> psycopg.Cursor:
-    return session.execute(_stored_sql(kpi_week), {"users": _ids(users), "kpi_week": kpi_week})
+    return session.execute(_stored_sql(kpi_week), {"users": _ids(session, users), "kpi_week": kpi_week})
 
 
 def _read_stored(cur: psycopg.Cursor) -> dict[str, tuple]:
@@ -347,7 +337,7 @@ def _send_posterior(session: psycopg.Connection, run_id: str, users: list[str]) 
     return session.execute(
         "SELECT user_id, n_obs, mean_a, mean_b, var_a, var_b, cov_ab FROM growth_student_posterior"
         " WHERE run_id = %s AND user_id = ANY(%s)",
-        (run_id, _ids(users)),
+        (run_id, _ids(session, users)),
     )
 
 
@@ -358,7 +348,7 @@ def _send_sums(session: psycopg.Connection, run: _Run, users: list[str],
     panel's own query (the same four sources in the same priority, or accuracy, as the run's
     panel; weeks after the window keep their calendar index w). For a run without population
     draws (``_line_paths``), or one whose record has no window_end."""
-    return session.execute(_sums_sql(run), _sums_params(run, users, score_range))
+    return session.execute(_sums_sql(run), _sums_params(session, run, users, score_range))
 
 
 def _send_run_sums(session: psycopg.Connection, run: _Run, users: list[str],
@@ -369,7 +359,7 @@ def _send_run_sums(session: psycopg.Connection, run: _Run, users: list[str],
     since the window (w >= lookback), read from the sources; for every other user
     (``_NOT_IN_RUN``), the window and the weeks since, read from the sources. So a batch
     reads the sources only for what the fit did not see."""
-    params = _sums_params(run, users, score_range)
+    params = _sums_params(session, run, users, score_range)
     return session.execute(_run_sums_sql(run, "run"), params), session.execute(_run_sums_sql(run, "rest"), params)
 
 
@@ -411,12 +401,12 @@ def _run_sums_sql(run: _Run, part: str) -> str:
             " WHERE p.run_id = %(run_id)s AND p.user_id = ANY(%(users)s::text[]) AND p.sum_w IS NOT NULL")
 
 
-def _sums_params(run: _Run, users: list[str], score_range: tuple[float, float]) -> dict[str, Any]:
+def _sums_params(session: psycopg.Connection, run: _Run, users: list[str], score_range: tuple[float, float]) -> dict[str, Any]:
     now = datetime.now(timezone.utc)
     lookback = run.lookback_weeks
     return {"window_start": run.window_start, "window_end_run": run.window_end,
             "window_end": now.date() + timedelta(days=1), "now": now,
-            "users": _ids(users), "score_lo": score_range[0], "score_hi": score_range[1], "run_id": run.run_id,
+            "users": _ids(session, users), "score_lo": score_range[0], "score_hi": score_range[1], "run_id": run.run_id,
             "lookback": lookback if lookback is not None else 2**31 - 1}
 
 
@@ -433,7 +423,7 @@ def _send_run_reads(session: psycopg.Connection, run: _Run, users: list[str],
     (``_send_run_sums``) and (``theta``) the latest theta of the users it did not fit, in
     case they go on to path 3."""
     return (_send_run_sums(session, run, users, score_range),
-            session.execute(_THETA_REST_SQL, {"users": _ids(users), "run_id": run.run_id, "score_lo": score_range[0],
+            session.execute(_THETA_REST_SQL, {"users": _ids(session, users), "run_id": run.run_id, "score_lo": score_range[0],
                                               "score_hi": score_range[1]}) if theta else None)
 
 
@@ -518,7 +508,7 @@ _THETA_REST_SQL = (f"WITH for_users AS MATERIALIZED ({_NOT_IN_RUN}) "
 def _send_theta(session: psycopg.Connection, users: list[str],
                 score_range: tuple[float, float]) -> psycopg.Cursor:
     """Per user (``_read_rows``): ``_THETA_SQL``'s (theta, se)."""
-    return session.execute(_THETA_SQL, {"users": _ids(users), "score_lo": score_range[0], "score_hi": score_range[1]})
+    return session.execute(_THETA_SQL, {"users": _ids(session, users), "score_lo": score_range[0], "score_hi": score_range[1]})
 
 
 # --- the mathematics ---------------------------------------------------------------------------
@@ -620,7 +610,7 @@ def _start(session: psycopg.Connection, users: list[str], use_bayesian: bool, sc
     key = (session.info.host, session.info.port, session.info.dbname, schema)
     guess = _RUN_GUESS.get(key)
     few = len(users) <= GENERIC_PLAN_MAX_USERS
-    ids, got = _Ids(users), None
+    ids, got = _Ids(session, users), None
     with session.pipeline():
         runs_cur = _send_latest_runs(session, schema, config)
         stored_cur = _send_stored(session, ids, kpi_week)
