@@ -571,8 +571,9 @@ class NativeEngine:
                 "student_level_note": (
                     "random effects integrated out; each student's line is the exact mixture over "
                     "hyperparameter draws of its conditional Normal posterior; mean/var/cov exact "
-                    "(law of total variance); P = mean over draws of Phi, or Phi(E z) where its "
-                    f"proven error bound is <= {nf.p_tolerance}"),
+                    "(law of total variance); P = mean over draws of Phi, or a first- or second-order "
+                    "Taylor form in the moments of z over the draws where its proven error bound "
+                    f"is <= {nf.p_tolerance}"),
                 "p_method": pinfo,
                 "sampler": {
                     "algorithm": "NUTS (numpyro), q = m + L z preconditioned by a Laplace fit",

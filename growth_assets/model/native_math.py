@@ -27,10 +27,20 @@ draws (Rao-Blackwell) is therefore exact through per-group moments of the 6-vect
 ``v = (c0, c1, K00, K01, K10, K11)``: mean of the line = J E[v], covariance = E[C] +
 J Cov(v) J' with ``J = [[1, 0, g0, g1, 0, 0], [0, 1, 0, 0, g0, g1]]`` (law of total
 variance). For ``P = mean_d Phi(z_d)`` with ``z_d = (e_h'(c + K g) - t) / s_h`` and
-``s_h^2 = e_h' C e_h``, ``z_d = w_d . (1, g0, g1)`` with a per-group, per-draw ``w_d``;
-``Phi(mean z)`` differs from ``mean Phi(z_d)`` by at most ``max|phi'| / 2 * Var(z) =
-0.12099 Var(z)`` (Taylor with Lagrange remainder, ``max|phi'| = phi(1)``), which is also
-exact per group through ``E[w]`` and ``Cov(w)``.
+``s_h^2 = e_h' C e_h``, ``z_d = w_d . (1, g0, g1)`` with a per-group, per-draw ``w_d``.
+With ``m = E z`` and ``v = Var z`` (over the draws), Taylor's theorem with Lagrange's
+remainder gives two cheap forms of ``mean_d Phi(z_d)``, each with a proven error bound:
+
+    first order    Phi(m),                        error <= max|phi'| / 2 * v = 0.12099 v
+    second order   Phi(m) - m phi(m) v / 2,       error <= max|phi''| / 6 * E|z - m|^3
+                                                        <= 0.066490 * (E (z - m)^4)^(3/4)
+
+(``max|phi'| = phi(1)``, ``max|phi''| = phi(0)``; the first-order term has mean zero; the
+third absolute moment is bounded by the fourth, Lyapunov). Each student gets the form with
+the smaller bound, and the exact mean over draws where that bound exceeds the tolerance.
+``m``, ``v`` and the fourth moment are exact per group through the moments of ``w``
+(``E[w]``, ``Cov(w)``, its fourth central moments), so the cheap forms cost O(groups x draws
++ students), the exact mean O(students x draws).
 
 Every function takes ``xp`` (numpy or jax.numpy) where it matters, so the JAX log density
 and its numpy twin are the same code.
@@ -54,6 +64,9 @@ P_TOLERANCE = 1e-3  # max error of the cheap P; students above it get the exact 
 _STUDENT_CHUNK = 100_000
 # max |phi'(z)| = phi(1) = exp(-1/2)/sqrt(2 pi); half of it bounds Phi(mean z) - mean Phi(z).
 P_BOUND_COEF = 0.5 * math.exp(-0.5) / math.sqrt(2.0 * math.pi)
+# max |phi''(z)| = phi(0) = 1/sqrt(2 pi); a sixth of it bounds the second-order form's error
+# per unit of E|z - m|^3.
+P_BOUND2_COEF = 1.0 / (6.0 * math.sqrt(2.0 * math.pi))
 
 
 # --- sufficient statistics -----------------------------------------------------------------
@@ -209,6 +222,7 @@ class GroupMoments:
     EC: np.ndarray  # (G, 3)  E[C] = E[Mi]: (00, 01, 11)
     Ew: np.ndarray  # (G, 3)  E[w], z_d = w_d . (1, g0, g1)
     Cw: np.ndarray  # (G, 3, 3) Cov(w)
+    Mw: np.ndarray  # (G, 9, 9) E[(dw dw') (x) (dw dw')], dw = w - E[w]: E (z - m)^4 = xx' Mw xx
 
 
 def group_draw_terms(draws: dict[str, np.ndarray], n, sw, sww, h: float, t: float):
@@ -237,6 +251,7 @@ def group_moments(draws, n, sw, sww, h: float, t: float, block: int = 32) -> Gro
     EC = np.empty((G, 3))
     Ew = np.empty((G, 3))
     Cw = np.empty((G, 3, 3))
+    Mw = np.empty((G, 9, 9))
     for lo in range(0, G, block):
         sl = slice(lo, min(G, lo + block))
         v, C, w = group_draw_terms(draws, n[sl], sw[sl], sww[sl], h, t)
@@ -247,12 +262,15 @@ def group_moments(draws, n, sw, sww, h: float, t: float, block: int = 32) -> Gro
         Ew[sl] = w.mean(axis=1)
         dw = w - Ew[sl][:, None, :]
         Cw[sl] = np.einsum("gdi,gdj->gij", dw, dw) / w.shape[1]
-    return GroupMoments(Ev, Cv, EC, Ew, Cw)
+        dww = (dw[..., :, None] * dw[..., None, :]).reshape(*dw.shape[:2], 9)
+        Mw[sl] = np.einsum("gda,gdb->gab", dww, dww) / w.shape[1]
+    return GroupMoments(Ev, Cv, EC, Ew, Cw, Mw)
 
 
 def student_lines(gm: GroupMoments, group: np.ndarray, g: np.ndarray):
     """(mean_a, mean_b, var_a, var_b, cov_ab, P_approx, P_bound) per student, exact moments
-    of the Rao-Blackwellised posterior; ``P_approx = Phi(E z)`` within ``P_bound`` of the
+    of the Rao-Blackwellised posterior; ``P_approx`` (the module docstring's first- or
+    second-order form, whichever has the smaller bound) within ``P_bound`` of the
     Rao-Blackwellised P. Standardised units; vectorised over the given students."""
     Ev, Cv = gm.Ev[group], gm.Cv[group]
     g0, g1 = g[:, 0], g[:, 1]
@@ -271,7 +289,22 @@ def student_lines(gm: GroupMoments, group: np.ndarray, g: np.ndarray):
     x = np.stack([ones, g0, g1], -1)
     z_mean = np.einsum("si,si->s", gm.Ew[group], x)
     z_var = np.maximum(np.einsum("si,sij,sj->s", x, gm.Cw[group], x), 0.0)
-    return mean[:, 0], mean[:, 1], var_a, var_b, cov_ab, ndtr(z_mean), P_BOUND_COEF * z_var
+    xx = (x[:, :, None] * x[:, None, :]).reshape(-1, 9)
+    z_m4 = np.maximum(np.einsum("sa,sab,sb->s", xx, gm.Mw[group], xx), 0.0)
+    p, bound = cheap_p(z_mean, z_var, z_m4)
+    return mean[:, 0], mean[:, 1], var_a, var_b, cov_ab, p, bound
+
+
+def cheap_p(z_mean: np.ndarray, z_var: np.ndarray, z_m4: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(P, its error bound) from the first three even moments of z over the draws (mean,
+    variance, fourth central moment): of the module docstring's two forms, the one with the
+    smaller proven bound."""
+    first = P_BOUND_COEF * z_var
+    second = P_BOUND2_COEF * z_m4 ** 0.75
+    p1 = ndtr(z_mean)
+    p2 = p1 - 0.5 * z_mean * np.exp(-0.5 * z_mean * z_mean) / math.sqrt(2.0 * math.pi) * z_var
+    use2 = second < first
+    return np.where(use2, p2, p1), np.where(use2, second, first)
 
 
 def exact_p(draws, n, sw, sww, g: np.ndarray, h: float, t: float, chunk: int = 2_000_000):
@@ -279,14 +312,15 @@ def exact_p(draws, n, sw, sww, g: np.ndarray, h: float, t: float, chunk: int = 2
 
     Works through students in chunks so that chunk * D stays bounded."""
     _, _, w = group_draw_terms(draws, np.array([n]), np.array([sw]), np.array([sww]), h, t)
-    w = w[0]  # (D, 3)
-    D = w.shape[0]
+    wt = np.ascontiguousarray(w[0].T)  # (3, D): z_d = (1, g0, g1) . w_d
+    D = wt.shape[1]
     step = max(1, chunk // D)
+    x = np.column_stack([np.ones(len(g)), g[:, 0], g[:, 1]])
     out = np.empty(len(g))
     for lo in range(0, len(g), step):
-        gg = g[lo:lo + step]
-        z = w[:, 0][None, :] + gg[:, 0:1] * w[:, 1][None, :] + gg[:, 1:2] * w[:, 2][None, :]
-        out[lo:lo + step] = ndtr(z).mean(axis=1)
+        z = x[lo:lo + step] @ wt  # (students, D), one matrix product
+        ndtr(z, out=z)
+        out[lo:lo + step] = z.mean(axis=1)
     return out
 
 
@@ -366,7 +400,8 @@ def _predict_few(std, ybar: float, s: float, n, sw, sww, sy, swy, h: float, targ
     grouped path (``student_predictions``), by the same rules, without its grouping. Per draw
     d the line at h is Normal(m_d, v_d) given the sums (``lines.conditional_terms``); mu and
     sigma are the mixture's moments, P = mean_d Phi(z_d) with z_d = (m_d - t) / sqrt(v_d), or
-    Phi(mean z) when that is within ``p_tolerance`` (the grouped path's bound)."""
+    the cheap form (``cheap_p``) when its bound is within ``p_tolerance`` (the grouped path's
+    rule)."""
     c0, c1, K00, K01, K10, K11, M00, M01, M11 = conditional_terms(
         *(std[k][None, :] for k in ("beta0", "beta1", "tau0", "tau1", "rho", "sigma")),
         n[:, None], sw[:, None], sww[:, None])  # (S, D)
@@ -377,9 +412,27 @@ def _predict_few(std, ybar: float, s: float, n, sw, sww, sy, swy, h: float, targ
     z = (m - t) / np.sqrt(np.maximum(v, 1e-300))
     mu_std = m.mean(axis=1)
     var_std = v.mean(axis=1) + m.var(axis=1)
-    exact = P_BOUND_COEF * z.var(axis=1) > p_tolerance
-    p = np.where(exact, ndtr(z).mean(axis=1), ndtr(z.mean(axis=1)))
+    z_mean = z.mean(axis=1)
+    dz = z - z_mean[:, None]
+    p, bound = cheap_p(z_mean, np.mean(dz * dz, axis=1), np.mean(dz ** 4, axis=1))
+    exact = bound > p_tolerance
+    p = np.where(exact, ndtr(z).mean(axis=1), p)
     return ybar + s * mu_std, s * np.sqrt(np.maximum(var_std, 0.0)), np.clip(p, 0.0, 1.0)
+
+
+def _pattern_groups(n: np.ndarray, sw: np.ndarray, sww: np.ndarray) -> np.ndarray:
+    """A group index per student for the distinct (n, sum w, sum w^2): whole weeks, so exact
+    integer keys, packed into one int64 when their ranges allow (np.unique of rows sorts a
+    structured view: ~0.2 s at 75,000 students; of one int64 key, ~5 ms)."""
+    cols = [np.rint(x).astype(np.int64) for x in (n, sw, sww)]
+    lo = [int(c.min()) if len(c) else 0 for c in cols]
+    span = [int(c.max()) - m + 1 if len(c) else 1 for c, m in zip(cols, lo)]
+    if span[0] * span[1] * span[2] < 2**62:
+        key = ((cols[0] - lo[0]) * span[1] + (cols[1] - lo[1])) * span[2] + (cols[2] - lo[2])
+        _, group = np.unique(key, return_inverse=True)
+    else:
+        _, group = np.unique(np.stack(cols, axis=1), axis=0, return_inverse=True)
+    return group.reshape(-1)
 
 
 def predict_from_sums(draws, n, sw, sww, sy, swy, h: float, target: float,
@@ -396,8 +449,7 @@ def predict_from_sums(draws, n, sw, sww, sy, swy, h: float, target: float,
     n, sw, sww, sy, swy = (np.asarray(x, dtype=np.float64).reshape(-1) for x in (n, sw, sww, sy, swy))
     if len(n) <= FEW_STUDENTS:
         return _predict_few(std, ybar, s, n, sw, sww, sy, swy, float(h), float(target), p_tolerance)
-    key = np.stack([n, np.rint(sw), np.rint(sww)], axis=1)  # integer weeks: exact keys
-    _, group = np.unique(key, axis=0, return_inverse=True)
+    group = _pattern_groups(n, sw, sww)
     red = Reduced(student_ids=np.arange(len(n)).astype(object), n_obs=n.astype(np.int64), sw=sw,
                   sww=sww, g=np.stack([(sy - n * ybar) / s, (swy - sw * ybar) / s], axis=1),
                   yy=np.zeros(len(n)), group=group.reshape(-1).astype(np.int64), ybar=ybar, s=s,

@@ -178,7 +178,8 @@ def test_rao_blackwell_students_match_brute_force_over_draws():
 
 
 def test_cheap_p_stays_within_its_proven_bound():
-    """P = Phi(E z) is used only where 0.121 Var(z) <= tolerance; the bound must hold."""
+    """A cheap P (first- or second-order form) is used only where its bound <= tolerance;
+    the bound must hold."""
     panel = synthetic(300, seed=6)
     df, pn = checked(panel)
     ybar, s = contract.prior_scales(df["score"].to_numpy())
@@ -468,3 +469,52 @@ def test_same_seed_same_result_across_processes(small_fit):
     if int(outs[0][0]) == small_fit["sampler"]["n_devices"]:
         keep = {k: small_fit[k] for k in ("posterior_summary", "predictions")}
         assert outs[0][1] == hashlib.sha256(json.dumps(keep).encode()).hexdigest()
+
+
+def test_week_patterns_group_as_the_rows_unique_to_each_student():
+    """predict_from_sums groups students by (n, sum w, sum w^2) through one packed int64 key
+    when the ranges allow, else through the rows themselves: both give the groups of
+    np.unique over the rows, in the same order."""
+    rng = np.random.default_rng(5)
+    n = rng.integers(1, 13, 5000).astype(float)
+    sw = rng.integers(0, 60, 5000).astype(float)
+    sww = rng.integers(0, 600, 5000).astype(float)
+    _, want = np.unique(np.stack([n, sw, sww], axis=1), axis=0, return_inverse=True)
+    np.testing.assert_array_equal(native_math._pattern_groups(n, sw, sww), want.reshape(-1))
+    huge = sww * 2.0**40  # spans whose product overflows int64: the rows' own unique
+    _, want = np.unique(np.stack([n, sw, huge], axis=1), axis=0, return_inverse=True)
+    np.testing.assert_array_equal(native_math._pattern_groups(n, sw, huge), want.reshape(-1))
+
+
+def test_the_second_order_form_leaves_fewer_students_to_the_exact_mean():
+    """Where the first-order bound (0.121 Var z) exceeds the tolerance, the second-order form
+    (Phi(m) - m phi(m) v / 2, bound phi(0)/6 (E (z - m)^4)^(3/4)) often does not: fewer
+    students need the mean over every draw, and every cheap P is still within its bound of
+    the exact one (computed here draw by draw, with none of the grouped moments)."""
+    panel = synthetic(300, seed=6)
+    df, pn = checked(panel)
+    ybar, s = contract.prior_scales(df["score"].to_numpy())
+    red = native_math.reduce_panel(pn, ybar, s)
+    rng = np.random.default_rng(10)
+    D, spread, h = 200, 0.5, 11.0
+    draws = {
+        "beta0": rng.normal(0.0, 0.1 * spread, D), "beta1": rng.normal(0.1, 0.03 * spread, D),
+        "tau0": np.exp(rng.normal(math.log(0.4), 0.2 * spread, D)),
+        "tau1": np.exp(rng.normal(math.log(0.1), 0.2 * spread, D)),
+        "rho": np.tanh(rng.normal(-0.3, 0.3 * spread, D)),
+        "sigma": np.exp(rng.normal(math.log(0.2), 0.1 * spread, D)),
+    }
+    t_std = (60.0 - ybar) / s
+    gs = native_math.group_stats(red)
+    gm = native_math.group_moments(draws, gs.n, gs.sw, gs.sww, h, t_std)
+    *_, p_cheap, bound = native_math.student_lines(gm, red.group, red.g)
+    x = np.column_stack([np.ones(len(red.group)), red.g])
+    z_var = np.einsum("si,sij,sj->s", x, gm.Cw[red.group], x)
+    first_order_exact = int(np.sum(native_math.P_BOUND_COEF * z_var > 1e-3))
+    assert first_order_exact > 0  # the case the second-order form is for
+    assert int(np.sum(bound > 1e-3)) < first_order_exact
+    for i in range(len(red.group)):
+        gi = red.group[i]
+        _, _, w = native_math.group_draw_terms(draws, gs.n[gi:gi + 1], gs.sw[gi:gi + 1], gs.sww[gi:gi + 1], h, t_std)
+        exact = norm.cdf(w[0] @ x[i]).mean()
+        assert abs(p_cheap[i] - exact) <= bound[i] + 1e-12
