@@ -355,15 +355,14 @@ def _send_sums(session: psycopg.Connection, run: _Run, users: list[str],
 
 
 def _send_run_sums(session: psycopg.Connection, run: _Run, users: list[str],
-                   score_range: tuple[float, float]) -> tuple[psycopg.Cursor, psycopg.Cursor]:
-    """``_send_sums``'s answer for a run with population draws, as two statements (each
-    ``_read_rows``): for a student of the run whose fit kept her window sums
+                   score_range: tuple[float, float]) -> psycopg.Cursor:
+    """``_send_sums``'s answer for a run with population draws (``_read_rows``), in one
+    statement of two disjoint parts: for a student of the run whose fit kept her window sums
     (``growth_student_posterior``), those sums (the window as the fit saw it) plus the weeks
     since the window (w >= lookback), read from the sources; for every other user
     (``_NOT_IN_RUN``), the window and the weeks since, read from the sources. So a batch
     reads the sources only for what the fit did not see."""
-    params = _sums_params(session, run, users, score_range)
-    return session.execute(_run_sums_sql(run, "run"), params), session.execute(_run_sums_sql(run, "rest"), params)
+    return session.execute(_run_sums_sql(run.score_source or "theta"), _sums_params(session, run, users, score_range))
 
 
 # the users of a call (``users``) whose window sums the run (``run_id``) did not store: not in
@@ -383,25 +382,26 @@ def _sums_sql(run: _Run) -> str:
     return _SUMS_OF.format(rows=f"SELECT student_id, week AS w, score FROM ({query}) q")
 
 
-def _run_sums_sql(run: _Run, part: str) -> str:
-    """``part`` ``run``: the users of the run with window sums, those sums plus the weeks
-    since the window (from the sources); ``rest``: the other users, everything from the
-    sources."""
+@functools.lru_cache(maxsize=8)
+def _run_sums_sql(score_source: str) -> str:
+    """The users of the run with window sums: those sums plus the weeks since the window
+    (from the sources); UNION ALL the other users: everything from the sources. Made once
+    per score source."""
     from .defs.growth.panel import panel_query
 
-    if part == "rest":
-        rest = panel_query(run.score_source or "theta", for_users=True, users_from=_NOT_IN_RUN)
-        return _SUMS_OF.format(rows=f"SELECT student_id, week AS w, score FROM ({rest}) r")
-    since = panel_query(run.score_source or "theta", for_users=True)
+    rest = panel_query(score_source, for_users=True, users_from=_NOT_IN_RUN)
+    rest = _SUMS_OF.format(rows=f"SELECT student_id, week AS w, score FROM ({rest}) r")
+    since = panel_query(score_source, for_users=True)
     assert "%(window_start)s" in since
     since = since.replace("%(window_start)s", "%(window_end_run)s")  # weeks from the window's end on
-    return ("SELECT p.user_id, p.n_obs + coalesce(s.n, 0), p.sum_w + coalesce(s.sw, 0), p.sum_ww + coalesce(s.sww, 0),"
-            " p.sum_y + coalesce(s.sy, 0), p.sum_wy + coalesce(s.swy, 0), coalesce(s.n, 0)"
-            " FROM growth_student_posterior p LEFT JOIN ("
-            "SELECT student_id, count(*) AS n, sum(w)::float8 AS sw, sum(w * w)::float8 AS sww, sum(score) AS sy,"
-            f" sum(w * score) AS swy FROM (SELECT student_id, week + %(lookback)s AS w, score FROM ({since}) q) r"
-            " GROUP BY 1) s ON s.student_id = p.user_id"
-            " WHERE p.run_id = %(run_id)s AND p.user_id = ANY(%(users)s::text[]) AND p.sum_w IS NOT NULL")
+    in_run = ("SELECT p.user_id, p.n_obs + coalesce(s.n, 0), p.sum_w + coalesce(s.sw, 0),"
+              " p.sum_ww + coalesce(s.sww, 0), p.sum_y + coalesce(s.sy, 0), p.sum_wy + coalesce(s.swy, 0),"
+              " coalesce(s.n, 0) FROM growth_student_posterior p LEFT JOIN ("
+              "SELECT student_id, count(*) AS n, sum(w)::float8 AS sw, sum(w * w)::float8 AS sww, sum(score) AS sy,"
+              f" sum(w * score) AS swy FROM (SELECT student_id, week + %(lookback)s AS w, score FROM ({since}) q) r"
+              " GROUP BY 1) s ON s.student_id = p.user_id"
+              " WHERE p.run_id = %(run_id)s AND p.user_id = ANY(%(users)s::text[]) AND p.sum_w IS NOT NULL")
+    return f"({in_run}) UNION ALL ({rest})"
 
 
 def _sums_params(session: psycopg.Connection, run: _Run, users: list[str], score_range: tuple[float, float]) -> dict[str, Any]:
@@ -432,10 +432,8 @@ def _send_run_reads(session: psycopg.Connection, run: _Run, users: list[str],
 
 def _read_run_reads(curs: tuple) -> tuple[dict[str, tuple], dict[str, tuple] | None]:
     """(every user's sums since the window's start, the prefetched thetas or None)."""
-    (run, rest), theta = curs
-    sums = _read_rows(rest)
-    sums.update(_read_rows(run))
-    return sums, (_read_rows(theta) if theta is not None else None)
+    sums, theta = curs
+    return _read_rows(sums), (_read_rows(theta) if theta is not None else None)
 
 
 def _read_rows(cur: psycopg.Cursor) -> dict[str, tuple]:
