@@ -296,9 +296,8 @@ def student_lines(gm: GroupMoments, group: np.ndarray, g: np.ndarray):
 
 
 def cheap_p(z_mean: np.ndarray, z_var: np.ndarray, z_m4: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(P, its error bound) from the first three even moments of z over the draws (mean,
-    variance, fourth central moment): of the module docstring's two forms, the one with the
-    smaller proven bound."""
+    """(P, its error bound) from the mean, variance and fourth central moment of z over the
+    draws: of the module docstring's two forms, the one with the smaller proven bound."""
     first = P_BOUND_COEF * z_var
     second = P_BOUND2_COEF * z_m4 ** 0.75
     p1 = ndtr(z_mean)

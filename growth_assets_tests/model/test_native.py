@@ -177,23 +177,31 @@ def test_rao_blackwell_students_match_brute_force_over_draws():
         assert got["sigma"][i] == pytest.approx(math.sqrt(eh @ cov @ eh), rel=1e-9)
 
 
+def _reduced_cohort():
+    """(the reduced panel, ybar, s) of a synthetic cohort of 300 students."""
+    df, pn = checked(synthetic(300, seed=6))
+    ybar, s = contract.prior_scales(df["score"].to_numpy())
+    return native_math.reduce_panel(pn, ybar, s), ybar, s
+
+
+def _spread_draws(rng, spread: float, D: int = 200) -> dict[str, np.ndarray]:
+    """Standardised hyperparameter draws, their posterior as wide as ``spread`` says."""
+    return {
+        "beta0": rng.normal(0.0, 0.1 * spread, D), "beta1": rng.normal(0.1, 0.03 * spread, D),
+        "tau0": np.exp(rng.normal(math.log(0.4), 0.2 * spread, D)),
+        "tau1": np.exp(rng.normal(math.log(0.1), 0.2 * spread, D)),
+        "rho": np.tanh(rng.normal(-0.3, 0.3 * spread, D)),
+        "sigma": np.exp(rng.normal(math.log(0.2), 0.1 * spread, D)),
+    }
+
+
 def test_cheap_p_stays_within_its_proven_bound():
     """A cheap P (first- or second-order form) is used only where its bound <= tolerance;
     the bound must hold."""
-    panel = synthetic(300, seed=6)
-    df, pn = checked(panel)
-    ybar, s = contract.prior_scales(df["score"].to_numpy())
-    red = native_math.reduce_panel(pn, ybar, s)
+    red, ybar, s = _reduced_cohort()
     rng = np.random.default_rng(10)
     for spread in (0.02, 0.2, 1.0):  # concentrated .. wide hyperparameter posteriors
-        D = 200
-        draws = {
-            "beta0": rng.normal(0.0, 0.1 * spread, D), "beta1": rng.normal(0.1, 0.03 * spread, D),
-            "tau0": np.exp(rng.normal(math.log(0.4), 0.2 * spread, D)),
-            "tau1": np.exp(rng.normal(math.log(0.1), 0.2 * spread, D)),
-            "rho": np.tanh(rng.normal(-0.3, 0.3 * spread, D)),
-            "sigma": np.exp(rng.normal(math.log(0.2), 0.1 * spread, D)),
-        }
+        draws = _spread_draws(rng, spread)
         t_std = (60.0 - ybar) / s
         gs = native_math.group_stats(red)
         gm = native_math.group_moments(draws, gs.n, gs.sw, gs.sww, 11.0, t_std)
@@ -491,19 +499,9 @@ def test_the_second_order_form_leaves_fewer_students_to_the_exact_mean():
     (Phi(m) - m phi(m) v / 2, bound phi(0)/6 (E (z - m)^4)^(3/4)) often does not: fewer
     students need the mean over every draw, and every cheap P is still within its bound of
     the exact one (computed here draw by draw, with none of the grouped moments)."""
-    panel = synthetic(300, seed=6)
-    df, pn = checked(panel)
-    ybar, s = contract.prior_scales(df["score"].to_numpy())
-    red = native_math.reduce_panel(pn, ybar, s)
-    rng = np.random.default_rng(10)
-    D, spread, h = 200, 0.5, 11.0
-    draws = {
-        "beta0": rng.normal(0.0, 0.1 * spread, D), "beta1": rng.normal(0.1, 0.03 * spread, D),
-        "tau0": np.exp(rng.normal(math.log(0.4), 0.2 * spread, D)),
-        "tau1": np.exp(rng.normal(math.log(0.1), 0.2 * spread, D)),
-        "rho": np.tanh(rng.normal(-0.3, 0.3 * spread, D)),
-        "sigma": np.exp(rng.normal(math.log(0.2), 0.1 * spread, D)),
-    }
+    red, ybar, s = _reduced_cohort()
+    h = 11.0
+    draws = _spread_draws(np.random.default_rng(10), 0.5)
     t_std = (60.0 - ybar) / s
     gs = native_math.group_stats(red)
     gm = native_math.group_moments(draws, gs.n, gs.sw, gs.sww, h, t_std)
