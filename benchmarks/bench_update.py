@@ -64,11 +64,12 @@ def populate(conn, n: int) -> None:
     from growth_assets.model.panel import Panel
 
     rng = np.random.default_rng(2)
+    gauss = random.Random(3).gauss  # seeded: the same population every run
     scale = {"b_Intercept": 0.01, "b_week": 0.001, "sd_student_id__Intercept": 0.01,
              "sd_student_id__week": 0.002, "cor_student_id__Intercept__week": 0.05, "sigma": 0.003}
     draws = {k: (MEANS[k] + scale[k] * rng.standard_normal(1000)).tolist() for k in POPULATION_PARAMS}
     weeks_of = {"stored": range(0, 12, 2), "update": (*range(0, 12, 2), 12, 13), "new": (11, 12, 13), "normal": ()}
-    scores = {i: [(w, random.gauss(0, 1)) for w in weeks_of[kind_of(i)]] for i in range(n)}
+    scores = {i: [(w, gauss(0, 1)) for w in weeks_of[kind_of(i)]] for i in range(n)}
     in_run = [i for i in range(n) if kind_of(i) in ("stored", "update")]
     seen = [(uid(i), w, y) for i in in_run for w, y in scores[i] if w < 12]  # what the run's fit saw
     sums = Panel.from_frame(pd.DataFrame(seen, columns=["student_id", "week", "score"])).window_sums()
@@ -82,7 +83,7 @@ def populate(conn, n: int) -> None:
                     copy.write_row((u, y, 0.25, "m", "v", _at(w)))
                 if kind == "normal":
                     for d in (20, 10):
-                        copy.write_row((u, random.gauss(0, 1), 0.25, "m", "v", datetime(2026, 8, d, tzinfo=timezone.utc)))
+                        copy.write_row((u, gauss(0, 1), 0.25, "m", "v", datetime(2026, 8, d, tzinfo=timezone.utc)))
         with conn.cursor().copy("COPY weekly_kpi (user_id, week_start, kpis) FROM STDIN") as copy:
             for i in range(n):
                 u = uid(i)

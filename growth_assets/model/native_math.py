@@ -317,7 +317,9 @@ def exact_p(draws, n, sw, sww, g: np.ndarray, h: float, t: float, chunk: int = 2
     x = np.column_stack([np.ones(len(g)), g[:, 0], g[:, 1]])
     out = np.empty(len(g))
     for lo in range(0, len(g), step):
-        z = x[lo:lo + step] @ wt  # (students, D), one matrix product
+        # (students, D) in one pass; einsum, not BLAS: a threaded BLAS spins on the core the
+        # database (on the same machine in tests and benchmarks) is using, and costs 2x here
+        z = np.einsum("si,id->sd", x[lo:lo + step], wt)
         ndtr(z, out=z)
         out[lo:lo + step] = z.mean(axis=1)
     return out
