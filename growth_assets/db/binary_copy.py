@@ -143,3 +143,66 @@ def copy_in(conn: psycopg.Connection, table: str, names: Sequence[str], data: It
         for piece in data:
             copy.write(piece)
         copy.write(TRAILER)
+
+
+class CopyFormatError(ValueError):
+    """Binary COPY data that is not the layout the reader was told to expect."""
+
+
+# the binary form of a one-dimensional array without NULLs: ndim, has-NULLs flag, element type
+# oid, length, lower bound; then each element as its length and its bytes
+_ARRAY_HEADER = 20
+_ARRAY_TYPES = {"int4": (23, 4, ">i4"), "float8": (701, 8, ">f8")}
+
+
+def _at(buf: np.ndarray, dtype: str) -> np.ndarray:
+    """``dtype`` read at every byte offset of ``buf`` (a view: index it with the offsets)."""
+    width = np.dtype(dtype).itemsize
+    return np.ndarray(shape=(max(buf.size - width + 1, 0),), dtype=dtype, buffer=buf, strides=(1,))
+
+
+def decode_arrays(data: bytes | bytearray | memoryview, lengths: np.ndarray,
+                  types: Sequence[str]) -> list[np.ndarray]:
+    """Binary COPY ``data`` (header and trailer included) of tuples whose fields are arrays of
+    ``types`` (``int4``, ``float8``), row ``i``'s arrays all of ``lengths[i]`` (>= 1) elements
+    without NULLs: one flat column per field, rows' elements in order (vectorised: no Python
+    object per row or element). Every length, count, type and flag of the layout is checked;
+    CopyFormatError names the first that differs."""
+    k = np.asarray(lengths, dtype=np.int64)
+    specs = [_ARRAY_TYPES[t] for t in types]
+    b = np.frombuffer(data, dtype=np.uint8)
+    if k.size and int(k.min()) < 1:
+        raise CopyFormatError(f"every row's arrays must have >= 1 element, got {int(k.min())}")
+    # each field: its length (4), the array header, then k elements of (4 + width) bytes
+    sizes = 2 + sum(4 + _ARRAY_HEADER + k * (4 + w) for _, w, _ in specs) + 0 * k
+    expected = len(SIGNATURE) + int(np.sum(sizes)) + len(TRAILER)
+    if b.size != expected or bytes(b[:len(SIGNATURE)]) != SIGNATURE or bytes(b[b.size - 2:]) != TRAILER:
+        raise CopyFormatError(f"binary COPY of {k.size} rows with {int(k.sum())} elements: {expected} bytes"
+                              f" expected with its signature and trailer, got {b.size}")
+    i2, i4 = _at(b, ">i2"), _at(b, ">i4")
+    at = len(SIGNATURE) + np.cumsum(sizes) - sizes  # each tuple's first byte
+    checks = [("field count", i2[at], len(specs))]
+    at = at + 2
+    out = []
+    for t, (oid, w, dt) in zip(types, specs):
+        checks += [(f"{t}[] field length", i4[at], _ARRAY_HEADER + k * (4 + w)), (f"{t}[] ndim", i4[at + 4], 1),
+                   (f"{t}[] NULL flag", i4[at + 8], 0), (f"{t}[] element type", i4[at + 12], oid),
+                   (f"{t}[] length", i4[at + 16], k)]
+        first = at + 4 + _ARRAY_HEADER  # the first element's length word
+        offs = np.repeat(first - (4 + w) * (np.cumsum(k) - k), k) + (4 + w) * np.arange(int(k.sum()))
+        checks.append((f"{t}[] element length", i4[offs], w))
+        out.append(_at(b, dt)[offs + 4].astype(dt[1:]))
+        at = at + 4 + _ARRAY_HEADER + k * (4 + w)
+    # the first row whose layout differs (after it, offsets are meaningless), and in it the
+    # first field that differs, in the order of its bytes
+    found = []
+    for j, (what, got, want) in enumerate(checks):
+        bad = np.flatnonzero(got != want)
+        if bad.size:
+            i = int(bad[0])
+            row = int(np.searchsorted(np.cumsum(k), i, side="right")) if what.endswith("element length") else i
+            found.append((row, j, what, int(got[i]), int(np.broadcast_to(want, got.shape)[i])))
+    if found:
+        row, _, what, got, want = min(found)
+        raise CopyFormatError(f"binary COPY row {row}: {what} is {got}, expected {want}")
+    return out

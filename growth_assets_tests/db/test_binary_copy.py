@@ -6,7 +6,7 @@ from decimal import Decimal
 import numpy as np
 import pytest
 
-from growth_assets.db.binary_copy import Column, copy_in, encode
+from growth_assets.db.binary_copy import Column, CopyFormatError, copy_in, decode_arrays, encode
 
 TABLE = ("CREATE TEMP TABLE t (id text, x double precision, n integer, d date, ts timestamptz,"
          " num numeric, num2 numeric)")
@@ -80,3 +80,47 @@ def test_text_of_any_length_and_script_round_trips(conn):
     conn.execute("CREATE TEMP TABLE u (id text, k integer)")
     copy_in(conn, "u", ["id", "k"], [encode({"id": Column("text", ids), "k": Column("int4", np.arange(ids.size))})])
     assert conn.execute("SELECT id FROM u ORDER BY k").fetchall() == [(i,) for i in ids]
+
+
+def _copy_out(conn, query, params=()):
+    buf = bytearray()
+    with conn.cursor().copy(f"COPY ({query}) TO STDOUT (FORMAT binary)", params) as copy:
+        for chunk in copy:
+            buf += chunk
+    return bytes(buf)
+
+
+def test_arrays_read_back_as_flat_columns_equal_to_what_psycopg_parses(conn):
+    """Rows of (int4[], float8[]) of 1..12 elements, every special value among them: the flat
+    columns are the rows' elements in order, as psycopg's own parser reads them row by row."""
+    rng = np.random.default_rng(7)
+    k = rng.integers(1, 13, size=500)
+    weeks = [rng.integers(-2**31, 2**31, size=n).tolist() for n in k]
+    scores = [rng.normal(size=n).tolist() for n in k]
+    scores[3][:4] = [np.inf, -np.inf, -0.0, 5e-324][:len(scores[3])]
+    scores[4][0] = np.nan
+    conn.execute("CREATE TEMP TABLE arr (i int, w int[], y float8[])")
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO arr VALUES (%s, %s, %s)", [(i, w, y) for i, (w, y) in enumerate(zip(weeks, scores))])
+    data = _copy_out(conn, "SELECT w, y FROM arr ORDER BY i")
+    w, y = decode_arrays(data, k, ("int4", "float8"))
+    assert w.dtype == np.int32 and y.dtype == np.float64
+    assert w.tolist() == [v for row in weeks for v in row]
+    want = np.array([v for row in scores for v in row])
+    assert np.array_equal(y, want, equal_nan=True) and np.signbit(y).tolist() == np.signbit(want).tolist()
+    assert decode_arrays(_copy_out(conn, "SELECT w FROM arr WHERE false"), np.zeros(0, int), ("int4",))[0].size == 0
+
+
+@pytest.mark.parametrize("query, lengths, message", [
+    ("SELECT ARRAY[1, 2], ARRAY[0.5, 1.5]::float8[]", [3], "1 rows with 3 elements: 131 bytes expected with its signature and trailer, got 111"),
+    ("SELECT ARRAY[1, 2], ARRAY[0.5]::float8[] UNION ALL SELECT ARRAY[3], ARRAY[2.5, 3.5]::float8[]", [2, 1],
+     "row 0: float8\\[\\] field length is 32, expected 44"),
+    ("SELECT ARRAY[1, NULL], ARRAY[0.5, 1.5]::float8[]", [2], "NULL flag|bytes expected"),
+    ("SELECT ARRAY[1, 2]::int8[], ARRAY[0.5, 1.5]::float8[]", [2], "bytes expected|element type"),
+    ("SELECT ARRAY[[1], [2]], ARRAY[0.5, 1.5]::float8[]", [2], "ndim|bytes expected"),
+    ("SELECT ARRAY[1, 2], ARRAY[0.5, 1.5]::float8[], 1", [2], "bytes expected|field count"),
+])
+def test_data_of_another_layout_is_refused_naming_what_differs(conn, query, lengths, message):
+    with pytest.raises(CopyFormatError, match=message):
+        decode_arrays(_copy_out(conn, query), np.array(lengths), ("int4", "float8"))
+

@@ -42,7 +42,7 @@ def test_one_huge_theta_is_left_out_and_counted_and_the_panel_is_built(conn):
     info = build_panel(conn, Window(MONDAY, 12), "theta", now=datetime(2026, 11, 23, 4, 30, tzinfo=timezone.utc))
     assert info.excluded["out_of_range"] == 3  # two thetas of 1e300, one ability_estimate of 1e400
     rows = dict(((u, w), s) for u, w, s in conn.execute(
-        "SELECT student_id, week, score FROM growth_panel WHERE panel_id = %s", (info.panel_id,)).fetchall())
+        "SELECT student_id, week, score FROM growth_panel_rows WHERE panel_id = %s", (info.panel_id,)).fetchall())
     assert rows == {("huge", 10): 0.4, ("a", 11): 0.1, ("b", 11): 0.3}
 
 

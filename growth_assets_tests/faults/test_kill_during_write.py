@@ -113,7 +113,7 @@ def test_kill_9_mid_panel_rebuild_keeps_the_previous_panel(db_url):
         c.commit()
         before = build_panel(c, Window(date(2026, 11, 23), 12), "theta",
                              now=datetime(2026, 11, 23, 4, 30, tzinfo=timezone.utc))
-        rows_before = c.execute("SELECT count(*), sum(score::numeric) FROM growth_panel").fetchone()
+        rows_before = c.execute("SELECT count(*), sum(score::numeric) FROM growth_panel_rows").fetchone()
         meta_before = c.execute("SELECT stats, created_at FROM growth_panel_meta").fetchall()
         c.execute("UPDATE mirt_ability SET theta = theta + 1")  # what the rebuild would change
         c.commit()
@@ -123,7 +123,7 @@ def test_kill_9_mid_panel_rebuild_keeps_the_previous_panel(db_url):
                # 1 KB of query text pg_stat_activity shows)
                lambda: _active(db_url, "%WITH panel AS ("), "panel build")
     with connect(db_url) as c:
-        assert c.execute("SELECT count(*), sum(score::numeric) FROM growth_panel").fetchone() == rows_before
+        assert c.execute("SELECT count(*), sum(score::numeric) FROM growth_panel_rows").fetchone() == rows_before
         assert c.execute("SELECT stats, created_at FROM growth_panel_meta").fetchall() == meta_before
 
 

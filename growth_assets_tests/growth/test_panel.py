@@ -63,10 +63,10 @@ def rows(df):
 
 
 def stored(conn, panel_id):
-    """The stored panel rows with their source, as growth_panel holds them."""
+    """The stored panel rows with their source, one per student-week (growth_panel_rows)."""
     import pandas as pd
 
-    cur = conn.execute("SELECT student_id, week, score, source FROM growth_panel WHERE panel_id = %s"
+    cur = conn.execute("SELECT student_id, week, score, source FROM growth_panel_rows WHERE panel_id = %s"
                        " ORDER BY student_id, week", (panel_id,))
     return pd.DataFrame(cur.fetchall(), columns=["student_id", "week", "score", "source"])
 
@@ -102,18 +102,20 @@ def test_theta_panel_is_calendar_indexed_with_the_first_source_per_student_week(
     assert info.students_with_3_weeks == 1
     # the observations behind each student-week, counted in the pass that built the panel
     n = dict(((r[0], r[1]), r[2]) for r in fixture_db.execute(
-        "SELECT student_id, week, n FROM growth_panel WHERE panel_id = %s", (info.panel_id,)))
+        "SELECT student_id, week, n FROM growth_panel_rows WHERE panel_id = %s", (info.panel_id,)))
     assert all(v >= 1 for v in n.values()) and info.observations == sum(n.values())
     assert info.non_finite == 0
 
 
-def test_a_panel_reads_back_in_code_point_order_whatever_the_databases_collation(pg_admin_url):
-    """load_panel reads in the table's key order (no sort); under a language's collation
-    ("_z", "a", "B") the ids and their rows are put in code-point order ("B", "_z", "a")."""
+def test_a_panel_of_the_row_per_week_layout_migrates_and_reads_back_in_code_point_order(pg_admin_url):
+    """A panel stored before 0008 (a row per student-week) in a database of a language's
+    collation ("_z", "a", "B") becomes a row per student whose arrays are the student's
+    weeks in order; load_panel reads it in code-point order ("B", "_z", "a") without a sort,
+    and growth_panel_rows gives back the rows as they were."""
     import psycopg
 
     from growth_assets.db import connect
-    from growth_assets.db.migrate import migrate
+    from growth_assets.db.migrate import migrate, migrate_through
 
     name = "panel_icu_order"
     with psycopg.connect(pg_admin_url, autocommit=True) as c:
@@ -122,18 +124,34 @@ def test_a_panel_reads_back_in_code_point_order_whatever_the_databases_collation
                   " LOCALE 'C.UTF-8'")
     url = pg_admin_url.rsplit("/", 1)[0] + "/" + name
     try:
-        migrate(url)
+        migrate_through(url, "0007_window_sums")
+        rows = [("a", 2, 1.5, 3), ("a", 0, 1.0, 1), ("B", 1, 2.0, 2), ("_z", 0, 3.0, 1), ("_z", 3, 3.5, 1),
+                ("B", 0, 2.5, 4)]
         with connect(url) as conn:
-            rows = [("a", 0, 1.0), ("a", 2, 1.5), ("B", 1, 2.0), ("_z", 0, 3.0), ("_z", 3, 3.5), ("B", 0, 2.5)]
+            conn.execute("INSERT INTO growth_panel (panel_id, student_id, week, score, source, n)"
+                         " SELECT 'p', u, w, y, 'mirt_ability', n"
+                         " FROM unnest(%s::text[], %s::int[], %s::float8[], %s::int[]) AS r(u, w, y, n)",
+                         [list(c) for c in zip(*rows)])
             conn.execute("INSERT INTO growth_panel (panel_id, student_id, week, score, source)"
-                         " SELECT 'p', * , 'mirt_ability' FROM unnest(%s::text[], %s::int[], %s::float8[])",
-                         ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]))
-            assert [r[0] for r in conn.execute("SELECT DISTINCT student_id FROM growth_panel ORDER BY 1")] == [
+                         " VALUES ('old', 'x', 0, 0.5, 'weekly_kpi')")  # a panel from before 0006: n NULL
+            assert [r[0] for r in conn.execute(
+                "SELECT DISTINCT student_id FROM growth_panel WHERE panel_id = 'p' ORDER BY 1")] == [
                 "_z", "a", "B"]  # the database's order is not the code points'
+            conn.commit()
+        assert migrate(url) == ["0008_panel_row_per_student"]
+        with connect(url) as conn:
             panel = load_panel(conn, "p")
+            assert conn.execute("SELECT student_id, weeks, observations FROM growth_panel WHERE panel_id = 'p'"
+                                " ORDER BY student_id").fetchall() == [
+                ("B", [0, 1], [4, 2]), ("_z", [0, 3], [1, 1]), ("a", [0, 2], [1, 3])]
+            assert conn.execute("SELECT student_id, week, score, source, n FROM growth_panel_rows"
+                                " WHERE panel_id = 'p' ORDER BY student_id, nth").fetchall() == [
+                (u, w, y, "mirt_ability", n) for u, w, y, n in sorted(rows, key=lambda r: (r[0], r[1]))]
+            assert conn.execute("SELECT weeks, sources, observations FROM growth_panel WHERE panel_id = 'old'"
+                                ).fetchall() == [([0], ["weekly_kpi"], None)]
         assert panel.student_ids.tolist() == ["B", "_z", "a"]
         got = [(panel.student_ids[c], int(w), float(y)) for c, w, y in zip(panel.student, panel.week, panel.score)]
-        assert got == sorted(rows, key=lambda r: (r[0], r[1]))
+        assert got == sorted([r[:3] for r in rows], key=lambda r: (r[0], r[1]))
     finally:
         with psycopg.connect(pg_admin_url, autocommit=True) as c:
             c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -71,7 +71,7 @@ def test_path_2_agrees_with_a_real_native_fit(conn):
     #    their line from the population posterior + their own scores, read through the
     #    panel's own query: students of every source, those seen only in student_topic_theta
     #    and only in features_topic_daily among them.
-    src = dict(conn.execute("SELECT student_id, string_agg(DISTINCT source, ',') FROM growth_panel"
+    src = dict(conn.execute("SELECT student_id, string_agg(DISTINCT source, ',') FROM growth_panel_rows"
                             " WHERE panel_id = %s GROUP BY 1", (info.panel_id,)).fetchall())
     only = {k: sorted(s for s, v in src.items() if v == k) for k in
             ("mirt_ability", "student_topic_theta", "features_topic_daily")}

@@ -99,8 +99,9 @@ def weekly_scores(context: dg.AssetExecutionContext, postgres: PostgresResource,
     Aggregated inside PostgreSQL from mirt_ability, then student_topic_theta, then
     features_topic_daily, then weekly_kpi's ability_estimate (the first source with a value
     wins per student-week), or accuracy = correct / attempts. The panel is stored in
-    ``growth_panel``; non-finite values, NULL ids and future-dated rows are left out and
-    counted in the metadata.
+    ``growth_panel``, a row per student with her weeks' scores as arrays (the view
+    ``growth_panel_rows`` shows a row per student-week); non-finite values, NULL ids and
+    future-dated rows are left out and counted in the metadata.
     """
     with contract_failures():
         growth.checked()

@@ -53,7 +53,7 @@ WITH realised AS ({panel}),
 sums AS (
     SELECT student_id, count(*)::float8 AS n, sum(week)::float8 AS sw, sum(week * week)::float8 AS sww,
            sum(score) AS sy, sum(week * score) AS swy
-    FROM growth_panel WHERE panel_id = %(panel_id)s AND student_id IN (SELECT student_id FROM realised)
+    FROM growth_panel_rows WHERE panel_id = %(panel_id)s AND student_id IN (SELECT student_id FROM realised)
     GROUP BY student_id),
 base AS (
     SELECT DISTINCT ON (user_id) user_id, theta, se FROM mirt_ability
