@@ -121,7 +121,7 @@ def test_kill_9_mid_panel_rebuild_keeps_the_previous_panel(db_url):
     _kill_when(db_url, _PANEL.format(repo=str(REPO), url=db_url),
                # the statement that stores the panel (its INSERT is a CTE of it, past the
                # 1 KB of query text pg_stat_activity shows)
-               lambda: _active(db_url, "%WITH panel AS ("), "panel build")
+               lambda: _active(db_url, "%WITH students AS ("), "panel build")
     with connect(db_url) as c:
         assert c.execute("SELECT count(*), sum(score::numeric) FROM growth_panel_rows").fetchone() == rows_before
         assert c.execute("SELECT stats, created_at FROM growth_panel_meta").fetchall() == meta_before

@@ -90,11 +90,12 @@ def panel_query(score_source: str, *, for_users: bool = False, users_from: str |
         raise ContractError("BRMS_SCORE_SOURCE", f"must be one of {SCORE_SOURCES}", score_source)
     sql = _sql("panel_theta.sql" if score_source == "theta" else "panel_accuracy.sql")
     if for_users:
-        assert _ALL_USERS in sql and sql.startswith("WITH "), "the panel query changed: update panel_query"
+        assert _ALL_USERS in sql, "the panel query changed: update panel_query"
         sql = sql.replace(_ALL_USERS, "")
         if users_from is not None:
-            sql = (f"WITH for_users AS MATERIALIZED ({users_from}), "
-                   + sql[len("WITH "):].replace("%(users)s::text[]", "(SELECT ids FROM for_users)::text[]"))
+            sql = sql.replace("%(users)s::text[]", "(SELECT ids FROM for_users)::text[]")
+            sql = (f"WITH for_users AS MATERIALIZED ({users_from}), {sql[len('WITH '):]}" if sql.startswith("WITH ")
+                   else f"WITH for_users AS MATERIALIZED ({users_from}) {sql}")
     return sql
 
 
@@ -243,7 +244,9 @@ def load_panel(conn: psycopg.Connection, panel_id: str) -> Panel:
         order = np.argsort(ids, kind="stable")
         rank = np.empty_like(order)
         rank[order] = np.arange(order.size)
-        code = rank[code]
-        rows_order = np.lexsort((week, code))
-        ids, code, week, score = ids[order], code[rows_order], week[rows_order], score[rows_order]
+        ids, code = ids[order], rank[code]
+    key = code * (int(week.max(initial=0)) + 1) + week
+    if key.size > 1 and not bool(np.all(key[1:] >= key[:-1])):  # (student, week) order, as engines expect
+        rows_order = np.argsort(key, kind="stable")
+        code, week, score = code[rows_order], week[rows_order], score[rows_order]
     return Panel.from_columns(ids, code, week, score)

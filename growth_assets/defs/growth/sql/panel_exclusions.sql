@@ -1,23 +1,23 @@
 -- What the panel left out of the window, by reason (rows of the sources, not student-weeks).
 -- One scan of each source (its window, and its rows dated after %(now)s), every reason a
 -- FILTER of that scan: a million students' window is read once per table, not once per reason.
-WITH bounds AS (
-    SELECT %(window_start)s::date AS ws, %(window_end)s::date AS we,
-           (%(window_start)s::date)::timestamp AT TIME ZONE 'UTC' AS ts0,
-           (%(window_end)s::date)::timestamp AT TIME ZONE 'UTC' AS ts1,
-           %(now)s::timestamptz AS now_ts
-),
+-- The window's bounds are the parameters themselves (not a CTE of them), so the planner
+-- estimates each scan from the real dates.
 -- the two theta tables of one shape (id, theta, time), as one scan
-th AS (
+WITH th AS (
     SELECT count(*) FILTER (WHERE w AND (user_id IS NULL OR user_id = '')) AS null_user_id,
            count(*) FILTER (WHERE w AND theta IN ('NaN', 'Infinity', '-Infinity')) AS non_finite,
-           count(*) FILTER (WHERE fitted_at > now_ts) AS future,
+           count(*) FILTER (WHERE fitted_at > %(now)s::timestamptz) AS future,
            count(*) FILTER (WHERE w AND theta NOT IN ('NaN', 'Infinity', '-Infinity')
                             AND NOT theta BETWEEN %(score_lo)s::float8 AND %(score_hi)s::float8) AS out_of_range
-    FROM (SELECT s.user_id, s.theta, s.fitted_at, b.now_ts, s.fitted_at >= b.ts0 AND s.fitted_at < b.ts1 AS w
+    FROM (SELECT s.user_id, s.theta, s.fitted_at,
+                 s.fitted_at >= ((%(window_start)s::date)::timestamp AT TIME ZONE 'UTC')
+                 AND s.fitted_at < ((%(window_end)s::date)::timestamp AT TIME ZONE 'UTC') AS w
           FROM (SELECT user_id, theta, fitted_at FROM mirt_ability
-                UNION ALL SELECT user_id, theta, fitted_at FROM student_topic_theta) s, bounds b
-          WHERE (s.fitted_at >= b.ts0 AND s.fitted_at < b.ts1) OR s.fitted_at > b.now_ts) x
+                UNION ALL SELECT user_id, theta, fitted_at FROM student_topic_theta) s
+          WHERE (s.fitted_at >= ((%(window_start)s::date)::timestamp AT TIME ZONE 'UTC')
+                 AND s.fitted_at < ((%(window_end)s::date)::timestamp AT TIME ZONE 'UTC'))
+             OR s.fitted_at > %(now)s::timestamptz) x
 ),
 f AS (
     SELECT count(*) FILTER (WHERE w AND theta_estimate IN ('NaN'::numeric, 'Infinity'::numeric, '-Infinity'::numeric))
@@ -27,15 +27,16 @@ f AS (
            count(*) FILTER (WHERE date > today) AS future,
            count(*) FILTER (WHERE w AND theta_estimate NOT IN ('NaN'::numeric, 'Infinity'::numeric, '-Infinity'::numeric)
                             AND NOT theta_estimate BETWEEN %(score_lo)s::numeric AND %(score_hi)s::numeric) AS out_of_range
-    FROM (SELECT f.theta_estimate, f.attempts, f.correct, f.date, (b.now_ts AT TIME ZONE 'UTC')::date AS today,
-                 f.date >= b.ws AND f.date < b.we AS w
-          FROM features_topic_daily f, bounds b
-          WHERE (f.date >= b.ws AND f.date < b.we) OR f.date > (b.now_ts AT TIME ZONE 'UTC')::date) x
+    FROM (SELECT f.theta_estimate, f.attempts, f.correct, f.date, (%(now)s::timestamptz AT TIME ZONE 'UTC')::date AS today,
+                 f.date >= %(window_start)s::date AND f.date < %(window_end)s::date AS w
+          FROM features_topic_daily f
+          WHERE (f.date >= %(window_start)s::date AND f.date < %(window_end)s::date)
+             OR f.date > (%(now)s::timestamptz AT TIME ZONE 'UTC')::date) x
 ),
 -- finite, but outside BRMS_SCORE_RANGE (theta sources; accuracy is within [0, 1] by its checks)
 k AS (
-    SELECT count(*) AS out_of_range FROM weekly_kpi k, bounds b
-    WHERE k.week_start >= b.ws AND k.week_start < b.we
+    SELECT count(*) AS out_of_range FROM weekly_kpi k
+    WHERE k.week_start >= %(window_start)s::date AND k.week_start < %(window_end)s::date
       AND jsonb_typeof(k.kpis -> 'ability_estimate') = 'number'
       AND NOT CASE WHEN jsonb_typeof(k.kpis -> 'ability_estimate') = 'number'
                    THEN (k.kpis -> 'ability_estimate')::numeric END BETWEEN %(score_lo)s::numeric AND %(score_hi)s::numeric
