@@ -22,6 +22,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import psycopg
 
+from ..model.keys import unique_rows
+
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8  # signature, flags, header extension length
 TRAILER = b"\xff\xff"
 
@@ -110,8 +112,7 @@ def encode(columns: Mapping[str, Column]) -> bytes:
         key[:, j] = np.char.str_len(values) if dt is None else width
         if mask is not None:
             key[mask, j] = -1
-    groups, inverse = np.unique(key, axis=0, return_inverse=True)
-    inverse = inverse.ravel()
+    groups, inverse = unique_rows(list(key.T))
     order = np.argsort(inverse, kind="stable")
     bounds = np.searchsorted(inverse[order], np.arange(groups.shape[0] + 1))
     return b"".join(_tuples(fields, order[bounds[g]:bounds[g + 1]], dict(zip(keyed, groups[g].tolist())))
