@@ -143,7 +143,7 @@ def _job(src: Path, url: str, args) -> dict:
 
 
 def bench_size(codes: list[tuple[str, Path]], admin_url: str, n: int, args) -> list[dict]:
-    """One database per size, seeded once by the current code; each code then migrates it to
+    """One database per size, seeded once by the first code; each code then migrates it to
     its own schema and runs the job on the same source rows, in the order given."""
     import psycopg
 
@@ -153,9 +153,9 @@ def bench_size(codes: list[tuple[str, Path]], admin_url: str, n: int, args) -> l
         c.execute(f'CREATE DATABASE "{db}"')
     url = admin_url.rsplit("/", 1)[0] + "/" + db
     truth = Path(tempfile.mkdtemp()) / "truth.csv"
-    # seeded by the current code (the same cohort for the same seed as the older codes', drawn
-    # in chunks: minutes less at a million students); its seconds are the current seed-demo's
-    seed_s, seed_peak = _seed(n, {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(codes[-1][1])}, truth)
+    # seeded by the first code (the baseline): a newer code's migrations cannot be undone by an
+    # older code, and each code then migrates the database to its own schema in turn
+    seed_s, seed_peak = _seed(n, {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(codes[0][1])}, truth)
     rows: list[dict] = []
     published: dict[str, dict[str, float]] = {}
     for label, src in codes:
