@@ -175,7 +175,7 @@ def decode_arrays(data: bytes | bytearray | memoryview, lengths: np.ndarray,
     if k.size and int(k.min()) < 1:
         raise CopyFormatError(f"every row's arrays must have >= 1 element, got {int(k.min())}")
     # each field: its length (4), the array header, then k elements of (4 + width) bytes
-    sizes = 2 + sum(4 + _ARRAY_HEADER + k * (4 + w) for _, w, _ in specs) + 0 * k
+    sizes = np.full(k.size, 2, dtype=np.int64) + sum(4 + _ARRAY_HEADER + k * (4 + w) for _, w, _ in specs)
     expected = len(SIGNATURE) + int(np.sum(sizes)) + len(TRAILER)
     if b.size != expected or bytes(b[:len(SIGNATURE)]) != SIGNATURE or bytes(b[b.size - 2:]) != TRAILER:
         raise CopyFormatError(f"binary COPY of {k.size} rows with {int(k.sum())} elements: {expected} bytes"
