@@ -162,37 +162,61 @@ def _at(buf: np.ndarray, dtype: str) -> np.ndarray:
     return np.ndarray(shape=(max(buf.size - width + 1, 0),), dtype=dtype, buffer=buf, strides=(1,))
 
 
-def decode_arrays(data: bytes | bytearray | memoryview, lengths: np.ndarray,
-                  types: Sequence[str]) -> list[np.ndarray]:
+_DECODE_CHUNK_ROWS = 500_000  # rows decoded at a time: the element offsets' temporaries stay small
+
+
+def _array_tuple_sizes(k: np.ndarray, specs) -> np.ndarray:
+    """Bytes of each tuple: the field count (2), then per field its length (4), the array
+    header and k elements of (4 + width) bytes."""
+    return np.full(k.size, 2, dtype=np.int64) + sum(4 + _ARRAY_HEADER + k * (4 + w) for _, w, _ in specs)
+
+
+def decode_arrays(data: bytes | bytearray | memoryview | np.ndarray, lengths: np.ndarray,
+                  types: Sequence[str], chunk_rows: int = _DECODE_CHUNK_ROWS) -> list[np.ndarray]:
     """Binary COPY ``data`` (header and trailer included) of tuples whose fields are arrays of
     ``types`` (``int4``, ``float8``), row ``i``'s arrays all of ``lengths[i]`` (>= 1) elements
     without NULLs: one flat column per field, rows' elements in order (vectorised: no Python
-    object per row or element). Every length, count, type and flag of the layout is checked;
+    object per row or element; ``chunk_rows`` rows at a time, so the offsets' temporaries do
+    not grow with the data). Every length, count, type and flag of the layout is checked;
     CopyFormatError names the first that differs."""
     k = np.asarray(lengths, dtype=np.int64)
     specs = [_ARRAY_TYPES[t] for t in types]
     b = np.frombuffer(data, dtype=np.uint8)
     if k.size and int(k.min()) < 1:
         raise CopyFormatError(f"every row's arrays must have >= 1 element, got {int(k.min())}")
-    # each field: its length (4), the array header, then k elements of (4 + width) bytes
-    sizes = np.full(k.size, 2, dtype=np.int64) + sum(4 + _ARRAY_HEADER + k * (4 + w) for _, w, _ in specs)
+    sizes = _array_tuple_sizes(k, specs)
     expected = len(SIGNATURE) + int(np.sum(sizes)) + len(TRAILER)
     if b.size != expected or bytes(b[:len(SIGNATURE)]) != SIGNATURE or bytes(b[b.size - 2:]) != TRAILER:
         raise CopyFormatError(f"binary COPY of {k.size} rows with {int(k.sum())} elements: {expected} bytes"
                               f" expected with its signature and trailer, got {b.size}")
+    del sizes
     i2, i4 = _at(b, ">i2"), _at(b, ">i4")
-    at = len(SIGNATURE) + np.cumsum(sizes) - sizes  # each tuple's first byte
+    out = [np.empty(int(k.sum()), dtype=dt[1:]) for _, _, dt in specs]
+    row_at, el_at = len(SIGNATURE), 0  # the chunk's first byte and first element
+    for lo in range(0, k.size, max(int(chunk_rows), 1)):
+        kc = k[lo:lo + max(int(chunk_rows), 1)]
+        n_el = int(kc.sum())
+        sizes = _array_tuple_sizes(kc, specs)
+        _decode_rows(b, i2, i4, row_at + np.cumsum(sizes) - sizes, kc, types, specs,
+                     [o[el_at:el_at + n_el] for o in out], lo)
+        row_at, el_at = row_at + int(sizes.sum()), el_at + n_el
+    return out
+
+
+def _decode_rows(b, i2, i4, at: np.ndarray, k: np.ndarray, types, specs, out: list[np.ndarray],
+                 first_row: int) -> None:
+    """Decode the tuples starting at byte offsets ``at`` (``k`` elements each) into ``out``;
+    CopyFormatError names the first row (counted from ``first_row``) and field that differ."""
     checks = [("field count", i2[at], len(specs))]
     at = at + 2
-    out = []
-    for t, (oid, w, dt) in zip(types, specs):
+    for t, (oid, w, dt), col in zip(types, specs, out):
         checks += [(f"{t}[] field length", i4[at], _ARRAY_HEADER + k * (4 + w)), (f"{t}[] ndim", i4[at + 4], 1),
                    (f"{t}[] NULL flag", i4[at + 8], 0), (f"{t}[] element type", i4[at + 12], oid),
                    (f"{t}[] length", i4[at + 16], k)]
         first = at + 4 + _ARRAY_HEADER  # the first element's length word
         offs = np.repeat(first - (4 + w) * (np.cumsum(k) - k), k) + (4 + w) * np.arange(int(k.sum()))
         checks.append((f"{t}[] element length", i4[offs], w))
-        out.append(_at(b, dt)[offs + 4].astype(dt[1:]))
+        col[:] = _at(b, dt)[offs + 4]
         at = at + 4 + _ARRAY_HEADER + k * (4 + w)
     # the first row whose layout differs (after it, offsets are meaningless), and in it the
     # first field that differs, in the order of its bytes
@@ -205,5 +229,4 @@ def decode_arrays(data: bytes | bytearray | memoryview, lengths: np.ndarray,
             found.append((row, j, what, int(got[i]), int(np.broadcast_to(want, got.shape)[i])))
     if found:
         row, _, what, got, want = min(found)
-        raise CopyFormatError(f"binary COPY row {row}: {what} is {got}, expected {want}")
-    return out
+        raise CopyFormatError(f"binary COPY row {first_row + row}: {what} is {got}, expected {want}")

@@ -104,12 +104,16 @@ class Panel:
             raise PanelError("student_id", "every id must be a non-empty string")
         if ids.size > 1 and not bool(np.all(ids[1:] > ids[:-1])):
             raise PanelError("student_ids", "must be sorted and unique")
-        wf = w.astype(np.float64)
-        bad = ~np.isfinite(wf) | (wf != np.floor(wf)) | (wf < 0)
+        if w.dtype.kind in "iu":  # integers: only the sign to check (no float copies of every row)
+            bad = w < 0
+        else:
+            wf = w.astype(np.float64)
+            bad = ~np.isfinite(wf) | (wf != np.floor(wf)) | (wf < 0)
         if bad.any():
             rows = np.flatnonzero(bad)
             raise PanelError("week", f"must be an integer >= 0 (rows {_shown(ids, rows)})", w[rows[0]])
-        w = wf.astype(np.int64)
+        del bad
+        w = w.astype(np.int64, copy=False) if w.dtype.kind in "iu" else wf.astype(np.int64)
         if lookback_weeks is not None and w.size and int(w.max()) >= lookback_weeks:
             rows = np.flatnonzero(w >= lookback_weeks)
             raise PanelError("week", f"must be < lookback_weeks={lookback_weeks} (rows {_shown(ids, rows)})",
@@ -135,12 +139,12 @@ class Panel:
                     raise PanelError("student_id,week", "duplicate student-week row", (ids[code[r]], int(w[r])))
         if code.size < 3:
             raise PanelError("rows", "at least 3 rows are needed", int(code.size))
-        present = np.unique(code)
-        if present.size < 2:
-            raise PanelError("student_id", "at least 2 students are needed", int(present.size))
-        if present.size != ids.size:
+        present = int(np.count_nonzero(np.bincount(code, minlength=ids.size)))  # students with a row (no sort)
+        if present < 2:
+            raise PanelError("student_id", "at least 2 students are needed", present)
+        if present != ids.size:
             raise PanelError("student_ids", "every listed student must have a row",
-                             f"{ids.size - present.size} without rows")
+                             f"{ids.size - present} without rows")
         prior_scales(y)  # raises on s == 0
         return cls(ids, code, w, y)
 

@@ -115,7 +115,7 @@ def test_a_panel_of_the_row_per_week_layout_migrates_and_reads_back_in_code_poin
     import psycopg
 
     from growth_assets.db import connect
-    from growth_assets.db.migrate import migrate, migrate_through
+    from growth_assets.db.migrate import migrate_through
 
     name = "panel_icu_order"
     with psycopg.connect(pg_admin_url, autocommit=True) as c:
@@ -138,7 +138,7 @@ def test_a_panel_of_the_row_per_week_layout_migrates_and_reads_back_in_code_poin
                 "SELECT DISTINCT student_id FROM growth_panel WHERE panel_id = 'p' ORDER BY 1")] == [
                 "_z", "a", "B"]  # the database's order is not the code points'
             conn.commit()
-        assert migrate(url) == ["0008_panel_row_per_student"]
+        assert migrate_through(url, "0008_panel_row_per_student") == ["0008_panel_row_per_student"]
         with connect(url) as conn:
             panel = load_panel(conn, "p")
             assert conn.execute("SELECT student_id, weeks, observations FROM growth_panel WHERE panel_id = 'p'"
@@ -155,6 +155,27 @@ def test_a_panel_of_the_row_per_week_layout_migrates_and_reads_back_in_code_poin
     finally:
         with psycopg.connect(pg_admin_url, autocommit=True) as c:
             c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize("ids", [
+    ["s0000001", "s0000002", "s0000010", "ü-7"],  # read through the text COPY, split as a whole
+    ["a\\b", "tab\there", "new\nline", "z"],  # ids that text COPY escapes: read row by row
+])
+def test_load_panel_gives_back_the_stored_ids_weeks_and_scores(conn, ids):
+    """What load_panel reads is what the panel table holds: each id exactly (whatever text
+    COPY would escape in it), in code-point order, with her weeks and scores."""
+    rows = {u: ([0, 2, 5][:1 + i % 3], [0.5 * i + j for j in range(1 + i % 3)]) for i, u in enumerate(ids)}
+    for u, (w, y) in rows.items():
+        conn.execute("INSERT INTO growth_panel (panel_id, student_id, weeks, scores, sources)"
+                     " VALUES ('p', %s, %s, %s, array_fill('mirt_ability'::text, ARRAY[%s]))", (u, w, y, len(w)))
+    panel = load_panel(conn, "p")
+    assert panel.student_ids.tolist() == sorted(ids, key=lambda u: u.encode())
+    got = {}
+    for c, w, y in zip(panel.student.tolist(), panel.week.tolist(), panel.score.tolist()):
+        got.setdefault(panel.student_ids[c], ([], []))
+        got[panel.student_ids[c]][0].append(w)
+        got[panel.student_ids[c]][1].append(y)
+    assert got == rows
 
 
 def test_a_panel_rebuilt_while_it_is_read_is_refused_not_mixed(fixture_db, db_url):

@@ -205,6 +205,28 @@ def panel_info(conn: psycopg.Connection, panel_id: str) -> PanelInfo | None:
 _KEY_ORDER = "SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true)"
 
 
+_ARRAY_FIELDS = ("int4", "float8")  # weeks, scores
+_IDS_COUNTS = "SELECT student_id, cardinality(weeks) FROM growth_panel WHERE panel_id = %s ORDER BY student_id"
+
+
+def _ids_and_counts(conn: psycopg.Connection, panel_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """The panel's ids (key order) and each one's number of weeks, as a text COPY split as a
+    whole: no Python tuple per student. Text COPY escapes a backslash and control characters
+    in an id; a panel with such an id is read row by row instead."""
+    with conn.cursor().copy(f"COPY ({_IDS_COUNTS}) TO STDOUT", (panel_id,)) as copy:
+        data = bytearray()
+        for chunk in copy:
+            data += chunk
+    text = data.decode("utf-8")
+    del data
+    if "\\" not in text:
+        fields = text.replace("\t", "\n").split("\n")  # id, count, id, count, ..., ''
+        return np.array(fields[0:-1:2], dtype=object), np.array(fields[1::2]).astype(np.int64)
+    rows = conn.execute(_IDS_COUNTS, (panel_id,)).fetchall()
+    return (np.array([r[0] for r in rows], dtype=object),
+            np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows)))
+
+
 def load_panel(conn: psycopg.Connection, panel_id: str) -> Panel:
     """The stored panel as columns, checked (spec §1, §3): ids once, a code per row.
 
@@ -220,10 +242,8 @@ def load_panel(conn: psycopg.Connection, panel_id: str) -> Panel:
     with conn.transaction():
         conn.execute(_KEY_ORDER)
         stamp = conn.execute(built, (panel_id,)).fetchone()
-        ids_counts = conn.execute(
-            "SELECT student_id, cardinality(weeks) FROM growth_panel WHERE panel_id = %s ORDER BY student_id",
-            (panel_id,)).fetchall()
-        buf = bytearray()
+        ids, counts = _ids_and_counts(conn, panel_id)
+        buf = bytearray()  # grown in place (a large block is remapped, not copied)
         with conn.cursor().copy("COPY (SELECT weeks, scores FROM growth_panel WHERE panel_id = %s"
                                 " ORDER BY student_id) TO STDOUT (FORMAT binary)", (panel_id,)) as copy:
             for chunk in copy:
@@ -231,13 +251,12 @@ def load_panel(conn: psycopg.Connection, panel_id: str) -> Panel:
         if conn.execute(built, (panel_id,)).fetchone() != stamp:
             raise ContractError("panel_id", "was rebuilt while it was read: materialize brms_posterior again",
                                 panel_id)
-    ids = np.array([r[0] for r in ids_counts], dtype=object)
-    counts = np.fromiter((r[1] for r in ids_counts), dtype=np.int64, count=len(ids_counts))
     try:
-        week, score = decode_arrays(buf, counts, ("int4", "float8"))
+        week, score = decode_arrays(buf, counts, _ARRAY_FIELDS)
     except CopyFormatError as e:
         raise ContractError("growth_panel", f"a stored row is not (weeks int4[], scores float8[]): {e}",
                             panel_id) from e
+    del buf
     code = np.repeat(np.arange(ids.size, dtype=np.int64), counts)
     week = week.astype(np.int64)
     if ids.size > 1 and not bool(np.all(ids[1:] > ids[:-1])):  # code points, as "C" orders them
