@@ -130,9 +130,8 @@ def reduce_panel(panel: Panel, ybar: float, s: float) -> Reduced:
         axis=1,
     )
     yy = np.bincount(codes, weights=y * y, minlength=n_students)
-    # weeks are integers, so (n, sum w, sum w^2) are exact integers: a safe grouping key.
-    key = np.stack([n, np.rint(sw).astype(np.int64), np.rint(sww).astype(np.int64)], axis=1)
-    _, group = np.unique(key, axis=0, return_inverse=True)
+    # weeks are integers, so (n, sum w, sum w^2) are exact integers: a safe grouping key
+    group = _pattern_groups(n, sw, sww)
     return Reduced(
         student_ids=np.asarray(uniques, dtype=object),
         n_obs=n.astype(np.int64),

@@ -211,3 +211,18 @@ def test_each_students_window_sums_are_kept_beside_her_line(conn):
     assert rows["s00000"] == (5.0, 13.0, 1.25, 6.5)  # weeks 0, 2, 3
     assert rows["s00002"] == (5.0, 17.0, 2.0, 6.5)  # weeks 1, 4
     assert rows["s00001"] == (None, None, None, None)
+
+
+def test_student_rows_keep_only_the_key_that_every_reader_uses(conn):
+    """Every reader of growth_student_posterior asks for one run's rows, so its primary key
+    (run_id, user_id) serves them all, the real-time path's lookup of a few users among them.
+    An index on (user_id, run_id), written with every row of every fit and read by nothing,
+    is gone (0009)."""
+    indexes = {r[0] for r in conn.execute(
+        "SELECT indexname FROM pg_indexes WHERE tablename = 'growth_student_posterior'")}
+    assert indexes == {"growth_student_posterior_pkey"}
+    conn.execute("SET LOCAL enable_seqscan = off")  # an empty table: ask whether an index can serve it
+    plan = "\n".join(r[0] for r in conn.execute(
+        "EXPLAIN SELECT user_id, n_obs, mean_a FROM growth_student_posterior"
+        " WHERE run_id = 'native-20261123-043000' AND user_id = ANY('{u1,u2}'::text[])"))
+    assert "growth_student_posterior_pkey" in plan
