@@ -121,8 +121,10 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
@@ -130,7 +132,8 @@ from typing import Any
 import numpy as np
 import psycopg
 from psycopg.adapt import Dumper, PyFormat, Transformer
-from psycopg.pq import Format
+from psycopg.pq import Format, TransactionStatus
+from psycopg.rows import tuple_row
 
 from .db.connection import SCHEMA_FIRST
 from .db.writers import check_monday, merge_weekly_kpi
@@ -236,10 +239,11 @@ class _Ids:
     session's adapters), and this holds them (dumping the list again in every statement
     costs ~0.06 s per statement at 100,000 ids)."""
 
-    __slots__ = ("data",)
+    __slots__ = ("data", "n")
 
     def __init__(self, session: psycopg.Connection, users: Sequence[str]) -> None:
         users = list(users)
+        self.n = len(users)
         # the dumper of a non-empty list of str: an empty list alone gets the text dumper
         dumper = Transformer.from_context(session).get_dumper(users or [""], PyFormat.BINARY)
         self.data = bytes(dumper.dump(users))
@@ -257,6 +261,56 @@ def _ids(session: psycopg.Connection, users: Sequence[str] | _Ids) -> _Ids:
     return users if isinstance(users, _Ids) else _Ids(session, users)
 
 
+@functools.lru_cache(maxsize=64)
+def _numbered(sql: str) -> tuple[str, tuple[str, ...]]:
+    """``sql`` with PostgreSQL's own placeholders: each ``%(name)s`` as ``$n`` (one number per
+    name), and the names in their numbers' order."""
+    names: list[str] = []
+
+    def number(m: re.Match) -> str:
+        if m.group(1) not in names:
+            names.append(m.group(1))
+        return f"${names.index(m.group(1)) + 1}"
+
+    text = re.sub(r"%\((\w+)\)s", number, sql)
+    if "%" in text:
+        raise ValueError(f"a placeholder other than %(name)s in {sql[:200]!r}")
+    return text, tuple(names)
+
+
+def _execute(session: psycopg.Connection, sql: str, params: dict[str, Any]) -> psycopg.RawCursor:
+    """``session.execute(sql, params)`` through a raw cursor, the query converted once
+    (``_numbered``): psycopg converts a query of more than 4 KB again on every execute (its
+    cache of converted queries keeps only shorter ones), ~90 us of a call for the score
+    query. Rows are tuples whatever the session's row factory."""
+    text, names = _numbered(sql)
+    return psycopg.RawCursor(session, row_factory=tuple_row).execute(text, [params[n] for n in names])
+
+
+@functools.lru_cache(maxsize=64)
+def _one_user_sql(sql: str) -> str:
+    """``sql`` for a call of one user: every ``= ANY(<the users' array>)`` becomes ``=
+    (<the array>)[1]``. A call of one user runs on generic plans (``_plan_mode``), and a
+    generic plan's planner sees ``= ANY($n)`` as ten ids of unknown length against a window
+    of dates it cannot see either: it then estimated the date index of weekly_kpi (or
+    mirt_ability) cheaper than ten lookups by id, and one call scanned every row of the
+    week (26 ms instead of 0.3 at 100,000 users). ``= <one value>`` it estimates as one
+    user's rows, which the id index answers, for any table of more than a few hundred users."""
+    out = sql
+    for arr in ("%(users)s::text[]", "(SELECT ids FROM for_users)::text[]", "%(users)s", "%s"):
+        typed = arr if arr.endswith("[]") else f"{arr}::text[]"
+        for any_ in (f"= ANY ({arr})", f"= ANY({arr})"):
+            out = out.replace(any_, f"= ({typed})[1]")
+    assert "ANY" not in out, out
+    return out
+
+
+def _for(sql: str, users: Sequence[str] | _Ids) -> str:
+    """``sql`` as it is sent for these users (``_one_user_sql`` for one)."""
+    n = users.n if isinstance(users, _Ids) else len(users)
+    return _one_user_sql(sql) if n == 1 else sql
+
+
 _CALL_CONFIG = ("SELECT set_config('statement_timeout', %(statement_timeout)s, true),"
                 " set_config('lock_timeout', %(lock_timeout)s, true),"
                 f" {SCHEMA_FIRST},"
@@ -270,8 +324,8 @@ def _send_latest_runs(session: psycopg.Connection, schema: str, config: dict[str
     Its tables are named with their schema: the search_path it sets is not in force for the
     statement itself."""
     q = f'"{schema}"'  # a checked identifier (settings.check_schema)
-    return session.execute(
-        f"""
+    return _execute(
+        session, f"""
         SELECT r.* FROM ({_CALL_CONFIG}) cfg CROSS JOIN (
         (SELECT 'passed' AS which, run_id, engine, status, horizon_week, window_start,
                 score_source, posterior_summary, window_end,
@@ -327,7 +381,7 @@ def _stored_row(week, p, sigma, p_target, run_id, source, p_week, is_number) -> 
 
 
 def _send_stored(session: psycopg.Connection, users: list[str], kpi_week: date | None) -> psycopg.Cursor:
-    return session.execute(_stored_sql(kpi_week), {"users": _ids(session, users), "kpi_week": kpi_week})
+    return _execute(session, _for(_stored_sql(kpi_week), users), {"users": _ids(session, users), "kpi_week": kpi_week})
 
 
 def _read_stored(cur: psycopg.Cursor) -> dict[str, tuple]:
@@ -337,10 +391,10 @@ def _read_stored(cur: psycopg.Cursor) -> dict[str, tuple]:
 def _send_posterior(session: psycopg.Connection, run_id: str, users: list[str]) -> psycopg.Cursor:
     """Per user (``_read_rows``): the stored line posterior of the run (n_obs, mean_a, mean_b,
     var_a, var_b, cov_ab)."""
-    return session.execute(
-        "SELECT user_id, n_obs, mean_a, mean_b, var_a, var_b, cov_ab FROM growth_student_posterior"
-        " WHERE run_id = %s AND user_id = ANY(%s)",
-        (run_id, _ids(session, users)),
+    return _execute(
+        session, _for("SELECT user_id, n_obs, mean_a, mean_b, var_a, var_b, cov_ab FROM growth_student_posterior"
+             " WHERE run_id = %(run_id)s AND user_id = ANY(%(users)s)", users),
+        {"run_id": run_id, "users": _ids(session, users)},
     )
 
 
@@ -351,7 +405,7 @@ def _send_sums(session: psycopg.Connection, run: _Run, users: list[str],
     panel's own query (the same four sources in the same priority, or accuracy, as the run's
     panel; weeks after the window keep their calendar index w). For a run without population
     draws (``_line_paths``), or one whose record has no window_end."""
-    return session.execute(_sums_sql(run), _sums_params(session, run, users, score_range))
+    return _execute(session, _for(_sums_sql(run), users), _sums_params(session, run, users, score_range))
 
 
 def _send_run_sums(session: psycopg.Connection, run: _Run, users: list[str],
@@ -362,7 +416,7 @@ def _send_run_sums(session: psycopg.Connection, run: _Run, users: list[str],
     since the window (w >= lookback), read from the sources; for every other user
     (``_NOT_IN_RUN``), the window and the weeks since, read from the sources. So a batch
     reads the sources only for what the fit did not see."""
-    return session.execute(_run_sums_sql(run.score_source or "theta"), _sums_params(session, run, users, score_range))
+    return _execute(session, _for(_run_sums_sql(run.score_source or "theta"), users), _sums_params(session, run, users, score_range))
 
 
 # the users of a call (``users``) whose window sums the run (``run_id``) did not store: not in
@@ -426,7 +480,7 @@ def _send_run_reads(session: psycopg.Connection, run: _Run, users: list[str],
     (``_send_run_sums``) and (``theta``) the latest theta of the users it did not fit, in
     case they go on to path 3."""
     return (_send_run_sums(session, run, users, score_range),
-            session.execute(_THETA_REST_SQL, {"users": _ids(session, users), "run_id": run.run_id, "score_lo": score_range[0],
+            _execute(session, _for(_THETA_REST_SQL, users), {"users": _ids(session, users), "run_id": run.run_id, "score_lo": score_range[0],
                                               "score_hi": score_range[1]}) if theta else None)
 
 
@@ -509,7 +563,7 @@ _THETA_REST_SQL = (f"WITH for_users AS MATERIALIZED ({_NOT_IN_RUN}) "
 def _send_theta(session: psycopg.Connection, users: list[str],
                 score_range: tuple[float, float]) -> psycopg.Cursor:
     """Per user (``_read_rows``): ``_THETA_SQL``'s (theta, se)."""
-    return session.execute(_THETA_SQL, {"users": _ids(session, users), "score_lo": score_range[0], "score_hi": score_range[1]})
+    return _execute(session, _for(_THETA_SQL, users), {"users": _ids(session, users), "score_lo": score_range[0], "score_hi": score_range[1]})
 
 
 # --- the mathematics ---------------------------------------------------------------------------
@@ -604,22 +658,22 @@ def _start(session: psycopg.Connection, users: list[str], use_bayesian: bool, sc
     reads = _Reads(session, users, score_range)
     known = _Known(reads)
     if not use_bayesian:
-        session.execute(_CALL_CONFIG, config)
+        _execute(session, _CALL_CONFIG, config)
         return known
     if not users:
         return known
     key = (session.info.host, session.info.port, session.info.dbname, schema)
     guess = _RUN_GUESS.get(key)
-    few = len(users) <= GENERIC_PLAN_MAX_USERS
+    few = len(users) <= PREFETCH_THETA_MAX_USERS
     ids, got = _Ids(session, users), None
-    with session.pipeline():
-        runs_cur = _send_latest_runs(session, schema, config)
-        stored_cur = _send_stored(session, ids, kpi_week)
-        guessed = _send_run_reads(session, guess, ids, score_range, few) if _reads_key(guess) else None
-        run, known.latest = _read_latest_runs(runs_cur)
-        reads._stored = _read_stored(stored_cur)
-        if guessed is not None:
-            got = _read_run_reads(guessed)
+    # in the call's pipeline (``_reading``): sent together, one wait for all their rows
+    runs_cur = _send_latest_runs(session, schema, config)
+    stored_cur = _send_stored(session, ids, kpi_week)
+    guessed = _send_run_reads(session, guess, ids, score_range, few) if _reads_key(guess) else None
+    run, known.latest = _read_latest_runs(runs_cur)
+    reads._stored = _read_stored(stored_cur)
+    if guessed is not None:
+        got = _read_run_reads(guessed)
     known.run = reads.run = run
     if run is None:
         _RUN_GUESS.pop(key, None)
@@ -632,8 +686,7 @@ def _start(session: psycopg.Connection, users: list[str], use_bayesian: bool, sc
         return known
     if _reads_key(run) is not None:
         if got is None or _reads_key(guess) != _reads_key(run):  # the guess was another run
-            with session.pipeline():
-                got = _read_run_reads(_send_run_reads(session, run, ids, score_range, few))
+            got = _read_run_reads(_send_run_reads(session, run, ids, score_range, few))
         reads._sums, reads._theta = got
     elif run.window_start is not None:  # a run record without window_end: all from the sources
         reads._sums = _read_rows(_send_sums(session, run, ids, score_range))
@@ -732,10 +785,13 @@ def _line_paths(reads: _Reads, pending: dict[str, _Pending], out: dict[str, Goal
                                     run.window_end)
 
 
-# A call for at most this many users runs its (auto-prepared) statements on their generic plans:
-# each is an index lookup per user whatever the ids, and planning the score query again costs
-# more than running it. A larger batch is planned for its own size (hash joins over the users).
-GENERIC_PLAN_MAX_USERS = 64
+# A call of one user runs its (auto-prepared) statements on their generic plans (each an index
+# lookup by the one id, ``_one_user_sql``, whatever the id: planning the score query again costs
+# more than running it). A call of more users is planned for its own ids and dates: a generic
+# plan cannot see how many ids ``= ANY($n)`` holds, and guessed wrong (``_one_user_sql``).
+GENERIC_PLAN_MAX_USERS = 1
+# a call of at most this many users also reads path 3's theta in its first round trip
+PREFETCH_THETA_MAX_USERS = 64
 
 
 def _plan_mode(n_users: int) -> str:
@@ -764,9 +820,49 @@ def _answers(
               "lock_timeout": f"{settings.db_lock_timeout_ms}ms", "schema": f'"{settings.db_schema}"',
               "plan_mode": _plan_mode(len(users))}
     session.adapters.register_dumper(_Ids, _IdsDumper)  # a private type: nothing else of the session changes
-    with session.transaction():
+    with _reading(session):
         known = _start(session, users, use_bayesian, score_range, kpi_week, horizon, settings.db_schema, config)
         return _chain(users, target, use_bayesian, kpi_week, known)
+
+
+_SAVEPOINT = "growth_metrics_call"
+
+
+@contextmanager
+def _reading(session: psycopg.Connection) -> Iterator[None]:
+    """The block of a call's reads: one transaction (a savepoint of the caller's, if one is
+    open), in one pipeline. Its start goes with the first reads and its end with the
+    pipeline's last sync, so a call costs two round trips (``Connection.transaction()``'s own
+    BEGIN and COMMIT cost two more, ~0.25 ms of a call here). It only reads, so it always ends
+    by rolling back: the call's settings (``_CALL_CONFIG``, local to its transaction) end
+    with it, inside a caller's transaction too, and nothing the caller did is touched. A
+    session in a failed transaction gets psycopg's own error."""
+    status = session.info.transaction_status
+    if status == TransactionStatus.INTRANS:
+        begin = (f"SAVEPOINT {_SAVEPOINT}",)
+        end = (f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}", f"RELEASE SAVEPOINT {_SAVEPOINT}")
+    elif status == TransactionStatus.IDLE:
+        # without autocommit psycopg sends its own BEGIN with the first statement
+        begin, end = ("BEGIN",) if session.autocommit else (), ("ROLLBACK",)
+    else:
+        with session.transaction():
+            yield
+        return
+    try:
+        with session.pipeline():
+            for q in begin:
+                session.execute(q)
+            yield
+            for q in end:
+                session.execute(q)
+    except BaseException:
+        if session.info.transaction_status != status and not session.closed:
+            try:
+                for q in end:
+                    session.execute(q)
+            except psycopg.Error as exc:  # the error that brought us here is the one to raise
+                log.warning("could not end the call's transaction after an error: %s", exc)
+        raise
 
 
 def _chain(users: list[str], target: float, use_bayesian: bool, kpi_week: date | None,

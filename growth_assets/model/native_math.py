@@ -387,12 +387,57 @@ def standardised_draws(draws) -> tuple[dict[str, np.ndarray], float, float]:
            "tau0": t0 / s, "tau1": np.asarray(draws["sd_student_id__week"], dtype=np.float64) / s,
            "rho": np.asarray(draws["cor_student_id__Intercept__week"], dtype=np.float64),
            "sigma": sig / s}
+    # the per-draw terms of one student's line that do not depend on her data (_predict_one):
+    # Sigma's entries, sigma^2, and det(Sigma) / sigma^2
+    std["S00"], std["S11"] = std["tau0"] ** 2, std["tau1"] ** 2
+    std["S01"] = std["rho"] * std["tau0"] * std["tau1"]
+    std["s2"] = std["sigma"] ** 2
+    std["ds"] = (std["S00"] * std["S11"] - std["S01"] ** 2) / std["s2"]
     return std, ybar, s
 
 
 # up to this many students, predict_from_sums works per student over the draws directly (the
 # real-time path's single call: ~0.1 ms instead of ~2.5 ms for the grouped moments' set-up)
 FEW_STUDENTS = 16
+
+
+def _predict_one(std, ybar: float, s: float, n: float, sw: float, sww: float, sy: float, swy: float,
+                 h: float, target: float, p_tolerance: float):
+    """``_predict_few`` for one student, with her sums as scalars (the real-time single call:
+    ~40 us instead of ~170): the same quantities by the same rules, in fewer array passes.
+    Per draw, with u = g - A beta (``lines.conditional_terms``' c + K g written as
+    beta + K u), the line at h is Normal(m, v) with
+    m = b0 + h b1 + ((M00 + h M01) u0 + (M01 + h M11) u1) / sigma^2 and
+    v = M00 + 2 h M01 + h^2 M11; a student with one row takes the bounded Sherman-Morrison
+    form of ``conditional_terms`` (K there grows like 1 / sigma^2)."""
+    b0, b1, S00, S01, S11, s2 = std["beta0"], std["beta1"], std["S00"], std["S01"], std["S11"], std["s2"]
+    g0, g1 = (sy - n * ybar) / s, (swy - sw * ybar) / s
+    if n == 1:
+        w = sw
+        Sz0, Sz1 = S00 + w * S01, S01 + w * S11
+        q = s2 + Sz0 + w * Sz1
+        m = b0 + h * b1 + (Sz0 + h * Sz1) * ((g0 - b0 - w * b1) / q)
+        M00 = np.maximum(S00 - Sz0 * Sz0 / q, 0.0)
+        M11 = np.maximum(S11 - Sz1 * Sz1 / q, 0.0)
+        M01 = S01 - Sz0 * Sz1 / q
+        v = M00 + 2.0 * h * M01 + h * h * M11
+    else:
+        ds = std["ds"]
+        inv_det = 1.0 / (1.0 + (n * S00 + 2.0 * sw * S01 + sww * S11 + (n * sww - sw * sw) * ds) / s2)
+        M00, M01, M11 = S00 + ds * sww, S01 - ds * sw, S11 + ds * n  # times inv_det
+        u0, u1 = g0 - n * b0 - sw * b1, g1 - sw * b0 - sww * b1
+        Mh0, Mh1 = M00 + h * M01, M01 + h * M11
+        m = b0 + h * b1 + (Mh0 * u0 + Mh1 * u1) * (inv_det / s2)
+        v = (Mh0 + h * Mh1) * inv_det
+    t = (target - ybar) / s
+    z = (m - t) / np.sqrt(np.maximum(v, 1e-300))
+    mu_std, var_std = m.mean(), v.mean() + m.var()
+    z_mean = z.mean()
+    dz2 = (z - z_mean) ** 2
+    p, bound = cheap_p(np.array([z_mean]), np.array([dz2.mean()]), np.array([(dz2 * dz2).mean()]))
+    if bound[0] > p_tolerance:
+        p = np.array([ndtr(z).mean()])
+    return (np.array([ybar + s * mu_std]), np.array([s * math.sqrt(max(var_std, 0.0))]), np.clip(p, 0.0, 1.0))
 
 
 def _predict_few(std, ybar: float, s: float, n, sw, sww, sy, swy, h: float, target: float,
@@ -439,6 +484,9 @@ def predict_from_sums(draws, n, sw, sww, sy, swy, h: float, target: float,
     ``standardised_draws(draws)`` already computed (a caller that keeps the draws)."""
     std, ybar, s = standardised if standardised is not None else standardised_draws(draws)
     n, sw, sww, sy, swy = (np.asarray(x, dtype=np.float64).reshape(-1) for x in (n, sw, sww, sy, swy))
+    if len(n) == 1:
+        return _predict_one(std, ybar, s, float(n[0]), float(sw[0]), float(sww[0]), float(sy[0]), float(swy[0]),
+                            float(h), float(target), p_tolerance)
     if len(n) <= FEW_STUDENTS:
         return _predict_few(std, ybar, s, n, sw, sww, sy, swy, float(h), float(target), p_tolerance)
     group = _pattern_groups(n, sw, sww)

@@ -128,14 +128,25 @@ def test_two_writers_on_the_same_row_keep_each_others_keys(conn, db_url):
 
 
 class Counting:
-    """A session that counts its statements (to show one query per path, not per user)."""
+    """A session that records the statements it is asked to execute, and the reads of
+    ``metrics`` (which go through ``metrics._execute``, a raw cursor): to show one query per
+    path, not per user."""
 
-    def __init__(self, conn):
-        self.conn, self.n = conn, 0
+    def __init__(self, conn, monkeypatch):
+        from growth_assets import metrics
 
-    def execute(self, *a, **k):
-        self.n += 1
-        return self.conn.execute(*a, **k)
+        self.conn, self.statements, self.reads = conn, [], []
+        real = metrics._execute
+
+        def counted(session, sql, params):
+            self.reads.append(sql)
+            return real(session.conn if isinstance(session, Counting) else session, sql, params)
+
+        monkeypatch.setattr(metrics, "_execute", counted)
+
+    def execute(self, query, *a, **k):
+        self.statements.append(query)
+        return self.conn.execute(query, *a, **k)
 
     def __getattr__(self, name):  # transaction(), pipeline(), info: the connection's
         return getattr(self.conn, name)
@@ -159,18 +170,21 @@ def mixed_population(conn):
     return [f"s{i:05d}" for i in range(30)] + ["nobody", "s00003"]
 
 
-def test_batch_equals_the_single_user_form_for_every_user(conn, caplog):
+def test_batch_equals_the_single_user_form_for_every_user(conn, caplog, monkeypatch):
     users = mixed_population(conn)
     with caplog.at_level(logging.INFO, logger="growth_assets.metrics"):
         batch(conn, users, target=0.0)
     summary = [r.getMessage() for r in caplog.records if "goal probabilities for 31 users" in r.getMessage()]
     assert len(summary) == 1 and "'population': 6" in summary[0] and "stored:target" in summary[0]
     for target in (0.0, 0.35):
-        counting = Counting(conn)
+        counting = Counting(conn, monkeypatch)
         out = batch(counting, users, target=target)
         # the runs (with whether they kept population draws: none here) in the statement that
         # sets the call's timeouts, stored P, run posterior, data sums, latest theta
-        assert counting.n == 5
+        assert len(counting.reads) == 5, counting.reads
+        # and nothing else but the call's own transaction (a read-only block: rolled back)
+        assert counting.statements == ["ROLLBACK"], counting.statements
+        monkeypatch.undo()
         assert list(out) == list(dict.fromkeys(users))
         for u in out:
             assert out[u] == explain(conn, u, target=target), u

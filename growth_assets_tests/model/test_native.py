@@ -242,6 +242,12 @@ def test_a_few_students_get_the_grouped_answer_draw_by_draw(tolerance):
                                             p_tolerance=tolerance)
         for got, want in zip(few, grouped):
             np.testing.assert_allclose(got, want[sl], rtol=1e-11, atol=1e-12)
+    for i in range(S):  # one student alone (the single call's own arithmetic), one-row students among them
+        one = native_math.predict_from_sums(draws, n[i:i + 1], sw[i:i + 1], sww[i:i + 1], sy[i:i + 1],
+                                            swy[i:i + 1], h, target, p_tolerance=tolerance)
+        for got, want in zip(one, grouped):
+            np.testing.assert_allclose(got, want[i:i + 1], rtol=1e-10, atol=1e-12)
+    assert (n == 1).any() and (n > 1).any()
     if tolerance == 0.0:  # and both are the exact mixture: a per-draw loop shares no code with either
         std, ybar, s = native_math.standardised_draws(draws)
         for i in (0, S // 2, S - 1):

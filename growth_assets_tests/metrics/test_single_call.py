@@ -1,0 +1,113 @@
+"""One call of one user: its transaction leaves the caller's session as it was, and its
+generic plans look the user up by id (not by a date index), whatever the table's size."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import psycopg
+import pytest
+from psycopg.pq import TransactionStatus
+
+from growth_assets import metrics
+from growth_assets.db import connect
+from growth_assets.model.contract import ContractError
+
+from .helpers import WINDOW_START, store_run
+
+compute = metrics.compute_goal_attainment_probability
+
+
+def settings_of(session, *, end: bool = False) -> tuple:
+    """The settings a call sets for itself, as the session has them; ``end``: and end the
+    transaction this read began (a session without autocommit)."""
+    row = session.execute("SELECT current_setting('statement_timeout'), current_setting('lock_timeout'),"
+                          " current_setting('plan_cache_mode'), current_setting('search_path')").fetchone()
+    if end and not session.autocommit:
+        session.rollback()
+    return row
+
+
+@pytest.mark.parametrize("autocommit", [False, True])
+def test_a_call_leaves_the_session_its_transaction_and_its_settings(db_url, autocommit):
+    with connect(db_url) as session:
+        store_run(session)
+        session.autocommit = autocommit
+        before = settings_of(session, end=True)
+        assert compute(session, "s00000", target=0.0) is not None
+        assert session.info.transaction_status == TransactionStatus.IDLE
+        assert settings_of(session, end=True) == before
+        # inside the caller's own transaction, with settings of its own: both are kept (the
+        # call's timeouts, plan mode and search_path are the call's, and end with it)
+        session.execute("BEGIN" if autocommit else "SELECT 1")
+        session.execute("SELECT set_config('statement_timeout', '77s', true), set_config('search_path', 'public', true)")
+        session.execute("CREATE TEMP TABLE callers_work (x int)")
+        mine = settings_of(session)
+        assert compute(session, "s00000", target=0.0) is not None
+        assert session.info.transaction_status == TransactionStatus.INTRANS
+        assert settings_of(session) == mine
+        assert session.execute("SELECT count(*) FROM callers_work").fetchone() == (0,)
+        session.rollback()
+
+
+@pytest.mark.parametrize("autocommit", [False, True])
+def test_a_call_that_fails_leaves_the_session_usable(db_url, autocommit):
+    with connect(db_url) as session:
+        store_run(session)
+        session.autocommit = autocommit
+        before_window = WINDOW_START - timedelta(weeks=1)
+        with pytest.raises(ContractError) as e:  # raised after the call's reads, inside its block
+            compute(session, "s00000", target=0.0, horizon=before_window)
+        assert e.value.field == "horizon"
+        assert session.info.transaction_status == TransactionStatus.IDLE
+        assert compute(session, "s00000", target=0.0) is not None
+        # in the caller's transaction: a database error of the call leaves it usable, its work kept
+        session.execute("BEGIN" if autocommit else "SELECT 1")
+        session.execute("CREATE TEMP TABLE callers_work AS SELECT 1 AS x")
+        other = psycopg.connect(db_url, autocommit=True)
+        other.execute("DROP TABLE growth.growth_population_draws CASCADE")
+        other.close()
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            compute(session, "s00000", target=0.0)
+        assert session.info.transaction_status == TransactionStatus.INTRANS
+        assert session.execute("SELECT x FROM callers_work").fetchone() == (1,)
+        session.rollback()
+
+
+SUMS_TYPES = {"window_start": "date", "window_end_run": "date", "window_end": "date", "now": "timestamptz",
+              "users": "text[]", "score_lo": "float8", "score_hi": "float8", "run_id": "text", "lookback": "int"}
+
+
+def generic_plan(session, sql: str) -> str:
+    """The plan PostgreSQL makes of ``sql`` as a prepared statement with its parameters unknown."""
+    text, names = metrics._numbered(sql)
+    session.execute(f"PREPARE q ({', '.join(SUMS_TYPES[n] for n in names)}) AS {text}")
+    try:
+        session.execute("SET plan_cache_mode = force_generic_plan")
+        return "\n".join(r[0] for r in session.execute(f"EXPLAIN EXECUTE q ({', '.join(['NULL'] * len(names))})"))
+    finally:
+        session.execute("RESET plan_cache_mode")
+        session.execute("DEALLOCATE q")
+
+
+def test_one_users_generic_plan_looks_her_up_by_id_not_by_date(conn):
+    """With 20,000 users' rows in one week of weekly_kpi (and a calibration each in mirt_ability),
+    the generic plan of ``= ANY($users)`` (ten ids of unknown length, to the planner) reads
+    weekly_kpi through its date index: every row of the week, for one user. The one-user form
+    (``= $users[1]``) reads each source by the user's id."""
+    conn.execute("INSERT INTO weekly_kpi (user_id, week_start, kpis) SELECT 'u' || i, date '2026-11-23',"
+                 " '{\"ability_estimate\": 0.1}' FROM generate_series(1, 20000) i")
+    conn.execute("INSERT INTO mirt_ability (user_id, theta, se, model, version, fitted_at) SELECT 'u' || i, 0.1,"
+                 " 0.2, 'm', 'v', timestamptz '2026-09-07 09:00Z' + (i % 12) * interval '1 week'"
+                 " FROM generate_series(1, 20000) i")
+    conn.commit()
+    conn.autocommit = True
+    conn.execute("ANALYZE weekly_kpi")
+    conn.execute("ANALYZE mirt_ability")
+    many = metrics._run_sums_sql("theta")
+    one = metrics._one_user_sql(many)
+    assert "ANY" not in one and "[1]" in one
+    assert "weekly_kpi_week_start" in generic_plan(conn, many)  # the trap, present in this database
+    plan = generic_plan(conn, one)
+    assert "weekly_kpi_week_start" not in plan and "mirt_ability_fitted_at" not in plan, plan
+    assert "weekly_kpi_pkey" in plan and "mirt_ability_user_latest" in plan, plan
