@@ -129,14 +129,21 @@ def worker(src: str, url: str, n: int, calls: int, reps: int) -> dict:
     sample, after 20 warm-up calls, on one open connection) and the batch form for every
     user. ``url``: a connection string with the project's schema on its search_path (a
     checkout from before the schema setting finds its tables there too)."""
-    sys.path.insert(0, src)
     os.environ["METRICS_USE_BAYESIAN"] = "true"
     from collections import Counter
 
     import psycopg
 
+    # bench_metrics puts this repository first on sys.path when it is imported: it goes
+    # before ``src`` does (it did not, until 2026-12-02, and every "baseline" measured was
+    # this checkout's own code)
     from bench_metrics import time_single_calls
+
+    sys.path.insert(0, src)
+    import growth_assets
     from growth_assets.metrics import compute_goal_attainment_probabilities
+
+    assert Path(growth_assets.__file__).resolve().is_relative_to(Path(src).resolve()), growth_assets.__file__
 
     users = [uid(i) for i in range(n)]
     out: dict = {"single": {}}

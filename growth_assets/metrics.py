@@ -833,21 +833,25 @@ def _reading(session: psycopg.Connection) -> Iterator[None]:
     """The block of a call's reads: one transaction (a savepoint of the caller's, if one is
     open), in one pipeline. Its start goes with the first reads and its end with the
     pipeline's last sync, so a call costs two round trips (``Connection.transaction()``'s own
-    BEGIN and COMMIT cost two more, ~0.25 ms of a call here). It only reads, so it always ends
-    by rolling back: the call's settings (``_CALL_CONFIG``, local to its transaction) end
-    with it, inside a caller's transaction too, and nothing the caller did is touched. A
-    session in a failed transaction gets psycopg's own error."""
+    BEGIN and COMMIT cost two more, and so does psycopg's implicit BEGIN of a session without
+    autocommit, which waits for a sync of its own: such a session is switched to autocommit
+    for the block, idle before and after it). It only reads, so it always ends by rolling
+    back: the call's settings (``_CALL_CONFIG``, local to its transaction) end with it,
+    inside a caller's transaction too, and nothing the caller did is touched. A session in a
+    failed transaction gets psycopg's own error."""
     status = session.info.transaction_status
+    toggle = False
     if status == TransactionStatus.INTRANS:
         begin = (f"SAVEPOINT {_SAVEPOINT}",)
         end = (f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}", f"RELEASE SAVEPOINT {_SAVEPOINT}")
     elif status == TransactionStatus.IDLE:
-        # without autocommit psycopg sends its own BEGIN with the first statement
-        begin, end = ("BEGIN",) if session.autocommit else (), ("ROLLBACK",)
+        begin, end, toggle = ("BEGIN",), ("ROLLBACK",), not session.autocommit
     else:
         with session.transaction():
             yield
         return
+    if toggle:
+        session.autocommit = True
     try:
         with session.pipeline():
             for q in begin:
@@ -863,6 +867,9 @@ def _reading(session: psycopg.Connection) -> Iterator[None]:
             except psycopg.Error as exc:  # the error that brought us here is the one to raise
                 log.warning("could not end the call's transaction after an error: %s", exc)
         raise
+    finally:
+        if toggle and not session.closed and session.info.transaction_status == TransactionStatus.IDLE:
+            session.autocommit = False
 
 
 def _chain(users: list[str], target: float, use_bayesian: bool, kpi_week: date | None,

@@ -36,6 +36,7 @@ def test_a_call_leaves_the_session_its_transaction_and_its_settings(db_url, auto
         before = settings_of(session, end=True)
         assert compute(session, "s00000", target=0.0) is not None
         assert session.info.transaction_status == TransactionStatus.IDLE
+        assert session.autocommit is autocommit
         assert settings_of(session, end=True) == before
         # inside the caller's own transaction, with settings of its own: both are kept (the
         # call's timeouts, plan mode and search_path are the call's, and end with it)
@@ -60,6 +61,7 @@ def test_a_call_that_fails_leaves_the_session_usable(db_url, autocommit):
             compute(session, "s00000", target=0.0, horizon=before_window)
         assert e.value.field == "horizon"
         assert session.info.transaction_status == TransactionStatus.IDLE
+        assert session.autocommit is autocommit
         assert compute(session, "s00000", target=0.0) is not None
         # in the caller's transaction: a database error of the call leaves it usable, its work kept
         session.execute("BEGIN" if autocommit else "SELECT 1")

@@ -183,7 +183,7 @@ def test_batch_equals_the_single_user_form_for_every_user(conn, caplog, monkeypa
         # sets the call's timeouts, stored P, run posterior, data sums, latest theta
         assert len(counting.reads) == 5, counting.reads
         # and nothing else but the call's own transaction (a read-only block: rolled back)
-        assert counting.statements == ["ROLLBACK"], counting.statements
+        assert counting.statements == ["BEGIN", "ROLLBACK"], counting.statements
         monkeypatch.undo()
         assert list(out) == list(dict.fromkeys(users))
         for u in out:
