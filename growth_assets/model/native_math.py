@@ -393,6 +393,8 @@ def standardised_draws(draws) -> tuple[dict[str, np.ndarray], float, float]:
     std["S01"] = std["rho"] * std["tau0"] * std["tau1"]
     std["s2"] = std["sigma"] ** 2
     std["ds"] = (std["S00"] * std["S11"] - std["S01"] ** 2) / std["s2"]
+    std["T"] = np.stack([np.ones_like(b0), std["beta0"], std["beta1"], std["S00"], std["S01"], std["S11"],
+                         std["ds"], std["s2"]])  # (8, D): each per-draw term of _predict_one is a row of C @ T
     return std, ybar, s
 
 
@@ -422,13 +424,20 @@ def _predict_one(std, ybar: float, s: float, n: float, sw: float, sww: float, sy
         M01 = S01 - Sz0 * Sz1 / q
         v = M00 + 2.0 * h * M01 + h * h * M11
     else:
-        ds = std["ds"]
-        inv_det = 1.0 / (1.0 + (n * S00 + 2.0 * sw * S01 + sww * S11 + (n * sww - sw * sw) * ds) / s2)
-        M00, M01, M11 = S00 + ds * sww, S01 - ds * sw, S11 + ds * n  # times inv_det
-        u0, u1 = g0 - n * b0 - sw * b1, g1 - sw * b0 - sww * b1
-        Mh0, Mh1 = M00 + h * M01, M01 + h * M11
-        m = b0 + h * b1 + (Mh0 * u0 + Mh1 * u1) * (inv_det / s2)
-        v = (Mh0 + h * Mh1) * inv_det
+        # linear in the per-draw terms (rows of T: 1, b0, b1, S00, S01, S11, ds, s2), so one
+        # small matrix product gives them all: den = sigma^2 det B; Mh0, Mh1 = (M z_h) det B;
+        # vn = z_h' M z_h det B; u = g - A beta; bh = b0 + h b1 (single-threaded at this size)
+        C = np.array([
+            [0.0, 0.0, 0.0, n, 2.0 * sw, sww, n * sww - sw * sw, 1.0],
+            [0.0, 0.0, 0.0, 1.0, h, 0.0, sww - h * sw, 0.0],
+            [0.0, 0.0, 0.0, 0.0, 1.0, h, h * n - sw, 0.0],
+            [0.0, 0.0, 0.0, 1.0, 2.0 * h, h * h, sww - 2.0 * h * sw + h * h * n, 0.0],
+            [g0, -n, -sw, 0.0, 0.0, 0.0, 0.0, 0.0],
+            [g1, -sw, -sww, 0.0, 0.0, 0.0, 0.0, 0.0],
+            [0.0, 1.0, h, 0.0, 0.0, 0.0, 0.0, 0.0]])
+        den, Mh0, Mh1, vn, u0, u1, bh = C @ std["T"]
+        m = bh + (Mh0 * u0 + Mh1 * u1) / den
+        v = vn * s2 / den
     t = (target - ybar) / s
     z = (m - t) / np.sqrt(np.maximum(v, 1e-300))
     mu_std, var_std = m.mean(), v.mean() + m.var()
