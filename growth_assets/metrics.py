@@ -111,9 +111,10 @@ reason) and each user's answer at DEBUG. A NaN/infinite target or an empty user 
 :class:`ContractError` naming the field. Database errors propagate (nothing is swallowed).
 
 Queries: one per path for any number of users (``= ANY(%s)``: the ids as one binary array,
-encoded once per call, ``_Ids``), never one per user. The reads every user needs (the
-latest run, the stored P, the score sums; for a call of a few users also path 3's theta) go
-in one pipeline: one round trip to the server.
+encoded once per call, ``_Ids``; for one user ``= (%s)[1]``, ``_one_user_sql``), never one
+per user. The reads every user needs (the latest run, the stored P, the score sums; for a
+call of a few users also path 3's theta) go in one pipeline with the call's BEGIN: one round
+trip to the server, and one more for the end of its read-only block (``_reading``).
 """
 
 from __future__ import annotations
