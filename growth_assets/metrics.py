@@ -298,7 +298,7 @@ def _one_user_sql(sql: str) -> str:
     week (26 ms instead of 0.3 at 100,000 users). ``= <one value>`` it estimates as one
     user's rows, which the id index answers, for any table of more than a few hundred users."""
     out = sql
-    for arr in ("%(users)s::text[]", "(SELECT ids FROM for_users)::text[]", "%(users)s", "%s"):
+    for arr in ("%(users)s::text[]", "(SELECT ids FROM for_users)::text[]", "%(users)s"):
         typed = arr if arr.endswith("[]") else f"{arr}::text[]"
         for any_ in (f"= ANY ({arr})", f"= ANY({arr})"):
             out = out.replace(any_, f"= ({typed})[1]")
@@ -880,7 +880,11 @@ def _reading(session: psycopg.Connection) -> Iterator[None]:
             for q in end:
                 session.execute(q)
     except BaseException:
-        if session.info.transaction_status != status and not session.closed:
+        # the block is still open unless the error came before its BEGIN took (a session
+        # idle again) or ended the caller's transaction too: end it, then raise the error
+        now = session.info.transaction_status
+        if not session.closed and (now != TransactionStatus.IDLE if status == TransactionStatus.IDLE
+                                   else now in (TransactionStatus.INTRANS, TransactionStatus.INERROR)):
             try:
                 for q in end:
                     session.execute(q)

@@ -63,7 +63,19 @@ def test_a_call_that_fails_leaves_the_session_usable(db_url, autocommit):
         assert session.info.transaction_status == TransactionStatus.IDLE
         assert session.autocommit is autocommit
         assert compute(session, "s00000", target=0.0) is not None
-        # in the caller's transaction: a database error of the call leaves it usable, its work kept
+        # in the caller's transaction: an error of the call leaves it usable, its work and
+        # settings kept (the call's savepoint ended whether the error was Python's or the database's)
+        session.execute("BEGIN" if autocommit else "SELECT 1")
+        session.execute("CREATE TEMP TABLE callers_work AS SELECT 1 AS x")
+        session.execute("SELECT set_config('statement_timeout', '77s', true)")
+        mine = settings_of(session)
+        with pytest.raises(ContractError):
+            compute(session, "s00000", target=0.0, horizon=before_window)
+        assert session.info.transaction_status == TransactionStatus.INTRANS
+        assert settings_of(session) == mine
+        with pytest.raises(psycopg.errors.InvalidSavepointSpecification):  # released, not left open
+            session.execute(f"RELEASE SAVEPOINT {metrics._SAVEPOINT}")
+        session.rollback()
         session.execute("BEGIN" if autocommit else "SELECT 1")
         session.execute("CREATE TEMP TABLE callers_work AS SELECT 1 AS x")
         other = psycopg.connect(db_url, autocommit=True)
