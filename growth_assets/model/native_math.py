@@ -406,8 +406,8 @@ FEW_STUDENTS = 16
 def _predict_one(std, ybar: float, s: float, n: float, sw: float, sww: float, sy: float, swy: float,
                  h: float, target: float, p_tolerance: float):
     """``_predict_few`` for one student, with her sums as scalars (the real-time single call:
-    ~40 us instead of ~170): the same quantities by the same rules, in fewer array passes.
-    Per draw, with u = g - A beta (``lines.conditional_terms``' c + K g written as
+    ~55 us instead of ~170 here): the same quantities by the same rules, in fewer array
+    passes. Per draw, with u = g - A beta (``lines.conditional_terms``' c + K g written as
     beta + K u), the line at h is Normal(m, v) with
     m = b0 + h b1 + ((M00 + h M01) u0 + (M01 + h M11) u1) / sigma^2 and
     v = M00 + 2 h M01 + h^2 M11; a student with one row takes the bounded Sherman-Morrison

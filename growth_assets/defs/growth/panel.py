@@ -81,10 +81,11 @@ def panel_query(score_source: str, *, for_users: bool = False, users_from: str |
     score_lo, score_hi (BRMS_SCORE_RANGE; the accuracy query has no use for them).
 
     ``for_users``: the same query for a list of users only (``users`` must be an array): each
-    source's filter is then just ``user_id = ANY(users)``, which a prepared statement's
-    generic plan answers from the user_id indexes without planning the query again (the
-    ``users IS NULL OR`` of the whole-panel form needs a plan per call: ~3 ms of the
-    real-time path's ~4). ``users_from``: with ``for_users``, the users are instead the
+    source's filter is then just ``user_id = ANY(users)``, which a plan for the call's own ids
+    answers from the user_id indexes, and for one user ``metrics._one_user_sql`` makes
+    ``= users[1]``, which a prepared statement's generic plan answers from them without
+    planning the query again (the ``users IS NULL OR`` of the whole-panel form needs a plan
+    per call). ``users_from``: with ``for_users``, the users are instead the
     column ``ids`` (a text array) of the one row of this query, computed once (a CTE)."""
     if score_source not in SCORE_SOURCES:
         raise ContractError("BRMS_SCORE_SOURCE", f"must be one of {SCORE_SOURCES}", score_source)
