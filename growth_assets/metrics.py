@@ -352,16 +352,26 @@ def _read_latest_runs(cur: psycopg.Cursor) -> tuple[_Run | None, tuple[str, str]
     return passed, latest
 
 
+# a JSON number's magnitude float8 holds: at most its greatest; below 1e-307 (its least normal
+# number is 2.2e-308; the panel's query reads weekly_kpi's ability_estimate with the same bound)
+# it is taken as 0 (a cast of 1e-400 fails: "out of range for type double precision")
+FLOAT8_MAX, FLOAT8_TINY = "1.7976931348623157e308", "1e-307"
+
+
 def _json_number(key: str) -> str:
-    """SQL: kpis' ``key`` as float8 when it is a JSON number, else NULL (cast in the server:
-    no JSON parsed in Python, one per row, for a batch of 100,000 rows)."""
-    return f"CASE jsonb_typeof(kpis -> '{key}') WHEN 'number' THEN (kpis ->> '{key}')::float8 END"
+    """SQL: kpis' ``key`` as float8 when it is a JSON number float8 can hold, else NULL (cast
+    in the server: no JSON parsed in Python, one per row, for a batch of 100,000 rows). A
+    JSON number has no range: beyond float8's (1e400) it is NULL, and one too small for it
+    (1e-400) is 0; a plain cast failed the whole call, or batch, over one user's row."""
+    j = f"(kpis -> '{key}')"
+    return (f"CASE WHEN jsonb_typeof({j}) = 'number' THEN CASE WHEN abs({j}::numeric) < {FLOAT8_TINY} THEN 0::float8"
+            f" WHEN abs({j}::numeric) <= {FLOAT8_MAX} THEN {j}::numeric::float8 END END")
 
 
 _STORED_KEYS = (f"coalesce(({_json_number('P')})::text, CASE WHEN jsonb_typeof(kpis -> 'P') <> 'null'"
                 f" THEN (kpis -> 'P')::text END), {_json_number('sigma')}, {_json_number('P_target')},"
                 " kpis ->> 'P_run_id', kpis ->> 'P_source', kpis ->> 'P_week',"
-                " jsonb_typeof(kpis -> 'P') = 'number'")
+                f" ({_json_number('P')}) IS NOT NULL")
 
 
 def _stored_sql(kpi_week: date | None) -> str:
@@ -376,8 +386,9 @@ def _stored_sql(kpi_week: date | None) -> str:
 
 def _stored_row(week, p, sigma, p_target, run_id, source, p_week, is_number) -> tuple:
     """(week_start, P, sigma, P_target, P_run_id, P_source, P_week); P is a float, None
-    (absent or JSON null) or, when it is another JSON value, its text. A JSON number is
-    sent as its float8 text (exact: float8 out is round-trip exact)."""
+    (absent or JSON null) or, when it is another JSON value (or a number beyond float8's
+    range), its text. A JSON number is sent as its float8 text (exact: float8 out is
+    round-trip exact)."""
     return (week, float(p) if is_number else p, sigma, p_target, run_id, source, p_week)
 
 
@@ -726,7 +737,8 @@ def _stored_reason(row: tuple | None, target: float, run: _Run | None, where: st
     if p is None:
         return f"stored: no P in {at}"
     if not _is_number(p) or not 0.0 <= float(p) <= 1.0:
-        return f"stored: P in {at} is not a number within [0, 1] ({p!r})"
+        shown = p if not isinstance(p, str) or len(p) <= 40 else f"{p[:20]}...{p[-8:]} ({len(p)} characters)"
+        return f"stored: P in {at} is not a number within [0, 1] ({shown!r})"
     if not _is_number(p_target):
         return f"stored: P in {at} has no P_target (legacy row)"
     if not _same_target(float(p_target), target):

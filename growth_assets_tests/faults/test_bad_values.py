@@ -46,6 +46,55 @@ def test_one_huge_theta_is_left_out_and_counted_and_the_panel_is_built(conn):
     assert rows == {("huge", 10): 0.4, ("a", 11): 0.1, ("b", 11): 0.3}
 
 
+def test_an_ability_estimate_below_float8s_range_is_zero_not_a_failed_panel(conn):
+    """A JSON number can be smaller than any float8 (1e-400): the range check passed it (it is
+    within BRMS_SCORE_RANGE) and its cast to float8 then failed the whole weekly panel
+    ("out of range for type double precision")."""
+    at = datetime(2026, 11, 17, 10, tzinfo=timezone.utc)
+    theta(conn, "a", 0.1, at)
+    conn.execute("INSERT INTO weekly_kpi (user_id, week_start, kpis) VALUES"
+                 " ('tiny', '2026-11-16', '{\"ability_estimate\": 1e-400}'),"
+                 " ('tiny-neg', '2026-11-16', '{\"ability_estimate\": -1e-400}')")
+    conn.commit()
+    info = build_panel(conn, Window(MONDAY, 12), "theta", now=datetime(2026, 11, 23, 4, 30, tzinfo=timezone.utc))
+    assert info.excluded["out_of_range"] == 0
+    rows = dict(((u, w), s) for u, w, s in conn.execute(
+        "SELECT student_id, week, score FROM growth_panel_rows WHERE panel_id = %s", (info.panel_id,)).fetchall())
+    assert rows == {("a", 11): 0.1, ("tiny", 11): 0.0, ("tiny-neg", 11): 0.0}
+
+
+def test_a_stored_number_beyond_float8_is_its_users_problem_only(conn, monkeypatch):
+    """weekly_kpi is the platform's table: a P, sigma or P_target that is a JSON number out of
+    float8's range (1e400, or 1e-400) made every call and batch that read its row fail, the
+    daily refresh of every user with it. Now such a P is not a number within [0, 1] (it falls
+    through, said why), such a sigma is no sigma, and a P_target below float8's range is 0."""
+    from growth_assets.metrics import compute_goal_attainment_probabilities
+    from growth_assets_tests.metrics.helpers import WEEK, set_kpis, stored_p
+
+    monkeypatch.setenv("METRICS_USE_BAYESIAN", "true")
+    store_run(conn, n_students=5)
+    set_kpis(conn, "s00000", WEEK, stored_p(0.42))
+    rows = {"s00001": '{"P": 1e400}', "s00002": '{"sigma": 1e400}', "s00003": '{"P_target": 1e-400}',
+            "s00004": '{"P": -1e-400}'}
+    for u, change in rows.items():
+        set_kpis(conn, u, WEEK, stored_p(0.42))
+        conn.execute("UPDATE weekly_kpi SET kpis = kpis || %s::jsonb WHERE user_id = %s", (change, u))
+    conn.commit()
+    users = [f"s{i:05d}" for i in range(5)]
+    out = compute_goal_attainment_probabilities(conn, users, target=0.0)
+    assert (out["s00000"].path, out["s00000"].P, out["s00000"].sigma) == ("stored", 0.42, 0.3)
+    assert out["s00001"].path == "run"
+    # jsonb keeps 1e400 as its 401 digits: the reason shows how long it is, not all of them
+    assert "is not a number within [0, 1] ('10000000000000000000...00000000 (401 characters)')" in \
+        out["s00001"].reasons[0], out["s00001"].reasons
+    assert (out["s00002"].path, out["s00002"].P, out["s00002"].sigma) == ("stored", 0.42, None)
+    assert (out["s00003"].path, out["s00003"].P) == ("stored", 0.42)
+    assert (out["s00004"].path, out["s00004"].P) == ("stored", 0.0)
+    for u in users:
+        one = explain(conn, u, target=0.0)
+        assert (one.path, one.P, one.sigma, one.reasons) == (out[u].path, out[u].P, out[u].sigma, out[u].reasons), u
+
+
 def test_a_custom_range_is_a_setting_naming_its_variable():
     assert Settings.from_env({"BRMS_SCORE_RANGE": "100,800"}).score_range == (100.0, 800.0)
     with pytest.raises(ValueError, match="BRMS_SCORE_RANGE='800,100'"):

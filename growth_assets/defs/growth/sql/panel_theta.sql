@@ -48,8 +48,10 @@ WITH observed AS (
       AND f.theta_estimate NOT IN ('NaN'::numeric, 'Infinity'::numeric, '-Infinity'::numeric)
       AND f.theta_estimate BETWEEN %(score_lo)s::numeric AND %(score_hi)s::numeric
     UNION ALL
+    -- a JSON number below float8's range (1e-400) is 0: its cast failed the whole panel
     SELECT k.user_id COLLATE "C", (k.week_start - %(window_start)s::date) / 7,
-           (k.kpis ->> 'ability_estimate')::double precision, 1, 4
+           CASE WHEN abs((k.kpis -> 'ability_estimate')::numeric) < 1e-307 THEN 0
+                ELSE (k.kpis -> 'ability_estimate')::numeric::double precision END, 1, 4
     FROM weekly_kpi k
     WHERE k.week_start >= %(window_start)s::date AND k.week_start < %(window_end)s::date
       AND k.week_start <= (%(now)s::timestamptz AT TIME ZONE 'UTC')::date
