@@ -22,7 +22,8 @@ def settings_of(session, *, end: bool = False) -> tuple:
     """The settings a call sets for itself, as the session has them; ``end``: and end the
     transaction this read began (a session without autocommit)."""
     row = session.execute("SELECT current_setting('statement_timeout'), current_setting('lock_timeout'),"
-                          " current_setting('plan_cache_mode'), current_setting('search_path')").fetchone()
+                          " current_setting('plan_cache_mode'), current_setting('search_path'),"
+                          " current_setting('max_parallel_workers_per_gather')").fetchone()
     if end and not session.autocommit:
         session.rollback()
     return row
@@ -39,7 +40,8 @@ def test_a_call_leaves_the_session_its_transaction_and_its_settings(db_url, auto
         assert session.autocommit is autocommit
         assert settings_of(session, end=True) == before
         # inside the caller's own transaction, with settings of its own: both are kept (the
-        # call's timeouts, plan mode and search_path are the call's, and end with it)
+        # call's timeouts, plan mode, search_path and parallel workers are the call's, and
+        # end with it)
         session.execute("BEGIN" if autocommit else "SELECT 1")
         session.execute("SELECT set_config('statement_timeout', '77s', true), set_config('search_path', 'public', true)")
         session.execute("CREATE TEMP TABLE callers_work (x int)")

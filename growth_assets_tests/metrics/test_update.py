@@ -191,12 +191,16 @@ def test_the_update_is_the_window_as_the_fit_saw_it_plus_the_weeks_since(fitted,
     assert a.P == pytest.approx(want, abs=1e-3 + 1e-9)  # the engine's proven bound
 
 
-def test_a_batch_answers_each_user_as_a_call_for_that_user_alone(fitted, conn):
-    """A batch (over GENERIC_PLAN_MAX_USERS users: planned for its size, no theta read
-    ahead) and one call per user give the same answers on every path: students of the run
-    with and without weeks since the window, a user the run did not fit with scores, one
-    with only an old theta, one with nothing."""
-    from growth_assets.metrics import GENERIC_PLAN_MAX_USERS
+@pytest.mark.parametrize("chunk", [10_000, 16])
+def test_a_batch_answers_each_user_as_a_call_for_that_user_alone(fitted, conn, chunk, monkeypatch):
+    """A batch (over PREFETCH_THETA_MAX_USERS users: planned for its size, read in chunks)
+    and one call per user give the same answers on every path: students of the run with and
+    without weeks since the window, a user the run did not fit with scores, one with only an
+    old theta, one with nothing; in one chunk, and in ten (the last one short)."""
+    from growth_assets import metrics
+    from growth_assets.metrics import PREFETCH_THETA_MAX_USERS
+
+    monkeypatch.setattr(metrics, "BATCH_CHUNK_USERS", chunk)
 
     ids = fitted["res"].students.student_id.tolist()
     start = fitted["window"].start
@@ -207,7 +211,7 @@ def test_a_batch_answers_each_user_as_a_call_for_that_user_alone(fitted, conn):
         conn.execute("INSERT INTO mirt_ability (user_id, theta, se, model, version, fitted_at)"
                      " VALUES (%s, %s, 0.2, 'm', 'v', %s)", (u, y, datetime.combine(d, datetime.min.time(), timezone.utc)))
     users = ids[:150] + ["newcomer", "only-old-theta", "nobody-at-all"]
-    assert len(users) > GENERIC_PLAN_MAX_USERS
+    assert len(users) > PREFETCH_THETA_MAX_USERS
     out = batch(conn, users, target=TARGET)
     assert {a.path for a in out.values()} == {"stored", "update", "normal", "none"}
     assert out["newcomer"].path == "update" and out["newcomer"].n_obs == 2 and out["newcomer"].n_new == 1
@@ -217,6 +221,44 @@ def test_a_batch_answers_each_user_as_a_call_for_that_user_alone(fitted, conn):
         # the same numbers, by the grouped arithmetic of a batch or draw by draw for one user
         for x, y in ((one.P, b.P), (one.mu, b.mu), (one.sigma, b.sigma)):
             assert (x is None and y is None) or x == pytest.approx(y, rel=1e-12, abs=1e-15), u
+
+
+def test_a_batch_sends_each_chunk_before_it_answers_the_one_before(fitted, conn, monkeypatch):
+    """The server reads chunk k + 1 while the process answers chunk k: when the chain of a
+    chunk starts, the next chunk's two reads (stored P; sums and theta) have been sent, and
+    no later one (a fetch in psycopg's pipeline waits for every statement sent before it).
+    The cyclic garbage collector is paused for the batch, and on again after it, also after
+    an error."""
+    import gc
+
+    from growth_assets import metrics
+
+    monkeypatch.setattr(metrics, "BATCH_CHUNK_USERS", 100)
+    sent, seen = [], []
+    real_execute, real_chain = metrics._execute, metrics._chain
+
+    def execute(session, sql, params):
+        sent.append(sql)
+        return real_execute(session, sql, params)
+
+    def chain(users, *a):
+        seen.append((users[0], len(sent), gc.isenabled()))
+        return real_chain(users, *a)
+
+    monkeypatch.setattr(metrics, "_execute", execute)
+    monkeypatch.setattr(metrics, "_chain", chain)
+    users = fitted["res"].students.student_id[:450].tolist()
+    assert gc.isenabled()
+    out = batch(conn, users, target=TARGET)
+    assert list(out) == users and gc.isenabled()
+    # the latest run, then two reads per chunk; chunks of 100, 100, 100, 100, 50
+    assert [n for _, n, _ in seen] == [1 + 2 * 2, 1 + 3 * 2, 1 + 4 * 2, 1 + 5 * 2, 1 + 5 * 2]
+    assert [u for u, _, _ in seen] == users[::100] and not any(on for _, _, on in seen)
+    monkeypatch.setattr(metrics, "_chain", lambda *a: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        batch(conn, users, target=TARGET)
+    assert gc.isenabled()
+    conn.rollback()
 
 
 def test_a_new_run_between_two_calls_is_answered_from_at_once(db_url, monkeypatch):
