@@ -31,6 +31,9 @@ LOCK_ID = 0x67726F77  # "grow"
 # every table the migrations create (a move to the project's schema takes these, and only these)
 PROJECT_TABLES = ("growth_schema_migrations", "growth_brms_meta", "growth_student_posterior", "growth_panel",
                   "growth_panel_meta", "growth_fit", "growth_population_draws", "growth_forecast_backtest")
+# the functions of their triggers (0010): they move with the tables
+PROJECT_FUNCTIONS = ("growth_student_rows_need_their_fit", "growth_fit_takes_its_student_rows",
+                     "growth_fit_truncates_its_student_rows", "growth_fit_keeps_run_ids_in_use")
 
 
 class MigrationError(RuntimeError):
@@ -47,12 +50,16 @@ def schema_exists(conn: psycopg.Connection, schema: str) -> bool:
 
 def tables_to_move(conn: psycopg.Connection, schema: str | None = None) -> tuple[str | None, list[str]]:
     """(old schema, tables) of a database migrated before the project had its own schema: its
-    migrations record is in another schema and none is in ``schema``. (None, []) otherwise."""
+    migrations record is in a schema of the connection's search_path (where that layout put
+    the tables: public, unless the URL said otherwise) and none is in ``schema``. (None, [])
+    otherwise: another deployment's schema in the same database (staging beside production)
+    is not on the path, and its tables stay where they are."""
     schema = _schema(schema)
     rows = conn.execute(
         """SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-           WHERE c.relkind IN ('r', 'p') AND c.relname = ANY (%s) ORDER BY 1, 2""",
-        (list(PROJECT_TABLES),)).fetchall()
+           WHERE c.relkind IN ('r', 'p') AND c.relname = ANY (%s)
+             AND (n.nspname = ANY (current_schemas(false)) OR n.nspname = %s) ORDER BY 1, 2""",
+        (list(PROJECT_TABLES), schema)).fetchall()
     holders = {n for n, t in rows if t == "growth_schema_migrations"}
     if schema in holders or not holders:
         return None, []
@@ -123,6 +130,11 @@ def migrate(url_or_conn: str | psycopg.Connection, through: str | None = None, *
         old, tables = tables_to_move(conn, schema)
         for t in tables:
             conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(sql.Identifier(old, t), sql.Identifier(schema)))
+        moving = conn.execute("SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+                              " WHERE n.nspname = %s AND p.proname = ANY (%s)",
+                              (old, list(PROJECT_FUNCTIONS))).fetchall() if tables else []
+        for (f,) in moving:
+            conn.execute(sql.SQL("ALTER FUNCTION {}() SET SCHEMA {}").format(sql.Identifier(old, f), sql.Identifier(schema)))
         if tables and notes is not None:
             notes.append(f"moved the project's tables from schema {old} to {schema}: {', '.join(tables)}")
         conn.execute(

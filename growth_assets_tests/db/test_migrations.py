@@ -2,7 +2,7 @@ import psycopg
 import pytest
 
 from growth_assets.db import connect, source_tables
-from growth_assets.db.migrate import MigrationError, available, migrate
+from growth_assets.db.migrate import PROJECT_FUNCTIONS, MigrationError, available, migrate
 from growth_assets_tests.test_cli import run
 
 SOURCES = {"mirt_ability", "student_topic_theta", "features_topic_daily", "weekly_kpi"}
@@ -216,7 +216,40 @@ def test_an_older_database_has_the_projects_tables_moved_with_their_rows(empty_d
         assert conn.execute("SELECT run_id FROM growth.growth_fit").fetchall() == [("native-20261116-043000",)]
         assert conn.execute("SELECT count(*) FROM pg_indexes WHERE schemaname = 'growth'"
                             " AND indexname = 'growth_fit_partition'").fetchone()[0] == 1
+        # the functions of the tables' triggers went with them, and the triggers still serve
+        assert dict(conn.execute("SELECT p.proname, n.nspname FROM pg_proc p JOIN pg_namespace n"
+                                 " ON n.oid = p.pronamespace WHERE p.proname = ANY (%s)",
+                                 (list(PROJECT_FUNCTIONS),)).fetchall()) == dict.fromkeys(PROJECT_FUNCTIONS, "growth")
+        conn.execute("INSERT INTO growth.growth_student_posterior VALUES ('native-20261116-043000', 'u1', 3, 0, 0,"
+                     " 0.1, 0.01, 0, 0, 0.3, 0.5)")
+        conn.commit()
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            conn.execute("INSERT INTO growth.growth_student_posterior VALUES ('nope', 'u1', 3, 0, 0, 0.1,"
+                         " 0.01, 0, 0, 0.3, 0.5)")
+        conn.rollback()
+        assert conn.execute("SELECT count(*) FROM growth.growth_student_posterior").fetchone()[0] == 1
+        conn.execute("DELETE FROM growth.growth_fit")
+        assert conn.execute("SELECT count(*) FROM growth.growth_student_posterior").fetchone()[0] == 0
     assert "moved" not in run(["db", "migrate"], env).stdout  # once
+
+
+def test_two_deployments_with_their_own_schemas_in_one_database_keep_their_own_tables(empty_db_url):
+    """Staging in schema growth_staging, production in growth in the same database: migrating
+    one does not take the other's tables. Only the layout from before the schema setting (the
+    tables on the connection's search_path, public by default) is moved."""
+    migrate(empty_db_url, schema="growth_staging")
+    with psycopg.connect(empty_db_url) as conn:
+        conn.execute("INSERT INTO growth_staging.growth_fit (run_id, engine, result) VALUES ('staging-run', 'native', '{}')")
+    notes: list[str] = []
+    migrate(empty_db_url, schema="growth", notes=notes)
+    assert notes == []
+    with psycopg.connect(empty_db_url) as conn:
+        assert OWN | {"growth_schema_migrations"} <= tables(conn, "growth_staging")
+        assert OWN | {"growth_schema_migrations"} <= tables(conn, "growth")
+        assert conn.execute("SELECT run_id FROM growth_staging.growth_fit").fetchall() == [("staging-run",)]
+        assert conn.execute("SELECT count(*) FROM growth.growth_fit").fetchone()[0] == 0
+    env = {"DATABASE_URL": empty_db_url, "GROWTH_DB_SCHEMA": "growth"}
+    assert "moved" not in run(["db", "migrate"], env).stdout
 
 
 @pytest.mark.parametrize("options, expected", [

@@ -226,3 +226,80 @@ def test_student_rows_keep_only_the_key_that_every_reader_uses(conn):
         "EXPLAIN SELECT user_id, n_obs, mean_a FROM growth_student_posterior"
         " WHERE run_id = 'native-20261123-043000' AND user_id = ANY('{u1,u2}'::text[])"))
     assert "growth_student_posterior_pkey" in plan
+
+
+_STUDENT = ("INSERT INTO growth.growth_student_posterior (run_id, user_id, n_obs, mean_a, mean_b, var_a, var_b,"
+            ' cov_ab, mu, sigma, "P") VALUES (%s, %s, 3, 0, 0, 0.1, 0.01, 0, 0, 0.3, 0.5)')
+
+
+def test_a_student_row_needs_its_fit_and_goes_with_it(db_url):
+    """What the foreign key of 0003 guaranteed, checked once per statement since 0010 (a COPY
+    of a million rows no longer looks growth_fit up a million times): a row for a run with no
+    growth_fit row is refused, naming the run_id (insert, COPY, update); a run_id that rows
+    hold cannot change; deleting a fit deletes its rows and no other's, truncating the fits
+    truncates the rows. The same from a
+    session whose search_path does not hold the project's schema."""
+    with connect(db_url) as c:
+        write_fit(c, make_result(3, run_id="native-20261116-043000"))
+        write_fit(c, make_result(2, run_id="native-20261123-043000"))
+    with psycopg.connect(db_url, autocommit=True) as c:  # search_path: public only
+        with pytest.raises(psycopg.errors.ForeignKeyViolation, match="run_id 'nope' has no growth_fit row"):
+            c.execute(_STUDENT, ("nope", "u1"))
+        with pytest.raises(psycopg.errors.ForeignKeyViolation, match="'nope'"):
+            with c.cursor().copy("COPY growth.growth_student_posterior (run_id, user_id, n_obs, mean_a, mean_b, var_a,"
+                                 ' var_b, cov_ab, mu, sigma, "P") FROM STDIN') as cp:
+                for run in ("native-20261116-043000", "nope"):
+                    cp.write_row((run, "u7", 3, 0, 0, 0.1, 0.01, 0, 0, 0.3, 0.5))
+        with pytest.raises(psycopg.errors.ForeignKeyViolation, match="'elsewhere'"):
+            c.execute("UPDATE growth.growth_student_posterior SET run_id = 'elsewhere' WHERE user_id = 's00000'"
+                      " AND run_id = 'native-20261116-043000'")
+        with pytest.raises(psycopg.errors.ForeignKeyViolation, match="'native-20261116-043000' is held by student rows"):
+            c.execute("UPDATE growth.growth_fit SET run_id = 'moved' WHERE run_id = 'native-20261116-043000'")
+        c.execute("UPDATE growth.growth_fit SET engine = 'native' WHERE run_id = 'native-20261116-043000'")  # not the key
+        c.execute(_STUDENT, ("native-20261116-043000", "u8"))  # a row of a stored fit is taken
+        c.execute("DELETE FROM growth.growth_fit WHERE run_id = 'native-20261116-043000'")
+        assert c.execute("SELECT run_id, count(*) FROM growth.growth_student_posterior GROUP BY 1").fetchall() == [
+            ("native-20261123-043000", 2)]
+        c.execute("TRUNCATE growth.growth_fit CASCADE")  # the records and draws that reference it too
+        assert c.execute("SELECT count(*) FROM growth.growth_student_posterior").fetchone()[0] == 0
+
+
+def test_deleting_a_fit_waits_for_an_open_write_of_its_rows_and_takes_them(db_url):
+    """A fit deleted while another transaction writes rows for it: the delete waits for that
+    transaction (its rows locked the fit, as a foreign key's check does) and then deletes them
+    too; no row outlives its fit."""
+    run_id = "native-20261116-043000"
+    with connect(db_url) as c:
+        store(c, make_result(1, run_id=run_id))
+    done = threading.Event()
+
+    def delete_fit():
+        with connect(db_url) as d:
+            d.execute("DELETE FROM growth_fit WHERE run_id = %s", (run_id,))
+        done.set()
+
+    with connect(db_url) as w:
+        w.execute(_STUDENT, (run_id, "late"))  # open: not committed yet
+        t = threading.Thread(target=delete_fit)
+        t.start()
+        time.sleep(0.5)
+        assert not done.is_set(), "the delete should wait for the open write of the fit's rows"
+        w.commit()
+    t.join(10)
+    assert done.is_set()
+    with connect(db_url) as c:
+        assert c.execute("SELECT count(*) FROM growth_student_posterior").fetchone()[0] == 0
+
+
+def test_a_fits_student_rows_look_its_growth_fit_row_up_once_not_once_per_row(conn):
+    """write_fit's COPY of N student rows checks their fit once per statement: a handful of
+    index scans of growth_fit whatever N (the foreign key of 0003 made one per row, two
+    thirds of write_fit's time at ten million students). Counted by PostgreSQL itself, in
+    the transaction (pg_stat_xact_user_tables)."""
+    scans = "SELECT idx_scan FROM pg_stat_xact_user_tables WHERE relname = 'growth_fit'"
+    with conn.transaction():
+        before = conn.execute(scans).fetchone()[0]
+        assert write_fit(conn, make_result(3000)) == 3000
+        looked_up = conn.execute(scans).fetchone()[0] - before
+    assert 1 <= looked_up <= 10, looked_up
+    assert conn.execute("SELECT count(*) FROM growth_student_posterior").fetchone()[0] == 3000
