@@ -135,11 +135,12 @@ def _state(pid: int) -> str | None:
 
 def _fit_workers(svc) -> list[int]:
     """The fit's worker processes with their chains started: callr processes under the R server
-    (serve.sh's child) that have children (the R server's other children: the front's nginx
-    master with its worker, processx's supervisor)."""
+    (serve.sh's child) that have R processes as children (the R server's other children: the
+    front's nginx master with its worker, processx's supervisor). A worker's first child is no
+    chain: ``sh -c dpkg-architecture ...``, for a tenth of a second, before the chains start."""
     kids = _children()
     return [w for r in kids.get(svc.proc.pid, []) for w in kids.get(r, [])
-            if kids.get(w) and "callr" in _cmdline(w)]
+            if "callr" in _cmdline(w) and any("/exec/R" in _cmdline(c) for c in kids.get(w, []))]
 
 
 def _cmdline(pid: int) -> str:
@@ -170,11 +171,15 @@ def _long_fit_in_background(svc, out: dict):
 
     t = threading.Thread(target=go)
     t.start()
-    deadline = time.monotonic() + 120
+    # sampling: the same worker with chain processes in two looks 0.5 s apart
+    deadline, seen = time.monotonic() + 120, []
     while time.monotonic() < deadline:
         z = httpx.get(f"{svc.url}/readyz", timeout=5, headers={"Authorization": f"Bearer {svc.token}"}).json()
-        if z.get("running_fits", 0) >= 1 and _fit_workers(svc):
+        workers = _fit_workers(svc) if z.get("running_fits", 0) >= 1 else []
+        if workers and workers == seen:
+            out["workers"] = workers
             return t
+        seen = workers
         time.sleep(0.5)
     pytest.fail("the fit never started")
 
@@ -216,9 +221,9 @@ def test_kill_9_of_a_fit_worker_reaps_its_chains(own_service):
     svc = own_service
     out: dict = {}
     t = _long_fit_in_background(svc, out)
-    workers = _fit_workers(svc)
-    assert workers, "no fit worker with chain processes"
+    workers = out["workers"]
     chains = _descendants(workers[0])
+    assert chains, "no chain processes under the fit worker"
     os.kill(workers[0], 9)
     deadline = time.monotonic() + 15
     while _alive(chains) and time.monotonic() < deadline:
