@@ -237,8 +237,8 @@ def test_a_student_row_needs_its_fit_and_goes_with_it(db_url):
     of a million rows no longer looks growth_fit up a million times): a row for a run with no
     growth_fit row is refused, naming the run_id (insert, COPY, update); a run_id that rows
     hold cannot change; deleting a fit deletes its rows and no other's, truncating the fits
-    truncates the rows. The same from a
-    session whose search_path does not hold the project's schema."""
+    truncates the rows. The same from a session whose search_path does not hold the
+    project's schema."""
     with connect(db_url) as c:
         write_fit(c, make_result(3, run_id="native-20261116-043000"))
         write_fit(c, make_result(2, run_id="native-20261123-043000"))
@@ -293,9 +293,9 @@ def test_deleting_a_fit_waits_for_an_open_write_of_its_rows_and_takes_them(db_ur
 
 def test_a_fits_student_rows_look_its_growth_fit_row_up_once_not_once_per_row(conn):
     """write_fit's COPY of N student rows checks their fit once per statement: a handful of
-    index scans of growth_fit whatever N (the foreign key of 0003 made one per row, two
-    thirds of write_fit's time at ten million students). Counted by PostgreSQL itself, in
-    the transaction (pg_stat_xact_user_tables)."""
+    index scans of growth_fit whatever N (the foreign key of 0003 made one per row; write_fit
+    of ten million students took 84 s with it, 50 s without: benchmarks/results/fit.md).
+    Counted by PostgreSQL itself, in the transaction (pg_stat_xact_user_tables)."""
     scans = "SELECT idx_scan FROM pg_stat_xact_user_tables WHERE relname = 'growth_fit'"
     with conn.transaction():
         before = conn.execute(scans).fetchone()[0]

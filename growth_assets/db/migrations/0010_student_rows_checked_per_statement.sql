@@ -19,20 +19,22 @@ CREATE OR REPLACE FUNCTION growth_student_rows_need_their_fit() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     runs text[];
+    found bigint;
     missing text;
 BEGIN
     SELECT array_agg(run_id) INTO runs FROM (SELECT run_id FROM new_rows GROUP BY run_id) r;
     IF runs IS NULL THEN
         RETURN NULL;
     END IF;
-    -- as a foreign key does: the fits are locked so that none goes before this commits
+    -- as a foreign key does: the fits are locked so that none goes before this commits; a fit
+    -- deleted by a transaction that committed meanwhile is not found
     EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %I.growth_fit WHERE run_id = ANY ($1) FOR KEY SHARE) f',
-                   TG_TABLE_SCHEMA) USING runs;
-    EXECUTE format('SELECT min(r) FROM unnest($1) r WHERE NOT EXISTS (SELECT 1 FROM %I.growth_fit f WHERE f.run_id = r)',
-                   TG_TABLE_SCHEMA) INTO missing USING runs;
-    IF missing IS NOT NULL THEN
+                   TG_TABLE_SCHEMA) INTO found USING runs;
+    IF found < cardinality(runs) THEN  -- only then: which one, for the message
+        EXECUTE format('SELECT min(r) FROM unnest($1) r WHERE NOT EXISTS (SELECT 1 FROM %I.growth_fit f WHERE f.run_id = r)',
+                       TG_TABLE_SCHEMA) INTO missing USING runs;
         RAISE foreign_key_violation USING
-            MESSAGE = format('growth_student_posterior.run_id %L has no growth_fit row', missing),
+            MESSAGE = format('growth_student_posterior.run_id %L has no growth_fit row', coalesce(missing, '?')),
             DETAIL = 'a fit''s student rows are written after (or with) its growth_fit row',
             TABLE = TG_TABLE_NAME, COLUMN = 'run_id', SCHEMA = TG_TABLE_SCHEMA;
     END IF;
