@@ -213,16 +213,58 @@ def collapsed_loglik(xp, beta0, beta1, tau0, tau1, rho, sigma, groups, totals=No
 # --- Rao-Blackwellised per-student posterior -----------------------------------------------
 
 
+# A student's quantities are polynomials in her g = (g0, g1) whose coefficients depend on her
+# group only: with x = (1, g0, g1), the line's mean is linear in x, its variance and Var z are
+# quadratic forms in x, and E (z - m)^4 = E (dw . x)^4 is a quartic. Each group's moments are
+# therefore kept as those polynomials' coefficients, and a student costs one gather of a
+# group's coefficients and a few multiply-adds (not a 9 x 9 quadratic form of her own).
+# monomials of degree <= 2 in (g0, g1): 1, g0, g1, g0^2, g0 g1, g1^2
+_QUAD_PAIRS = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
+# monomials of degree <= 4: g0^p g1^q, with the multinomial coefficient of (dw . x)^4's term
+_QUARTIC = tuple((p, q, math.factorial(4) // (math.factorial(4 - p - q) * math.factorial(p) * math.factorial(q)))
+                 for p in range(5) for q in range(5 - p))
+
+
+def _quartic_at() -> tuple[np.ndarray, np.ndarray]:
+    """Where each _QUARTIC moment E[dw0^(4-p-q) dw1^p dw2^q] stands in E[p p'] (p: dw's
+    products of _QUAD_PAIRS): its four factors split into two pairs."""
+    rows, cols = [], []
+    for p, q, _ in _QUARTIC:
+        f = [0] * (4 - p - q) + [1] * p + [2] * q
+        rows.append(_QUAD_PAIRS.index((f[0], f[1])))
+        cols.append(_QUAD_PAIRS.index((f[2], f[3])))
+    return np.array(rows), np.array(cols)
+
+
+_QUARTIC_AT = _quartic_at()
+_QUARTIC_MULT = np.array([m for _, _, m in _QUARTIC], dtype=np.float64)
+
+
 @dataclass
 class GroupMoments:
-    """Per-group moments over the hyperparameter draws (standardised units)."""
+    """Per-group moments over the hyperparameter draws (standardised units), as the
+    coefficients of each student quantity's polynomial in x = (1, g0, g1)."""
 
-    Ev: np.ndarray  # (G, 6)  E[(c0, c1, K00, K01, K10, K11)]
-    Cv: np.ndarray  # (G, 6, 6) Cov(v), population (1/D) over the draws
-    EC: np.ndarray  # (G, 3)  E[C] = E[Mi]: (00, 01, 11)
-    Ew: np.ndarray  # (G, 3)  E[w], z_d = w_d . (1, g0, g1)
-    Cw: np.ndarray  # (G, 3, 3) Cov(w)
-    Mw: np.ndarray  # (G, 9, 9) E[(dw dw') (x) (dw dw')], dw = w - E[w]: E (z - m)^4 = xx' Mw xx
+    lin: np.ndarray  # (G, 3, 3): (mean_a, mean_b, E z) . x
+    quad: np.ndarray  # (G, 4, 6): var_a, cov_ab, var_b, Var z over the monomials 1, g0, g1, g0^2, g0 g1, g1^2
+    quartic: np.ndarray  # (G, 15): E (z - m)^4 over the monomials g0^p g1^q of _QUARTIC
+    Cw: np.ndarray  # (G, 3, 3) Cov(w): Var z = x' Cw x
+
+
+def _quad_coefficients(M: np.ndarray) -> np.ndarray:
+    """x' M x over the monomials of _QUAD_PAIRS, for (..., 3, 3) matrices M (not necessarily
+    symmetric: x' M x = x' sym(M) x)."""
+    return np.stack([M[..., i, j] if i == j else M[..., i, j] + M[..., j, i] for i, j in _QUAD_PAIRS], axis=-1)
+
+
+def _monomials(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(S, 6) monomials of degree <= 2 of _QUAD_PAIRS and (S, 15) of _QUARTIC, for g (S, 2)."""
+    g0, g1 = g[:, 0], g[:, 1]
+    p0 = [np.ones_like(g0), g0, g0 * g0, g0 * g0 * g0, (g0 * g0) * (g0 * g0)]
+    p1 = [np.ones_like(g1), g1, g1 * g1, g1 * g1 * g1, (g1 * g1) * (g1 * g1)]
+    quad = np.stack([p0[0], g0, g1, p0[2], g0 * g1, p1[2]], axis=-1)
+    quartic = np.stack([p0[p] * p1[q] for p, q, _ in _QUARTIC], axis=-1)
+    return quad, quartic
 
 
 def group_draw_terms(draws: dict[str, np.ndarray], n, sw, sww, h: float, t: float):
@@ -246,25 +288,33 @@ def group_draw_terms(draws: dict[str, np.ndarray], n, sw, sww, h: float, t: floa
 def group_moments(draws, n, sw, sww, h: float, t: float, block: int = 32) -> GroupMoments:
     """Moments of the per-draw group terms, a block of groups at a time (bounded memory)."""
     G = len(n)
-    Ev = np.empty((G, 6))
-    Cv = np.empty((G, 6, 6))
-    EC = np.empty((G, 3))
-    Ew = np.empty((G, 3))
+    lin = np.empty((G, 3, 3))
+    quad = np.empty((G, 4, 6))
+    quartic = np.empty((G, len(_QUARTIC)))
     Cw = np.empty((G, 3, 3))
-    Mw = np.empty((G, 9, 9))
+    a_idx, b_idx = [0, 2, 3], [1, 4, 5]  # v's entries in mean_a = a . x and mean_b = b . x
     for lo in range(0, G, block):
         sl = slice(lo, min(G, lo + block))
         v, C, w = group_draw_terms(draws, n[sl], sw[sl], sww[sl], h, t)
-        Ev[sl] = v.mean(axis=1)
-        dv = v - Ev[sl][:, None, :]
-        Cv[sl] = np.einsum("gdi,gdj->gij", dv, dv) / v.shape[1]
-        EC[sl] = C.mean(axis=1)
-        Ew[sl] = w.mean(axis=1)
-        dw = w - Ew[sl][:, None, :]
-        Cw[sl] = np.einsum("gdi,gdj->gij", dw, dw) / w.shape[1]
-        dww = (dw[..., :, None] * dw[..., None, :]).reshape(*dw.shape[:2], 9)
-        Mw[sl] = np.einsum("gda,gdb->gab", dww, dww) / w.shape[1]
-    return GroupMoments(Ev, Cv, EC, Ew, Cw, Mw)
+        D = v.shape[1]
+        Ev = v.mean(axis=1)
+        dv = v - Ev[:, None, :]
+        Cv = np.matmul(dv.transpose(0, 2, 1), dv) / D  # (b, 6, 6), population covariance
+        EC = C.mean(axis=1)
+        Ew = w.mean(axis=1)
+        dw = w - Ew[:, None, :]
+        Cw[sl] = np.matmul(dw.transpose(0, 2, 1), dw) / D
+        lin[sl, 0], lin[sl, 1], lin[sl, 2] = Ev[:, a_idx], Ev[:, b_idx], Ew
+        quad[sl, 0] = _quad_coefficients(Cv[:, a_idx][:, :, a_idx])
+        quad[sl, 1] = _quad_coefficients(Cv[:, a_idx][:, :, b_idx])
+        quad[sl, 2] = _quad_coefficients(Cv[:, b_idx][:, :, b_idx])
+        quad[sl, 3] = _quad_coefficients(Cw[sl])
+        quad[sl, 0:3, 0] += EC  # E[C] = (00, 01, 11): var_a, cov_ab, var_b
+        # every fourth moment E[dw_i dw_j dw_k dw_l] is an entry of E[p p'], p = dw's six products
+        prod = np.stack([dw[..., i] * dw[..., j] for i, j in _QUAD_PAIRS], axis=-1)
+        M4 = np.matmul(prod.transpose(0, 2, 1), prod) / D
+        quartic[sl] = M4[:, _QUARTIC_AT[0], _QUARTIC_AT[1]] * _QUARTIC_MULT
+    return GroupMoments(lin, quad, quartic, Cw)
 
 
 def student_lines(gm: GroupMoments, group: np.ndarray, g: np.ndarray):
@@ -272,27 +322,12 @@ def student_lines(gm: GroupMoments, group: np.ndarray, g: np.ndarray):
     of the Rao-Blackwellised posterior; ``P_approx`` (the module docstring's first- or
     second-order form, whichever has the smaller bound) within ``P_bound`` of the
     Rao-Blackwellised P. Standardised units; vectorised over the given students."""
-    Ev, Cv = gm.Ev[group], gm.Cv[group]
-    g0, g1 = g[:, 0], g[:, 1]
-    zeros, ones = np.zeros_like(g0), np.ones_like(g0)
-    J = np.stack(
-        [np.stack([ones, zeros, g0, g1, zeros, zeros], -1),
-         np.stack([zeros, ones, zeros, zeros, g0, g1], -1)],
-        axis=1,
-    )  # (S, 2, 6)
-    mean = np.einsum("sij,sj->si", J, Ev)
-    cov = np.einsum("sij,sjk,slk->sil", J, Cv, J)
-    EC = gm.EC[group]
-    var_a = EC[:, 0] + cov[:, 0, 0]
-    cov_ab = EC[:, 1] + 0.5 * (cov[:, 0, 1] + cov[:, 1, 0])
-    var_b = EC[:, 2] + cov[:, 1, 1]
-    x = np.stack([ones, g0, g1], -1)
-    z_mean = np.einsum("si,si->s", gm.Ew[group], x)
-    z_var = np.maximum(np.einsum("si,sij,sj->s", x, gm.Cw[group], x), 0.0)
-    xx = (x[:, :, None] * x[:, None, :]).reshape(-1, 9)
-    z_m4 = np.maximum(np.einsum("sa,sab,sb->s", xx, gm.Mw[group], xx), 0.0)
-    p, bound = cheap_p(z_mean, z_var, z_m4)
-    return mean[:, 0], mean[:, 1], var_a, var_b, cov_ab, p, bound
+    m2, m4 = _monomials(g)
+    lin = np.einsum("sok,sk->so", gm.lin[group], m2[:, :3])
+    quad = np.einsum("sok,sk->so", gm.quad[group], m2)
+    z_m4 = np.maximum(np.einsum("sk,sk->s", gm.quartic[group], m4), 0.0)
+    p, bound = cheap_p(lin[:, 2], np.maximum(quad[:, 3], 0.0), z_m4)
+    return lin[:, 0], lin[:, 1], quad[:, 0], quad[:, 2], quad[:, 1], p, bound
 
 
 def cheap_p(z_mean: np.ndarray, z_var: np.ndarray, z_m4: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -522,3 +522,26 @@ def test_the_second_order_form_leaves_fewer_students_to_the_exact_mean():
         _, _, w = native_math.group_draw_terms(draws, gs.n[gi:gi + 1], gs.sw[gi:gi + 1], gs.sww[gi:gi + 1], h, t_std)
         exact = norm.cdf(w[0] @ x[i]).mean()
         assert abs(p_cheap[i] - exact) <= bound[i] + 1e-12
+
+
+def test_a_groups_polynomial_coefficients_give_each_students_moments_over_the_draws():
+    """student_lines evaluates per-group polynomials in g = (g0, g1); each student's mean and
+    variance of z and E (z - m)^4 must equal those computed draw by draw from her own z_d."""
+    red, ybar, s = _reduced_cohort()
+    h = 11.0
+    draws = _spread_draws(np.random.default_rng(11), 0.7)
+    t_std = (60.0 - ybar) / s
+    gs = native_math.group_stats(red)
+    gm = native_math.group_moments(draws, gs.n, gs.sw, gs.sww, h, t_std)
+    m2, m4 = native_math._monomials(red.g)
+    z_mean = np.einsum("sk,sk->s", gm.lin[red.group, 2], m2[:, :3])
+    z_var = np.einsum("sk,sk->s", gm.quad[red.group, 3], m2)
+    z_m4 = np.einsum("sk,sk->s", gm.quartic[red.group], m4)
+    x = np.column_stack([np.ones(len(red.group)), red.g])
+    for i in range(len(red.group)):
+        gi = red.group[i]
+        _, _, w = native_math.group_draw_terms(draws, gs.n[gi:gi + 1], gs.sw[gi:gi + 1], gs.sww[gi:gi + 1], h, t_std)
+        z = w[0] @ x[i]
+        assert z_mean[i] == pytest.approx(z.mean(), rel=1e-10, abs=1e-12)
+        assert z_var[i] == pytest.approx(z.var(), rel=1e-8, abs=1e-14)
+        assert z_m4[i] == pytest.approx(np.mean((z - z.mean()) ** 4), rel=1e-7, abs=1e-14)
