@@ -2,6 +2,8 @@
 
 from datetime import date, datetime, timezone
 
+import numpy as np
+import psycopg
 import pytest
 
 from growth_assets.defs.growth.panel import Window, build_panel, load_panel
@@ -178,34 +180,83 @@ def test_load_panel_gives_back_the_stored_ids_weeks_and_scores(conn, ids):
     assert got == rows
 
 
-def test_a_panel_rebuilt_while_it_is_read_is_refused_not_mixed(fixture_db, db_url):
-    """load_panel reads ids and rows in two statements; a rebuild committed between them
-    (another run of the same partition) must not pair one panel's ids with the other's rows."""
-    from growth_assets.db import connect
-    from growth_assets.model.contract import ContractError
+class _RebuiltBeforeTheRows:
+    """A connection with another session's rebuild of the panel (student A loses weeks)
+    committed just before the rows' COPY."""
 
+    def __init__(self, conn, db_url, window):
+        self._conn, self._url, self._window = conn, db_url, window
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+    def cursor(self, *a, **k):
+        from growth_assets.db import connect
+
+        with connect(self._url) as other:
+            other.execute("DELETE FROM mirt_ability WHERE user_id = 'A'")
+            build_panel(other, self._window, "theta", now=NOW)
+        return self._conn.cursor(*a, **k)
+
+
+def test_a_panel_rebuilt_while_it_is_read_is_read_as_it_was(fixture_db, db_url):
+    """On an idle connection load_panel reads ids and rows at once on two connections in one
+    exported snapshot: a rebuild committed meanwhile (another run of the same partition) is
+    not seen by either read, so the panel comes back whole, as it was when the read began."""
     w = Window(MONDAY, 12)
     info = build_panel(fixture_db, w, "theta", now=NOW)
     fixture_db.commit()
-
-    class RebuiltBeforeTheRows:
-        """The connection, with another session's rebuild committed just before the COPY."""
-
-        def __init__(self, conn):
-            self._conn = conn
-
-        def __getattr__(self, name):
-            return getattr(self._conn, name)
-
-        def cursor(self, *a, **k):
-            with connect(db_url) as other:
-                other.execute("DELETE FROM mirt_ability WHERE user_id = 'A'")  # A loses weeks
-                build_panel(other, w, "theta", now=NOW)
-            return self._conn.cursor(*a, **k)
-
-    with pytest.raises(ContractError, match="panel_id: was rebuilt while it was read"):
-        load_panel(RebuiltBeforeTheRows(fixture_db), info.panel_id)
+    before = load_panel(fixture_db, info.panel_id)
+    during = load_panel(_RebuiltBeforeTheRows(fixture_db, db_url, w), info.panel_id)
+    assert during.n_rows == info.n_rows == before.n_rows
+    assert during.student_ids.tolist() == before.student_ids.tolist()
+    for col in ("student", "week", "score"):
+        np.testing.assert_array_equal(getattr(during, col), getattr(before, col))
     assert load_panel(fixture_db, info.panel_id).n_rows < info.n_rows  # the new panel, read whole
+
+
+def test_a_panel_rebuilt_while_it_is_read_in_a_callers_transaction_is_refused_not_mixed(fixture_db, db_url):
+    """Inside a caller's open transaction (read committed) the two reads run in turn and may
+    see different snapshots: a rebuild committed between them must not pair one panel's ids
+    with the other's rows."""
+    w = Window(MONDAY, 12)
+    info = build_panel(fixture_db, w, "theta", now=NOW)
+    fixture_db.commit()
+    fixture_db.execute("SELECT 1")  # the caller's transaction is open
+    with pytest.raises(ContractError, match="panel_id: was rebuilt while it was read"):
+        load_panel(_RebuiltBeforeTheRows(fixture_db, db_url, w), info.panel_id)
+    fixture_db.rollback()
+    assert load_panel(fixture_db, info.panel_id).n_rows < info.n_rows  # the new panel, read whole
+
+
+def test_load_panel_reads_on_two_connections_at_once_and_alone_when_it_cannot(fixture_db, db_url, monkeypatch):
+    """The ids are read by a second connection while the first reads the rows (both in the
+    server at once); where no second connection can be had, the first reads them too, in the
+    same snapshot, and the panel is the same."""
+    from growth_assets.defs.growth import panel as panel_mod
+
+    info = build_panel(fixture_db, Window(MONDAY, 12), "theta", now=NOW)
+    fixture_db.commit()
+    seen = []
+    real = panel_mod._ids_text
+
+    def watched(c, panel_id):
+        seen.append(c.pgconn.backend_pid)
+        return real(c, panel_id)
+
+    monkeypatch.setattr(panel_mod, "_ids_text", watched)
+    both = load_panel(fixture_db, info.panel_id)
+    assert seen and seen[-1] != fixture_db.pgconn.backend_pid
+
+    def refused(*a, **k):
+        raise psycopg.OperationalError("too many clients already")
+
+    monkeypatch.setattr(panel_mod.psycopg, "connect", refused)
+    alone = load_panel(fixture_db, info.panel_id)
+    assert seen[-1] == fixture_db.pgconn.backend_pid
+    assert alone.student_ids.tolist() == both.student_ids.tolist()
+    for col in ("student", "week", "score"):
+        np.testing.assert_array_equal(getattr(alone, col), getattr(both, col))
 
 
 def test_rebuilding_a_panel_replaces_it(fixture_db):

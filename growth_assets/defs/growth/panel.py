@@ -8,6 +8,7 @@ process or pod reads exactly the rows that were built. No raw rows go through pa
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
 from importlib import resources
@@ -15,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import psycopg
+from psycopg import sql
+from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
 from ...db.binary_copy import CopyFormatError, decode_arrays
@@ -210,48 +213,127 @@ _ARRAY_FIELDS = ("int4", "float8")  # weeks, scores
 _IDS_COUNTS = "SELECT student_id, cardinality(weeks) FROM growth_panel WHERE panel_id = %s ORDER BY student_id"
 
 
-def _ids_and_counts(conn: psycopg.Connection, panel_id: str) -> tuple[np.ndarray, np.ndarray]:
-    """The panel's ids (key order) and each one's number of weeks, as a text COPY split as a
-    whole: no Python tuple per student. Text COPY escapes a backslash and control characters
-    in an id; a panel with such an id is read row by row instead."""
+def _ids_text(conn: psycopg.Connection, panel_id: str) -> bytearray:
+    """The panel's ids (key order), each with her number of weeks, as text COPY's bytes."""
+    data = bytearray()
     with conn.cursor().copy(f"COPY ({_IDS_COUNTS}) TO STDOUT", (panel_id,)) as copy:
-        data = bytearray()
         for chunk in copy:
             data += chunk
-    text = data.decode("utf-8")
-    del data
-    if "\\" not in text:
-        fields = text.replace("\t", "\n").split("\n")  # id, count, id, count, ..., ''
-        return np.array(fields[0:-1:2], dtype=object), np.array(fields[1::2]).astype(np.int64)
+    return data
+
+
+def _decimal_counts(b: np.ndarray, first: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """The non-negative integers written in ASCII digits at ``b[first[i]:end[i]]``."""
+    n_digits = end - first
+    value = np.zeros(first.size, dtype=np.int64)
+    for j in range(int(n_digits.max(initial=0))):
+        more = n_digits > j
+        value = np.where(more, value * 10 + b[np.where(more, first + j, 0)].astype(np.int64) - 48, value)
+    return value
+
+
+def _ids_and_counts(conn: psycopg.Connection, panel_id: str, data: bytearray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The panel's ids (key order) and each one's number of weeks from the text COPY of
+    ``_ids_text`` (``data``, read here when None), split as a whole: no Python tuple per
+    student, the counts' digits read as arrays. Text COPY escapes a backslash and control
+    characters in an id (tab and newline appear only as its delimiters); a panel with such
+    an id is read row by row instead, on ``conn``."""
+    if data is None:
+        data = _ids_text(conn, panel_id)
+    if b"\\" not in data:
+        b = np.frombuffer(data, dtype=np.uint8)
+        tabs, ends = np.flatnonzero(b == 9), np.flatnonzero(b == 10)
+        if tabs.size == ends.size:
+            counts = _decimal_counts(b, tabs + 1, ends)
+            del b, tabs, ends
+            text = data.decode("utf-8")
+            ids = np.empty(counts.size, dtype=object)
+            ids[:] = text.replace("\t", "\n").split("\n")[0:-1:2]  # id, count, id, count, ..., ''
+            return ids, counts
     rows = conn.execute(_IDS_COUNTS, (panel_id,)).fetchall()
     return (np.array([r[0] for r in rows], dtype=object),
             np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows)))
+
+
+_ARRAYS = "SELECT weeks, scores FROM growth_panel WHERE panel_id = %s ORDER BY student_id"
+_BUILT = "SELECT created_at FROM growth_panel_meta WHERE panel_id = %s"
+
+
+def _arrays(conn: psycopg.Connection, panel_id: str) -> bytearray:
+    """Every student's weeks and scores, in key order, as one binary COPY."""
+    buf = bytearray()  # grown in place (a large block is remapped, not copied)
+    with conn.cursor().copy(f"COPY ({_ARRAYS}) TO STDOUT (FORMAT binary)", (panel_id,)) as copy:
+        for chunk in copy:
+            buf += chunk
+    return buf
+
+
+def _ids_in_snapshot(conninfo: str, password: str | None, snapshot: str, panel_id: str) -> bytearray:
+    """``_ids_text`` on a connection of its own, in the exported ``snapshot``."""
+    with psycopg.connect(conninfo, password=password, autocommit=True) as other, other.transaction():
+        other.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        other.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        other.execute(_KEY_ORDER)
+        return _ids_text(other, panel_id)
+
+
+def _read_both(conn: psycopg.Connection, panel_id: str) -> tuple[np.ndarray, np.ndarray, bytearray]:
+    """The ids with their counts and the arrays, read at once on two connections in one
+    snapshot (``pg_export_snapshot``): two server processes each walk the panel's key once,
+    and the two reads see one panel whatever commits meanwhile. The other thread only
+    collects bytes (the ids are split here, after both reads: splitting holds the GIL,
+    which the rows' read needs). For a connection that is idle (no transaction of the
+    caller's open: the isolation level is set by the first statement)."""
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        conn.execute(_KEY_ORDER)
+        snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="load_panel") as pool:
+            ids = pool.submit(_ids_in_snapshot, conn.info.dsn, conn.info.password, snapshot, panel_id)
+            try:
+                buf = _arrays(conn, panel_id)
+            except BaseException:
+                ids.cancel()
+                raise
+            # the snapshot lives as long as this transaction: it ends after the other read
+            try:
+                text = ids.result()
+            except psycopg.Error:  # no second connection to be had (a pooler, a full server):
+                text = None  # read here, in the same snapshot
+        student_ids, counts = _ids_and_counts(conn, panel_id, text)
+    return student_ids, counts, buf
+
+
+def _read_in_turn(conn: psycopg.Connection, panel_id: str) -> tuple[np.ndarray, np.ndarray, bytearray]:
+    """The two reads one after the other, inside the caller's open transaction. They may
+    see different snapshots (read committed): a rebuild of the panel committed between them
+    would pair one panel's ids with another's rows. ``build_panel`` stamps the panel's meta in
+    the transaction that writes its rows, so an unchanged stamp after both reads shows they
+    read one panel; else ContractError, and nothing is fitted."""
+    with conn.transaction():
+        conn.execute(_KEY_ORDER)
+        stamp = conn.execute(_BUILT, (panel_id,)).fetchone()
+        student_ids, counts = _ids_and_counts(conn, panel_id)
+        buf = _arrays(conn, panel_id)
+        if conn.execute(_BUILT, (panel_id,)).fetchone() != stamp:
+            raise ContractError("panel_id", "was rebuilt while it was read: materialize brms_posterior again",
+                                panel_id)
+    return student_ids, counts, buf
 
 
 def load_panel(conn: psycopg.Connection, panel_id: str) -> Panel:
     """The stored panel as columns, checked (spec §1, §3): ids once, a code per row.
 
     Both reads follow the table's key (panel_id, student_id), ids compared as bytes, so
-    neither sorts: the ids with their numbers of weeks, then every student's weeks and scores
-    as arrays by binary COPY in the same order, decoded as whole columns.
-
-    The two reads may see different snapshots (read committed): a rebuild of the panel
-    committed between them would pair one panel's ids with another's rows. ``build_panel``
-    stamps the panel's meta in the transaction that writes its rows, so an unchanged stamp
-    after both reads shows they read one panel; else ContractError, and nothing is fitted."""
-    built = "SELECT created_at FROM growth_panel_meta WHERE panel_id = %s"
-    with conn.transaction():
-        conn.execute(_KEY_ORDER)
-        stamp = conn.execute(built, (panel_id,)).fetchone()
-        ids, counts = _ids_and_counts(conn, panel_id)
-        buf = bytearray()  # grown in place (a large block is remapped, not copied)
-        with conn.cursor().copy("COPY (SELECT weeks, scores FROM growth_panel WHERE panel_id = %s"
-                                " ORDER BY student_id) TO STDOUT (FORMAT binary)", (panel_id,)) as copy:
-            for chunk in copy:
-                buf += chunk
-        if conn.execute(built, (panel_id,)).fetchone() != stamp:
-            raise ContractError("panel_id", "was rebuilt while it was read: materialize brms_posterior again",
-                                panel_id)
+    neither sorts: the ids with their numbers of weeks, and every student's weeks and scores
+    as arrays by binary COPY in the same order, decoded as whole columns. On an idle
+    connection the two run at once on two connections sharing one snapshot (``_read_both``);
+    inside a caller's transaction, one after the other (``_read_in_turn``)."""
+    if conn.info.transaction_status == TransactionStatus.IDLE:
+        ids, counts, buf = _read_both(conn, panel_id)
+    else:
+        ids, counts, buf = _read_in_turn(conn, panel_id)
     try:
         week, score = decode_arrays(buf, counts, _ARRAY_FIELDS)
     except CopyFormatError as e:
