@@ -248,7 +248,6 @@ class GroupMoments:
     lin: np.ndarray  # (G, 3, 3): (mean_a, mean_b, E z) . x
     quad: np.ndarray  # (G, 4, 6): var_a, cov_ab, var_b, Var z over the monomials 1, g0, g1, g0^2, g0 g1, g1^2
     quartic: np.ndarray  # (G, 15): E (z - m)^4 over the monomials g0^p g1^q of _QUARTIC
-    Cw: np.ndarray  # (G, 3, 3) Cov(w): Var z = x' Cw x
 
 
 def _quad_coefficients(M: np.ndarray) -> np.ndarray:
@@ -291,7 +290,6 @@ def group_moments(draws, n, sw, sww, h: float, t: float, block: int = 32) -> Gro
     lin = np.empty((G, 3, 3))
     quad = np.empty((G, 4, 6))
     quartic = np.empty((G, len(_QUARTIC)))
-    Cw = np.empty((G, 3, 3))
     a_idx, b_idx = [0, 2, 3], [1, 4, 5]  # v's entries in mean_a = a . x and mean_b = b . x
     for lo in range(0, G, block):
         sl = slice(lo, min(G, lo + block))
@@ -303,18 +301,18 @@ def group_moments(draws, n, sw, sww, h: float, t: float, block: int = 32) -> Gro
         EC = C.mean(axis=1)
         Ew = w.mean(axis=1)
         dw = w - Ew[:, None, :]
-        Cw[sl] = np.matmul(dw.transpose(0, 2, 1), dw) / D
+        Cw = np.matmul(dw.transpose(0, 2, 1), dw) / D  # Cov(w): Var z = x' Cw x
         lin[sl, 0], lin[sl, 1], lin[sl, 2] = Ev[:, a_idx], Ev[:, b_idx], Ew
         quad[sl, 0] = _quad_coefficients(Cv[:, a_idx][:, :, a_idx])
         quad[sl, 1] = _quad_coefficients(Cv[:, a_idx][:, :, b_idx])
         quad[sl, 2] = _quad_coefficients(Cv[:, b_idx][:, :, b_idx])
-        quad[sl, 3] = _quad_coefficients(Cw[sl])
+        quad[sl, 3] = _quad_coefficients(Cw)
         quad[sl, 0:3, 0] += EC  # E[C] = (00, 01, 11): var_a, cov_ab, var_b
         # every fourth moment E[dw_i dw_j dw_k dw_l] is an entry of E[p p'], p = dw's six products
         prod = np.stack([dw[..., i] * dw[..., j] for i, j in _QUAD_PAIRS], axis=-1)
         M4 = np.matmul(prod.transpose(0, 2, 1), prod) / D
         quartic[sl] = M4[:, _QUARTIC_AT[0], _QUARTIC_AT[1]] * _QUARTIC_MULT
-    return GroupMoments(lin, quad, quartic, Cw)
+    return GroupMoments(lin, quad, quartic)
 
 
 def student_lines(gm: GroupMoments, group: np.ndarray, g: np.ndarray):

@@ -500,48 +500,44 @@ def test_week_patterns_group_as_the_rows_unique_to_each_student():
     np.testing.assert_array_equal(native_math._pattern_groups(n, sw, huge), want.reshape(-1))
 
 
+def _moments_and_each_students_z(seed: int, spread: float, h: float = 11.0):
+    """(reduced cohort, its group moments, each student's z_d over the draws computed draw by
+    draw from her own group's terms, with none of the grouped moments)."""
+    red, ybar, s = _reduced_cohort()
+    draws = _spread_draws(np.random.default_rng(seed), spread)
+    t_std = (60.0 - ybar) / s
+    gs = native_math.group_stats(red)
+    gm = native_math.group_moments(draws, gs.n, gs.sw, gs.sww, h, t_std)
+    x = np.column_stack([np.ones(len(red.group)), red.g])
+    z = []
+    for i, gi in enumerate(red.group):
+        _, _, w = native_math.group_draw_terms(draws, gs.n[gi:gi + 1], gs.sw[gi:gi + 1], gs.sww[gi:gi + 1], h, t_std)
+        z.append(w[0] @ x[i])
+    return red, gm, np.array(z)
+
+
 def test_the_second_order_form_leaves_fewer_students_to_the_exact_mean():
     """Where the first-order bound (0.121 Var z) exceeds the tolerance, the second-order form
     (Phi(m) - m phi(m) v / 2, bound phi(0)/6 (E (z - m)^4)^(3/4)) often does not: fewer
     students need the mean over every draw, and every cheap P is still within its bound of
     the exact one (computed here draw by draw, with none of the grouped moments)."""
-    red, ybar, s = _reduced_cohort()
-    h = 11.0
-    draws = _spread_draws(np.random.default_rng(10), 0.5)
-    t_std = (60.0 - ybar) / s
-    gs = native_math.group_stats(red)
-    gm = native_math.group_moments(draws, gs.n, gs.sw, gs.sww, h, t_std)
+    red, gm, z = _moments_and_each_students_z(10, 0.5)
     *_, p_cheap, bound = native_math.student_lines(gm, red.group, red.g)
-    x = np.column_stack([np.ones(len(red.group)), red.g])
-    z_var = np.einsum("si,sij,sj->s", x, gm.Cw[red.group], x)
-    first_order_exact = int(np.sum(native_math.P_BOUND_COEF * z_var > 1e-3))
+    first_order_exact = int(np.sum(native_math.P_BOUND_COEF * z.var(axis=1) > 1e-3))
     assert first_order_exact > 0  # the case the second-order form is for
     assert int(np.sum(bound > 1e-3)) < first_order_exact
-    for i in range(len(red.group)):
-        gi = red.group[i]
-        _, _, w = native_math.group_draw_terms(draws, gs.n[gi:gi + 1], gs.sw[gi:gi + 1], gs.sww[gi:gi + 1], h, t_std)
-        exact = norm.cdf(w[0] @ x[i]).mean()
-        assert abs(p_cheap[i] - exact) <= bound[i] + 1e-12
+    exact = norm.cdf(z).mean(axis=1)
+    assert np.all(np.abs(p_cheap - exact) <= bound + 1e-12)
 
 
 def test_a_groups_polynomial_coefficients_give_each_students_moments_over_the_draws():
     """student_lines evaluates per-group polynomials in g = (g0, g1); each student's mean and
     variance of z and E (z - m)^4 must equal those computed draw by draw from her own z_d."""
-    red, ybar, s = _reduced_cohort()
-    h = 11.0
-    draws = _spread_draws(np.random.default_rng(11), 0.7)
-    t_std = (60.0 - ybar) / s
-    gs = native_math.group_stats(red)
-    gm = native_math.group_moments(draws, gs.n, gs.sw, gs.sww, h, t_std)
+    red, gm, z = _moments_and_each_students_z(11, 0.7)
     m2, m4 = native_math._monomials(red.g)
-    z_mean = np.einsum("sk,sk->s", gm.lin[red.group, 2], m2[:, :3])
-    z_var = np.einsum("sk,sk->s", gm.quad[red.group, 3], m2)
-    z_m4 = np.einsum("sk,sk->s", gm.quartic[red.group], m4)
-    x = np.column_stack([np.ones(len(red.group)), red.g])
-    for i in range(len(red.group)):
-        gi = red.group[i]
-        _, _, w = native_math.group_draw_terms(draws, gs.n[gi:gi + 1], gs.sw[gi:gi + 1], gs.sww[gi:gi + 1], h, t_std)
-        z = w[0] @ x[i]
-        assert z_mean[i] == pytest.approx(z.mean(), rel=1e-10, abs=1e-12)
-        assert z_var[i] == pytest.approx(z.var(), rel=1e-8, abs=1e-14)
-        assert z_m4[i] == pytest.approx(np.mean((z - z.mean()) ** 4), rel=1e-7, abs=1e-14)
+    np.testing.assert_allclose(np.einsum("sk,sk->s", gm.lin[red.group, 2], m2[:, :3]), z.mean(axis=1),
+                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(np.einsum("sk,sk->s", gm.quad[red.group, 3], m2), z.var(axis=1),
+                               rtol=1e-8, atol=1e-14)
+    np.testing.assert_allclose(np.einsum("sk,sk->s", gm.quartic[red.group], m4),
+                               np.mean((z - z.mean(axis=1, keepdims=True)) ** 4, axis=1), rtol=1e-7, atol=1e-14)
