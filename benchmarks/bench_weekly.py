@@ -125,8 +125,8 @@ def _job(src: Path, url: str, args) -> dict:
             "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables"
             " WHERE schemaname IN ('public', 'growth') AND (tablename LIKE 'growth%'"
             " AND tablename <> 'growth_schema_migrations' OR tablename IN ('weekly_kpi', 'dagster_asset_value'))")]
-        if derived:
-            c.execute(f"TRUNCATE {', '.join(derived)} CASCADE")
+        for table in derived:  # one at a time: before 0011, TRUNCATE of growth_fit and its student rows
+            c.execute(f"TRUNCATE {table} CASCADE")  # in one statement failed (see that migration)
         c.execute("VACUUM ANALYZE")
     # cwd = the code's own folder: `python -c` puts the working directory first on sys.path
     subprocess.run([sys.executable, "-c", "import sys; from growth_assets.cli import main; "

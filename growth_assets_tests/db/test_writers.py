@@ -264,6 +264,29 @@ def test_a_student_row_needs_its_fit_and_goes_with_it(db_url):
         assert c.execute("SELECT count(*) FROM growth.growth_student_posterior").fetchone()[0] == 0
 
 
+def test_truncating_the_fits_with_their_student_rows_in_one_statement_empties_both(db_url):
+    """``TRUNCATE growth_fit, growth_student_posterior`` (a clean-up naming every project table,
+    as bench_weekly's does): growth_fit's TRUNCATE trigger must not fail on the student table
+    that the same statement already holds open ("cannot TRUNCATE ... because it is being used
+    by active queries in this session"); both end empty, and so does a fit truncated alone."""
+    with connect(db_url) as c:
+        write_fit(c, make_result(3, run_id="native-20261116-043000"))
+    with psycopg.connect(db_url, autocommit=True) as c:
+        c.execute("TRUNCATE growth.growth_fit, growth.growth_student_posterior CASCADE")
+        assert c.execute("SELECT (SELECT count(*) FROM growth.growth_fit),"
+                         " (SELECT count(*) FROM growth.growth_student_posterior)").fetchone() == (0, 0)
+    with connect(db_url) as c:
+        write_fit(c, make_result(2, run_id="native-20261123-043000"))
+    with psycopg.connect(db_url, autocommit=True) as c:
+        with c.transaction():
+            cur = c.cursor(name="open")  # this session holds the student table open
+            cur.execute("SELECT user_id FROM growth.growth_student_posterior")
+            cur.fetchone()
+            c.execute("TRUNCATE growth.growth_fit CASCADE")
+            cur.close()
+        assert c.execute("SELECT count(*) FROM growth.growth_student_posterior").fetchone()[0] == 0
+
+
 def test_deleting_a_fit_waits_for_an_open_write_of_its_rows_and_takes_them(db_url):
     """A fit deleted while another transaction writes rows for it: the delete waits for that
     transaction (its rows locked the fit, as a foreign key's check does) and then deletes them
