@@ -213,29 +213,45 @@ def decode_arrays(data: bytes | bytearray | memoryview | np.ndarray, lengths: np
 def _decode_rows(b, i2, i4, at: np.ndarray, k: np.ndarray, types, specs, out: list[np.ndarray],
                  first_row: int) -> None:
     """Decode the tuples starting at byte offsets ``at`` (``k`` elements each) into ``out``;
-    CopyFormatError names the first row (counted from ``first_row``) and field that differ."""
-    checks = [("field count", i2[at], len(specs))]
-    at = at + 2
+    CopyFormatError names the first row (counted from ``first_row``) and field that differ.
+
+    The layout is checked a word at a time: per field, its length and ndim as one 8-byte
+    word, the NULL flag and element type as another, the array's length, and the first
+    element's length (an element's length word can only be the type's width here: no NULLs,
+    one type, the field's length checked). Only where a word differs are the fields looked
+    at one by one, to name what differs."""
+    i8 = _at(b, ">i8")
+    ok = i2[at] == len(specs)
+    pos = at + 2
     el = np.arange(int(k.sum()))  # the chunk's elements
     before = np.cumsum(k) - k  # elements in the rows before each row
-    for t, (oid, w, dt), col in zip(types, specs, out):
-        first = at + 4 + _ARRAY_HEADER  # each row's first element's length word
+    for (oid, w, dt), col in zip(specs, out):
+        first = pos + 4 + _ARRAY_HEADER  # each row's first element's length word
+        ok &= i8[pos] == ((_ARRAY_HEADER + k * (4 + w)) << 32) | 1
+        ok &= i8[pos + 8] == oid
+        ok &= i4[pos + 16] == k
+        ok &= i4[first] == w
+        col[:] = _at(b, dt)[np.repeat(first + 4 - (4 + w) * before, k) + (4 + w) * el]
+        pos = pos + 4 + _ARRAY_HEADER + k * (4 + w)
+    if not bool(ok.all()):
+        _refuse(i2, i4, at, k, types, specs, first_row)
+
+
+def _refuse(i2, i4, at: np.ndarray, k: np.ndarray, types, specs, first_row: int) -> None:
+    """CopyFormatError naming the first row whose layout differs (after it, offsets are
+    meaningless) and in it the first field that differs, in the order of its bytes."""
+    checks = [("field count", i2[at], len(specs))]
+    at = at + 2
+    for t, (oid, w, _) in zip(types, specs):
         checks += [(f"{t}[] field length", i4[at], _ARRAY_HEADER + k * (4 + w)), (f"{t}[] ndim", i4[at + 4], 1),
                    (f"{t}[] NULL flag", i4[at + 8], 0), (f"{t}[] element type", i4[at + 12], oid),
-                   (f"{t}[] length", i4[at + 16], k),
-                   # an element's length word can only be the type's width here (no NULLs, one
-                   # type, the field's length checked): each row's first one is read to show it
-                   (f"{t}[] element length", i4[first], w)]
-        col[:] = _at(b, dt)[np.repeat(first + 4 - (4 + w) * before, k) + (4 + w) * el]
+                   (f"{t}[] length", i4[at + 16], k), (f"{t}[] element length", i4[at + 4 + _ARRAY_HEADER], w)]
         at = at + 4 + _ARRAY_HEADER + k * (4 + w)
-    # the first row whose layout differs (after it, offsets are meaningless), and in it the
-    # first field that differs, in the order of its bytes
     found = []
     for j, (what, got, want) in enumerate(checks):
         bad = np.flatnonzero(got != want)
         if bad.size:
             i = int(bad[0])
             found.append((i, j, what, int(got[i]), int(np.broadcast_to(want, got.shape)[i])))
-    if found:
-        row, _, what, got, want = min(found)
-        raise CopyFormatError(f"binary COPY row {first_row + row}: {what} is {got}, expected {want}")
+    row, _, what, got, want = min(found)
+    raise CopyFormatError(f"binary COPY row {first_row + row}: {what} is {got}, expected {want}")

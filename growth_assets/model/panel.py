@@ -89,8 +89,9 @@ class Panel:
     @classmethod
     def from_columns(cls, student_ids, student, week, score, *,
                      score_range: tuple[float, float] | None = None,
-                     lookback_weeks: int | None = None) -> "Panel":
-        """Check coded columns against spec §1 and §3; raise PanelError naming the rows."""
+                     lookback_weeks: int | None = None, sort_rows: bool = False) -> "Panel":
+        """Check coded columns against spec §1 and §3; raise PanelError naming the rows.
+        ``sort_rows``: rows not in (student, week) order are put in it (as engines expect)."""
         ids = np.asarray(student_ids, dtype=object)
         code = np.asarray(student, dtype=np.int64)
         w = np.asarray(week)
@@ -137,6 +138,8 @@ class Panel:
                 if dup.size:
                     r = int(order[dup[0] + 1])
                     raise PanelError("student_id,week", "duplicate student-week row", (ids[code[r]], int(w[r])))
+                if sort_rows:
+                    code, w, y = code[order], w[order], y[order]
         if code.size < 3:
             raise PanelError("rows", "at least 3 rows are needed", int(code.size))
         present = int(np.count_nonzero(np.bincount(code, minlength=ids.size)))  # students with a row (no sort)

@@ -331,3 +331,17 @@ def test_every_reason_of_every_source_is_counted_once(conn):
     info = build_panel(conn, Window(MONDAY, 12), "theta", now=NOW)
     assert info.excluded == {"null_user_id": 3, "non_finite_theta": 3, "invalid_attempts": 2,
                              "future_dated": 3, "out_of_range": 4}
+
+
+def test_a_stored_row_whose_weeks_are_out_of_order_is_read_in_week_order(conn):
+    """A student's arrays written out of week order (by hand, or an older writer) come back
+    as rows in (student, week) order, each score with its own week; a week twice is refused."""
+    conn.execute("INSERT INTO growth_panel (panel_id, student_id, weeks, scores, sources) VALUES"
+                 " ('p', 'a', '{5,0,2}', '{1.5,0.5,1.0}', '{x,x,x}'), ('p', 'b', '{1,3}', '{2.0,3.0}', '{x,x}')")
+    panel = load_panel(conn, "p")
+    assert [(panel.student_ids[c], w, y) for c, w, y in zip(panel.student.tolist(), panel.week.tolist(),
+                                                            panel.score.tolist())] == [
+        ("a", 0, 0.5), ("a", 2, 1.0), ("a", 5, 1.5), ("b", 1, 2.0), ("b", 3, 3.0)]
+    conn.execute("UPDATE growth_panel SET weeks = '{3,1,3}' WHERE student_id = 'a'")
+    with pytest.raises(ContractError, match="duplicate student-week row"):
+        load_panel(conn, "p")

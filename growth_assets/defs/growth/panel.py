@@ -347,8 +347,4 @@ def load_panel(conn: psycopg.Connection, panel_id: str) -> Panel:
         rank = np.empty_like(order)
         rank[order] = np.arange(order.size)
         ids, code = ids[order], rank[code]
-    key = code * (int(week.max(initial=0)) + 1) + week
-    if key.size > 1 and not bool(np.all(key[1:] >= key[:-1])):  # (student, week) order, as engines expect
-        rows_order = np.argsort(key, kind="stable")
-        code, week, score = code[rows_order], week[rows_order], score[rows_order]
-    return Panel.from_columns(ids, code, week, score)
+    return Panel.from_columns(ids, code, week, score, sort_rows=True)  # (student, week) order, as engines expect
