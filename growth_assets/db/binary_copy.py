@@ -16,6 +16,7 @@ normalises on receipt.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
@@ -179,13 +180,18 @@ def _array_tuple_sizes(k: np.ndarray, specs) -> np.ndarray:
 
 
 def decode_arrays(data: bytes | bytearray | memoryview | np.ndarray, lengths: np.ndarray,
-                  types: Sequence[str], chunk_rows: int = _DECODE_CHUNK_ROWS) -> list[np.ndarray]:
+                  types: Sequence[str], chunk_rows: int = _DECODE_CHUNK_ROWS, *,
+                  dtypes: Sequence[np.dtype | str | None] | None = None, workers: int = 1) -> list[np.ndarray]:
     """Binary COPY ``data`` (header and trailer included) of tuples whose fields are arrays of
     ``types`` (``int4``, ``float8``), row ``i``'s arrays all of ``lengths[i]`` (>= 1) elements
     without NULLs: one flat column per field, rows' elements in order (vectorised: no Python
     object per row or element; ``chunk_rows`` rows at a time, so the offsets' temporaries do
     not grow with the data). Every length, count, type and flag of the layout is checked;
-    CopyFormatError names the first that differs."""
+    CopyFormatError names the first that differs.
+
+    ``dtypes``: each column's dtype (None: the field's own, int32 or float64), converted as it
+    is decoded (no second pass). ``workers``: threads decoding chunks at once (numpy works
+    without the GIL; each chunk's place in the data is known from ``lengths``)."""
     k = np.asarray(lengths, dtype=np.int64)
     specs = [_ARRAY_TYPES[t] for t in types]
     b = np.frombuffer(data, dtype=np.uint8)
@@ -196,17 +202,32 @@ def decode_arrays(data: bytes | bytearray | memoryview | np.ndarray, lengths: np
     if b.size != expected or bytes(b[:len(SIGNATURE)]) != SIGNATURE or bytes(b[b.size - 2:]) != TRAILER:
         raise CopyFormatError(f"binary COPY of {k.size} rows with {int(k.sum())} elements: {expected} bytes"
                               f" expected with its signature and trailer, got {b.size}")
-    del sizes
     i2, i4 = _at(b, ">i2"), _at(b, ">i4")
-    out = [np.empty(int(k.sum()), dtype=dt[1:]) for _, _, dt in specs]
-    row_at, el_at = len(SIGNATURE), 0  # the chunk's first byte and first element
-    for lo in range(0, k.size, max(int(chunk_rows), 1)):
-        kc = k[lo:lo + max(int(chunk_rows), 1)]
-        n_el = int(kc.sum())
-        sizes = _array_tuple_sizes(kc, specs)
-        _decode_rows(b, i2, i4, row_at + np.cumsum(sizes) - sizes, kc, types, specs,
-                     [o[el_at:el_at + n_el] for o in out], lo)
-        row_at, el_at = row_at + int(sizes.sum()), el_at + n_el
+    dtypes = list(dtypes) if dtypes is not None else [None] * len(specs)
+    out = [np.empty(int(k.sum()), dtype=want if want is not None else dt[1:])
+           for (_, _, dt), want in zip(specs, dtypes)]
+    step = max(int(chunk_rows), 1)
+    starts = np.arange(0, k.size, step)
+    # each chunk's first byte and first element
+    row_at = len(SIGNATURE) + np.concatenate([[0], np.cumsum(np.add.reduceat(sizes, starts))[:-1]]) if k.size else []
+    el_at = np.concatenate([[0], np.cumsum(np.add.reduceat(k, starts))[:-1]]) if k.size else []
+    del sizes
+
+    def chunk(j: int) -> None:
+        lo = int(starts[j])
+        kc = k[lo:lo + step]
+        n_el, e0 = int(kc.sum()), int(el_at[j])
+        sz = _array_tuple_sizes(kc, specs)
+        _decode_rows(b, i2, i4, int(row_at[j]) + np.cumsum(sz) - sz, kc, types, specs,
+                     [o[e0:e0 + n_el] for o in out], lo)
+
+    if workers <= 1 or starts.size <= 1:
+        for j in range(starts.size):
+            chunk(j)
+    else:
+        with ThreadPoolExecutor(max_workers=int(workers), thread_name_prefix="decode_arrays") as pool:
+            for _ in pool.map(chunk, range(starts.size)):  # in chunk order: the first bad row raises first
+                pass
     return out
 
 

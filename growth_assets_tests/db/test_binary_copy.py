@@ -126,20 +126,26 @@ def test_data_of_another_layout_is_refused_naming_what_differs(conn, query, leng
 
 
 
-@pytest.mark.parametrize("chunk_rows", [1, 2, 3, 1000])
-def test_arrays_decoded_in_chunks_are_the_same_columns_and_a_bad_row_is_named_by_its_place(conn, chunk_rows):
-    """Rows decoded a chunk at a time give the columns of one pass; a row whose layout differs
-    in a later chunk is named by its row number in the whole COPY, not in its chunk."""
+@pytest.mark.parametrize("chunk_rows, workers", [(1, 1), (2, 1), (3, 1), (1000, 1), (1, 3), (2, 2)])
+def test_arrays_decoded_in_chunks_are_the_same_columns_and_a_bad_row_is_named_by_its_place(conn, chunk_rows,
+                                                                                          workers):
+    """Rows decoded a chunk at a time (by several threads at once) give the columns of one
+    pass; a row whose layout differs in a later chunk is named by its row number in the whole
+    COPY, not in its chunk, and the first such row is named whichever thread finds it."""
     good = ("SELECT (ARRAY[i, i + 1, i + 2])[1:1 + i % 3], (ARRAY[i * 0.5, 1.5, 2.5]::float8[])[1:1 + i % 3]"
             " FROM generate_series(0, 9) i ORDER BY i")
     k = np.array([1 + i % 3 for i in range(10)])
-    w, y = decode_arrays(_copy_out(conn, good), k, ("int4", "float8"), chunk_rows=chunk_rows)
+    w, y = decode_arrays(_copy_out(conn, good), k, ("int4", "float8"), chunk_rows=chunk_rows, workers=workers)
     w1, y1 = decode_arrays(_copy_out(conn, good), k, ("int4", "float8"))
+    w64, _ = decode_arrays(_copy_out(conn, good), k, ("int4", "float8"), chunk_rows=chunk_rows, workers=workers,
+                           dtypes=(np.int64, None))
+    assert w64.dtype == np.int64 and w64.tolist() == w1.tolist()
     assert w.tolist() == w1.tolist() == [v for i in range(10) for v in [i, i + 1, i + 2][:1 + i % 3]]
     assert y.tolist() == y1.tolist()
     # row 5 has one score too few and row 6 one too many: the same bytes in all, row 5 differs first
     bad = ("SELECT ARRAY[1, 2], CASE i WHEN 5 THEN ARRAY[0.5]::float8[] WHEN 6 THEN ARRAY[0.5, 1, 2]::float8[]"
            " ELSE ARRAY[0.5, 1.5]::float8[] END FROM generate_series(0, 9) i ORDER BY i")
     with pytest.raises(CopyFormatError, match=r"row 5: float8\[\] field length is 32, expected 44"):
-        decode_arrays(_copy_out(conn, bad), np.full(10, 2), ("int4", "float8"), chunk_rows=chunk_rows)
+        decode_arrays(_copy_out(conn, bad), np.full(10, 2), ("int4", "float8"), chunk_rows=chunk_rows,
+                      workers=workers)
 

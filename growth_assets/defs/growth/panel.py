@@ -8,6 +8,7 @@ process or pod reads exactly the rows that were built. No raw rows go through pa
 from __future__ import annotations
 
 import functools
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
@@ -335,13 +336,14 @@ def load_panel(conn: psycopg.Connection, panel_id: str) -> Panel:
     else:
         ids, counts, buf = _read_in_turn(conn, panel_id)
     try:
-        week, score = decode_arrays(buf, counts, _ARRAY_FIELDS)
+        # weeks decoded straight to int64 (the Panel's dtype), chunks on the cores this process may use
+        week, score = decode_arrays(buf, counts, _ARRAY_FIELDS, dtypes=(np.int64, None),
+                                    workers=min(4, len(os.sched_getaffinity(0))))
     except CopyFormatError as e:
         raise ContractError("growth_panel", f"a stored row is not (weeks int4[], scores float8[]): {e}",
                             panel_id) from e
     del buf
     code = np.repeat(np.arange(ids.size, dtype=np.int64), counts)
-    week = week.astype(np.int64)
     if ids.size > 1 and not bool(np.all(ids[1:] > ids[:-1])):  # code points, as "C" orders them
         order = np.argsort(ids, kind="stable")
         rank = np.empty_like(order)
