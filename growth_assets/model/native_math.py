@@ -49,6 +49,8 @@ and its numpy twin are the same code.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -375,7 +377,8 @@ def student_predictions(
     S = len(red.student_ids)
     out = {k: np.empty(S) for k in ("mean_a", "mean_b", "var_a", "var_b", "cov_ab", "P")}
     bound = np.empty(S)
-    for lo in range(0, S, _STUDENT_CHUNK):
+
+    def chunk(lo: int) -> None:
         sl = slice(lo, min(S, lo + _STUDENT_CHUNK))
         ma, mb, va, vb, cab, p, bd = student_lines(gm, red.group[sl], red.g[sl])
         out["mean_a"][sl] = ybar + s * ma
@@ -385,6 +388,15 @@ def student_predictions(
         out["cov_ab"][sl] = s * s * cab
         out["P"][sl] = p
         bound[sl] = bd
+
+    chunks = range(0, S, _STUDENT_CHUNK)
+    if len(chunks) > 1:  # disjoint slices on the cores this process may use (numpy without the GIL)
+        with ThreadPoolExecutor(max_workers=min(4, len(os.sched_getaffinity(0))),
+                                thread_name_prefix="student_lines") as pool:
+            list(pool.map(chunk, chunks))
+    else:
+        for lo in chunks:
+            chunk(lo)
     exact = bound > p_tolerance
     if exact.any():
         idx = np.flatnonzero(exact)
