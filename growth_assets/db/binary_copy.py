@@ -16,7 +16,6 @@ normalises on receipt.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
@@ -24,6 +23,7 @@ import numpy as np
 import psycopg
 from psycopg.copy import QueuedLibpqWriter
 
+from ..model.chunks import each_chunk
 from ..model.keys import unique_rows
 
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8  # signature, flags, header extension length
@@ -143,8 +143,8 @@ def copy_in(conn: psycopg.Connection, table: str, names: Sequence[str], data: It
     """One COPY of ``data`` (what ``encode`` made of columns ``names``, in pieces) into ``table``.
 
     A thread of psycopg's (``QueuedLibpqWriter``) sends each piece while this one encodes the
-    next, so the server stores rows while the client encodes: with the plain writer the
-    server waited, idle, for every piece to be encoded (a third of ``write_fit``'s time)."""
+    next, so the server can store rows meanwhile (the plain writer returns only once a piece
+    is sent; for ``write_fit`` the gain measured was not steady: ``benchmarks/results/fit_1206.md``)."""
     cur = conn.cursor()
     with cur.copy(f"COPY {table} ({', '.join(names)}) FROM STDIN (FORMAT binary)",
                   writer=QueuedLibpqWriter(cur)) as copy:
@@ -208,26 +208,19 @@ def decode_arrays(data: bytes | bytearray | memoryview | np.ndarray, lengths: np
            for (_, _, dt), want in zip(specs, dtypes)]
     step = max(int(chunk_rows), 1)
     starts = np.arange(0, k.size, step)
-    # each chunk's first byte and first element
-    row_at = len(SIGNATURE) + np.concatenate([[0], np.cumsum(np.add.reduceat(sizes, starts))[:-1]]) if k.size else []
-    el_at = np.concatenate([[0], np.cumsum(np.add.reduceat(k, starts))[:-1]]) if k.size else []
+    row_at = len(SIGNATURE) + np.concatenate([[0], np.cumsum(sizes)])[starts]  # each chunk's first byte
+    el_at = np.concatenate([[0], np.cumsum(k)])[starts]  # and first element
     del sizes
 
     def chunk(j: int) -> None:
-        lo = int(starts[j])
+        lo, e0 = int(starts[j]), int(el_at[j])
         kc = k[lo:lo + step]
-        n_el, e0 = int(kc.sum()), int(el_at[j])
+        n_el = int(kc.sum())
         sz = _array_tuple_sizes(kc, specs)
         _decode_rows(b, i2, i4, int(row_at[j]) + np.cumsum(sz) - sz, kc, types, specs,
                      [o[e0:e0 + n_el] for o in out], lo)
 
-    if workers <= 1 or starts.size <= 1:
-        for j in range(starts.size):
-            chunk(j)
-    else:
-        with ThreadPoolExecutor(max_workers=int(workers), thread_name_prefix="decode_arrays") as pool:
-            for _ in pool.map(chunk, range(starts.size)):  # in chunk order: the first bad row raises first
-                pass
+    each_chunk(chunk, starts.size, workers)  # the lowest chunk's error first: the first bad row
     return out
 
 

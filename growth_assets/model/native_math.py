@@ -49,14 +49,13 @@ and its numpy twin are the same code.
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy.special import ndtr
 
+from .chunks import each_chunk
 from .contract import line_prediction
 from .keys import unique_rows
 from .lines import conditional_terms, posterior_blocks
@@ -223,8 +222,7 @@ def collapsed_loglik(xp, beta0, beta1, tau0, tau1, rho, sigma, groups, totals=No
 # monomials of degree <= 2 in (g0, g1): 1, g0, g1, g0^2, g0 g1, g1^2
 _QUAD_PAIRS = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
 # monomials of degree <= 4: g0^p g1^q, with the multinomial coefficient of (dw . x)^4's term
-_QUARTIC = tuple((p, q, math.factorial(4) // (math.factorial(4 - p - q) * math.factorial(p) * math.factorial(q)))
-                 for p in range(5) for q in range(5 - p))
+_QUARTIC = tuple((p, q, math.comb(4, p + q) * math.comb(p + q, p)) for p in range(5) for q in range(5 - p))
 
 
 def _quartic_at() -> tuple[np.ndarray, np.ndarray]:
@@ -378,8 +376,8 @@ def student_predictions(
     out = {k: np.empty(S) for k in ("mean_a", "mean_b", "var_a", "var_b", "cov_ab", "P")}
     bound = np.empty(S)
 
-    def chunk(lo: int) -> None:
-        sl = slice(lo, min(S, lo + _STUDENT_CHUNK))
+    def chunk(j: int) -> None:
+        sl = slice(j * _STUDENT_CHUNK, min(S, (j + 1) * _STUDENT_CHUNK))
         ma, mb, va, vb, cab, p, bd = student_lines(gm, red.group[sl], red.g[sl])
         out["mean_a"][sl] = ybar + s * ma
         out["mean_b"][sl] = s * mb
@@ -389,14 +387,7 @@ def student_predictions(
         out["P"][sl] = p
         bound[sl] = bd
 
-    chunks = range(0, S, _STUDENT_CHUNK)
-    if len(chunks) > 1:  # disjoint slices on the cores this process may use (numpy without the GIL)
-        with ThreadPoolExecutor(max_workers=min(4, len(os.sched_getaffinity(0))),
-                                thread_name_prefix="student_lines") as pool:
-            list(pool.map(chunk, chunks))
-    else:
-        for lo in chunks:
-            chunk(lo)
+    each_chunk(chunk, -(-S // _STUDENT_CHUNK))  # disjoint slices, on the cores this process may use
     exact = bound > p_tolerance
     if exact.any():
         idx = np.flatnonzero(exact)

@@ -8,7 +8,6 @@ process or pod reads exactly the rows that were built. No raw rows go through pa
 from __future__ import annotations
 
 import functools
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
@@ -22,6 +21,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
 from ...db.binary_copy import CopyFormatError, decode_arrays
+from ...model.chunks import usable_cores
 from ...model.contract import ContractError
 from ...model.panel import Panel
 from ...model.window import Window, monday_of  # noqa: F401  (re-exported)
@@ -337,8 +337,7 @@ def load_panel(conn: psycopg.Connection, panel_id: str) -> Panel:
         ids, counts, buf = _read_in_turn(conn, panel_id)
     try:
         # weeks decoded straight to int64 (the Panel's dtype), chunks on the cores this process may use
-        week, score = decode_arrays(buf, counts, _ARRAY_FIELDS, dtypes=(np.int64, None),
-                                    workers=min(4, len(os.sched_getaffinity(0))))
+        week, score = decode_arrays(buf, counts, _ARRAY_FIELDS, dtypes=(np.int64, None), workers=usable_cores())
     except CopyFormatError as e:
         raise ContractError("growth_panel", f"a stored row is not (weeks int4[], scores float8[]): {e}",
                             panel_id) from e
