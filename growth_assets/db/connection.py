@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ..settings import Settings, check_schema
@@ -69,6 +70,22 @@ def connect(url: str | None = None, *, schema: str | None = None, autocommit: bo
     project's schema first on its search_path."""
     with psycopg.connect(project_conninfo(url, schema, **kwargs), autocommit=autocommit) as conn:
         yield conn
+
+
+@contextmanager
+def in_snapshot(conninfo: str, password: str | None, snapshot: str) -> Iterator[psycopg.Connection]:
+    """A second connection to a connection's database (the first one's ``info.dsn`` and
+    ``info.password``, read by the thread that uses the first one: libpq's connection is not
+    for two threads at once), in a read-only transaction that sees exactly ``snapshot`` (``pg_export_snapshot()`` of a
+    transaction of the first one's, open for as long as this one needs it): two server processes
+    read one state of the database at once. Closed when the block ends. Connecting can fail
+    (a pooler that keeps one server connection per client, a server at max_connections):
+    psycopg's error, for the caller to read on the first connection alone."""
+    with psycopg.connect(conninfo, password=password, autocommit=True) as other, \
+            other.transaction():
+        other.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        other.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        yield other
 
 
 @contextmanager

@@ -11,7 +11,9 @@ import math
 from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
+import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from growth_assets.db import connect
 from growth_assets.db.writers import merge_weekly_kpi
@@ -223,12 +225,15 @@ def test_a_batch_answers_each_user_as_a_call_for_that_user_alone(fitted, conn, c
             assert (x is None and y is None) or x == pytest.approx(y, rel=1e-12, abs=1e-15), u
 
 
-def test_a_batch_sends_each_chunk_before_it_answers_the_one_before(fitted, conn, monkeypatch):
-    """The server reads chunk k + 1 while the process answers chunk k: when the chain of a
-    chunk starts, the next chunk's two reads (stored P; sums and theta) have been sent, and
-    no later one (a fetch in psycopg's pipeline waits for every statement sent before it).
-    The cyclic garbage collector is paused for the batch, and on again after it, also after
-    an error."""
+@pytest.mark.parametrize("in_callers_transaction", [True, False])
+def test_a_batch_sends_each_chunk_before_it_answers_the_one_before(fitted, conn, monkeypatch, in_callers_transaction):
+    """The server reads ahead while the process answers: when the chain of chunk k starts,
+    the reads (stored P; sums and theta) of the chunks up to k + 1 have been sent on one
+    connection (inside a caller's transaction), and no later one (a fetch in psycopg's
+    pipeline waits for every statement sent before it); on a session with nothing open, the
+    chunks go in turn to the session and a second connection, each one chunk ahead: up to
+    k + 2. The cyclic garbage collector is paused for the batch, and on again after it,
+    also after an error."""
     import gc
 
     from growth_assets import metrics
@@ -238,7 +243,8 @@ def test_a_batch_sends_each_chunk_before_it_answers_the_one_before(fitted, conn,
     real_execute, real_chain = metrics._execute, metrics._chain
 
     def execute(session, sql, params):
-        sent.append(sql)
+        ids = params.get("users")
+        sent.append((session.pgconn.backend_pid, ids.n if ids is not None else None, sql))
         return real_execute(session, sql, params)
 
     def chain(users, *a):
@@ -247,18 +253,77 @@ def test_a_batch_sends_each_chunk_before_it_answers_the_one_before(fitted, conn,
 
     monkeypatch.setattr(metrics, "_execute", execute)
     monkeypatch.setattr(metrics, "_chain", chain)
+    if in_callers_transaction:
+        conn.execute("SELECT 1")
     users = fitted["res"].students.student_id[:450].tolist()
     assert gc.isenabled()
     out = batch(conn, users, target=TARGET)
     assert list(out) == users and gc.isenabled()
-    # the latest run, then two reads per chunk; chunks of 100, 100, 100, 100, 50
-    assert [n for _, n, _ in seen] == [1 + 2 * 2, 1 + 3 * 2, 1 + 4 * 2, 1 + 5 * 2, 1 + 5 * 2]
+    reads = [(pid, n) for pid, n, _ in sent if n is not None]  # two per chunk: 100, 100, 100, 100, 50 users
+    assert [n for _, n in reads] == [100] * 8 + [50] * 2
+    before = len(sent) - len(reads)  # the latest run (with the snapshot and the second connection's settings)
+    ahead = 1 if in_callers_transaction else 2
+    assert [n for _, n, _ in seen] == [before + 2 * min(k + 1 + ahead, 5) for k in range(5)]
+    pids = [pid for pid, _ in reads[::2]]
+    if in_callers_transaction:
+        assert set(pids) == {conn.pgconn.backend_pid}
+    else:  # chunk k on connection k % 2: the session's and another one's
+        assert pids[0::2] == [conn.pgconn.backend_pid] * 3 and len(set(pids[1::2])) == 1
+        assert pids[1] != conn.pgconn.backend_pid
     assert [u for u, _, _ in seen] == users[::100] and not any(on for _, _, on in seen)
     monkeypatch.setattr(metrics, "_chain", lambda *a: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         batch(conn, users, target=TARGET)
     assert gc.isenabled()
     conn.rollback()
+
+
+def test_a_batch_on_two_connections_reads_one_snapshot_and_gives_the_answers_of_one(fitted, conn, monkeypatch):
+    """A batch on an idle session reads its chunks on two connections that share the
+    session's snapshot: a P committed by someone else while the batch runs is not seen by
+    its later chunks (each statement of a batch saw the latest commit before: one user's
+    answer then depended on which chunk she fell in). Its answers are those of the same batch
+    on one connection (inside a caller's transaction), and of it where no second connection
+    can be had."""
+    from growth_assets import metrics
+
+    monkeypatch.setattr(metrics, "BATCH_CHUNK_USERS", 100)
+    users = fitted["res"].students.student_id[:450].tolist()
+    last = users[-1]  # in the last chunk, read after the first chunk is answered
+    before = conn.execute("SELECT kpis FROM weekly_kpi WHERE user_id = %s", (last,)).fetchone()[0]
+    conn.rollback()
+    real_chain, committed = metrics._chain, []
+
+    def chain(chunk, *a):
+        if not committed:  # someone else stores another P for ``last``, while chunk 0 is answered
+            with connect(fitted["url"]) as other:
+                other.execute("UPDATE weekly_kpi SET kpis = kpis || '{\"P\": 0.123}' WHERE user_id = %s", (last,))
+            committed.append(True)
+        return real_chain(chunk, *a)
+
+    monkeypatch.setattr(metrics, "_chain", chain)
+    try:
+        two = batch(conn, users, target=TARGET)
+        assert committed and two[last].path == "stored" and two[last].P == before["P"]
+        assert batch(conn, [last], target=TARGET)[last].P == 0.123  # committed, and seen by a later call
+    finally:
+        with connect(fitted["url"]) as other:
+            other.execute("UPDATE weekly_kpi SET kpis = %s WHERE user_id = %s", (Jsonb(before), last))
+    monkeypatch.setattr(metrics, "_chain", real_chain)
+    conn.execute("SELECT 1")  # a caller's transaction: one connection
+    one = batch(conn, users, target=TARGET)
+    conn.rollback()
+
+    def refused(*a, **k):
+        raise psycopg.OperationalError("sorry, too many clients already")
+
+    monkeypatch.setattr(psycopg, "connect", refused)
+    alone = batch(conn, users, target=TARGET)
+    for u in users:
+        assert (two[u].path, two[u].P, two[u].sigma, two[u].reasons) == (one[u].path, one[u].P, one[u].sigma,
+                                                                         one[u].reasons), u
+        assert (alone[u].path, alone[u].P, alone[u].sigma, alone[u].reasons) == (one[u].path, one[u].P, one[u].sigma,
+                                                                                 one[u].reasons), u
 
 
 def test_a_new_run_between_two_calls_is_answered_from_at_once(db_url, monkeypatch):

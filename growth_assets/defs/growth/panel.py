@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from psycopg import sql
 from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
 from ...db.binary_copy import CopyFormatError, decode_arrays
+from ...db.connection import in_snapshot
 from ...model.chunks import usable_cores
 from ...model.contract import ContractError
 from ...model.panel import Panel
@@ -272,9 +272,7 @@ def _arrays(conn: psycopg.Connection, panel_id: str) -> bytearray:
 
 def _ids_in_snapshot(conninfo: str, password: str | None, snapshot: str, panel_id: str) -> bytearray:
     """``_ids_text`` on a connection of its own, in the exported ``snapshot``."""
-    with psycopg.connect(conninfo, password=password, autocommit=True) as other, other.transaction():
-        other.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        other.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+    with in_snapshot(conninfo, password, snapshot) as other:
         other.execute(_KEY_ORDER)
         return _ids_text(other, panel_id)
 
