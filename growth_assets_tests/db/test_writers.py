@@ -83,6 +83,22 @@ def test_merge_keeps_keys_other_writers_own(conn):
     assert (k["P"], k["P_target"], k["P_source"], k["I_t"], k["P_run_id"]) == (0.9, 1.5, "posterior", 0.4, None)
 
 
+def test_a_merge_stores_the_same_json_text_as_sqls_own_float8_to_jsonb(conn):
+    """What every row of a merge shares (P_target, P_week, ...) is built once per statement,
+    in SQL, so the stored text is what a per-row jsonb_build_object stored before: a target of
+    0 is the JSON number 0 (Python's json would write 0.0; a SQL reader of kpis ->> 'P_target'
+    sees the difference), and one of 1e-05 is 0.00001."""
+    merge(conn, [("u1", 0.7, 0.2)], target=0.0)
+    merge(conn, [("u2", 0.5, 0.1)], target=1e-05, run_id=None, source="posterior")
+    rows = conn.execute("SELECT user_id, kpis ->> 'P_target', kpis ->> 'P_week', kpis -> 'P_run_id', kpis::text"
+                        " FROM weekly_kpi ORDER BY user_id").fetchall()
+    assert [r[:4] for r in rows] == [("u1", "0", "2026-12-14", "native-20261123-043000"),
+                                     ("u2", "0.00001", "2026-12-14", None)]
+    assert rows[0][4] == conn.execute(
+        "SELECT jsonb_build_object('P', 0.7::float8, 'sigma', 0.2::float8, 'P_target', 0::float8,"
+        " 'P_week', '2026-12-14', 'P_run_id', 'native-20261123-043000', 'P_source', 'native')::text").fetchone()[0]
+
+
 def _other_writer_update(url, user, key, value, hold, done):
     with connect(url) as c:
         c.execute("INSERT INTO weekly_kpi (user_id, week_start, kpis) VALUES (%s, %s, jsonb_build_object(%s::text, %s::int))"
