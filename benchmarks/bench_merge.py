@@ -17,9 +17,7 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +37,7 @@ def worker(src: str, url: str) -> dict:
 
     import growth_assets
     from bench_metrics import RUN_ID, WEEK
-    from bench_update import backend_cpu_s
+    from bench_metrics import backend_cpu_s
     from growth_assets.db.writers import merge_run_into_weekly_kpi
 
     assert Path(growth_assets.__file__).resolve().is_relative_to(Path(src).resolve()), growth_assets.__file__
@@ -61,41 +59,25 @@ def worker(src: str, url: str) -> dict:
     return out
 
 
-def run_worker(src: Path, url: str) -> dict:
-    code = (f"import json, sys; sys.path.insert(0, {str(REPO / 'benchmarks')!r}); import bench_merge as b; "
-            f"print(json.dumps(b.worker({str(src)!r}, {url!r})))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(src),
-                         env={**os.environ, "PYTHONPATH": ""})
-    if out.returncode != 0:
-        raise RuntimeError(f"the worker with {src} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--students", type=int, default=100_000, help="student rows of the run (the issue's: 1000000)")
+    ap.add_argument("--students", type=int, default=10_000, help="student rows of the run (the issue's: 1000000)")
     ap.add_argument("--rounds", type=int, default=3, help="times each checkout is measured, in turn")
     ap.add_argument("--baseline", type=Path, help="another checkout to measure side by side")
     ap.add_argument("--out", type=Path, help="folder for merge.json / merge.md")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
 
-    from bench_metrics import store_synthetic_run
-    from growth_assets.db import connect, localpg
+    from bench_metrics import run_checkout, store_synthetic_run, throwaway_database
+    from growth_assets.db import connect
     from growth_assets.db.connection import project_conninfo
-    from growth_assets.db.migrate import migrate
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-merge-"))
-    tmp.chmod(0o755)
-    cluster = localpg.ensure_cluster(tmp / "data")
     res: dict = {"students": args.students, "rounds": args.rounds,
                  "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
                  "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     codes = [("current", REPO)] + ([("baseline", args.baseline.resolve())] if args.baseline else [])
     runs: dict[str, list[dict]] = {label: [] for label, _ in codes}
-    try:
-        url = cluster.url()
-        migrate(url, apply_source_changes=True)
+    with throwaway_database("bench-merge-") as url:
         with connect(url) as conn:
             store_synthetic_run(conn, [f"s{i:07d}" for i in range(args.students)], 6)
             conn.commit()
@@ -104,11 +86,8 @@ def main() -> int:
         url = project_conninfo(url)
         for _ in range(args.rounds):  # in turn, so that a slow spell of the machine falls on both
             for label, src in codes:
-                runs[label].append(run_worker(src, url))
+                runs[label].append(run_checkout("bench_merge", src, url))
                 print(label, json.dumps(runs[label][-1]), flush=True)
-    finally:
-        cluster.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
     res["runs"] = runs
     prints = {r["fingerprint"] for got in runs.values() for r in got}
     res["same_kpis"] = len(prints) == 1

@@ -25,9 +25,12 @@ import platform
 import random
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -50,6 +53,57 @@ def path_of(i: int) -> str:
 
 MEANS = {"b_Intercept": -0.5, "b_week": 0.05, "sd_student_id__Intercept": 0.8,
          "sd_student_id__week": 0.04, "cor_student_id__Intercept__week": 0.2, "sigma": 0.3}
+
+
+@contextmanager
+def throwaway_database(prefix: str) -> Iterator[str]:
+    """The URL of a migrated database on a throwaway local cluster (in a temporary folder),
+    stopped and removed after the block."""
+    from growth_assets.db import localpg
+    from growth_assets.db.migrate import migrate
+
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    tmp.chmod(0o755)
+    cluster = localpg.ensure_cluster(tmp / "data")
+    try:
+        url = cluster.url()
+        migrate(url, apply_source_changes=True)
+        yield url
+    finally:
+        cluster.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_checkout(module: str, src: Path, *args) -> dict:
+    """``module.worker(str(src), *args)`` (a benchmark of this folder) in a fresh process in
+    the checkout ``src``, which that worker puts first on its path: its JSON result."""
+    here = str(Path(__file__).resolve().parent)
+    code = (f"import json, sys; sys.path.insert(0, {here!r}); import {module} as b; "
+            f"print(json.dumps(b.worker(*{(str(src), *args)!r})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(src),
+                         env={**os.environ, "PYTHONPATH": ""})
+    if out.returncode != 0:
+        raise RuntimeError(f"the worker with {src} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _proc_cpu_s(pid: int, fields: tuple[int, ...]) -> float:
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # after the command's name
+    return sum(int(stat[f]) for f in fields) / os.sysconf("SC_CLK_TCK")
+
+
+def backend_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a server backend has used so far, from /proc (the bench's
+    cluster runs on this machine)."""
+    return _proc_cpu_s(pid, (11, 12))
+
+
+def server_cpu_s(pid: int) -> float:
+    """``backend_cpu_s`` of a backend, plus the CPU seconds of every backend of its server
+    that has exited so far (its postmaster's reaped children, by /proc's cutime and cstime):
+    the work of a second connection that a measure opened and closed counts too."""
+    postmaster = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return backend_cpu_s(pid) + _proc_cpu_s(postmaster, (13, 14))
 
 
 def store_synthetic_run(conn, ids: list[str], n_obs: int, draws: dict | None = None,

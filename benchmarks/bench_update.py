@@ -24,9 +24,7 @@ import json
 import os
 import platform
 import random
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +33,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
+from bench_metrics import server_cpu_s  # noqa: E402  (this folder, on the path just above)
 WINDOW_START = date(2026, 8, 31)
 WEEK = date(2026, 11, 23)  # the window's end; weeks 12 and 13 have passed since
 RUN_ID = "native-20261123-043000"
@@ -104,24 +103,18 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, max(0, int(round(q / 100 * (len(xs) - 1)))))]
 
 
-def backend_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) a server backend has used so far, from /proc (the bench's
-    cluster runs on this machine)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class CpuClock:
-    """CPU seconds of this process and of its connection's backend: what a measure cost the
-    two cores, which time stolen from this virtual machine does not inflate as it does the
-    wall-clock time (the same checkout's wall time varied 2x within minutes here)."""
+    """CPU seconds of this process and of the server (its connection's backend, and any other
+    backend that exited meanwhile: a batch's second connection, ``server_cpu_s``): what a
+    measure cost the two cores, which time stolen from this virtual machine does not inflate
+    as it does the wall-clock time (the same checkout's wall time varied 2x within minutes here)."""
 
     def __init__(self, conn) -> None:
         self.pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
         conn.rollback()
 
     def now(self) -> tuple[float, float]:
-        return time.process_time(), backend_cpu_s(self.pid)
+        return time.process_time(), server_cpu_s(self.pid)
 
 
 def worker(src: str, url: str, n: int, calls: int, reps: int) -> dict:
@@ -188,13 +181,9 @@ def best_of(runs: list[dict]) -> dict:
 
 
 def run_worker(src: Path, url: str, n: int, calls: int, reps: int) -> dict:
-    code = (f"import json, sys; sys.path.insert(0, {str(REPO / 'benchmarks')!r}); import bench_update as b; "
-            f"print(json.dumps(b.worker({str(src)!r}, {url!r}, {n}, {calls}, {reps})))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(src),
-                         env={**os.environ, "PYTHONPATH": ""})
-    if out.returncode != 0:
-        raise RuntimeError(f"the worker with {src} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    from bench_metrics import run_checkout
+
+    return run_checkout("bench_update", src, url, n, calls, reps)
 
 
 def batch_row(label: str, b: dict) -> str:
@@ -215,21 +204,16 @@ def main() -> int:
     os.environ.pop("METRICS_DEFAULT_TARGET", None)
     sys.path.insert(0, str(REPO))
 
-    from growth_assets.db import connect, localpg
+    from bench_metrics import throwaway_database
+    from growth_assets.db import connect
     from growth_assets.db.connection import project_conninfo
-    from growth_assets.db.migrate import migrate
     from growth_assets.metrics import explain_goal_attainment_probability
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-update-"))
-    tmp.chmod(0o755)
-    cluster = localpg.ensure_cluster(tmp / "data")
     res: dict = {"users": args.users, "calls_per_kind": args.calls,
                  "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
                  "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     expect = {"stored": "stored", "update": "update", "new": "update", "normal": "normal"}
-    try:
-        url = cluster.url()
-        migrate(url, apply_source_changes=True)
+    with throwaway_database("bench-update-") as url:
         with connect(url) as conn:
             populate(conn, args.users)
             for i in range(min(args.users, 400)):
@@ -248,9 +232,6 @@ def main() -> int:
             res[label] = best_of(got)
         if args.baseline:
             res["baseline_src"] = args.baseline.name
-    finally:
-        cluster.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-update-out-"))
     out.mkdir(parents=True, exist_ok=True)
