@@ -117,7 +117,9 @@ path 3's theta for those with no scores) go in one pipeline with the call's BEGI
 trip to the server, and one more for the end of its read-only block (``_reading``). A batch
 (more than ``PREFETCH_THETA_MAX_USERS`` users) reads its run first, then its users in chunks
 of ``BATCH_CHUNK_USERS``, each chunk's reads sent before the chunk ahead of it is answered,
-so that the server and this process work at once (``_start_batch``).
+so that the server and this process work at once (``_start_batch``); a batch of several
+chunks on a session with nothing of its caller's open reads them on two connections that share
+one snapshot, so that two server processes read while this one answers.
 """
 
 from __future__ import annotations

@@ -76,11 +76,12 @@ def connect(url: str | None = None, *, schema: str | None = None, autocommit: bo
 def in_snapshot(conninfo: str, password: str | None, snapshot: str) -> Iterator[psycopg.Connection]:
     """A second connection to a connection's database (the first one's ``info.dsn`` and
     ``info.password``, read by the thread that uses the first one: libpq's connection is not
-    for two threads at once), in a read-only transaction that sees exactly ``snapshot`` (``pg_export_snapshot()`` of a
-    transaction of the first one's, open for as long as this one needs it): two server processes
-    read one state of the database at once. Closed when the block ends. Connecting can fail
-    (a pooler that keeps one server connection per client, a server at max_connections):
-    psycopg's error, for the caller to read on the first connection alone."""
+    for two threads at once), in a read-only transaction that sees exactly ``snapshot``
+    (``pg_export_snapshot()`` of a transaction of the first one's, open for as long as this one
+    needs it): two server processes read one state of the database at once. Closed when the
+    block ends. Connecting can fail (a pooler that keeps one server connection per client, a
+    server at max_connections): psycopg's error, for the caller to read on the first
+    connection alone."""
     with psycopg.connect(conninfo, password=password, autocommit=True) as other, \
             other.transaction():
         other.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
