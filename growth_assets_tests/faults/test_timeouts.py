@@ -62,3 +62,41 @@ def test_a_read_leaves_the_session_idle_not_in_a_transaction(db_url):
         session.execute("SELECT 1")
         compute(session, "nobody", target=0.0)
         assert session.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+
+
+def test_a_batch_on_two_connections_that_hits_a_lock_fails_in_time_and_leaves_nothing_open(db_url, monkeypatch):
+    """A batch of several chunks reads on the session and on a second connection in its
+    snapshot: a lock that stops both is the lock-timeout error, the session is idle after it
+    (usable again), and the second connection is closed, not left behind."""
+    from growth_assets import metrics
+
+    monkeypatch.setenv("DATABASE_LOCK_TIMEOUT_MS", "500")
+    monkeypatch.setenv("METRICS_USE_BAYESIAN", "true")
+    monkeypatch.setattr(metrics, "BATCH_CHUNK_USERS", 70)
+    users = [f"u{i}" for i in range(300)]
+    others = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+              " AND backend_type = 'client backend' AND pid <> pg_backend_pid()")
+    locker = psycopg.connect(db_url)
+    locker.execute("LOCK TABLE weekly_kpi IN ACCESS EXCLUSIVE MODE")
+    try:
+        with connect(db_url) as session:
+            opened = []
+            real = metrics._second_reader
+            monkeypatch.setattr(metrics, "_second_reader", lambda *a: opened.append(real(*a)) or opened[-1])
+            t0 = time.monotonic()
+            with pytest.raises(psycopg.errors.LockNotAvailable, match="lock timeout"):
+                metrics.compute_goal_attainment_probabilities(session, users, target=0.0)
+            assert time.monotonic() - t0 < 5
+            assert opened and opened[0] is not None and opened[0].closed  # there was a second one, now closed
+            assert session.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            locker.rollback()
+            out = metrics.compute_goal_attainment_probabilities(session, users, target=0.0)
+            assert len(out) == 300 and {a.path for a in out.values()} == {"none"}
+            deadline = time.monotonic() + 5
+            while (n := session.execute(others).fetchone()[0]) > 1 and time.monotonic() < deadline:
+                session.rollback()
+                time.sleep(0.05)
+            assert n == 1  # the locker: no second connection of the batches left
+    finally:
+        locker.rollback()
+        locker.close()
