@@ -3,8 +3,8 @@
 #
 #   r_brms_plumber/serve.sh [--port 8080] [--host 0.0.0.0] [--allow-no-token]
 #
-# (serve.sh runs this file and turns SIGTERM into SIGINT, which shuts the service down
-# gracefully: 503 to in-flight fits, their processes killed.)
+# (serve.sh runs this file and turns SIGTERM into a stop file, GROWTH_R_STOP_FILE, which shuts
+# the service down gracefully: 503 to in-flight fits, their processes killed; so does SIGINT.)
 #
 # Environment (all optional):
 #   R_BRMS_INTERNAL_TOKEN         required token for every route but /healthz, /readyz; without
@@ -65,8 +65,8 @@ local({
                    host, port, if (nzchar(cfg$token)) "required" else "NOT required",
                    cfg$max_concurrent, cfg$max_rows)
   app_env$service_start(st)
-  # httpuv serves the router; an interrupt (SIGINT, or SIGTERM through serve.sh) shuts down
-  # gracefully (serve_until_interrupted) instead of dropping in-flight requests
+  # httpuv serves the router; SIGTERM (serve.sh's stop file) or an interrupt (SIGINT) shuts
+  # down gracefully (serve_until_interrupted) instead of dropping in-flight requests
   old_wd <- setwd(here)
   # nginx on host:port before httpuv on a loopback port, for the read timeouts (R/front.R)
   front <- app_env$start_front(cfg, host, port)

@@ -275,7 +275,7 @@ job_promise <- function(job) {
 }
 
 
-# --- shutdown (SIGTERM, via serve.sh's SIGINT) ------------------------------------------------
+# --- shutdown (SIGTERM, via serve.sh's stop file; or SIGINT) --------------------------------------
 
 # Stop taking work, answer every running fit's requests with 503 shutting_down (a client
 # retries elsewhere with its Idempotency-Key), kill the fits' process trees, drop temp files.
@@ -293,13 +293,15 @@ begin_shutdown <- function(st) {
   invisible(length(ids))
 }
 
-# The service loop: httpuv serves until an interrupt (SIGINT; serve.sh turns SIGTERM into
-# one), then begin_shutdown, a short drain so the 503s are written, and the server stops.
-serve_until_interrupted <- function(st, server, drain_s = 2) {
+# The service loop: httpuv serves until serve.sh's stop file exists (its SIGTERM, looked for
+# after every poll of at most 250 ms) or an interrupt (SIGINT) arrives, then begin_shutdown, a
+# short drain so the 503s are written, and the server stops. The stop file, not an interrupt,
+# carries SIGTERM: an interrupt that arrives while httpuv runs a request's handler is lost.
+serve_until_interrupted <- function(st, server, drain_s = 2, stop_file = Sys.getenv("GROWTH_R_STOP_FILE")) {
   repeat {
     stop_now <- tryCatch({
       httpuv::service(250)
-      FALSE
+      nzchar(stop_file) && file.exists(stop_file)
     }, interrupt = function(e) TRUE)
     if (stop_now) break
   }

@@ -210,3 +210,20 @@ test_that("the front closes silent clients, streams the body, and waits out a fi
                "R_BRMS_FRONT must be nginx or off")
   expect_null(env$start_front(modifyList(env$.svc$config, list(front = "off")), "127.0.0.1", 1L))
 })
+
+test_that("the service loop stops when serve.sh's stop file appears (its SIGTERM), with no interrupt", {
+  # SIGTERM used to reach R as an interrupt (SIGINT), which is lost when it arrives while httpuv
+  # runs a request's handler: the service went on running its fit
+  r <- hostile_router()
+  st <- r$env$.svc
+  server <- httpuv::startServer("127.0.0.1", httpuv::randomPort(),
+                                list(call = function(req) list(status = 200L, headers = list(), body = "")))
+  stop_file <- tempfile("stop-")
+  later::later(function() file.create(stop_file), 0.3)
+  t0 <- Sys.time()
+  r$env$serve_until_interrupted(st, server, drain_s = 0.1, stop_file = stop_file)
+  expect_lt(as.numeric(difftime(Sys.time(), t0, units = "secs")), 5)
+  expect_true(isTRUE(st$stopping))
+  expect_false(isTRUE(st$ready))
+  unlink(stop_file)
+})
