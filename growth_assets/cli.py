@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sys
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 log = logging.getLogger("growth_assets")
@@ -137,8 +137,14 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _as_of(value: str | None) -> date:
-    return date.fromisoformat(value) if value else datetime.now(timezone.utc).date()
+def _as_of(value: str | None, now: datetime | None = None) -> date:
+    """``--as-of``, or the as_of of the latest weekly run due by now: on a Monday before the
+    run's time (04:30 UTC) the week before's (``latest_run_as_of``), whose partition exists.
+    Before: today's date, and between Monday 00:00 and 04:30 the demo asked for a partition
+    that did not exist yet (DagsterUnknownPartitionError)."""
+    from .model.window import latest_run_as_of
+
+    return date.fromisoformat(value) if value else latest_run_as_of(now)
 
 
 def _prepare_demo_database(url: str) -> None:
@@ -275,9 +281,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_stop_signals() -> None:
+    """SIGINT and SIGTERM back at their defaults for the program this process becomes (exec):
+    whatever started us (a shell's background job, a test runner) may have left them ignored,
+    an ignored disposition survives exec, and a non-interactive sh cannot trap a signal that
+    was ignored when it started (POSIX). Seen: Dagster's in-process execution gives SIGTERM
+    SIGINT's handler (``dagster._utils.interrupts``), and in a background job, where SIGINT is
+    ignored, that left SIGTERM ignored in the tests' process: the R service's serve.sh never
+    shut down on SIGTERM."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     """``dagster dev`` on the demo's instance and database, in the foreground."""
-    import signal
 
     url = _database_url()
     env = {**os.environ, "DATABASE_URL": url, "DAGSTER_PG_URL": url, "DAGSTER_HOME": str(dagster_home())}
@@ -285,10 +304,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     if not workspace.is_absolute() and not workspace.exists() and project_root():
         workspace = project_root() / workspace  # the project's, from any working directory
     workspace = workspace.resolve()
-    # a shell that started us in the background may have left SIGINT/SIGTERM ignored;
-    # dagster dev must be stoppable by them
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _default_stop_signals()  # dagster dev must be stoppable by them
     os.execvpe(sys.executable, [sys.executable, "-m", "dagster", "dev", "-w", str(workspace),
                                 "-h", args.host, "-p", str(args.port)], env)
 
@@ -323,7 +339,8 @@ def cmd_r_service(args: argparse.Namespace) -> int:
     if not (Settings.from_env().r_brms_internal_token or "").strip() and args.host in ("127.0.0.1", "::1", "localhost"):
         print("R_BRMS_INTERNAL_TOKEN is not set: serving without a token on the loopback interface only")
         argv.append("--allow-no-token")
-    os.execv(argv[0], argv)  # serve.sh runs run.R; SIGTERM there is a graceful shutdown
+    _default_stop_signals()  # serve.sh traps SIGTERM: a graceful shutdown
+    os.execv(argv[0], argv)  # serve.sh runs run.R
 
 
 def cmd_p(args: argparse.Namespace) -> int:

@@ -201,3 +201,24 @@ def test_help_shows_every_default_and_no_rst():
     assert "(default: 1000)" in seed and "(default: 12)" in seed
     assert "(default: 3000)" in run(["dev", "--help"]).stdout
     assert "(default: None)" not in run(["fit", "--help"]).stdout
+
+
+@pytest.mark.parametrize("now", ["2026-12-07T00:00:00", "2026-12-07T04:29:59", "2026-12-07T04:30:00",
+                                 "2026-12-07T04:30:01", "2026-12-09T12:00:00", "2026-12-13T23:59:59"])
+def test_the_demos_default_week_is_the_latest_partition_that_exists(now):
+    """Before: the default as_of was today's date, and on a Monday before 04:30 UTC the demo ran
+    a partition that did not exist yet (CI hit it at Monday 00:25: DagsterUnknownPartitionError).
+    Now the week is the weekly partitions' latest at that moment, whatever the time."""
+    from datetime import date, datetime, timezone
+
+    from growth_assets import cli
+    from growth_assets.defs.growth.assets import weekly_partitions
+    from growth_assets.model.window import Window
+
+    import dagster as dg
+
+    t = datetime.fromisoformat(now).replace(tzinfo=timezone.utc)
+    with dg.partition_loading_context(effective_dt=t):
+        latest = weekly_partitions.get_last_partition_key()
+    assert Window(cli._as_of(None, t), 12).last_week.isoformat() == latest
+    assert cli._as_of("2026-11-23", t) == date(2026, 11, 23)  # --as-of as given

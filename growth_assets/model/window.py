@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone
 
 from .contract import ContractError
+
+
+# The weekly run: Monday at this time (UTC), for the week that just closed. The weekly
+# partitions, the schedule and the demo's default week all follow it.
+RUN_TIME_UTC = time(4, 30)
+
+
+def latest_run_as_of(now: datetime | None = None) -> date:
+    """The ``as_of`` of the latest weekly run that is due by ``now`` (default: now, UTC): today,
+    except on a Monday before RUN_TIME_UTC, which still belongs to the week before (its
+    partition does not exist until the run's time)."""
+    now = now or datetime.now(timezone.utc)
+    shift = timedelta(hours=RUN_TIME_UTC.hour, minutes=RUN_TIME_UTC.minute)
+    return (now.astimezone(timezone.utc) - shift).date()
 
 
 def monday_of(d: date | datetime) -> date:

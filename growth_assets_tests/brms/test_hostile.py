@@ -253,6 +253,31 @@ def test_a_sigterm_during_a_burst_of_requests_is_not_lost(own_service):
     assert "shutdown: done" in svc.log_path.read_text()
 
 
+def test_a_service_started_with_sigterm_ignored_still_shuts_down_on_it(tmp_path):
+    """Before: a SIGTERM ignored by whatever started the service stayed ignored through exec,
+    and serve.sh, a non-interactive sh, cannot trap a signal ignored on entry: the service ran
+    on after SIGTERM. CI's pytest process had it so: Dagster's in-process runs give SIGTERM
+    SIGINT's handler, and SIGINT is ignored in a background job. ``growth-assets r-service``
+    now puts SIGINT and SIGTERM back at their defaults before it becomes serve.sh."""
+    import signal
+
+    from growth_assets.db.localpg import free_port
+    from growth_assets_tests.conftest import RService
+
+    before = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # inherited by the service's process
+    try:
+        svc = RService(free_port(), "ignored-term-token", tmp_path / "r.log")
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    try:
+        svc.wait_ready()
+        os.kill(svc.proc.pid, 15)
+        assert svc.proc.wait(30) == 0
+        assert "shutdown: done" in svc.log_path.read_text()
+    finally:
+        svc.kill()
+
+
 def test_kill_9_of_a_fit_worker_reaps_its_chains(own_service):
     """Before: after a kill -9 of the worker (the OOM killer), its two chain processes ran on
     for over 9 minutes at ~412 MB each."""

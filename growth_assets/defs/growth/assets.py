@@ -28,6 +28,7 @@ import psycopg
 from ...db.writers import free_run_id, jsonable, merge_run_into_weekly_kpi, write_fit, write_run_record
 from ...model.contract import POPULATION_PARAMS, SUMMARY_FIELDS, ContractError
 from ...model.result import FitResult, fit_panel
+from ...model.window import RUN_TIME_UTC
 from ..resources import GrowthEngineResource, GrowthSettings, PostgresResource
 from ..sources import panel_sources
 from .diagnostics import CHECK_NAMES, DiagnosticThresholds, attempt_record, evaluate, falls_short, run_status
@@ -36,8 +37,8 @@ from .pictures import diagnostics_picture, p_picture, parameters_picture, popula
 from .panel import PanelInfo, Window, build_panel, load_panel, panel_id_for, panel_info
 
 weekly_partitions = dg.WeeklyPartitionsDefinition(
-    start_date="2025-01-06", day_offset=1, hour_offset=4, minute_offset=30, timezone="UTC",
-    end_offset=0,
+    start_date="2025-01-06", day_offset=1, hour_offset=RUN_TIME_UTC.hour, minute_offset=RUN_TIME_UTC.minute,
+    timezone="UTC", end_offset=0,
 )
 
 GROUP = "growth"
