@@ -467,7 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     sd.add_argument("--students", type=int, default=1000, help="students in the cohort")
     sd.add_argument("--weeks", type=int, default=12, help="complete weeks of history before --as-of's week")
     sd.add_argument("--seed", type=int, default=1, help="random seed of the cohort")
-    sd.add_argument("--as-of", help="ISO date; the cohort covers the weeks before its week (default today, UTC)")
+    sd.add_argument("--as-of", help="ISO date; the cohort covers the weeks before its week (default: the"
+                    " latest weekly run's day, UTC: today, but on a Monday before 04:30 the day before)")
     sd.add_argument("--replace", action="store_true", help="delete an earlier demo cohort's rows first")
     sd.add_argument("--truth-out", help="CSV of each student's true line (default .local/demo/true_lines.csv)")
     sd.set_defaults(func=cmd_seed_demo)
@@ -477,7 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--weeks", type=int, default=None,
                     help="weeks of history (None: lookback + horizon, enough for one backtest)")
     dm.add_argument("--seed", type=int, default=1, help="random seed of the cohort")
-    dm.add_argument("--as-of", help="ISO date: the run's day (default today, UTC)")
+    dm.add_argument("--as-of", help="ISO date: the run's day (default: the latest weekly run's day,"
+                    " UTC: today, but on a Monday before 04:30 the day before)")
     dm.set_defaults(func=cmd_demo)
 
     dv = sub.add_parser("dev", formatter_class=fmt, help="the Dagster UI and daemon on the demo's database (dagster dev)")
