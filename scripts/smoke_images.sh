@@ -102,7 +102,9 @@ buildah run "$ctr" -- python -c \
 export GROWTH_LOCAL_DIR="$work/local"
 .venv/bin/growth-assets db start >/dev/null
 db_url="$(.venv/bin/growth-assets db url)"
-as_of="$(date -u +%F)"
+# the latest weekly run's day (on a Monday before 04:30 UTC the day before: the partition of
+# today's date's last week does not exist until the run's time)
+as_of="$("$py" -c "from growth_assets.model.window import latest_run_as_of; print(latest_run_as_of())")"
 DATABASE_URL="$db_url" .venv/bin/growth-assets seed-demo --students 200 --weeks 12 --seed 3 --as-of "$as_of" \
   --truth-out "$work/truth.csv" >/dev/null
 partition="$("$py" -c "from datetime import date; from growth_assets.model.window import Window; print(Window(date.fromisoformat('$as_of'), 12).last_week)")"
