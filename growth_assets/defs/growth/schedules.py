@@ -5,6 +5,7 @@ from datetime import date, timedelta
 
 import dagster as dg
 
+from ...model.window import RUN_TIME_UTC
 from ..resources import GrowthSettings
 from .assets import weekly_assets, weekly_growth_job, weekly_partitions
 from .backtest import goal_forecast_backtest
@@ -25,7 +26,7 @@ def backtest_partition(closed_week: str, horizon_weeks: int) -> str:
 @dg.schedule(
     name="fit_bayesian_growth",  # the seed's CronJob
     job=monday_job,
-    cron_schedule="30 4 * * 1",
+    cron_schedule=f"{RUN_TIME_UTC.minute} {RUN_TIME_UTC.hour} * * 1",  # the partitions' own time
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="fit-bayesian-growth: Monday 04:30 UTC (cron 30 4 * * 1), the week that just closed; and the "
