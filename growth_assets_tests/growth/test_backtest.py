@@ -12,7 +12,8 @@ from PIL import Image
 
 from growth_assets.db import connect
 from growth_assets.defs import build_definitions
-from growth_assets.defs.growth import BacktestThresholds, goal_forecast_backtest, weekly_assets
+from growth_assets.defs.growth import (BacktestThresholds, brms_posterior, goal_forecast_backtest, panel_retention_job,
+                                      weekly_assets, weekly_scores)
 from growth_assets.defs.growth.backtest import COVERAGE_CHECK, SKILL_CHECK
 from growth_assets.demo.cohort import CohortParams, seed_cohort
 from growth_assets.settings import Settings
@@ -132,3 +133,70 @@ def test_a_partition_without_a_published_run_is_a_clear_error(db_url):
     res["backtest_thresholds"] = BacktestThresholds()
     r = dg.materialize([goal_forecast_backtest], partition_key=PAST, resources=res, raise_on_error=False)
     assert not r.success and f"no published (passed) run for partition {PAST}" in failure_text(r)
+
+
+def _measures(url: str, run_id: str) -> dict[str, tuple]:
+    with connect(url) as c:
+        return {m: (model, baseline, n) for m, model, baseline, n in c.execute(
+            "SELECT measure, model, baseline, n_students FROM growth_forecast_backtest WHERE run_id = %s",
+            (run_id,))}
+
+
+def test_a_pruned_panel_does_not_stop_the_backtest_and_old_fits_still_read_theirs(db_url):
+    """The backtest reads each student's window sums from her stored line (brms_posterior keeps
+    them), so it scores the same after ``panel_retention_job`` deleted the run's panel; a fit
+    stored without the sums (before migration 0007) still reads them from its panel."""
+    with connect(db_url) as conn:
+        seed_cohort(conn, 300, 16, seed=6, as_of=AS_OF, params=MODEL_TRUE)
+    res = resources(db_url, n_chains=2, n_samples=500)
+    res["backtest_thresholds"] = BacktestThresholds()
+    fit = dg.materialize(weekly_assets, partition_key=PAST, resources=res)
+    run_id = fit.asset_materializations_for_node("growth_brms_meta")[0].metadata["run_id"].value
+
+    def score() -> dict[str, tuple]:
+        bt = dg.materialize([goal_forecast_backtest], partition_key=PAST, resources=res, raise_on_error=False)
+        assert bt.success, failure_text(bt)
+        return _measures(db_url, run_id)
+
+    with connect(db_url) as c:  # as a fit stored before 0007: no window sums beside the lines
+        kept = c.execute("SELECT user_id, sum_w, sum_ww, sum_y, sum_wy FROM growth_student_posterior"
+                         " WHERE run_id = %s", (run_id,)).fetchall()
+        c.execute("UPDATE growth_student_posterior SET sum_w = NULL, sum_ww = NULL, sum_y = NULL, sum_wy = NULL"
+                  " WHERE run_id = %s", (run_id,))
+    from_panel_era = score()
+    with connect(db_url) as c:
+        c.cursor().executemany("UPDATE growth_student_posterior SET sum_w = %s, sum_ww = %s, sum_y = %s,"
+                               " sum_wy = %s WHERE run_id = %s AND user_id = %s",
+                               [(*r[1:], run_id, r[0]) for r in kept])
+    with_sums = score()
+    assert with_sums["coverage_90"][2] >= 200  # students scored
+    for m, (model, baseline, n) in with_sums.items():
+        assert from_panel_era[m][2] == n, m
+        for a, b in ((model, from_panel_era[m][0]), (baseline, from_panel_era[m][1])):
+            assert (a is None and b is None) or a == pytest.approx(b, rel=1e-9, abs=1e-12), m
+
+    # a later panel, and the run's panel built long ago: the retention deletes it
+    assert dg.materialize([weekly_scores], partition_key="2026-11-16", resources=res).success
+    with connect(db_url) as c:
+        c.execute("UPDATE growth_panel_meta SET created_at = now() - interval '60 days'"
+                  " WHERE panel_id = (SELECT panel_id FROM growth_fit WHERE run_id = %s)", (run_id,))
+    prune = panel_retention_job.execute_in_process(
+        resources={"postgres": res["postgres"]},
+        run_config={"ops": {"prune_growth_panels": {"config": {"keep_weeks": 2}}}})
+    assert prune.success and prune.output_for_node("prune_growth_panels") == 1
+    with connect(db_url) as c:
+        assert c.execute("SELECT count(*) FROM growth_panel p JOIN growth_fit f USING (panel_id)"
+                         " WHERE f.run_id = %s", (run_id,)).fetchone()[0] == 0
+    assert _same(score(), with_sums)
+    # a refit of the pruned partition asks for its panel to be built again
+    refit = dg.materialize([brms_posterior], partition_key=PAST, resources=res, raise_on_error=False)
+    assert not refit.success and "materialize weekly_scores of this partition first" in failure_text(refit)
+
+
+def _same(a: dict[str, tuple], b: dict[str, tuple]) -> bool:
+    assert a.keys() == b.keys()
+    for m in a:
+        assert a[m][2] == b[m][2], m
+        for x, y in zip(a[m][:2], b[m][:2]):
+            assert (x is None and y is None) or x == pytest.approx(y, rel=1e-12, abs=1e-15), m
+    return True

@@ -1,12 +1,12 @@
 """weekly_scores's panel against hand-built fixtures (spec §1, §5)."""
 
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
 import psycopg
 import pytest
 
-from growth_assets.defs.growth.panel import Window, build_panel, load_panel
+from growth_assets.defs.growth.panel import PrunedPanels, Window, build_panel, load_panel, prune_panels
 from growth_assets.model.contract import ContractError
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
@@ -345,3 +345,44 @@ def test_a_stored_row_whose_weeks_are_out_of_order_is_read_in_week_order(conn):
     conn.execute("UPDATE growth_panel SET weeks = '{3,1,3}' WHERE student_id = 'a'")
     with pytest.raises(ContractError, match="duplicate student-week row"):
         load_panel(conn, "p")
+
+
+
+def _panels(conn) -> dict[str, int]:
+    return dict(conn.execute("SELECT m.panel_id, (SELECT count(*) FROM growth_panel p WHERE p.panel_id = m.panel_id)"
+                             " FROM growth_panel_meta m").fetchall())
+
+
+def test_prune_keeps_the_newest_windows_and_recent_builds_and_deletes_the_rest_whole(fixture_db):
+    """``prune_panels``: the newest ``keep_weeks`` windows stay, and so does any panel built in
+    the last ``keep_weeks`` weeks (a backfill's); every other panel loses its rows and its
+    meta row, in one transaction, and is reported oldest window first."""
+    conn = fixture_db
+    assert prune_panels(conn, 2) == PrunedPanels((), 0, None)  # no panel stored yet
+    mondays = [date(2026, 10, 26), date(2026, 11, 2), date(2026, 11, 9), date(2026, 11, 16), MONDAY]
+    ids = {m: build_panel(conn, Window(m, 12), "theta", NOW).panel_id for m in mondays}
+    conn.commit()
+    before = _panels(conn)
+    assert before.keys() == set(ids.values()) and all(n >= 2 for n in before.values())  # A and B, C in some
+    # every panel built 30 days ago but 2026-11-02's (a backfill's, built now)
+    conn.execute("UPDATE growth_panel_meta SET created_at = now() - interval '30 days' WHERE panel_id <> %s",
+                 (ids[date(2026, 11, 2)],))
+    conn.commit()
+    pruned = prune_panels(conn, 2)  # keeps the windows ending 2026-11-16 and 2026-11-23
+    gone = (ids[date(2026, 10, 26)], ids[date(2026, 11, 9)])
+    assert pruned == PrunedPanels(gone, before[gone[0]] + before[gone[1]], MONDAY)
+    assert _panels(conn) == {ids[m]: before[ids[m]] for m in (date(2026, 11, 2), date(2026, 11, 16), MONDAY)}
+    assert conn.execute("SELECT count(*) FROM growth_panel WHERE panel_id = ANY(%s)",
+                        (list(pruned.panel_ids),)).fetchone()[0] == 0
+    assert prune_panels(conn, 2).panel_ids == ()  # nothing more to do
+    # a week later the backfill's panel is old too, and one window fewer is kept
+    later = datetime.now(timezone.utc) + timedelta(weeks=2, days=1)
+    assert prune_panels(conn, 1, now=later).panel_ids == (ids[date(2026, 11, 2)], ids[date(2026, 11, 16)])
+    assert _panels(conn) == {ids[MONDAY]: before[ids[MONDAY]]}
+
+
+@pytest.mark.parametrize("keep", [0, -1, True, 1.5, "2", None])
+def test_prune_refuses_a_retention_that_is_not_a_whole_number_of_weeks(conn, keep):
+    with pytest.raises(ContractError) as e:
+        prune_panels(conn, keep)
+    assert e.value.field == "keep_weeks" and e.value.value == keep

@@ -55,3 +55,21 @@ def test_weekly_job_covers_the_graph_and_its_checks(defs):
     assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} == {
         "weekly_scores", "brms_posterior", "growth_brms_meta", "weekly_kpi_P"}
     assert {"rhat_below_threshold", "ess_above_threshold"} <= {k.name for k in job.asset_layer.asset_graph.asset_check_keys}
+
+
+def test_the_panels_retention_runs_on_mondays_after_the_weekly_run(defs):
+    """prune_growth_panels: its own job and tick, two hours after the weekly run's (the weekly
+    graph does not wait for it), the newest 8 windows kept unless the run's config says otherwise."""
+    s = defs.resolve_schedule_def("prune_growth_panels")
+    assert s.cron_schedule == "30 6 * * 1" and s.execution_timezone == "UTC"
+    assert s.job_name == "panel_retention_job" and s.default_status == dg.DefaultScheduleStatus.RUNNING
+    job = defs.resolve_job_def("panel_retention_job")
+    ops = job.run_config_schema.config_type.fields["ops"].config_type
+    keep = ops.fields["prune_growth_panels"].config_type.fields["config"].config_type.fields["keep_weeks"]
+    assert keep.default_value == 8
+    # a retention of no week is refused before the database is touched, naming the field
+    bad = job.execute_in_process(run_config={"ops": {"prune_growth_panels": {"config": {"keep_weeks": 0}}}},
+                                 raise_on_error=False)
+    assert not bad.success
+    text = "".join(str(e.event_specific_data.error) for e in bad.all_events if e.is_step_failure)
+    assert "keep_weeks" in text and "greater than or equal to 1" in text

@@ -46,15 +46,24 @@ ORDER BY fitted_at DESC, run_id DESC LIMIT 1
 """
 
 # the realised scores of the horizon week (the panel's query over that one week), the
-# students' window sums (the fitted panel), their stored line at the horizon, and the
-# latest calibration before the run's week (the baseline of spec §7)
+# students' window sums (kept with each line by brms_posterior; from the fitted panel's rows
+# only for a fit stored without them, so a pruned panel does not stop the backtest), their
+# stored line at the horizon, and the latest calibration before the run's week (the
+# baseline of spec §7)
 _SCORED = """
 WITH realised AS ({panel}),
-sums AS (
+panel_sums AS (
     SELECT student_id, count(*)::float8 AS n, sum(week)::float8 AS sw, sum(week * week)::float8 AS sww,
            sum(score) AS sy, sum(week * score) AS swy
-    FROM growth_panel_rows WHERE panel_id = %(panel_id)s AND student_id IN (SELECT student_id FROM realised)
+    FROM growth_panel_rows WHERE panel_id = %(panel_id)s AND student_id IN (
+        SELECT user_id FROM growth_student_posterior
+        WHERE run_id = %(run_id)s AND sum_w IS NULL AND user_id IN (SELECT student_id FROM realised))
     GROUP BY student_id),
+sums AS (
+    SELECT user_id AS student_id, n_obs::float8 AS n, sum_w AS sw, sum_ww AS sww, sum_y AS sy, sum_wy AS swy
+    FROM growth_student_posterior
+    WHERE run_id = %(run_id)s AND sum_w IS NOT NULL AND user_id IN (SELECT student_id FROM realised)
+    UNION ALL SELECT * FROM panel_sums),
 base AS (
     SELECT DISTINCT ON (user_id) user_id, theta, se FROM mirt_ability
     WHERE user_id IN (SELECT student_id FROM realised) AND fitted_at < (%(published)s::date)::timestamp AT TIME ZONE 'UTC'

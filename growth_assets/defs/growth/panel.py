@@ -194,6 +194,46 @@ def build_panel(
     return info
 
 
+@dataclass(frozen=True)
+class PrunedPanels:
+    """What ``prune_panels`` deleted: the panels (ids, oldest window first) and their rows."""
+
+    panel_ids: tuple[str, ...]
+    rows: int
+    newest_window_end: date | None
+
+
+def prune_panels(conn: psycopg.Connection, keep_weeks: int, now: datetime | None = None) -> PrunedPanels:
+    """Delete the stored panels nobody needs any more; one transaction.
+
+    A panel is kept while its window is among the ``keep_weeks`` newest weeks of any stored
+    panel (its window_end no more than ``keep_weeks - 1`` weeks before the newest one's), or
+    while it was built within the last ``keep_weeks`` weeks (a backfill's panel lives as long
+    as a new one). Every other panel loses its rows and its ``growth_panel_meta`` row: a later
+    ``brms_posterior`` of its partition asks for ``weekly_scores`` to be materialized again.
+    Nothing else reads a panel after its fit: the real-time path and the backtest use the
+    window sums stored with each student's line.
+
+    A panel rebuilt meanwhile (its meta stamped after the cut) is not deleted: the meta rows go
+    first, each re-checked against the cut as it is locked, and only their panels' rows follow.
+    """
+    if isinstance(keep_weeks, bool) or not isinstance(keep_weeks, int) or keep_weeks < 1:
+        raise ContractError("keep_weeks", "must be a whole number of weeks >= 1", keep_weeks)
+    now = now or datetime.now(timezone.utc)
+    with conn.transaction():
+        newest = conn.execute("SELECT max(window_end) FROM growth_panel_meta").fetchone()[0]
+        if newest is None:
+            return PrunedPanels((), 0, None)
+        gone = conn.execute(
+            "DELETE FROM growth_panel_meta WHERE window_end <= %(newest)s::date - 7 * %(keep)s"
+            " AND created_at < %(now)s::timestamptz - make_interval(weeks => %(keep)s)"
+            " RETURNING panel_id, window_end",
+            {"newest": newest, "keep": keep_weeks, "now": now}).fetchall()
+        ids = [panel_id for panel_id, _ in sorted(gone, key=lambda r: (r[1], r[0]))]
+        rows = conn.execute("DELETE FROM growth_panel WHERE panel_id = ANY(%s)", (ids,)).rowcount if ids else 0
+    return PrunedPanels(tuple(ids), rows, newest)
+
+
 def panel_info(conn: psycopg.Connection, panel_id: str) -> PanelInfo | None:
     """What ``build_panel`` recorded of a stored panel (None: not built)."""
     row = conn.execute("SELECT stats FROM growth_panel_meta WHERE panel_id = %s", (panel_id,)).fetchone()
