@@ -17,7 +17,7 @@ normalises on receipt.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import psycopg
@@ -156,6 +156,32 @@ def copy_in(conn: psycopg.Connection, table: str, names: Sequence[str], data: It
 
 class CopyFormatError(ValueError):
     """Binary COPY data that is not the layout the reader was told to expect."""
+
+
+def copy_out_tuples(conn: psycopg.Connection, query: str, params: Any = None,
+                    piece_bytes: int = 1 << 20) -> Iterator[bytes]:
+    """The rows of ``COPY (query) TO STDOUT (FORMAT binary)`` as pieces of about
+    ``piece_bytes``, without the stream's signature and trailer: what ``copy_in`` sends between
+    its own, so the rows of several such reads (of the same columns) go into one COPY."""
+    sig, trailer = len(SIGNATURE), len(TRAILER)
+    buf, started = bytearray(), False
+    with conn.cursor().copy(f"COPY ({query}) TO STDOUT (FORMAT binary)", params) as copy:
+        for chunk in copy:
+            buf += chunk
+            if not started:
+                if len(buf) < sig:
+                    continue
+                if bytes(buf[:sig]) != SIGNATURE:
+                    raise CopyFormatError(f"a binary COPY that starts with {bytes(buf[:sig])!r}")
+                del buf[:sig]
+                started = True
+            if len(buf) > piece_bytes + trailer:  # the last bytes may be the trailer: kept back
+                yield bytes(buf[:-trailer])
+                del buf[:-trailer]
+    if not started or bytes(buf[-trailer:]) != TRAILER:
+        raise CopyFormatError("a binary COPY that ends without its trailer")
+    if len(buf) > trailer:
+        yield bytes(buf[:-trailer])
 
 
 # the binary form of a one-dimensional array without NULLs: ndim, has-NULLs flag, element type

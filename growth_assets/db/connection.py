@@ -73,7 +73,8 @@ def connect(url: str | None = None, *, schema: str | None = None, autocommit: bo
 
 
 @contextmanager
-def in_snapshot(conninfo: str, password: str | None, snapshot: str) -> Iterator[psycopg.Connection]:
+def in_snapshot(conninfo: str, password: str | None, snapshot: str, *,
+                read_only: bool = True) -> Iterator[psycopg.Connection]:
     """A second connection to a connection's database (the first one's ``info.dsn`` and
     ``info.password``, read by the thread that uses the first one: libpq's connection is not
     for two threads at once), in a read-only transaction that sees exactly ``snapshot``
@@ -81,10 +82,11 @@ def in_snapshot(conninfo: str, password: str | None, snapshot: str) -> Iterator[
     needs it): two server processes read one state of the database at once. Closed when the
     block ends. Connecting can fail (a pooler that keeps one server connection per client, a
     server at max_connections): psycopg's error, for the caller to read on the first
-    connection alone."""
+    connection alone. ``read_only=False``: a transaction that may write its own temporary
+    tables (PostgreSQL refuses CREATE TABLE AS in a read-only one); it writes nothing else."""
     with psycopg.connect(conninfo, password=password, autocommit=True) as other, \
             other.transaction():
-        other.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        other.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ" + (", READ ONLY" if read_only else ""))
         other.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
         yield other
 

@@ -7,7 +7,12 @@ process or pod reads exactly the rows that were built. No raw rows go through pa
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import itertools
+import logging
+import re
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
@@ -19,13 +24,15 @@ import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
-from ...db.binary_copy import CopyFormatError, decode_arrays
+from ...db.binary_copy import CopyFormatError, copy_in, copy_out_tuples, decode_arrays
 from ...db.connection import in_snapshot
 from ...model.chunks import usable_cores
 from ...model.contract import ContractError
 from ...model.panel import Panel
 from ...model.window import Window, monday_of  # noqa: F401  (re-exported)
 from ...settings import SCORE_RANGE, SCORE_SOURCES
+
+log = logging.getLogger(__name__)
 
 SOURCES = ("mirt_ability", "student_topic_theta", "features_topic_daily", "weekly_kpi")
 
@@ -108,6 +115,124 @@ def panel_id_for(window: Window, score_source: str) -> str:
     return f"{score_source}:L{window.lookback_weeks}:{window.start.isoformat()}"
 
 
+_PER_SOURCE = ", ".join(f"sum(by_{src}) AS {src}" for src in SOURCES)
+_PER_STUDENT = ", ".join(f"count(*) FILTER (WHERE source = '{src}') AS by_{src}" for src in SOURCES)
+
+
+def _students_sql(query: str) -> str:
+    """A row per student of the panel query's rows (``query``): her weeks, scores, sources and
+    observations as arrays (week order: the rows come sorted by student and week, so grouping
+    them by student needs no second sort; load_panel checks the order it reads), and her
+    counts (``_STATS`` sums them)."""
+    return (f"SELECT student_id, array_agg(week) AS weeks, array_agg(score) AS scores, array_agg(source) AS sources,"
+            f" array_agg(n)::integer[] AS observations, count(*) AS k, sum(n) AS n,"
+            f" count(*) FILTER (WHERE score IN ('NaN', 'Infinity', '-Infinity')) AS nf, {_PER_STUDENT}"
+            f" FROM ({query}) p GROUP BY student_id")
+
+
+# the panel's counts over a relation of ``_students_sql``'s rows
+_STATS = ("SELECT coalesce(sum(k), 0) AS n_rows, coalesce(sum(n), 0) AS observations,"
+          " coalesce(sum(nf), 0) AS non_finite, count(*) AS n_students,"
+          f" count(*) FILTER (WHERE k >= 3) AS students_with_3_weeks, {_PER_SOURCE} FROM {{students}}")
+_STORED_COLUMNS = ("panel_id", "student_id", "weeks", "scores", "sources", "observations")
+
+# each source's "every user" filter, which a half's range of ids replaces (``_half_query``)
+_EVERY_USER = re.compile(r"\(%\(users\)s::text\[\] IS NULL OR (\w)\.user_id = ANY \(%\(users\)s::text\[\]\)\)")
+
+
+@functools.cache
+def _half_query(score_source: str) -> str:
+    """``panel_query`` of the students whose ids, compared as bytes ("C", the panel's order),
+    are in [id_lo, id_hi) (a NULL bound: none)."""
+    sql = panel_query(score_source)
+    out, n = _EVERY_USER.subn(r'((%(id_lo)s::text IS NULL OR \1.user_id COLLATE "C" >= %(id_lo)s::text)'
+                              r' AND (%(id_hi)s::text IS NULL OR \1.user_id COLLATE "C" < %(id_hi)s::text))', sql)
+    assert n > 0 and n == sql.count(_ALL_USERS), "the panel query changed: update _half_query"
+    return out
+
+
+# Two halves of the students, each read on a connection of its own: the panel query's scan,
+# sort and grouping run in one server process, so one core of two did the whole build (a
+# million students: the query alone 16.6-18.1 s, its two halves at once 10.4-11.3 s,
+# benchmarks/results/panel_1207.md). The ids are split where a sample of the window's rows
+# (SPLIT_SAMPLE_PERCENT of each source's pages) puts 45 % of them below: the smaller half is
+# done first and is stored while the other still reads. A sample of fewer than
+# SPLIT_MIN_SAMPLE rows (a small panel) is built by one statement.
+SPLIT_SAMPLE_PERCENT = 1.0
+SPLIT_MIN_SAMPLE = 2_000
+# the sources sampled for the split, with their window's start
+_SAMPLED = (("mirt_ability", "fitted_at >= (%(window_start)s::date)::timestamp AT TIME ZONE 'UTC'"),
+            ("student_topic_theta", "fitted_at >= (%(window_start)s::date)::timestamp AT TIME ZONE 'UTC'"),
+            ("features_topic_daily", "date >= %(window_start)s::date"))
+
+
+def _split_sql(score_source: str) -> str:
+    tables = _SAMPLED[2:] if score_source == "accuracy" else _SAMPLED
+    sample = " UNION ALL ".join(
+        f'SELECT user_id COLLATE "C" AS id FROM {t} TABLESAMPLE SYSTEM (%(percent)s) REPEATABLE (0)'
+        f" WHERE {where} AND user_id <> ''" for t, where in tables)
+    return f"SELECT count(*), percentile_disc(0.45) WITHIN GROUP (ORDER BY id) FROM ({sample}) s"
+
+
+class _Halves:
+    """The panel built in two halves of its students (split by ``_split``), each on a connection of
+    its own in the builder's snapshot (``pg_export_snapshot``), and its exclusions counted on a
+    third: the rows go into the builder's transaction by one COPY, half after half."""
+
+    def __init__(self, conn: psycopg.Connection, score_source: str, params: dict, split: str, panel_id: str,
+                 stack: contextlib.ExitStack) -> None:
+        snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        dsn, password = conn.info.dsn, conn.info.password
+        # closed last, after the threads that use them have stopped; a failed build first
+        # cancels the reads it started
+        self.conns = [stack.enter_context(in_snapshot(dsn, password, snapshot, read_only=ro))
+                      for ro in (False, False, True)]
+        self.pool = stack.enter_context(ThreadPoolExecutor(max_workers=3, thread_name_prefix="build_panel"))
+        stack.callback(self._cancel)
+        self.panel_id = panel_id
+        query = _students_sql(_half_query(score_source))
+        self.halves = [self.pool.submit(self._read, c, query, {**params, "id_lo": lo, "id_hi": hi})
+                       for c, (lo, hi) in zip(self.conns, ((None, split), (split, None)))]
+        self.excluded = self.pool.submit(_exclusions, self.conns[2], params)
+
+    @staticmethod
+    def _read(c: psycopg.Connection, query: str, params: dict) -> dict:
+        c.execute(PANEL_SETTINGS)
+        c.execute(f"CREATE TEMP TABLE growth_panel_half ON COMMIT DROP AS {query}", params)
+        return _row(c.execute(_STATS.format(students="growth_panel_half")))
+
+    def _rows(self, k: int) -> Iterator[bytes]:
+        self.halves[k].result()  # this half read (its connection is free again)
+        yield from copy_out_tuples(self.conns[k], f"SELECT %s, {', '.join(_STORED_COLUMNS[1:])}"
+                                                  " FROM growth_panel_half", (self.panel_id,))
+
+    def store(self, conn: psycopg.Connection) -> tuple[dict, dict]:
+        """Both halves' rows into growth_panel on ``conn``; (the counts, the exclusions)."""
+        first = min(range(2), key=lambda k: not self.halves[k].done())  # the one read already, if any
+        copy_in(conn, "growth_panel", _STORED_COLUMNS, itertools.chain(self._rows(first), self._rows(1 - first)))
+        a, b = (f.result() for f in self.halves)
+        return {k: (a[k] or 0) + (b[k] or 0) for k in a}, self.excluded.result()  # a half may be empty
+
+    def _cancel(self) -> None:
+        for c, f in zip(self.conns, (*self.halves, self.excluded)):
+            if not f.done():
+                c.cancel_safe()
+
+
+def _row(cur: psycopg.Cursor) -> dict:
+    return dict(zip([c.name for c in cur.description], cur.fetchone()))
+
+
+def _exclusions(conn: psycopg.Connection, params: dict) -> dict:
+    return _row(conn.execute(_sql("panel_exclusions.sql"), params))
+
+
+def _split(conn: psycopg.Connection, score_source: str, params: dict) -> str | None:
+    """Where the students are split in two (``_Halves``), or None: one statement builds it."""
+    n, split = conn.execute(_split_sql(score_source), {**params, "percent": SPLIT_SAMPLE_PERCENT}).fetchone()
+    return split if n >= SPLIT_MIN_SAMPLE else None
+
+
 def build_panel(
     conn: psycopg.Connection,
     window: Window,
@@ -118,7 +243,13 @@ def build_panel(
     dagster_run_id: str | None = None,
     score_range: tuple[float, float] = SCORE_RANGE,
 ) -> PanelInfo:
-    """Aggregate the sources into the panel of ``window`` and store it; one transaction."""
+    """Aggregate the sources into the panel of ``window`` and store it; one transaction.
+
+    On a connection with nothing of its caller's open, a large panel is read in two halves of
+    its students on two more connections in this transaction's snapshot (``_Halves``: both
+    cores of the server at work), and stored here by one COPY; inside a caller's transaction
+    (whose own writes the other connections would not see), or where no other connection can
+    be had, or for a small panel, one statement reads and stores it. Both give the same rows."""
     if score_source not in SCORE_SOURCES:
         raise ContractError("BRMS_SCORE_SOURCE", f"must be one of {SCORE_SOURCES}", score_source)
     now = now or datetime.now(timezone.utc)
@@ -131,38 +262,28 @@ def build_panel(
         "score_hi": float(score_range[1]),
     }
     panel_id = panel_id_for(window, score_source)
-    query = panel_query(score_source)
-    per_source = ", ".join(f"sum(by_{src}) AS {src}" for src in SOURCES)
-    per_student = ", ".join(f"count(*) FILTER (WHERE source = '{src}') AS by_{src}" for src in SOURCES)
-    with conn.transaction():
+    idle = conn.info.transaction_status == TransactionStatus.IDLE
+    with conn.transaction(), contextlib.ExitStack() as stack:
         conn.execute(PANEL_SETTINGS)
+        halves = None
+        split = _split(conn, score_source, params) if idle else None
+        if split is not None:
+            try:
+                halves = _Halves(conn, score_source, params, split, panel_id, stack)
+            except psycopg.OperationalError as exc:  # no more connections to be had
+                log.info("the panel is built by one statement: no other connection (%s)", exc)
         conn.execute("DELETE FROM growth_panel WHERE panel_id = %(panel_id)s", {"panel_id": panel_id})
-        # one pass: the panel stored and counted, a row per student. The query's rows come
-        # sorted by student and week, so grouping them by student needs no second sort and
-        # each student's arrays are in week order (load_panel checks the order it reads).
-        cur = conn.execute(
-            f"""
-            WITH students AS (
-                SELECT student_id, array_agg(week) AS weeks, array_agg(score) AS scores,
-                       array_agg(source) AS sources, array_agg(n) AS observations, count(*) AS k,
-                       sum(n) AS n, count(*) FILTER (WHERE score IN ('NaN', 'Infinity', '-Infinity')) AS nf,
-                       {per_student}
-                FROM ({query}) p GROUP BY student_id),
-            stored AS (
-                INSERT INTO growth_panel (panel_id, student_id, weeks, scores, sources, observations)
-                SELECT %(panel_id)s, student_id, weeks, scores, sources, observations FROM students
-                RETURNING 1)
-            SELECT coalesce(sum(k), 0) AS n_rows, coalesce(sum(n), 0) AS observations,
-                   coalesce(sum(nf), 0) AS non_finite, (SELECT count(*) FROM stored) AS n_students,
-                   count(*) FILTER (WHERE k >= 3) AS students_with_3_weeks,
-                   {per_source}
-            FROM students
-            """,
-            {**params, "panel_id": panel_id},
-        )
-        stats = dict(zip([c.name for c in cur.description], cur.fetchone()))
-        excl_cur = conn.execute(_sql("panel_exclusions.sql"), params)
-        excluded = dict(zip([c.name for c in excl_cur.description], excl_cur.fetchone()))
+        if halves is not None:
+            stats, excluded = halves.store(conn)
+        else:
+            stats = _row(conn.execute(
+                f"WITH students AS ({_students_sql(panel_query(score_source))}),"
+                " stored AS (INSERT INTO growth_panel (panel_id, student_id, weeks, scores, sources, observations)"
+                " SELECT %(panel_id)s, student_id, weeks, scores, sources, observations FROM students RETURNING 1) "
+                + _STATS.format(students="students").replace(
+                    "count(*) AS n_students", "(SELECT count(*) FROM stored) AS n_students"),
+                {**params, "panel_id": panel_id}))
+            excluded = _exclusions(conn, params)
         info = PanelInfo(
             panel_id=panel_id,
             as_of=window.as_of,

@@ -1,0 +1,145 @@
+"""build_panel in two halves of its students, on two more connections in one snapshot: the
+same panel as one statement builds, from one state of the sources, or nothing."""
+
+import psycopg
+import pytest
+
+from growth_assets.db import connect
+from growth_assets.defs.growth import panel as panel_mod
+from growth_assets.defs.growth.panel import Window, build_panel, panel_info
+from growth_assets.demo.cohort import seed_cohort
+from growth_assets_tests.growth.test_panel import MONDAY, NOW, fixture_db  # noqa: F401  (a fixture)
+
+WINDOW = Window(MONDAY, 12)
+
+
+@pytest.fixture
+def halves(monkeypatch):
+    """Every panel split (a sample of every page, however small), and the builds that were."""
+    monkeypatch.setattr(panel_mod, "SPLIT_SAMPLE_PERCENT", 100.0)
+    monkeypatch.setattr(panel_mod, "SPLIT_MIN_SAMPLE", 1)
+    stored = []
+    real = panel_mod._Halves.store
+
+    def store(self, conn):
+        stored.append(self)
+        return real(self, conn)
+
+    monkeypatch.setattr(panel_mod._Halves, "store", store)
+    return stored
+
+
+def _one_statement(monkeypatch):
+    monkeypatch.setattr(panel_mod, "SPLIT_MIN_SAMPLE", 10**12)
+
+
+def _stored(conn, panel_id: str) -> list[tuple]:
+    return conn.execute("SELECT student_id, weeks, scores, sources, observations FROM growth_panel"
+                        " WHERE panel_id = %s ORDER BY student_id", (panel_id,)).fetchall()
+
+
+def _build(conn, source: str = "theta", window: Window = WINDOW):
+    info = build_panel(conn, window, source, NOW)
+    conn.commit()
+    return info, _stored(conn, info.panel_id)
+
+
+@pytest.mark.parametrize("source", ["theta", "accuracy"])
+def test_two_halves_store_the_rows_and_counts_of_one_statement(fixture_db, halves, monkeypatch, source):  # noqa: F811
+    two = _build(fixture_db, source)
+    assert len(halves) == 1
+    _one_statement(monkeypatch)
+    one = _build(fixture_db, source)
+    assert len(halves) == 1  # the second build did not split
+    assert two == one and one[0].n_students >= 2
+    assert panel_info(fixture_db, one[0].panel_id) == one[0]
+
+
+def test_a_cohorts_panel_in_halves_is_the_one_statements_and_each_half_is_a_share(db_url, halves, monkeypatch):
+    with connect(db_url) as conn:
+        seed_cohort(conn, 3000, 12, seed=4, as_of=MONDAY)
+        split = panel_mod._split(conn, "theta", {"window_start": WINDOW.start})
+        two = _build(conn)
+        _one_statement(monkeypatch)
+        one = _build(conn)
+    assert two == one and one[0].n_students > 2900
+    ids = [r[0] for r in one[1]]
+    below = sum(i < split for i in ids) / len(ids)  # python compares str by code point, as "C"
+    assert 0.3 < below < 0.6, below  # the sample's 45 %
+
+
+def test_the_halves_read_the_sources_as_they_were_when_the_build_began(fixture_db, db_url, halves, monkeypatch):  # noqa: F811
+    """A score committed while the halves read (after the builder's snapshot) is in neither."""
+    real = panel_mod._Halves._read
+
+    def read_after_a_commit(c, query, params):
+        with connect(db_url) as other:
+            other.execute("INSERT INTO mirt_ability (user_id, theta, se, model, version, fitted_at)"
+                          " VALUES ('A', 3.25, 0.2, 'late', 'v', '2026-10-06T12:00:00Z')"
+                          " ON CONFLICT DO NOTHING")
+        return real(c, query, params)
+
+    monkeypatch.setattr(panel_mod._Halves, "_read", staticmethod(read_after_a_commit))
+    info, rows = _build(fixture_db)
+    assert len(halves) == 1
+    assert fixture_db.execute("SELECT count(*) FROM mirt_ability WHERE model = 'late'").fetchone()[0] == 1
+    a = dict((r[0], r) for r in rows)["A"]
+    assert 5 not in a[1]  # 2026-10-06 is week 5: not in the panel that began before it
+    monkeypatch.setattr(panel_mod._Halves, "_read", staticmethod(real))
+    _, again = _build(fixture_db)
+    assert 5 in dict((r[0], r) for r in again)["A"][1]  # a build after the commit has it
+
+
+def test_without_more_connections_one_statement_builds_the_same_panel(fixture_db, halves, monkeypatch):  # noqa: F811
+    two = _build(fixture_db)
+
+    def refused(*a, **k):
+        raise psycopg.OperationalError("too many clients already")
+
+    monkeypatch.setattr(panel_mod.psycopg, "connect", refused)
+    alone = _build(fixture_db)
+    assert len(halves) == 1 and alone == two
+
+
+def test_inside_a_callers_transaction_one_statement_builds_it(fixture_db, halves):  # noqa: F811
+    """The other connections would not see what the caller has not committed."""
+    fixture_db.execute("INSERT INTO mirt_ability (user_id, theta, se, model, version, fitted_at)"
+                       " VALUES ('E', 0.5, 0.2, 'm', 'v', '2026-10-06T12:00:00Z')")
+    info, rows = _build(fixture_db)  # the insert is the caller's, not yet committed
+    assert not halves and "E" in [r[0] for r in rows]
+
+
+def test_a_half_that_fails_leaves_the_stored_panel_as_it_was_and_no_reader_behind(fixture_db, db_url,  # noqa: F811
+                                                                                   halves, monkeypatch):
+    _one_statement(monkeypatch)
+    before = _build(fixture_db)
+    monkeypatch.setattr(panel_mod, "SPLIT_MIN_SAMPLE", 1)
+    real = panel_mod._Halves._read
+
+    def second_half_fails(c, query, params):
+        if params["id_lo"] is not None:
+            c.execute("SELECT 1 / 0")
+        return real(c, query, params)
+
+    monkeypatch.setattr(panel_mod._Halves, "_read", staticmethod(second_half_fails))
+    fixture_db.execute("INSERT INTO mirt_ability (user_id, theta, se, model, version, fitted_at)"
+                       " VALUES ('A', 3.25, 0.2, 'late', 'v', '2026-10-06T12:00:00Z')")
+    fixture_db.commit()
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        build_panel(fixture_db, WINDOW, "theta", NOW)
+    fixture_db.rollback()
+    assert (panel_info(fixture_db, before[0].panel_id), _stored(fixture_db, before[0].panel_id)) == before
+    with connect(db_url) as c:
+        others = c.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                           " AND pid NOT IN (pg_backend_pid(), %s)", (fixture_db.info.backend_pid,)).fetchone()[0]
+    assert others == 0
+
+
+def test_the_student_at_the_split_is_in_exactly_one_half(db_url, halves):
+    """The halves' ranges are [.., split) and [split, ..): the student at the split is in one."""
+    with connect(db_url) as conn:
+        seed_cohort(conn, 400, 12, seed=9, as_of=MONDAY)
+        split = panel_mod._split(conn, "theta", {"window_start": WINDOW.start})
+        info, rows = _build(conn)
+    ids = [r[0] for r in rows]
+    assert len(halves) == 1 and split in ids and len(ids) == len(set(ids)) == info.n_students
