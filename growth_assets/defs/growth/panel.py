@@ -82,8 +82,14 @@ _ALL_USERS = "%(users)s::text[] IS NULL OR "
 # - no hash aggregation: one sort by (student, week, source) serves both the per-source means
 #   and the choice of the first source, where hashing millions of groups (sized from a window
 #   the planner cannot see through the query's parameters) costs a second pass: 27 s instead
-#   of 49 s for a million students here.
-PANEL_SETTINGS = "SELECT set_config('work_mem', '256MB', true), set_config('enable_hashagg', 'off', true)"
+#   of 49 s for a million students here;
+# - each scan from the table's first page: a scan that joins one already running (synchronized
+#   scans, as the two halves' of ``_Halves`` or another session's) reads the rows in another
+#   order, and a student-week's mean of several scores then differs in its last bits (a
+#   million students' P moved by up to 1.6e-5 through the fit), so the same sources make the
+#   same panel, bit for bit, by either path.
+PANEL_SETTINGS = ("SELECT set_config('work_mem', '256MB', true), set_config('enable_hashagg', 'off', true),"
+                  " set_config('synchronize_seqscans', 'off', true)")
 
 
 def panel_query(score_source: str, *, for_users: bool = False, users_from: str | None = None) -> str:

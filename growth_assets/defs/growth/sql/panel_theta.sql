@@ -24,17 +24,19 @@ WITH observed AS (
       AND m.theta IS NOT NULL AND m.theta NOT IN ('NaN', 'Infinity', '-Infinity')
       AND m.theta BETWEEN %(score_lo)s::float8 AND %(score_hi)s::float8
     UNION ALL
-    SELECT t.user_id COLLATE "C",
-           (date_trunc('week', t.fitted_at AT TIME ZONE 'UTC')::date - %(window_start)s::date) / 7,
-           avg(t.theta), count(*), 2
-    FROM student_topic_theta t
-    WHERE t.fitted_at >= ((%(window_start)s::date)::timestamp AT TIME ZONE 'UTC')
-      AND t.fitted_at < ((%(window_end)s::date)::timestamp AT TIME ZONE 'UTC') AND t.fitted_at <= %(now)s::timestamptz
-      AND t.user_id IS NOT NULL AND t.user_id <> ''
-      AND (%(users)s::text[] IS NULL OR t.user_id = ANY (%(users)s::text[]))
-      AND t.theta IS NOT NULL AND t.theta NOT IN ('NaN', 'Infinity', '-Infinity')
-      AND t.theta BETWEEN %(score_lo)s::float8 AND %(score_hi)s::float8
-    GROUP BY t.user_id, t.topic_id, 2
+    -- a topic-week's calibrations averaged in ascending order (see per_source)
+    SELECT c.user_id COLLATE "C", c.week, avg(c.theta), count(*), 2
+    FROM (SELECT t.user_id, t.topic_id, t.theta,
+                 (date_trunc('week', t.fitted_at AT TIME ZONE 'UTC')::date - %(window_start)s::date) / 7 AS week
+          FROM student_topic_theta t
+          WHERE t.fitted_at >= ((%(window_start)s::date)::timestamp AT TIME ZONE 'UTC')
+            AND t.fitted_at < ((%(window_end)s::date)::timestamp AT TIME ZONE 'UTC') AND t.fitted_at <= %(now)s::timestamptz
+            AND t.user_id IS NOT NULL AND t.user_id <> ''
+            AND (%(users)s::text[] IS NULL OR t.user_id = ANY (%(users)s::text[]))
+            AND t.theta IS NOT NULL AND t.theta NOT IN ('NaN', 'Infinity', '-Infinity')
+            AND t.theta BETWEEN %(score_lo)s::float8 AND %(score_hi)s::float8
+          ORDER BY t.user_id, t.topic_id, 4, t.theta) c
+    GROUP BY c.user_id, c.topic_id, c.week
     UNION ALL
     SELECT f.user_id COLLATE "C",
            (date_trunc('week', f.date::timestamp)::date - %(window_start)s::date) / 7,
@@ -62,10 +64,13 @@ WITH observed AS (
       AND CASE WHEN jsonb_typeof(k.kpis -> 'ability_estimate') = 'number'
                THEN (k.kpis -> 'ability_estimate')::numeric END BETWEEN %(score_lo)s::numeric AND %(score_hi)s::numeric
 ),
--- per student, week and source: the mean (one sort serves this and the choice below)
+-- per student, week and source: the mean (one sort serves this and the choice below), of the
+-- scores in ascending order: a sum of floats depends on its order, and rows that tie on
+-- (student, week, source) come in scan order, which a plan or a concurrent scan can change
 per_source AS (
     SELECT student_id, week, priority, avg(score) AS score, sum(n) AS n
-    FROM observed GROUP BY student_id, week, priority
+    FROM (SELECT * FROM observed ORDER BY student_id, week, priority, score) o
+    GROUP BY student_id, week, priority
 )
 SELECT DISTINCT ON (student_id, week) student_id, week::integer AS week, score,
        (ARRAY['mirt_ability', 'student_topic_theta', 'features_topic_daily', 'weekly_kpi'])[priority] AS source,
