@@ -89,17 +89,20 @@ import sys
 sys.path.insert(0, {repo!r})
 from growth_assets.db import connect
 from datetime import date, datetime, timezone
-from growth_assets.defs.growth.panel import build_panel
+from growth_assets.defs.growth import panel
 from growth_assets.model.window import Window
+panel.SPLIT_MIN_SAMPLE = {min_sample!r}
 with connect({url!r}) as conn:
-    build_panel(conn, Window(date(2026, 11, 23), 12), "theta", now=datetime(2026, 11, 23, 4, 30, tzinfo=timezone.utc))
+    panel.build_panel(conn, Window(date(2026, 11, 23), 12), "theta", now=datetime(2026, 11, 23, 4, 30, tzinfo=timezone.utc))
 """
 
 
 @pytest.mark.slow
-def test_kill_9_mid_panel_rebuild_keeps_the_previous_panel(db_url):
+@pytest.mark.parametrize("path", ["one statement", "two halves"])
+def test_kill_9_mid_panel_rebuild_keeps_the_previous_panel(db_url, path):
     """The panel of a window is rebuilt in place (delete, insert, stats): a rebuild killed
-    in its INSERT leaves the previous panel and its meta exactly as they were."""
+    while it stores the rows (one statement's INSERT, or the COPY of the two halves read on
+    other connections) leaves the previous panel and its meta exactly as they were."""
     from datetime import date, datetime, timezone
 
     from growth_assets.defs.growth.panel import build_panel
@@ -118,10 +121,12 @@ def test_kill_9_mid_panel_rebuild_keeps_the_previous_panel(db_url):
         c.execute("UPDATE mirt_ability SET theta = theta + 1")  # what the rebuild would change
         c.commit()
     assert before.n_rows == 60000 * 12
-    _kill_when(db_url, _PANEL.format(repo=str(REPO), url=db_url),
-               # the statement that stores the panel (its INSERT is a CTE of it, past the
-               # 1 KB of query text pg_stat_activity shows)
-               lambda: _active(db_url, "%WITH students AS ("), "panel build")
+    # the statement that stores the panel: one statement's INSERT is a CTE of it, past the 1 KB
+    # of query text pg_stat_activity shows; the halves' rows go in by the builder's COPY
+    min_sample, storing = ((10**12, "%WITH students AS (") if path == "one statement"
+                           else (1, "COPY growth_panel (panel_id"))
+    _kill_when(db_url, _PANEL.format(repo=str(REPO), url=db_url, min_sample=min_sample),
+               lambda: _active(db_url, storing), "panel build")
     with connect(db_url) as c:
         assert c.execute("SELECT count(*), sum(score::numeric) FROM growth_panel_rows").fetchone() == rows_before
         assert c.execute("SELECT stats, created_at FROM growth_panel_meta").fetchall() == meta_before
