@@ -145,3 +145,30 @@ def test_the_student_at_the_split_is_in_exactly_one_half(db_url, halves):
         info, rows = _build(conn)
     ids = [r[0] for r in rows]
     assert len(halves) == 1 and split in ids and len(ids) == len(set(ids)) == info.n_students
+
+
+def test_a_role_that_may_not_make_temporary_tables_gets_the_panel_by_one_statement(fixture_db, halves):  # noqa: F811
+    """A half keeps its rows in a temporary table: a builder whose role lacks TEMP on the
+    database does not split, and its panel is built all the same."""
+    conn = fixture_db
+    role = f"growth_no_temp_{conn.info.backend_pid}"
+    db = conn.execute("SELECT current_database()").fetchone()[0]
+    conn.execute(f'REVOKE TEMPORARY ON DATABASE "{db}" FROM PUBLIC')
+    conn.execute(f"CREATE ROLE {role} NOLOGIN")
+    try:
+        conn.execute(f"GRANT USAGE ON SCHEMA public, growth TO {role}")
+        conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public, growth TO {role}")
+        conn.execute(f"GRANT INSERT, UPDATE, DELETE ON growth_panel, growth_panel_meta TO {role}")
+        conn.execute(f"SET ROLE {role}")
+        conn.commit()
+        assert not conn.execute("SELECT has_database_privilege(current_database(), 'TEMP')").fetchone()[0]
+        conn.rollback()
+        info, rows = _build(conn)
+        assert not halves and info.n_students >= 2 and len(rows) == info.n_students
+    finally:
+        conn.rollback()
+        conn.execute("RESET ROLE")
+        conn.execute(f"DROP OWNED BY {role}")
+        conn.execute(f"DROP ROLE {role}")
+        conn.execute(f'GRANT TEMPORARY ON DATABASE "{db}" TO PUBLIC')
+        conn.commit()
