@@ -1,6 +1,8 @@
 """build_panel in two halves of its students, on two more connections in one snapshot: the
 same panel as one statement builds, from one state of the sources, or nothing."""
 
+import time
+
 import psycopg
 import pytest
 
@@ -172,3 +174,23 @@ def test_a_role_that_may_not_make_temporary_tables_gets_the_panel_by_one_stateme
         conn.execute(f"DROP ROLE {role}")
         conn.execute(f'GRANT TEMPORARY ON DATABASE "{db}" TO PUBLIC')
         conn.commit()
+
+
+def test_a_half_waiting_its_turn_outlives_the_servers_idle_in_transaction_timeout(fixture_db, db_url,  # noqa: F811
+                                                                                   halves, monkeypatch):
+    """The second half, read, waits idle in its transaction while the builder stores the
+    first (seconds at a million students): a server whose idle_in_transaction_session_timeout
+    is shorter must not end it, and so the build."""
+    db = fixture_db.execute("SELECT current_database()").fetchone()[0]
+    fixture_db.execute(f"ALTER DATABASE \"{db}\" SET idle_in_transaction_session_timeout = '300ms'")
+    fixture_db.commit()
+    real = panel_mod._Halves._rows
+
+    def slow_rows(self, k):
+        yield from real(self, k)
+        time.sleep(1.0)  # the builder busy with this half; the other half and the exclusions idle
+
+    monkeypatch.setattr(panel_mod._Halves, "_rows", slow_rows)
+    with connect(db_url) as conn:  # a new session: the database's setting applies to it
+        info, rows = _build(conn)
+    assert len(halves) == 1 and info.n_students >= 2 and len(rows) == info.n_students

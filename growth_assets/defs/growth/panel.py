@@ -195,6 +195,9 @@ class _Halves:
         # cancels the reads it started
         self.conns = [stack.enter_context(in_snapshot(dsn, password, snapshot, read_only=ro))
                       for ro in (False, False, True)]
+        for c in self.conns:  # each waits, idle in its transaction, until the builder has its rows:
+            # a server's idle_in_transaction_session_timeout must not end it meanwhile
+            c.execute("SELECT set_config('idle_in_transaction_session_timeout', '0', true)")
         self.pool = stack.enter_context(ThreadPoolExecutor(max_workers=3, thread_name_prefix="build_panel"))
         stack.callback(self._cancel)
         self.panel_id = panel_id
