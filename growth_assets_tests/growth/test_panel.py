@@ -386,3 +386,60 @@ def test_prune_refuses_a_retention_that_is_not_a_whole_number_of_weeks(conn, kee
     with pytest.raises(ContractError) as e:
         prune_panels(conn, keep)
     assert e.value.field == "keep_weeks" and e.value.value == keep
+
+
+@pytest.mark.parametrize("path", ["one statement", "halves"])
+def test_a_panel_rebuilt_while_the_retention_runs_is_kept_whole_and_neither_fails(fixture_db, db_url, monkeypatch,
+                                                                                  path):
+    """A backfill rebuilds an old panel while ``prune_panels`` runs: the prune waits for the
+    build and then keeps the panel (built just now), and neither is aborted. The builder took
+    the rows' locks first and the meta row's last, the prune the other way round: a deadlock,
+    in which the build was the one aborted and the old panel pruned."""
+    import threading
+    import time
+
+    from growth_assets.db import connect
+    from growth_assets.defs.growth import panel as panel_mod
+
+    conn = fixture_db
+    old = build_panel(conn, Window(date(2026, 10, 26), 12), "theta", NOW)
+    build_panel(conn, Window(MONDAY, 12), "theta", NOW)
+    conn.execute("UPDATE growth_panel_meta SET created_at = now() - interval '30 days' WHERE panel_id = %s",
+                 (old.panel_id,))
+    conn.commit()
+    if path == "halves":
+        monkeypatch.setattr(panel_mod, "SPLIT_SAMPLE_PERCENT", 100.0)
+        monkeypatch.setattr(panel_mod, "SPLIT_MIN_SAMPLE", 1)
+        owner, name = panel_mod._Halves, "store"
+    else:
+        monkeypatch.setattr(panel_mod, "SPLIT_MIN_SAMPLE", 10**12)
+        owner, name = panel_mod, "_exclusions"  # called after the one statement stored the rows
+    real, pruned, waited = getattr(owner, name), {}, []
+
+    def prune():
+        try:
+            with connect(db_url) as c:
+                pruned["ok"] = prune_panels(c, 2)
+        except Exception as exc:  # noqa: BLE001  (reported by the assertion below)
+            pruned["error"] = exc
+
+    def rows_stored_then_prune(*a, **k):
+        out = real(*a, **k)
+        t = threading.Thread(target=prune)
+        t.start()
+        waited.append(t)
+        with connect(db_url) as watch:  # until the prune waits for a lock the build holds
+            deadline = time.monotonic() + 30
+            while not watch.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                    " AND datname = current_database()").fetchone()[0]:
+                assert time.monotonic() < deadline and t.is_alive(), pruned
+                time.sleep(0.02)
+                watch.rollback()
+        return out
+
+    monkeypatch.setattr(owner, name, rows_stored_then_prune)
+    rebuilt = build_panel(conn, Window(date(2026, 10, 26), 12), "theta", NOW)
+    conn.commit()
+    waited[0].join(30)
+    assert pruned == {"ok": PrunedPanels((), 0, MONDAY)}
+    assert _panels(conn)[old.panel_id] == rebuilt.n_students == old.n_students

@@ -194,3 +194,74 @@ def test_a_half_waiting_its_turn_outlives_the_servers_idle_in_transaction_timeou
     with connect(db_url) as conn:  # a new session: the database's setting applies to it
         info, rows = _build(conn)
     assert len(halves) == 1 and info.n_students >= 2 and len(rows) == info.n_students
+
+
+def test_when_a_later_connection_is_refused_the_ones_opened_close_before_one_statement_builds(
+        db_url, halves, monkeypatch):
+    """The second of the three connections refused (a server at max_connections): the first,
+    already open in the builder's snapshot, must not wait idle in its transaction through the
+    one statement's build (a server's idle_in_transaction_session_timeout ended it there, and
+    its close then failed the build: nothing stored). It closes before the build goes on."""
+    with connect(db_url) as c:
+        seed_cohort(c, 600, 12, seed=4, as_of=MONDAY)
+        db = c.execute("SELECT current_database()").fetchone()[0]
+        c.execute(f"ALTER DATABASE \"{db}\" SET idle_in_transaction_session_timeout = '300ms'")
+        c.commit()
+    real_connect, calls = psycopg.connect, []
+
+    def second_refused(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise psycopg.OperationalError("too many clients already")
+        return real_connect(*a, **k)
+
+    real_students = panel_mod._students_sql
+
+    def slow_students(query):  # the one statement takes 1 s (a large panel)
+        return real_students(query).replace(" FROM (", " FROM (SELECT q.* FROM pg_sleep(1.0), (", 1) \
+            .replace(") p GROUP BY", ") q) p GROUP BY", 1)
+
+    with connect(db_url) as conn:  # a new session: the database's setting applies to it
+        monkeypatch.setattr(panel_mod.psycopg, "connect", second_refused)
+        monkeypatch.setattr(panel_mod, "_students_sql", slow_students)
+        info, rows = _build(conn)
+    assert len(calls) == 2 and not halves
+    assert info.n_students == 600 and len(rows) == 600
+
+
+def test_a_builder_under_set_role_splits_as_that_role(fixture_db, db_url, halves, monkeypatch):  # noqa: F811
+    """The halves act as the builder's role (and search_path), not its login's: a login without
+    TEMP on the database whose session SET ROLE to a role with it splits (the halves made their
+    temporary tables as the login, were refused, and the build failed where one statement builds
+    the panel), and the panel is the one statement's."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    conn = fixture_db
+    db = conn.execute("SELECT current_database()").fetchone()[0]
+    pid = conn.info.backend_pid
+    login, builder = f"growth_login_{pid}", f"growth_builder_{pid}"
+    conn.execute(f'REVOKE TEMPORARY ON DATABASE "{db}" FROM PUBLIC')
+    conn.execute(f"CREATE ROLE {builder} NOLOGIN")
+    conn.execute(f"CREATE ROLE {login} LOGIN NOINHERIT IN ROLE {builder}")
+    conn.execute(f'GRANT TEMPORARY ON DATABASE "{db}" TO {builder}')
+    for r in (login, builder):
+        conn.execute(f"GRANT USAGE ON SCHEMA public, growth TO {r}")
+        conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public, growth TO {r}")
+    conn.execute(f"GRANT INSERT, UPDATE, DELETE ON growth_panel, growth_panel_meta TO {builder}")
+    conn.commit()
+    try:
+        with connect(make_conninfo("", **{**conninfo_to_dict(db_url), "user": login})) as c:
+            c.execute(f"SET ROLE {builder}")
+            c.commit()
+            two = _build(c)
+            assert len(halves) == 1
+            _one_statement(monkeypatch)
+            one = _build(c)
+        assert two == one and one[0].n_students >= 2
+    finally:
+        conn.rollback()
+        conn.execute(f"DROP OWNED BY {login}, {builder}")
+        conn.execute(f"DROP ROLE {login}")
+        conn.execute(f"DROP ROLE {builder}")
+        conn.execute(f'GRANT TEMPORARY ON DATABASE "{db}" TO PUBLIC')
+        conn.commit()

@@ -182,6 +182,14 @@ def _split_sql(score_source: str) -> str:
             f" percentile_disc(0.45) WITHIN GROUP (ORDER BY id) FROM ({sample}) s")
 
 
+# each connection of the halves acts as the builder does: as its role (a session's SET ROLE, which
+# ``_split`` checked TEMP for, not the login's) and with its search_path; and as it waits, idle in
+# its transaction, until the builder has its rows, a server's idle_in_transaction_session_timeout
+# does not end it
+_AS_BUILDER = ("SELECT set_config('role', %(role)s, true), set_config('search_path', %(search_path)s, true),"
+               " set_config('idle_in_transaction_session_timeout', '0', true)")
+
+
 class _Halves:
     """The panel built in two halves of its students (split by ``_split``), each on a connection of
     its own in the builder's snapshot (``pg_export_snapshot``), and its exclusions counted on a
@@ -189,15 +197,18 @@ class _Halves:
 
     def __init__(self, conn: psycopg.Connection, score_source: str, params: dict, split: str, panel_id: str,
                  stack: contextlib.ExitStack) -> None:
-        snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        snapshot, role, path = conn.execute(
+            "SELECT pg_export_snapshot(), current_user, current_setting('search_path')").fetchone()
         dsn, password = conn.info.dsn, conn.info.password
-        # closed last, after the threads that use them have stopped; a failed build first
-        # cancels the reads it started
-        self.conns = [stack.enter_context(in_snapshot(dsn, password, snapshot, read_only=ro))
-                      for ro in (False, False, True)]
-        for c in self.conns:  # each waits, idle in its transaction, until the builder has its rows:
-            # a server's idle_in_transaction_session_timeout must not end it meanwhile
-            c.execute("SELECT set_config('idle_in_transaction_session_timeout', '0', true)")
+        with contextlib.ExitStack() as opened:  # if one cannot be had, those opened close at once
+            self.conns = []
+            for ro in (False, False, True):
+                c = opened.enter_context(in_snapshot(dsn, password, snapshot, read_only=ro))
+                c.execute(_AS_BUILDER, {"role": role, "search_path": path})
+                self.conns.append(c)
+            # closed last, after the threads that use them have stopped; a failed build first
+            # cancels the reads it started
+            stack.enter_context(opened.pop_all())
         self.pool = stack.enter_context(ThreadPoolExecutor(max_workers=3, thread_name_prefix="build_panel"))
         stack.callback(self._cancel)
         self.panel_id = panel_id
@@ -281,8 +292,13 @@ def build_panel(
         if split is not None:
             try:
                 halves = _Halves(conn, score_source, params, split, panel_id, stack)
-            except psycopg.OperationalError as exc:  # no more connections to be had
+            except (psycopg.OperationalError, psycopg.errors.InsufficientPrivilege) as exc:
+                # no more connections to be had, or none that may act as the builder's role
                 log.info("the panel is built by one statement: no other connection (%s)", exc)
+        # the panel's meta row is locked before its rows, as prune_panels locks them: a panel
+        # rebuilt while the retention runs is then waited for and kept (the other order was a
+        # deadlock, which aborted one of the two)
+        conn.execute("SELECT 1 FROM growth_panel_meta WHERE panel_id = %(panel_id)s FOR UPDATE", {"panel_id": panel_id})
         conn.execute("DELETE FROM growth_panel WHERE panel_id = %(panel_id)s", {"panel_id": panel_id})
         if halves is not None:
             stats, excluded = halves.store(conn)
