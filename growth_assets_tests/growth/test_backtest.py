@@ -188,6 +188,24 @@ def test_a_pruned_panel_does_not_stop_the_backtest_and_old_fits_still_read_their
         assert c.execute("SELECT count(*) FROM growth_panel p JOIN growth_fit f USING (panel_id)"
                          " WHERE f.run_id = %s", (run_id,)).fetchone()[0] == 0
     assert _same(score(), with_sums)
+    # a fit stored without the sums whose panel was pruned: its students are not scored, and
+    # the backtest says how many and why (it left them out without a word)
+    legacy = [r[0] for r in kept[::3]]
+    with connect(db_url) as c:
+        c.execute("UPDATE growth_student_posterior SET sum_w = NULL, sum_ww = NULL, sum_y = NULL, sum_wy = NULL"
+                  " WHERE run_id = %s AND user_id = ANY(%s)", (run_id, legacy))
+    bt = dg.materialize([goal_forecast_backtest], partition_key=PAST, resources=res)
+    meta = bt.asset_materializations_for_node("goal_forecast_backtest")[0].metadata
+    unscored = meta["students_without_window_sums"].value
+    assert 0 < unscored <= len(legacy)
+    assert meta["students_scored"].value + unscored == with_sums["coverage_90"][2]
+    with connect(db_url) as c:
+        c.execute("UPDATE growth_student_posterior SET sum_w = NULL, sum_ww = NULL, sum_y = NULL, sum_wy = NULL"
+                  " WHERE run_id = %s", (run_id,))
+    bt = dg.materialize([goal_forecast_backtest], partition_key=PAST, resources=res, raise_on_error=False)
+    assert not bt.success and re.search(r"\d+ students of run \S+ with a realised score have no window sums",
+                                        failure_text(bt)), failure_text(bt)
+    assert "materialize weekly_scores of partition 2026-10-19" in failure_text(bt)
     # a refit of the pruned partition asks for its panel to be built again
     refit = dg.materialize([brms_posterior], partition_key=PAST, resources=res, raise_on_error=False)
     assert not refit.success and "materialize weekly_scores of this partition first" in failure_text(refit)

@@ -71,7 +71,7 @@ base AS (
     ORDER BY user_id, fitted_at DESC)
 SELECT r.student_id, r.score, s.n, s.sw, s.sww, s.sy, s.swy, sp.mu, sp.sigma, b.theta, b.se
 FROM realised r
-JOIN sums s USING (student_id)
+LEFT JOIN sums s USING (student_id)  -- none: a fit stored without sums whose panel was pruned
 JOIN growth_student_posterior sp ON sp.run_id = %(run_id)s AND sp.user_id = r.student_id
 LEFT JOIN base b ON b.user_id = r.student_id
 ORDER BY r.student_id
@@ -79,16 +79,21 @@ ORDER BY r.student_id
 
 
 def scored_students(conn: psycopg.Connection, run: dict, p_week, growth: GrowthSettings, now: datetime):
-    """The run's students with a realised score in the horizon week, as columns."""
+    """The run's students with a realised score in the horizon week, as columns; and
+    (``no_sums``) how many more had one but no window sums to score it with (a fit stored
+    before the sums were kept, whose panel the retention has since deleted)."""
     params = {"window_start": p_week, "window_end": p_week + timedelta(weeks=1), "now": now, "users": None,
               "score_lo": float(growth.score_min), "score_hi": float(growth.score_max),
               "panel_id": run["panel_id"], "run_id": run["run_id"], "published": run["window_end"]}
     rows = conn.execute(_SCORED.format(panel=panel_query(run["score_source"])), params).fetchall()
+    no_sums = sum(r[2] is None for r in rows)
+    rows = [r for r in rows if r[2] is not None]
     cols = list(zip(*rows)) if rows else [[] for _ in range(11)]
     f = [np.asarray(c, dtype=np.float64) for c in cols[1:9]]
     theta = np.array([np.nan if v is None else v for v in cols[9]], dtype=np.float64)
     se = np.array([np.nan if v is None else v for v in cols[10]], dtype=np.float64)
-    return {"ids": list(cols[0]), "y": f[0], "sums": f[1:6], "mu": f[6], "sd": f[7], "theta": theta, "se": se}
+    return {"ids": list(cols[0]), "y": f[0], "sums": f[1:6], "mu": f[6], "sd": f[7], "theta": theta, "se": se,
+            "no_sums": no_sums}
 
 
 def score_run(run: dict, data: dict, draws: dict | None) -> tuple[list[bt.Measure], str]:
@@ -162,6 +167,13 @@ def goal_forecast_backtest(context: dg.AssetExecutionContext, postgres: Postgres
                             " (00:00 UTC): nothing to score yet",
                 metadata={"run_id": run["run_id"], "P_week": p_week.isoformat(), "closes": closes.isoformat()})
         data = scored_students(conn, run, p_week, growth, now)
+        if data["no_sums"]:
+            why = (f"{data['no_sums']} students of run {run['run_id']} with a realised score have no window sums:"
+                   f" the fit was stored without them and its panel {run['panel_id']} is gone (the retention);"
+                   f" materialize weekly_scores of partition {context.partition_key} to score them")
+            if not data["ids"]:
+                raise dg.Failure(why)
+            context.log.warning("%s; scoring the other %d", why, len(data["ids"]))
         if not data["ids"]:
             raise dg.Failure(f"no realised score in the week of {p_week} for any student of run {run['run_id']}")
         draws = read_population_draws(conn, run["run_id"])
@@ -175,6 +187,7 @@ def goal_forecast_backtest(context: dg.AssetExecutionContext, postgres: Postgres
         "run_id": run["run_id"], "P_week": p_week.isoformat(), "target": dg.MetadataValue.float(float(run["target"])),
         "students_scored": dg.MetadataValue.int(len(data["ids"])),
         "students_with_baseline": dg.MetadataValue.int(m["brier_skill"].n_students),
+        "students_without_window_sums": dg.MetadataValue.int(data["no_sums"]),
         "predictive": method,
         **{f"{k}_model": num(m[k].model, 4) for k in ("coverage_50", "coverage_90", "brier", "log_score")},
         **{f"{k}_baseline": num(m[k].baseline, 4) for k in ("coverage_50", "coverage_90", "brier", "log_score")},
