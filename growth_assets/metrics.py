@@ -760,6 +760,13 @@ def _know_run(session: psycopg.Connection, known: _Known, run: _Run | None, key:
 # 100,000 users (interleaved in one process), chunks of 10,000 took 1.9 s of server CPU, of
 # 20,000-25,000 1.1-1.2 s (one statement: 1.0-1.2 s); on two connections chunks of 25,000 had
 # the shortest wall time (0.91-1.08 s, 20,000: 0.94-1.24 s, 10,000: 0.98-1.13 s).
+# On two connections the servers, not this process, set the pace (2026-12-07, timed per chunk:
+# this process waited for each chunk and answered it in 0.07-0.16 s, ~40% of the batch). A
+# chunk's plan costs the server ~50 ms of its ~380 ms: the planner estimates each of the 25,000
+# ids of every ``= ANY(<ids>)`` (43 ms for the sums' statement, 6 ms for the stored P's; 2 ms
+# and 0.2 ms with the ids hidden from it in an InitPlan, ``= ANY((SELECT ids)::text[])``). That
+# plan then looked every id up in the user_id indexes, which cost more than the time saved
+# (interleaved, median server CPU per chunk: stored P 130 against 80 ms, sums 380 against 360).
 BATCH_CHUNK_USERS = 25_000
 
 
@@ -1256,8 +1263,9 @@ def calculate_and_store_weekly_kpi(
     ``week_start`` must be a Monday (ContractError otherwise). A P already stored in that
     week's row that counts under the path-1 rules (same target, latest passed run) is reused
     and nothing is written. Otherwise the answer of paths 2/3 is merged with
-    ``merge_weekly_kpi`` (other keys of ``kpis`` are kept): ``P_source`` ``posterior`` for
-    path 2, ``normal`` for path 3; ``P_week`` the Monday of the run's horizon week (path 2)
+    ``merge_weekly_kpi`` (other keys of ``kpis`` are kept): ``P_source`` ``update`` for path 2
+    from the run's population draws (``posterior`` from a run without them), ``normal`` for
+    path 3; ``P_week`` the Monday of the run's horizon week (path 2)
     or ``week_start`` (path 3, which has no horizon); ``P_run_id`` the run (path 2) or null.
     No P (path none): nothing is written. Returns the answer.
     """

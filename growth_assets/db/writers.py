@@ -20,7 +20,7 @@ from ..model.panel import WindowSums
 from ..model.result import FitResult
 from .binary_copy import Column, copy_in, encode
 
-P_SOURCES = ("brms", "native", "posterior", "normal")
+P_SOURCES = ("brms", "native", "posterior", "update", "normal")
 # what both merges write into kpis, and how they resolve a row that exists
 # Each row's P and sigma, merged with the keys every row of one merge shares: those are built
 # once per statement (an uncorrelated scalar subquery: an InitPlan), not per row (jsonb_build_object

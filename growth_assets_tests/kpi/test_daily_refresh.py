@@ -64,3 +64,31 @@ def test_daily_refresh_with_no_run_uses_the_normal_approximation(db_url, monkeyp
         src = {r[0] for r in c.execute("SELECT kpis->>'P_source' FROM weekly_kpi WHERE week_start = %s AND kpis ? 'P'",
                                        (AS_OF,))}
     assert src == {"normal"}
+
+
+def test_the_daily_refresh_after_a_native_run_writes_the_updated_p_of_the_weeks_scores(db_url, monkeypatch):
+    """The native engine keeps its population draws: a user with scores since the run's window
+    is answered by the exact update (path ``update``), and the refresh stores that P with
+    ``P_source = 'update'``. The writer refused that source, so the refresh's one transaction
+    failed, and no user's P was written, whenever any active user had a score since the window."""
+    from growth_assets.metrics import compute_goal_attainment_probabilities
+
+    monkeypatch.setenv("METRICS_USE_BAYESIAN", "true")
+    with connect(db_url) as conn:
+        seed_cohort(conn, 30, 13, seed=4, as_of=AS_OF + timedelta(days=7))  # data into the run's week too
+    res = resources(db_url)  # the native engine
+    assert dg.materialize(weekly_assets, partition_key=PARTITION, resources=res).success
+    out = dg.materialize([daily_kpi_P], resources=res, raise_on_error=False,
+                         run_config={"ops": {"daily_kpi_P": {"config": {"as_of": "2026-11-25"}}}})
+    assert out.success
+    md = out.asset_materializations_for_node("daily_kpi_P")[0].metadata
+    updated = md["path_update"].value
+    assert updated > 0 and md["written"].value == updated + md["path_normal"].value
+    with connect(db_url) as c:
+        rows = c.execute("SELECT user_id, kpis FROM weekly_kpi WHERE week_start = %s AND kpis->>'P_source' = 'update'",
+                         (AS_OF,)).fetchall()
+        assert len(rows) == updated
+        now = compute_goal_attainment_probabilities(c, [u for u, _ in rows], target=0.0)
+    for u, k in rows:  # what a call answers now: the same P (her scores since keep it on path update)
+        assert now[u].path == "update" and k["P"] == now[u].P and k["P_target"] == 0.0
+        assert k["P_week"] == now[u].p_week.isoformat() and k["P_run_id"] == now[u].run_id
