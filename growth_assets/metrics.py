@@ -144,7 +144,7 @@ from psycopg.adapt import Dumper, PyFormat, Transformer
 from psycopg.pq import Format, TransactionStatus
 from psycopg.rows import tuple_row
 
-from .db.connection import SCHEMA_FIRST, in_snapshot
+from .db.connection import EXPORT_SNAPSHOT, SCHEMA_FIRST, in_snapshot
 from .db.writers import check_monday, merge_weekly_kpi
 from .model.contract import ContractError, check_target, line_prediction, normal_approximation_p
 from .model.lines import conditional_line
@@ -793,7 +793,9 @@ def _start_batch(session: psycopg.Connection, users: list[str], score_range: tup
     key = (session.info.host, session.info.port, session.info.dbname, schema)
     base = _Known(None)
     runs_cur = _send_latest_runs(session, schema, config)
-    snapshot_cur = _execute(session, "SELECT pg_export_snapshot()", {}) if two_readers else None
+    # the snapshot, and the session's role and search_path (the call's: its schema first) for the
+    # second connection to read as this one does
+    snapshot_cur = _execute(session, EXPORT_SNAPSHOT, {}) if two_readers else None
     run, base.latest = _read_latest_runs(runs_cur)
     _know_run(session, base, run, key, horizon)
     with_draws = base.draws is not None
@@ -811,7 +813,7 @@ def _start_batch(session: psycopg.Connection, users: list[str], score_range: tup
     with contextlib.ExitStack() as stack:
         readers = [session]
         if snapshot_cur is not None and len(chunks) > 1:
-            other = _second_reader(stack, session, snapshot_cur.fetchone()[0], config)
+            other = _second_reader(stack, session, snapshot_cur.fetchone(), config)
             if other is not None:
                 readers.append(other)
         n = len(readers)
@@ -836,13 +838,17 @@ def _start_batch(session: psycopg.Connection, users: list[str], score_range: tup
             yield chunk, _Known(reads, run, base.latest, base.h, base.p_week, base.draws)
 
 
-def _second_reader(stack: contextlib.ExitStack, session: psycopg.Connection, snapshot: str,
+def _second_reader(stack: contextlib.ExitStack, session: psycopg.Connection, exported: tuple[str, str, str],
                    config: dict[str, str]) -> psycopg.Connection | None:
-    """A second connection in ``snapshot`` with the call's settings, in a pipeline, closed
-    with ``stack``; None (logged) if none can be had."""
+    """A second connection in the session's snapshot, as its role and with its search_path
+    (``exported``: ``EXPORT_SNAPSHOT``'s row; its connection string has neither a SET ROLE nor
+    a search_path SET after connecting, and read other tables), with the call's settings, in a
+    pipeline, closed with ``stack``; None (logged) if none can be had."""
+    snapshot, role, path = exported
     try:
-        other = stack.enter_context(in_snapshot(session.info.dsn, session.info.password, snapshot))
-    except psycopg.OperationalError as exc:
+        other = stack.enter_context(in_snapshot(session.info.dsn, session.info.password, snapshot,
+                                                role=role, search_path=path))
+    except (psycopg.OperationalError, psycopg.errors.InsufficientPrivilege) as exc:
         log.info("a batch reads on one connection: no second one (%s)", exc)
         return None
     other.adapters.register_dumper(_Ids, _IdsDumper)

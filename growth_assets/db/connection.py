@@ -72,9 +72,15 @@ def connect(url: str | None = None, *, schema: str | None = None, autocommit: bo
         yield conn
 
 
+# what a connection's second connection must take over to read as the first does (``in_snapshot``):
+# its role (a session's SET ROLE) and its search_path (SET after connecting, or a call's own),
+# neither of which its connection string carries; read on the first, with the exported snapshot
+EXPORT_SNAPSHOT = "SELECT pg_export_snapshot(), current_user, current_setting('search_path')"
+
+
 @contextmanager
-def in_snapshot(conninfo: str, password: str | None, snapshot: str, *,
-                read_only: bool = True) -> Iterator[psycopg.Connection]:
+def in_snapshot(conninfo: str, password: str | None, snapshot: str, *, read_only: bool = True,
+                role: str | None = None, search_path: str | None = None) -> Iterator[psycopg.Connection]:
     """A second connection to a connection's database (the first one's ``info.dsn`` and
     ``info.password``, read by the thread that uses the first one: libpq's connection is not
     for two threads at once), in a read-only transaction that sees exactly ``snapshot``
@@ -83,11 +89,18 @@ def in_snapshot(conninfo: str, password: str | None, snapshot: str, *,
     block ends. Connecting can fail (a pooler that keeps one server connection per client, a
     server at max_connections): psycopg's error, for the caller to read on the first
     connection alone. ``read_only=False``: a transaction that may write its own temporary
-    tables (PostgreSQL refuses CREATE TABLE AS in a read-only one); it writes nothing else."""
+    tables (PostgreSQL refuses CREATE TABLE AS in a read-only one); it writes nothing else.
+    ``role``, ``search_path`` (``EXPORT_SNAPSHOT``'s): the first one's, taken for this
+    transaction, so that both read the same tables with the same rights (a role the login may
+    not take is psycopg's InsufficientPrivilege)."""
     with psycopg.connect(conninfo, password=password, autocommit=True) as other, \
             other.transaction():
         other.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ" + (", READ ONLY" if read_only else ""))
         other.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        if role is not None or search_path is not None:
+            other.execute("SELECT set_config('role', coalesce(%s, current_user), true),"
+                          " set_config('search_path', coalesce(%s, current_setting('search_path')), true)",
+                          (role, search_path))
         yield other
 
 

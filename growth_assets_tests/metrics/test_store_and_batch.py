@@ -216,3 +216,54 @@ def test_refresh_active_users_merges_in_one_transaction_and_counts(conn):
     single = explain(conn, "s00021", target=0.0)
     assert kpis(conn, "s00021")["P"] == single.P and single.path == "stored"
     assert users  # the population was built
+
+
+@pytest.mark.parametrize("role", [False, True])
+def test_a_batch_on_two_connections_reads_as_the_callers_session_does(conn, db_url, monkeypatch, role):
+    """A caller that SET its search_path (and role) after connecting: the batch's second
+    connection, opened from the session's connection string, read with the login's defaults,
+    so every other chunk read another schema's weekly_kpi (0.2 instead of 0.7) and the answers
+    depended on the chunk. It now acts as the session does: every chunk reads the caller's."""
+    import psycopg
+    from psycopg.types.json import Jsonb
+
+    from growth_assets import metrics
+
+    monkeypatch.setattr(metrics, "BATCH_CHUNK_USERS", 100)
+    store_run(conn)
+    users = [f"u{i:04d}" for i in range(250)]
+    conn.execute("CREATE SCHEMA platform")
+    conn.execute("CREATE TABLE platform.weekly_kpi (LIKE public.weekly_kpi INCLUDING ALL)")
+    for schema, p in (("platform", 0.7), ("public", 0.2)):
+        with conn.cursor() as cur:
+            cur.executemany(f"INSERT INTO {schema}.weekly_kpi (user_id, week_start, kpis) VALUES (%s, %s, %s)",
+                            [(u, WEEK, Jsonb(stored_p(p))) for u in users])
+    who = f"growth_reader_{conn.info.backend_pid}"
+    if role:  # the platform's copy readable by that role only
+        conn.execute(f"CREATE ROLE {who} NOLOGIN")
+        conn.execute(f"GRANT USAGE ON SCHEMA platform, public, growth TO {who}")
+        conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA platform, public, growth TO {who}")
+        conn.execute("REVOKE ALL ON platform.weekly_kpi FROM PUBLIC")
+    conn.commit()
+    try:
+        with psycopg.connect(db_url) as theirs:
+            theirs.execute("SET search_path = platform, public")
+            if role:
+                theirs.execute(f"SET ROLE {who}")
+            theirs.commit()
+            calls = []
+            real = metrics._second_reader
+            monkeypatch.setattr(metrics, "_second_reader", lambda *a: calls.append(1) or real(*a))
+            two = batch(theirs, users, target=0.0)  # an idle session: two connections
+            assert calls == [1]
+            theirs.execute("SELECT 1")  # inside the caller's transaction: the session alone
+            one = batch(theirs, users, target=0.0)
+            theirs.rollback()
+    finally:
+        if role:
+            conn.rollback()
+            conn.execute(f"DROP OWNED BY {who}")
+            conn.execute(f"DROP ROLE {who}")
+            conn.commit()
+    assert {u: (a.path, a.P) for u, a in two.items()} == {u: ("stored", 0.7) for u in users}
+    assert {u: (a.path, a.P) for u, a in one.items()} == {u: ("stored", 0.7) for u in users}

@@ -25,7 +25,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
 from ...db.binary_copy import CopyFormatError, copy_in, copy_out_tuples, decode_arrays
-from ...db.connection import in_snapshot
+from ...db.connection import EXPORT_SNAPSHOT, in_snapshot
 from ...model.chunks import usable_cores
 from ...model.contract import ContractError
 from ...model.panel import Panel
@@ -182,14 +182,6 @@ def _split_sql(score_source: str) -> str:
             f" percentile_disc(0.45) WITHIN GROUP (ORDER BY id) FROM ({sample}) s")
 
 
-# each connection of the halves acts as the builder does: as its role (a session's SET ROLE, which
-# ``_split`` checked TEMP for, not the login's) and with its search_path; and as it waits, idle in
-# its transaction, until the builder has its rows, a server's idle_in_transaction_session_timeout
-# does not end it
-_AS_BUILDER = ("SELECT set_config('role', %(role)s, true), set_config('search_path', %(search_path)s, true),"
-               " set_config('idle_in_transaction_session_timeout', '0', true)")
-
-
 class _Halves:
     """The panel built in two halves of its students (split by ``_split``), each on a connection of
     its own in the builder's snapshot (``pg_export_snapshot``), and its exclusions counted on a
@@ -197,14 +189,18 @@ class _Halves:
 
     def __init__(self, conn: psycopg.Connection, score_source: str, params: dict, split: str, panel_id: str,
                  stack: contextlib.ExitStack) -> None:
-        snapshot, role, path = conn.execute(
-            "SELECT pg_export_snapshot(), current_user, current_setting('search_path')").fetchone()
+        # each connection acts as the builder: its role (a session's SET ROLE, which ``_split``
+        # checked TEMP for, not the login's) and its search_path
+        snapshot, role, path = conn.execute(EXPORT_SNAPSHOT).fetchone()
         dsn, password = conn.info.dsn, conn.info.password
         with contextlib.ExitStack() as opened:  # if one cannot be had, those opened close at once
             self.conns = []
             for ro in (False, False, True):
-                c = opened.enter_context(in_snapshot(dsn, password, snapshot, read_only=ro))
-                c.execute(_AS_BUILDER, {"role": role, "search_path": path})
+                c = opened.enter_context(in_snapshot(dsn, password, snapshot, read_only=ro, role=role,
+                                                     search_path=path))
+                # each waits, idle in its transaction, until the builder has its rows: a
+                # server's idle_in_transaction_session_timeout must not end it meanwhile
+                c.execute("SELECT set_config('idle_in_transaction_session_timeout', '0', true)")
                 self.conns.append(c)
             # closed last, after the threads that use them have stopped; a failed build first
             # cancels the reads it started
@@ -458,9 +454,11 @@ def _arrays(conn: psycopg.Connection, panel_id: str) -> bytearray:
     return buf
 
 
-def _ids_in_snapshot(conninfo: str, password: str | None, snapshot: str, panel_id: str) -> bytearray:
-    """``_ids_text`` on a connection of its own, in the exported ``snapshot``."""
-    with in_snapshot(conninfo, password, snapshot) as other:
+def _ids_in_snapshot(conninfo: str, password: str | None, snapshot: str, panel_id: str, role: str,
+                     search_path: str) -> bytearray:
+    """``_ids_text`` on a connection of its own, in the exported ``snapshot``, as the reader's
+    role and with its search_path."""
+    with in_snapshot(conninfo, password, snapshot, role=role, search_path=search_path) as other:
         other.execute(_KEY_ORDER)
         return _ids_text(other, panel_id)
 
@@ -475,9 +473,9 @@ def _read_both(conn: psycopg.Connection, panel_id: str) -> tuple[np.ndarray, np.
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         conn.execute(_KEY_ORDER)
-        snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        snapshot, role, path = conn.execute(EXPORT_SNAPSHOT).fetchone()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="load_panel") as pool:
-            ids = pool.submit(_ids_in_snapshot, conn.info.dsn, conn.info.password, snapshot, panel_id)
+            ids = pool.submit(_ids_in_snapshot, conn.info.dsn, conn.info.password, snapshot, panel_id, role, path)
             try:
                 buf = _arrays(conn, panel_id)
             except BaseException:
