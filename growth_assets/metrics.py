@@ -607,10 +607,15 @@ def _horizon_index(run: _Run, horizon: date | None) -> int:
 
 # per user: the latest calibration up to now (a future-dated row is not "latest") with a theta
 # inside BRMS_SCORE_RANGE: (theta, se). Parameters: users, score_lo, score_hi.
+# of calibrations at the same latest instant (two models or versions), the one with the smallest
+# usable se (then the lowest theta, model, version): every plan takes the same row (they took
+# the first they met: a batch and single calls disagreed)
+LATEST_THETA_ORDER = ("fitted_at DESC NULLS LAST, (se > 0 AND se < 'Infinity') DESC NULLS LAST, se, theta,"
+                      " model, version")
 _THETA_SQL = ("SELECT DISTINCT ON (user_id) user_id, theta, se FROM mirt_ability"
               " WHERE user_id = ANY(%(users)s) AND theta IS NOT NULL AND fitted_at <= now()"
               " AND theta BETWEEN %(score_lo)s AND %(score_hi)s"
-              " ORDER BY user_id, fitted_at DESC NULLS LAST")
+              f" ORDER BY user_id, {LATEST_THETA_ORDER}")
 
 
 def _send_theta(session: psycopg.Connection, users: list[str],

@@ -18,6 +18,7 @@ import psycopg
 from pydantic import Field
 
 from ...db.writers import read_population_draws, write_backtest
+from ...metrics import LATEST_THETA_ORDER
 from ...model import backtest as bt
 from ..resources import GrowthSettings, PostgresResource
 from ..sources import panel_sources
@@ -68,7 +69,7 @@ base AS (
     SELECT DISTINCT ON (user_id) user_id, theta, se FROM mirt_ability
     WHERE user_id IN (SELECT student_id FROM realised) AND fitted_at < (%(published)s::date)::timestamp AT TIME ZONE 'UTC'
       AND theta IS NOT NULL AND se > 0 AND theta BETWEEN %(score_lo)s AND %(score_hi)s
-    ORDER BY user_id, fitted_at DESC)
+    ORDER BY user_id, {latest})
 SELECT r.student_id, r.score, s.n, s.sw, s.sww, s.sy, s.swy, sp.mu, sp.sigma, b.theta, b.se
 FROM realised r
 LEFT JOIN sums s USING (student_id)  -- none: a fit stored without sums whose panel was pruned
@@ -85,7 +86,8 @@ def scored_students(conn: psycopg.Connection, run: dict, p_week, growth: GrowthS
     params = {"window_start": p_week, "window_end": p_week + timedelta(weeks=1), "now": now, "users": None,
               "score_lo": float(growth.score_min), "score_hi": float(growth.score_max),
               "panel_id": run["panel_id"], "run_id": run["run_id"], "published": run["window_end"]}
-    rows = conn.execute(_SCORED.format(panel=panel_query(run["score_source"])), params).fetchall()
+    rows = conn.execute(_SCORED.format(panel=panel_query(run["score_source"]), latest=LATEST_THETA_ORDER),
+                        params).fetchall()
     no_sums = sum(r[2] is None for r in rows)
     rows = [r for r in rows if r[2] is not None]
     cols = list(zip(*rows)) if rows else [[] for _ in range(11)]
