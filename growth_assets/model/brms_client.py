@@ -26,7 +26,7 @@ import uuid
 import httpx
 import numpy as np
 
-from .contract import FitResultError
+from .contract import FitResultError, parse_json
 from .engine import FitSettings
 from .panel import Panel
 from .result import FitResult
@@ -42,7 +42,7 @@ def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "²" is a digit to str.isdigit, not to float()
         return min(float(value), MAX_RETRY_AFTER_SECS)
     from email.utils import parsedate_to_datetime
 
@@ -173,7 +173,9 @@ class BrmsClient:
                    + (f": {err['detail']}" if err.get("detail") else f": {resp.text[:300]}" if not err else ""))
             raise BrmsServiceError(msg, resp.status_code, err.get("error"), err.get("field"), err.get("detail"))
         try:
-            data = resp.json()
+            data = parse_json(resp.content)  # a key twice is refused, not settled by the last value
+        except FitResultError:
+            raise
         except ValueError:
             raise FitResultError("<body>", "the response is not valid JSON (malformed or truncated)",
                                  resp.text[:80]) from None

@@ -182,3 +182,20 @@ def thin_draws(draws: Mapping[str, Any], n: int = POPULATION_DRAWS) -> dict[str,
         return flat
     keep = np.linspace(0, total - 1, n).round().astype(np.int64)
     return {k: v[keep] for k, v in flat.items()}
+
+
+def _no_key_twice(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise FitResultError(k, "the key appears twice in one JSON object (which value is meant?)")
+        out[k] = v
+    return out
+
+
+def parse_json(body: bytes | str) -> Any:
+    """An engine's JSON answer: a key twice in one object is a FitResultError naming it (the
+    json module keeps the last value without a word); malformed JSON is json's ValueError."""
+    import json
+
+    return json.loads(body, object_pairs_hook=_no_key_twice)

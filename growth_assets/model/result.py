@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .contract import (DIAGNOSTIC_FIELDS, ENGINES, FORMULA, MAX_POPULATION_DRAWS, POPULATION_PARAMS,
-                       SUMMARY_FIELDS,
+from .contract import (DIAGNOSTIC_FIELDS, ENGINES, FORMULA, MAX_POPULATION_DRAWS, POPULATION_DRAWS,
+                       POPULATION_PARAMS, SUMMARY_FIELDS,
                        FitResultError, line_prediction)
 from .engine import Engine, FitSettings
 from .panel import Panel
@@ -188,6 +188,8 @@ class FitResult:
             sid = pr.get("student_id")
             if not isinstance(sid, str) or not sid:
                 raise FitResultError(f"{where}student_id", "missing or not a string", sid)
+            if "\x00" in sid:  # no text column holds it, and numpy's str drops it at the end
+                raise FitResultError(f"{where}student_id", "holds a NUL character", sid)
             cols["student_id"].append(sid)
             cols["n_obs"].append(_integer(pr, "n_obs", where))
             for f in LINE_FIELDS:
@@ -230,6 +232,17 @@ class FitResult:
             for f in ("ess_bulk", "ess_tail"):
                 if getattr(s, f) < 0:
                     raise FitResultError(f"posterior_summary.{p}.{f}", "must be >= 0", getattr(s, f))
+            if s.rhat < RHAT_FLOOR:  # NaN (not computable) passes here; the checks fail it
+                raise FitResultError(f"posterior_summary.{p}.rhat", f"must be >= {RHAT_FLOOR} (or null)", s.rhat)
+            if s.q5 > s.q95:
+                raise FitResultError(f"posterior_summary.{p}.q95", f"must be >= q5 ({s.q5})", s.q95)
+            lo, hi = _PARAM_RANGE.get(p, (-math.inf, math.inf))
+            for f in ("mean", "q5", "q95"):
+                v = getattr(s, f)
+                if not lo <= v <= hi or (p == "sigma" and f == "mean" and v <= 0):
+                    raise FitResultError(f"posterior_summary.{p}.{f}", f"must be within [{lo}, {hi}]"
+                                         + (" and > 0" if p == "sigma" and f == "mean" else ""), v)
+        self._validate_diagnostics()
         d = self.diagnostics
         for f in ("n_divergent", "n_max_treedepth"):
             v = getattr(d, f)
@@ -251,6 +264,28 @@ class FitResult:
             self._validate_panel(panel, same)
         return self
 
+    def _validate_diagnostics(self) -> None:
+        """The worst figures the checks read against the summary they sum up: both engines take
+        max R-hat and min ESS over every sampled quantity, the summary's six among them, and
+        make them null (NaN) if any is; so none of the summary may be worse, and a null there
+        is a null here. R-hat is never far below 1."""
+        d = self.diagnostics
+        if d.max_rhat < RHAT_FLOOR:
+            raise FitResultError("diagnostics.max_rhat", f"must be >= {RHAT_FLOOR} (or null)", d.max_rhat)
+        for f, worst, worse in (("rhat", "max_rhat", max), ("ess_bulk", "min_ess_bulk", min),
+                                ("ess_tail", "min_ess_tail", min)):
+            got = getattr(d, worst)
+            vals = [(p, getattr(s, f)) for p, s in self.summary.items()]
+            nan = [p for p, v in vals if math.isnan(v)]
+            if nan and not math.isnan(got):
+                raise FitResultError(f"diagnostics.{worst}", f"must be null: posterior_summary.{nan[0]}.{f} is", got)
+            if nan or math.isnan(got):
+                continue
+            p, v = worse(vals, key=lambda t: t[1])
+            if (v > got if worse is max else v < got) and abs(v - got) > 1e-9 * max(abs(v), 1.0):
+                raise FitResultError(f"diagnostics.{worst}", f"must be {'>=' if worse is max else '<='} every"
+                                     f" summary {f} (posterior_summary.{p}.{f} is {v})", got)
+
     def _validate_draws(self) -> None:
         """The population draws (optional in the contract): the six parameters, each the
         same number of finite draws within 1..MAX_POPULATION_DRAWS, sds >= 0, sigma > 0,
@@ -267,6 +302,10 @@ class FitResult:
         if shape is None or len(shape) != 1 or not 1 <= shape[0] <= MAX_POPULATION_DRAWS:
             raise FitResultError("population_draws", f"must be 1..{MAX_POPULATION_DRAWS} draws of "
                                  "each parameter, the same number", sorted(sizes))
+        want = min(POPULATION_DRAWS, self.kept_draws)  # thinned evenly (contract.thin_draws)
+        if shape[0] != want:
+            raise FitResultError("population_draws", f"must be {want} draws of each parameter (the"
+                                 f" contract's {POPULATION_DRAWS}, or every kept draw if fewer)", shape[0])
         for p in POPULATION_PARAMS:
             a = np.asarray(d[p], dtype=np.float64)
             if not np.isfinite(a).all():
@@ -280,6 +319,13 @@ class FitResult:
             bad = ~ok(a)
             if bad.any():
                 raise FitResultError(f"population_draws.{p}", f"must be {what}", float(a[bad][0]))
+        # a subset of the draws the summary sums up: their mean is within Monte Carlo error of
+        # its mean, far less than 3 posterior sds (a summary of another fit, or a garbled one)
+        for p in POPULATION_PARAMS:
+            a, s = np.asarray(d[p], dtype=np.float64), self.summary[p]
+            if abs(float(a.mean()) - s.mean) > 3 * max(s.sd, float(a.std())) + 1e-9 * (1 + abs(s.mean)):
+                raise FitResultError(f"posterior_summary.{p}.mean", f"must be near its own draws' mean"
+                                     f" ({float(a.mean()):.6g}, sd {float(a.std()):.3g})", s.mean)
 
     def _validate_students(self, unique_known: bool = False) -> None:
         s = self.students
@@ -315,6 +361,16 @@ class FitResult:
                    f"must equal mean_a + h mean_b at the horizon week {self.horizon_week}")
         _first_bad(s, np.abs(sigma - s.sigma) > 1e-6 * (np.sqrt(s.var_a + h * h * s.var_b) + 1e-9), "sigma",
                    f"must be the sd of a + b h at the horizon week {self.horizon_week}")
+        # P = Pr(line at the horizon >= target), the line's posterior of mean mu and sd sigma:
+        # whatever its shape, Cantelli's inequality bounds P by (mu - target) / sigma (the
+        # engines' P is within P_TOLERANCE of exact, their mu and sigma from the same draws)
+        lam2, var = (s.mu - self.target) ** 2, s.sigma ** 2
+        with np.errstate(divide="ignore", invalid="ignore"):  # mu above: P >= lam2/(var+lam2); below: P <= var/(..)
+            low, high = lam2 / (var + lam2), var / (var + lam2)
+        above, below = s.mu > self.target, s.mu < self.target
+        _first_bad(s, (above & (s.P < low - _P_SLACK)) | (below & (s.P > high + _P_SLACK)), "P",
+                   "is impossible for a line of this mu and sigma at the target (Cantelli's inequality:"
+                   " the probability of the other side?)")
 
     def _validate_settings(self, st: FitSettings) -> None:
         want = {"n_chains": st.n_chains, "n_samples": st.n_samples, "n_warmup": st.n_warmup,
@@ -370,6 +426,13 @@ def fit_panel(engine: Engine, panel: Panel, settings: FitSettings) -> FitResult:
     return result.sorted_by_student()
 
 
+RHAT_FLOOR = 0.9  # R-hat (split, rank-normalised) is about 1 and above; far below is no R-hat
+_P_SLACK = 0.005  # the engines' P: the mean of Phi over 1000 draws, within 0.001 of exact
+# the summary's parameters' ranges (sds and sigma >= 0, a correlation within [-1, 1])
+_PARAM_RANGE = {"sd_student_id__Intercept": (0.0, math.inf), "sd_student_id__week": (0.0, math.inf),
+                "sigma": (0.0, math.inf), "cor_student_id__Intercept__week": (-1.0, 1.0)}
+
+
 def _first_bad(s: StudentLines, bad: np.ndarray, name: str, detail: str) -> None:
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -385,7 +448,10 @@ def _number(obj: Mapping[str, Any], key: str, where: str, *, allow_null: bool = 
         return math.nan
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise FitResultError(f"{where}{key}", "must be a plain JSON number", v)
-    return float(v)
+    try:
+        return float(v)
+    except OverflowError:  # an integer of hundreds of digits
+        raise FitResultError(f"{where}{key}", "is beyond a float's range", f"{str(v)[:20]}...") from None
 
 
 def _integer(obj: Mapping[str, Any], key: str, where: str = "") -> int:
@@ -402,7 +468,10 @@ def _draws(obj: Any) -> dict[str, np.ndarray]:
     for k, v in obj.items():
         if not isinstance(v, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
             raise FitResultError(f"population_draws.{k}", "must be an array of numbers")
-        a = np.asarray(v, dtype=np.float64)
+        try:
+            a = np.asarray(v, dtype=np.float64)
+        except OverflowError:
+            raise FitResultError(f"population_draws.{k}", "holds a number beyond a float's range") from None
         if not np.isfinite(a).all():
             raise FitResultError(f"population_draws.{k}", "must be finite")
         if length is not None and a.size != length:

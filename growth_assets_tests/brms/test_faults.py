@@ -62,8 +62,10 @@ def test_a_valid_answer_passes_and_carries_the_token_and_key(fake):
     (json.dumps({**valid_body(), "horizon_week": 3}).encode(), "horizon_week: the engine answered 3"),
     (json.dumps({**valid_body(), "predictions": valid_body()["predictions"][:1], "n_students": 1}).encode(),
      "1 missing"),
+    # found by review: the json module kept the second "P" without a word
+    (json.dumps(valid_body()).replace('"P": ', '"P": 0.999, "P": ', 1).encode(), "P: the key appears twice"),
 ], ids=["garbage", "truncated", "200-with-error", "array-for-number", "missing-key", "wrong-engine",
-        "other-target", "other-horizon", "dropped-student"])
+        "other-target", "other-horizon", "dropped-student", "key-twice"])
 def test_a_malformed_answer_is_an_error_naming_the_key(fake, body, match):
     f = fake((200, body, 0))
     with pytest.raises(FitResultError, match=match):

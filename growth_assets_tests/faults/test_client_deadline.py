@@ -40,3 +40,11 @@ def test_a_retry_after_beyond_the_deadline_gives_up_at_once(fake):
     with pytest.raises(BrmsServiceError, match="leaves no time"):
         BrmsClient(f.url, timeout_secs=10, max_retries=3, backoff_secs=0.01).fit(PANEL, SETTINGS)
     assert time.monotonic() - t0 < 2 and len(f.requests) == 1
+
+
+def test_a_retry_after_that_is_no_number_is_retried_after_the_backoff(fake):
+    """Found by review: "²" is a digit to str.isdigit but not to float(): a raw ValueError
+    escaped, with no retry. A Retry-After that is neither seconds nor a date is ignored."""
+    f = fake((429, b'{"error": "too_many_fits"}', 0, {"Retry-After": "\u00b2"}), ok(valid_body()))
+    res = fit_panel(BrmsClient(f.url, timeout_secs=30, max_retries=3, backoff_secs=0.01), PANEL, SETTINGS)
+    assert res.engine == "brms" and len(f.requests) == 2

@@ -29,3 +29,20 @@ def test_constant_draws_of_a_sampled_parameter_fail_the_rhat_check():
     outcomes = {o.check_name: o for o in evaluate(stuck.diagnostics, stuck.kept_draws, DiagnosticThresholds())}
     assert not outcomes[RHAT_CHECK].passed and outcomes[RHAT_CHECK].severity == "ERROR"
     assert run_status(list(outcomes.values()))[0] == "failed_checks"
+
+
+def test_an_undefined_tail_ess_fails_the_ess_check_whatever_the_bulk():
+    """Found by review: min(500, nan) is 500 in Python (and min(nan, 500) is nan), so a NaN
+    tail ESS beside a finite bulk ESS passed the check, the run status and the ladder."""
+    from dataclasses import replace
+
+    from growth_assets.defs.growth.diagnostics import ESS_CHECK, falls_short
+    from growth_assets_tests.support.results import make_result
+
+    d = make_result(2).diagnostics
+    for bulk, tail in ((500.0, math.nan), (math.nan, 500.0)):
+        odd = replace(d, min_ess_bulk=bulk, min_ess_tail=tail)
+        outcomes = {o.check_name: o for o in evaluate(odd, 4000, DiagnosticThresholds())}
+        assert not outcomes[ESS_CHECK].passed and outcomes[ESS_CHECK].severity == "ERROR", (bulk, tail)
+        assert run_status(list(outcomes.values()))[0] == "failed_checks"
+        assert falls_short(odd, DiagnosticThresholds())

@@ -156,7 +156,8 @@ def _result():
         "priors": contract.priors(0.0, 1.0), "seed": 1, "n_chains": 4, "n_samples": 2000,
         "n_warmup": 1000, "n_obs": 6, "n_students": 2, "lookback_weeks": 12,
         "horizon_week": 15, "target": 0.0,
-        "posterior_summary": {p: dict(stat) for p in contract.POPULATION_PARAMS},
+        "posterior_summary": {p: dict(stat) for p in contract.POPULATION_PARAMS}
+        | {"cor_student_id__Intercept__week": {**stat, "mean": 0.2, "q5": 0.0, "q95": 0.4}},
         "diagnostics": {"max_rhat": 1.0, "min_ess_bulk": 900.0, "min_ess_tail": 800.0,
                         "n_divergent": 0, "n_max_treedepth": 0, "elapsed_s": 1.0},
         "predictions": [pred, {**pred, "student_id": "s2"}],

@@ -86,3 +86,82 @@ def test_the_json_edge_round_trips_columns():
         np.testing.assert_array_equal(getattr(back.students, f), getattr(r.students, f))
     assert back.students.student_id.tolist() == r.students.student_id.tolist()
     assert back.summary == r.summary and back.diagnostics.max_rhat == r.diagnostics.max_rhat
+
+
+def _with_draws(r, n: int = 1000):
+    """``r`` with population draws like an engine's: n draws near its summary's means."""
+    from growth_assets.model.contract import POPULATION_PARAMS
+
+    rng = np.random.default_rng(5)
+    return replace(r, population_draws={p: np.clip(r.summary[p].mean + r.summary[p].sd * rng.standard_normal(n),
+                                                   1e-6, None) for p in POPULATION_PARAMS})
+
+
+def _summary(r, p, **kw):
+    return replace(r, summary={**r.summary, p: replace(r.summary[p], **kw)})
+
+
+def _complement_p(r, pn):
+    """Pr(line < target) reported as P: the first student's line is 0.25 (sd 0.32) at the
+    horizon, so P is 0.78, and no distribution of that mean and sd has P below 0.38 (Cantelli's
+    inequality); the complement, 0.22, is below that."""
+    return replace(r, students=replace(r.students, P=1.0 - r.students.P))
+
+
+@pytest.mark.parametrize("tamper, field", [
+    (_complement_p, "predictions[0].P"),
+    (lambda r, pn: replace(r, diagnostics=replace(r.diagnostics, max_rhat=-3.0)), "diagnostics.max_rhat"),
+    # the checks read diagnostics' worst figures: a summary worse than them is a lie in one
+    (lambda r, pn: _summary(r, "b_week", rhat=1.5), "diagnostics.max_rhat"),
+    (lambda r, pn: _summary(r, "sigma", ess_bulk=12.0), "diagnostics.min_ess_bulk"),
+    (lambda r, pn: _summary(r, "sigma", ess_tail=12.0), "diagnostics.min_ess_tail"),
+    (lambda r, pn: _summary(r, "b_week", rhat=float("nan")), "diagnostics.max_rhat"),
+    (lambda r, pn: _summary(r, "sigma", rhat=-1.0), "posterior_summary.sigma.rhat"),
+    (lambda r, pn: _summary(r, "sigma", mean=-3.0), "posterior_summary.sigma.mean"),
+    (lambda r, pn: _summary(r, "sd_student_id__week", mean=-1.0), "posterior_summary.sd_student_id__week.mean"),
+    (lambda r, pn: _summary(r, "cor_student_id__Intercept__week", mean=7.0),
+     "posterior_summary.cor_student_id__Intercept__week.mean"),
+    (lambda r, pn: _summary(r, "b_week", q5=5.0, q95=-5.0), "posterior_summary.b_week.q95"),
+    (lambda r, pn: _summary(_with_draws(r), "b_Intercept", mean=50.0), "posterior_summary.b_Intercept.mean"),
+    (lambda r, pn: _with_draws(r, 1), "population_draws"),  # 4000 kept: the contract's 1000
+    (lambda r, pn: _with_draws(r, 5000), "population_draws"),
+])
+def test_an_answer_that_contradicts_itself_is_refused_naming_the_field(tamper, field):
+    """Found by review: each was accepted, and a blocking check or P read it. A P the
+    opposite of its own line; diagnostics better than the summary they sum up (the checks
+    read the diagnostics: R-hat 1.5 passed); a summary no posterior has (a negative sd or
+    sigma, |cor| > 1, q5 > q95, a mean 5,000 sds from its own draws); draws of another length
+    than the contract's min(1000, kept draws)."""
+    pn = panel()
+    r = make_result(5, ids=pn.student_ids, n_obs=pn.n_obs())
+    fit_panel(Answers(_with_draws(r)), pn, SETTINGS)  # the honest answer, with its draws, passes
+    with pytest.raises(FitResultError) as e:
+        fit_panel(Answers(tamper(r, pn)), pn, SETTINGS)
+    assert e.value.field == field, str(e.value)
+
+
+def test_json_with_a_key_twice_or_a_nul_in_an_id_or_a_huge_number_is_refused_naming_it():
+    """Found by review: a second "P" silently won; "s00000\\0" passed as s00000 (numpy's str
+    drops trailing NULs) while the real s00000 got no line; a 400-digit integer crashed with
+    OverflowError instead of a FitResultError."""
+    import json
+
+    from growth_assets.model.contract import parse_json
+
+    body = json.dumps(make_result(2).to_json())
+    twice = body.replace('"P": ', '"P": 0.999, "P": ', 1)
+    with pytest.raises(FitResultError) as e:
+        parse_json(twice.encode())
+    assert e.value.field == "P" and "twice" in str(e.value)
+    from growth_assets.model.result import FitResult
+
+    nul = make_result(2).to_json()
+    nul["predictions"][0]["student_id"] = "s00000\x00"
+    with pytest.raises(FitResultError) as e:
+        FitResult.from_json(nul)
+    assert e.value.field == "predictions[0].student_id"
+    huge = make_result(2).to_json()
+    huge["predictions"][1]["n_obs"] = int("1" * 400)
+    with pytest.raises(FitResultError) as e:
+        FitResult.from_json(huge)
+    assert e.value.field == "predictions[1].n_obs"

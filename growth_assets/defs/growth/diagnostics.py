@@ -63,10 +63,17 @@ def _grade(name: str, observed: float, warn: float, error: float, higher_is_wors
     return Outcome(name, True, "ERROR", observed, warn, error, f"{what} {observed:.4g} within thresholds")
 
 
+def _min_ess(d: Diagnostics) -> float:
+    """The lower of bulk and tail ESS; NaN if either is (Python's min keeps or drops a NaN by
+    the order of its arguments: min(500, nan) is 500)."""
+    bulk, tail = float(d.min_ess_bulk), float(d.min_ess_tail)
+    return math.nan if math.isnan(bulk) or math.isnan(tail) else min(bulk, tail)
+
+
 def evaluate(d: Diagnostics, kept_draws: int, t: DiagnosticThresholds) -> list[Outcome]:
     """Grade a fit's diagnostics against the thresholds: one outcome per check."""
     kept = max(1, int(kept_draws))
-    ess = min(float(d.min_ess_bulk), float(d.min_ess_tail))
+    ess = _min_ess(d)
     n_div = float(d.n_divergent)
     share = n_div / kept
     div = _grade(DIVERGENCE_CHECK, share, 0.0, t.divergent_error_share, True, "divergent share")
@@ -88,7 +95,7 @@ def run_status(outcomes: list[Outcome]) -> tuple[str, list[str]]:
 def falls_short(d: Diagnostics, t: DiagnosticThresholds) -> bool:
     """R-hat or ESS short of the WARN thresholds (or undefined): what more iterations can
     mend. Divergences are not: a longer run of the same sampler diverges as often."""
-    ess = min(float(d.min_ess_bulk), float(d.min_ess_tail))
+    ess = _min_ess(d)
     rhat = float(d.max_rhat)
     return not (math.isfinite(rhat) and math.isfinite(ess)) or rhat > t.rhat_warn or ess < t.ess_warn
 
