@@ -224,3 +224,30 @@ def test_metadata_numbers_are_rounded_to_meaningful_digits(seeded):
         assert v == round(v, 3), (k, v)
     check = next(e for e in res.get_asset_check_evaluations() if e.check_name == "rhat_below_threshold")
     assert check.metadata["observed"].value == 1.001
+
+
+def test_a_run_that_grades_an_earlier_fit_records_that_fits_panel_not_its_own_settings(db_url):
+    """growth_brms_meta of a run that did not fit (only the downstream assets, after a failed
+    fit) records the fit it grades: the window and score source of the panel that fit was made
+    on. It took them from this run's settings instead: with lookback_weeks 8 against the fit's
+    12 it recorded the 8-week window's start, and weekly_kpi_P then wrote that fit's P for
+    the week of 2027-01-11 instead of 2026-12-14, under every check (found by review)."""
+    from growth_assets_tests.support.graph import seed_db
+
+    url = seed_db(db_url, 30, seed=5)
+    assert dg.materialize(weekly_assets, partition_key=PARTITION, resources=resources(url, ReplayEngine())).success
+    with connect(url) as c:
+        first = c.execute("SELECT run_id, panel_id, window_start, score_source FROM growth_brms_meta").fetchone()
+    assert first[2] == date(2026, 8, 31)
+    # the settings change to 8 weeks and the accuracy source; that run's own fit fails
+    changed = dict(lookback_weeks=8, score_source="accuracy")
+    failed = dg.materialize(weekly_assets, partition_key=PARTITION, raise_on_error=False,
+                            resources=resources(url, ReplayEngine(fail=True), **changed))
+    assert not failed.success
+    again = dg.materialize(weekly_assets, partition_key=PARTITION, selection=["growth_brms_meta", "weekly_kpi_P"],
+                           resources=resources(url, ReplayEngine(), **changed))
+    assert again.success
+    with connect(url) as c:
+        rows = c.execute("SELECT run_id, panel_id, window_start, score_source FROM growth_brms_meta").fetchall()
+        weeks = c.execute("SELECT DISTINCT kpis->>'P_week' FROM weekly_kpi WHERE kpis ? 'P'").fetchall()
+    assert rows == [first] and weeks == [("2026-12-14",)]

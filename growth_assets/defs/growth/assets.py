@@ -333,14 +333,21 @@ def growth_brms_meta(context: dg.AssetExecutionContext, postgres: PostgresResour
     The status is ``passed`` or ``failed_checks`` by the same rules as the blocking checks,
     so a bad fit graded by a later run is recorded as such and never reaches weekly_kpi.
     """
-    with contract_failures():
-        window = _window(context, growth)
     with postgres.connect() as conn, contract_failures():
         row = _latest(conn, "growth_fit", context.partition_key, context.run.run_id, "result, panel_id")
         if row is None:
             raise dg.Failure(f"no fit stored for partition {context.partition_key}: materialize brms_posterior first")
         fit, panel_id = row
-        info = _panel_of(conn, window, growth)
+        # the panel the fit was made on (its window and source), whatever this run's settings
+        # are: a run that grades an earlier fit records that fit
+        info = panel_info(conn, panel_id)
+        if info is None:
+            raise dg.Failure(f"the panel {panel_id} of fit {fit['run_id']} is gone (the panel retention):"
+                             f" materialize weekly_scores and brms_posterior of partition {context.partition_key}")
+        if info.panel_id != panel_id_for(_window(context, growth), growth.score_source):
+            context.log.warning("run %s grades fit %s, made on panel %s, not this run's settings' (%s weeks, %s)",
+                                context.run.run_id, fit["run_id"], panel_id, growth.lookback_weeks,
+                                growth.score_source)
         diag, kept = _stored_diagnostics(fit)
         status, reasons = run_status(evaluate(diag, kept, diagnostics_thresholds))
         write_run_record(
