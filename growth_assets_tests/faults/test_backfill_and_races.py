@@ -115,3 +115,39 @@ def test_writers_lock_rows_in_one_order_so_two_merges_do_not_deadlock(db_url):
     assert not errors, errors
     with connect(db_url) as c:
         assert {r[0] for r in c.execute("SELECT kpis->>'P_run_id' FROM weekly_kpi").fetchall()} == {"r-b"}
+
+
+def test_a_regrade_that_fails_the_run_waits_for_the_merge_that_read_it_passed(db_url):
+    """weekly_kpi_P reads its run's status, then merges its P. A growth_brms_meta of the same
+    partition that regrades the fit with stricter thresholds (failed_checks) committed in
+    between, and the P of a failed run was written all the same (suspected by review). The
+    merge now holds its run's record from the read to its commit: the regrade waits."""
+    import dagster as dg
+
+    from growth_assets.defs.growth import assets as assets_mod
+    from growth_assets.defs.growth import weekly_assets, weekly_kpi_P
+    from growth_assets_tests.support.graph import PARTITION, ReplayEngine, resources, seed_db
+
+    url = seed_db(db_url, 20, seed=3)
+    res = resources(url, ReplayEngine())
+    assert dg.materialize(weekly_assets, partition_key=PARTITION, resources=res).success
+    real, regrade = assets_mod.merge_run_into_weekly_kpi, {}
+
+    def merge_after_a_regrade(conn, run_id, **kw):
+        with connect(url) as other:  # the regrade, between the read and the merge
+            other.execute("SET lock_timeout = '1s'")
+            try:
+                other.execute("UPDATE growth_brms_meta SET status = 'failed_checks' WHERE run_id = %s", (run_id,))
+                other.commit()
+                regrade["committed"] = True
+            except psycopg.errors.LockNotAvailable:
+                regrade["waited"] = True
+        return real(conn, run_id, **kw)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(assets_mod, "merge_run_into_weekly_kpi", merge_after_a_regrade)
+    try:
+        assert dg.materialize([weekly_kpi_P], partition_key=PARTITION, resources=res).success
+    finally:
+        mp.undo()
+    assert regrade == {"waited": True}

@@ -236,13 +236,16 @@ def _panel_of(conn: psycopg.Connection, window: Window, growth: GrowthSettings) 
 
 
 def _latest(conn: psycopg.Connection, table: str, partition_key: str, dagster_run_id: str,
-            columns: str) -> tuple | None:
+            columns: str, *, hold: bool = False) -> tuple | None:
     """The row of ``table`` for a partition: the one this Dagster run wrote, else the newest
-    (a run that materializes only the downstream assets reads the last upstream run's)."""
+    (a run that materializes only the downstream assets reads the last upstream run's).
+    ``hold``: the row is held (FOR SHARE) until the connection's transaction ends, so what was
+    read of it stays true meanwhile (a regrade waits)."""
     order = "created_at" if table == "growth_fit" else "fitted_at"
     return conn.execute(
         f"SELECT {columns} FROM {table} WHERE partition_key = %s"
-        f" ORDER BY (dagster_run_id = %s) DESC NULLS LAST, {order} DESC, run_id DESC LIMIT 1",
+        f" ORDER BY (dagster_run_id = %s) DESC NULLS LAST, {order} DESC, run_id DESC LIMIT 1"
+        + (" FOR SHARE" if hold else ""),
         (partition_key, dagster_run_id)).fetchone()
 
 
@@ -401,7 +404,7 @@ def weekly_kpi_P(context: dg.AssetExecutionContext, postgres: PostgresResource, 
     with postgres.connect() as conn:
         row = _latest(conn, "growth_brms_meta", context.partition_key, context.run.run_id,
                       "run_id, status, status_reasons, engine, horizon_week, target, week_start, window_start,"
-                      " window_end")
+                      " window_end", hold=True)  # passed until the merge commits: a regrade waits
         if row is None:
             raise dg.Failure(f"no growth_brms_meta run for partition {context.partition_key}:"
                              " materialize growth_brms_meta first")
