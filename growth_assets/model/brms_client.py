@@ -10,7 +10,9 @@ cannot start a second copy of a fit:
   to the running fit (or replays its stored result) instead of starting another.
 
 All attempts of one fit share one deadline, ``R_BRMS_TIMEOUT_SECS``: a retry reads for at
-most the time left, so a fit never takes longer than that. Never on other 4xx/5xx answers: those are errors, raised with the service's JSON message
+most the time left, and an answer must arrive whole by then (``_post_within``: a body that
+trickles in is cut off), so a fit never takes longer than that. (Headers sent a byte at a time
+are bounded only by the read timeout of each byte: httpx reads them in one call.) Never on other 4xx/5xx answers: those are errors, raised with the service's JSON message
 (``error``, ``field``, ``detail``). A 200 answer is parsed into a ``FitResult`` (spec §8): a missing key, or an array where a
 number belongs, is a FitResultError naming the key; ``result.fit_panel`` then checks it
 against the request (the same students, target, horizon and counts).
@@ -62,6 +64,24 @@ class BrmsServiceError(RuntimeError):
                  field: str | None = None, detail: str | None = None):
         super().__init__(message)
         self.status, self.error, self.field, self.detail = status, error, field, detail
+
+
+def _post_within(client: httpx.Client, body: bytes, headers: dict[str, str], deadline: float,
+                 timeout: httpx.Timeout) -> httpx.Response:
+    """POST /growth/fit with its answer read whole by ``deadline`` (time.monotonic()): httpx's
+    read timeout bounds each read, not the answer, and a body that trickled in (a chunk every
+    half second) took any time at all. Late: httpx's ReadTimeout, as a read that timed out."""
+    req = client.build_request("POST", "/growth/fit", content=body, headers=headers, timeout=timeout)
+    resp = client.send(req, stream=True)
+    try:
+        chunks = []
+        for chunk in resp.iter_raw():  # as sent (gzip too): the Response below decodes it once
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                raise httpx.ReadTimeout("the answer did not arrive whole within the fit's deadline", request=req)
+    finally:
+        resp.close()
+    return httpx.Response(resp.status_code, headers=resp.headers, content=b"".join(chunks), request=req)
 
 
 class BrmsClient:
@@ -133,9 +153,8 @@ class BrmsClient:
                 left = deadline - time.monotonic()
                 retry_after: float | None = None
                 try:
-                    resp = client.post("/growth/fit", content=body, headers=headers,
-                                       timeout=httpx.Timeout(max(left, 0.001),
-                                                             connect=min(self.connect_timeout_secs, max(left, 0.001))))
+                    resp = _post_within(client, body, headers, deadline, httpx.Timeout(
+                        max(left, 0.001), connect=min(self.connect_timeout_secs, max(left, 0.001))))
                 except (httpx.ConnectError, httpx.ConnectTimeout) as e:
                     reason = f"could not connect to {self.base_url} ({type(e).__name__})"
                 except (httpx.ReadTimeout, httpx.RemoteProtocolError, httpx.ReadError,

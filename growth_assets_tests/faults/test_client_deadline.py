@@ -48,3 +48,44 @@ def test_a_retry_after_that_is_no_number_is_retried_after_the_backoff(fake):
     f = fake((429, b'{"error": "too_many_fits"}', 0, {"Retry-After": "\u00b2"}), ok(valid_body()))
     res = fit_panel(BrmsClient(f.url, timeout_secs=30, max_retries=3, backoff_secs=0.01), PANEL, SETTINGS)
     assert res.engine == "brms" and len(f.requests) == 2
+
+
+def test_an_answer_that_trickles_in_is_cut_off_at_the_deadline():
+    """httpx's read timeout bounds each read, not the answer: a body sent a piece every half
+    second took 5.6 s under a 2 s deadline (found by review). The whole answer must come
+    within the fit's deadline."""
+    import socket
+    import threading
+
+    body = json.dumps(valid_body()).encode()
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        conn, _ = server.accept()
+        with conn:
+            got = b""
+            while b"\r\n\r\n" not in got:
+                got += conn.recv(65536)
+            head, _, rest = got.partition(b"\r\n\r\n")
+            n = int(next(v for k, _, v in (h.partition(b":") for h in head.split(b"\r\n"))
+                         if k.lower() == b"content-length"))
+            while len(rest) < n:
+                rest += conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
+            step = len(body) // 12 + 1
+            try:
+                for i in range(0, len(body), step):
+                    conn.sendall(body[i:i + step])
+                    time.sleep(0.5)
+            except OSError:  # the client hung up: what it should do
+                pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    c = BrmsClient(f"http://127.0.0.1:{server.getsockname()[1]}", timeout_secs=2.0, max_retries=0,
+                   backoff_secs=0.01)
+    t0 = time.monotonic()
+    with pytest.raises(BrmsServiceError, match="no answer"):
+        c.fit(PANEL, SETTINGS)
+    assert time.monotonic() - t0 < 3.0
+    server.close()
