@@ -365,7 +365,8 @@ def test_probe_paths_are_routes_and_the_client_posts_to_a_route():
         assert ("GET", c[probe]["httpGet"]["path"]) in routes
         assert container_port(_r_deploy(), "r-brms-plumber", c[probe]["httpGet"]["port"]) == r_default_port()
     client_src = (REPO / "growth_assets" / "model" / "brms_client.py").read_text()
-    posts = set(re.findall(r'\.post\(\s*"([^"]+)"', client_src))
+    posts = (set(re.findall(r'\.post\(\s*"([^"]+)"', client_src))
+             | set(re.findall(r'build_request\(\s*"POST",\s*"([^"]+)"', client_src)))
     gets = set(re.findall(r'\.get\(\s*"(/[^"]*)"', client_src))
     assert posts == {"/growth/fit"} and {("POST", p) for p in posts} <= routes
     assert gets and {("GET", p) for p in gets} <= routes
