@@ -1292,11 +1292,13 @@ def calculate_and_store_weekly_kpi(
     a = _answers(session, [user_id], t, settings, kpi_week=week_start)[user_id]
     _log_one(a)
     if a.P is not None and a.path != "stored":
-        _store(session, [a], week_start)
+        _store(session, [a], week_start, settings.db_schema)
     return a
 
 
-def _store(session: psycopg.Connection, answers: list[GoalAnswer], week_start: date) -> int:
+def _store(session: psycopg.Connection, answers: list[GoalAnswer], week_start: date, schema: str) -> int:
+    """The answers' P merged into ``week_start``'s rows (``merge_weekly_kpi``, the run records
+    read in ``schema``: the session's search_path need not hold it), in one transaction."""
     groups: dict[tuple, list[tuple[str, float, float | None]]] = {}
     for a in answers:
         if a.P is None or a.path == "stored":
@@ -1307,7 +1309,7 @@ def _store(session: psycopg.Connection, answers: list[GoalAnswer], week_start: d
     with session.transaction():
         for (t, p_week, run_id, source, window_end), rows in groups.items():
             n += merge_weekly_kpi(session, rows, week_start=week_start, target=t, p_week=p_week,
-                                  run_id=run_id, source=source, window_end=window_end)
+                                  run_id=run_id, source=source, window_end=window_end, schema=schema)
     return n
 
 
@@ -1342,7 +1344,7 @@ def refresh_active_users(
     with session.transaction():
         users = active_users(session, week_start)
         answers = compute_goal_attainment_probabilities(session, users, t, kpi_week=week_start)
-        written = _store(session, list(answers.values()), week_start)
+        written = _store(session, list(answers.values()), week_start, settings.db_schema)
     counts = {p: 0 for p in PATHS}
     counts.update(Counter(a.path for a in answers.values()))
     counts["users"] = len(answers)

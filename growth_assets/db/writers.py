@@ -18,6 +18,7 @@ from psycopg.types.json import Jsonb
 from ..model.contract import POPULATION_PARAMS, ContractError, make_run_id
 from ..model.panel import WindowSums
 from ..model.result import FitResult
+from ..settings import Settings, check_schema
 from .binary_copy import Column, copy_in, encode
 
 P_SOURCES = ("brms", "native", "posterior", "update", "normal")
@@ -37,9 +38,26 @@ _MERGE_TAIL = """ORDER BY user_id  -- every writer locks rows in one order: no d
                SET kpis = w.kpis || EXCLUDED.kpis, updated_at = now()
                -- never replace a P from a newer data window with one from an older window
                -- (a backfill, or a daily refresh that computed before the weekly run
-               -- committed); a P without a window (Normal approximation) replaces none
+               -- committed); a P without a window (Normal approximation) replaces none.
+               -- Of one window, never a P of a passed run that readers take before the
+               -- incoming one (fitted later: a re-run of the partition) by a P of another run
+               -- (a refresh that computed from the earlier run, then wrote after the re-run)
                WHERE (w.kpis ->> 'P_window_end') IS NULL
-                  OR (EXCLUDED.kpis ->> 'P_window_end')::date >= (w.kpis ->> 'P_window_end')::date"""
+                  OR (EXCLUDED.kpis ->> 'P_window_end')::date > (w.kpis ->> 'P_window_end')::date
+                  OR ((EXCLUDED.kpis ->> 'P_window_end')::date = (w.kpis ->> 'P_window_end')::date
+                      AND NOT EXISTS (
+                          SELECT 1 FROM {meta} o JOIN {meta} n ON n.run_id = EXCLUDED.kpis ->> 'P_run_id'
+                          WHERE o.run_id = w.kpis ->> 'P_run_id' AND o.run_id <> n.run_id
+                            AND o.status = 'passed'
+                            AND (coalesce(o.fitted_at, '-infinity'), o.run_id)
+                                > (coalesce(n.fitted_at, '-infinity'), n.run_id)))"""
+
+
+def _merge_tail(schema: str | None) -> str:
+    """``_MERGE_TAIL`` with the run records' table named in ``schema`` (default: the settings'
+    ``GROWTH_DB_SCHEMA``): a caller's connection need not have it on its search_path."""
+    schema = check_schema(schema) if schema is not None else Settings.from_env().db_schema
+    return _MERGE_TAIL.format(meta=f'"{schema}".growth_brms_meta')
 RUN_STATUSES = ("passed", "failed_checks")
 _COPY_CHUNK = 200_000  # students encoded at a time
 STUDENT_COLUMNS = ("user_id", "n_obs", "mean_a", "mean_b", "var_a", "var_b", "cov_ab", "mu", "sigma", "P")
@@ -235,6 +253,7 @@ def merge_weekly_kpi(
     run_id: str | None,
     source: str,
     window_end: date | None = None,
+    schema: str | None = None,
 ) -> int:
     """Merge ``P``, ``sigma`` and what they mean into each user's ``weekly_kpi`` row.
 
@@ -243,7 +262,9 @@ def merge_weekly_kpi(
     the keys other writers own (``I_t``, ``E_t``, …) are kept, also when such a writer
     commits concurrently (the upsert re-reads the committed row under its row lock).
     Returns the number of rows merged. Bad values raise ContractError before anything is
-    written; a failure half-way rolls everything back.
+    written; a failure half-way rolls everything back. A row's P of a newer window, or of a
+    later passed run of the same window, is kept (``_MERGE_TAIL``); ``schema``: the project's
+    (where the run records are; default ``GROWTH_DB_SCHEMA``).
     """
     check_monday("week_start", week_start)
     check_monday("P_week", p_week)
@@ -278,7 +299,7 @@ def merge_weekly_kpi(
             SELECT user_id, %(week_start)s,
                    {_KPIS.format(p='p')}
             FROM _kpi_p
-            {_MERGE_TAIL}
+            {_merge_tail(schema)}
             """,
             {"week_start": week_start, "target": float(target), "p_week": p_week.isoformat(),
              "run_id": run_id, "source": source,
@@ -288,7 +309,8 @@ def merge_weekly_kpi(
 
 
 def merge_run_into_weekly_kpi(conn: psycopg.Connection, run_id: str, *, week_start: date,
-                              target: float, p_week: date, source: str, window_end: date) -> int:
+                              target: float, p_week: date, source: str, window_end: date,
+                              schema: str | None = None) -> int:
     """``merge_weekly_kpi`` of every student of a stored run, in one ``INSERT … SELECT``
     from ``growth_student_posterior`` (no rows travel through Python)."""
     check_monday("week_start", week_start)
@@ -302,7 +324,7 @@ def merge_run_into_weekly_kpi(conn: psycopg.Connection, run_id: str, *, week_sta
             SELECT user_id, %(week_start)s,
                    {_KPIS.format(p='"P"')}
             FROM growth_student_posterior WHERE run_id = %(run_id)s
-            {_MERGE_TAIL}
+            {_merge_tail(schema)}
             """,
             {"week_start": week_start, "target": float(target), "p_week": p_week.isoformat(),
              "run_id": run_id, "source": source, "window_end": window_end.isoformat()},

@@ -78,6 +78,31 @@ def test_a_merge_never_replaces_a_p_from_a_newer_window(conn):
     assert merge(conn, 0.5, date(2026, 11, 16), "native-old") == 1
 
 
+def test_a_merge_from_an_older_run_of_the_same_window_does_not_replace_the_newer_runs_p(conn):
+    """Two runs of one window (a re-run of the partition): readers take the later one (by
+    fitted_at). A daily refresh that computed from the earlier run, then wrote after the
+    re-run's P was merged, replaced it: the guard compared windows only, and they were equal.
+    weekly_kpi then showed the earlier run's P until the next write."""
+    early = store(conn, "native-20261123-043000", NEW_WEEK, datetime(2026, 11, 23, 4, 30, tzinfo=timezone.utc))
+    late = store(conn, "native-20261123-090000", NEW_WEEK, datetime(2026, 11, 23, 9, tzinfo=timezone.utc))
+    assert explain(conn, "s00001", target=0.0).run_id == late.run_id  # the readers' latest
+    assert merge(conn, 0.7, NEW_WEEK, late.run_id) == 1  # the re-run's weekly P
+    assert merge(conn, 0.2, NEW_WEEK, early.run_id, source="update") == 0  # the late refresh: refused
+    assert kpis(conn, "u1")["P"] == 0.7 and kpis(conn, "u1")["P_run_id"] == late.run_id
+    assert merge(conn, 0.6, NEW_WEEK, late.run_id, source="update") == 1  # the same run again: its refresh
+    assert kpis(conn, "u1")["P"] == 0.6
+    # the other way round: the later run's P replaces the earlier one's
+    assert merge(conn, 0.3, NEW_WEEK, early.run_id, week=OLD_WEEK) == 1
+    assert merge(conn, 0.4, NEW_WEEK, late.run_id, week=OLD_WEEK) == 1
+    assert kpis(conn, "u1", OLD_WEEK)["P_run_id"] == late.run_id
+    # a later run regraded to failed_checks: readers take the earlier run again, and so may its P
+    conn.execute("UPDATE growth_brms_meta SET status = 'failed_checks' WHERE run_id = %s", (late.run_id,))
+    conn.commit()
+    assert explain(conn, "s00001", target=0.0).run_id == early.run_id
+    assert merge(conn, 0.25, NEW_WEEK, early.run_id, source="update") == 1
+    assert kpis(conn, "u1")["P_run_id"] == early.run_id
+
+
 def test_writers_lock_rows_in_one_order_so_two_merges_do_not_deadlock(db_url):
     """Transaction A holds u1 and then wants u2; B merges [u2, u1]. B locking u2 first (the
     order its rows came in) deadlocked with A; sorted, B waits for u1 and both commit."""

@@ -423,7 +423,7 @@ def weekly_kpi_P(context: dg.AssetExecutionContext, postgres: PostgresResource, 
             return
         p_week = window_start + timedelta(weeks=int(h))
         n = merge_run_into_weekly_kpi(conn, run_id, week_start=week_start, target=target, p_week=p_week,
-                                      source=engine, window_end=window_end)
+                                      source=engine, window_end=window_end, schema=postgres.db_schema)
         fitted, p_min, p_max, share = conn.execute(
             'SELECT count(*), min("P"), max("P"), avg(("P" >= 0.5)::int) FROM growth_student_posterior'
             " WHERE run_id = %s", (run_id,)).fetchone()
