@@ -558,19 +558,19 @@ _DRAWS_CACHE: dict[tuple, tuple[dict[str, np.ndarray], tuple]] = {}
 _DRAWS_CACHE_SIZE = 4
 
 
-def _run_draws(session: psycopg.Connection, run: _Run) -> tuple[dict[str, np.ndarray], tuple] | None:
+def _run_draws(session: psycopg.Connection, run: _Run, where: tuple) -> tuple[dict[str, np.ndarray], tuple] | None:
     """The run's thinned population draws (``growth_population_draws``) with their
     standardised form (``native_math.standardised_draws``), or None (a run stored before
-    they existed, or by an engine that gave none). Kept in this process by
-    (server, database, run_id, the row's xmin): a rewritten row (a retried step) has
-    another xmin and is read again; reading 6 x 1000 doubles costs ~5 ms, a cache hit nothing."""
+    they existed, or by an engine that gave none). Kept in this process by ``where`` (server,
+    database and schema: two schemas' rows of one run_id can share an xmin), run_id and the
+    row's xmin: a rewritten row (a retried step) has another xmin and is read again; reading
+    6 x 1000 doubles costs ~5 ms, a cache hit nothing."""
     from .db.writers import DRAW_COLUMNS
     from .model.contract import POPULATION_PARAMS
 
     if run.draws_version is None:
         return None
-    info = session.info
-    key = (info.host, info.port, info.dbname, run.run_id, run.draws_version)
+    key = (*where, run.run_id, run.draws_version)
     hit = _DRAWS_CACHE.get(key)
     if hit is not None:
         return hit
@@ -754,7 +754,7 @@ def _know_run(session: psycopg.Connection, known: _Known, run: _Run | None, key:
     _RUN_GUESS[key] = run
     known.h = _horizon_index(run, horizon)
     known.p_week = run.p_week(known.h)
-    known.draws = _run_draws(session, run)
+    known.draws = _run_draws(session, run, key)
 
 
 # A call of more users than PREFETCH_THETA_MAX_USERS is a batch: it reads its run first, then

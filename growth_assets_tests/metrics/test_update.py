@@ -417,3 +417,40 @@ def test_a_session_of_another_service_on_public_gets_the_same_answers(fitted, au
         assert theirs.execute("SHOW search_path").fetchone()[0] == before
     assert got == want and (one.path, one.P) == want[users[0]]
     assert {p for p, _ in want.values()} >= {"stored", "none"}
+
+
+def test_draws_of_one_run_id_and_row_version_in_two_schemas_are_not_confused(db_url, monkeypatch):
+    """The process kept a run's draws by (server, database, run_id, row version), not by the
+    schema they were read from: two schemas of one database (two teams' projects) with the
+    same run_id, their draws written by one transaction (one xmin), got the first one's draws."""
+    from dataclasses import replace
+
+    from growth_assets.db.migrate import migrate
+    from growth_assets.db.writers import DRAW_COLUMNS
+    from growth_assets.model.contract import POPULATION_PARAMS
+    from growth_assets_tests.support.results import make_result
+
+    migrate(db_url, schema="other")
+    res = replace(make_result(3), population_draws=_draws(0.0))
+    for schema in ("growth", "other"):
+        with connect(db_url, schema=schema) as c:
+            store_fit(c, res)
+            c.commit()
+    with connect(db_url) as c:  # both schemas' draws rewritten in one transaction: one xmin
+        for schema, intercept in (("growth", -1.0), ("other", 1.0)):
+            d = _draws(intercept)
+            c.execute(f"UPDATE {schema}.growth_population_draws SET ({DRAW_COLUMNS}) = (%s, %s, %s, %s, %s, %s)"
+                      " WHERE run_id = %s", [d[p].tolist() for p in POPULATION_PARAMS] + [res.run_id])
+        xmins = c.execute("SELECT (SELECT xmin::text FROM growth.growth_population_draws),"
+                          " (SELECT xmin::text FROM other.growth_population_draws)").fetchone()
+        c.commit()
+        add_theta(c, "s00000", 0.0, 0.2, datetime(2026, 11, 25, 9, tzinfo=timezone.utc))  # the platform's: one
+        c.commit()
+    assert xmins[0] == xmins[1]
+    answers = {}
+    for schema in ("growth", "other"):
+        monkeypatch.setenv("GROWTH_DB_SCHEMA", schema)
+        with connect(db_url, schema=schema) as c:
+            answers[schema] = explain(c, "s00000", target=0.0)
+    assert answers["growth"].path == answers["other"].path == "update"
+    assert answers["other"].P > answers["growth"].P + 0.05, answers
