@@ -814,14 +814,19 @@ def _start_batch(session: psycopg.Connection, users: list[str], score_range: tup
         return chunk, stored, sums
 
     chunks = [users[i:i + BATCH_CHUNK_USERS] for i in range(0, len(users), BATCH_CHUNK_USERS)]
+    # the snapshot's row now, with nothing sent after it: a fetch in the pipeline waits for every
+    # statement sent before it, and the first chunk's go next
+    exported = snapshot_cur.fetchone() if snapshot_cur is not None and len(chunks) > 1 else None
     with contextlib.ExitStack() as stack:
         readers = [session]
-        if snapshot_cur is not None and len(chunks) > 1:
-            other = _second_reader(stack, session, snapshot_cur.fetchone(), config)
+        # the first chunk's reads go first: the server reads them while the second connection opens
+        sent = {0: send(session, chunks[0], _Ids(session, chunks[0]))}
+        if exported is not None:
+            other = _second_reader(stack, session, exported, config)
             if other is not None:
                 readers.append(other)
         n = len(readers)
-        sent = {k: send(readers[k], chunks[k], _Ids(readers[k], chunks[k])) for k in range(min(n, len(chunks)))}
+        sent.update({k: send(readers[k], chunks[k], _Ids(readers[k], chunks[k])) for k in range(1, min(n, len(chunks)))})
         for k in range(len(chunks)):
             conn, ahead = readers[k % n], k + n
             # the chunk ahead's ids while the server reads this one
