@@ -65,11 +65,15 @@ sums AS (
     FROM growth_student_posterior
     WHERE run_id = %(run_id)s AND sum_w IS NOT NULL AND user_id IN (SELECT student_id FROM realised)
     UNION ALL SELECT * FROM panel_sums),
-base AS (
-    SELECT DISTINCT ON (user_id) user_id, theta, se FROM mirt_ability
-    WHERE user_id IN (SELECT student_id FROM realised) AND fitted_at < (%(published)s::date)::timestamp AT TIME ZONE 'UTC'
-      AND theta IS NOT NULL AND se > 0 AND theta BETWEEN %(score_lo)s AND %(score_hi)s
-    ORDER BY user_id, {latest})
+base AS (  -- the latest calibration as spec §7 read it (metrics' rule); one whose se is not usable
+           -- published no P, so it is no baseline (an older calibration is not one either)
+    SELECT user_id, theta, se FROM (
+        SELECT DISTINCT ON (user_id) user_id, theta, se FROM mirt_ability
+        WHERE user_id IN (SELECT student_id FROM realised)
+          AND fitted_at < (%(published)s::date)::timestamp AT TIME ZONE 'UTC'
+          AND theta IS NOT NULL AND theta BETWEEN %(score_lo)s AND %(score_hi)s
+        ORDER BY user_id, {latest}) latest
+    WHERE se > 0 AND se < 'Infinity')
 SELECT r.student_id, r.score, s.n, s.sw, s.sww, s.sy, s.swy, sp.mu, sp.sigma, b.theta, b.se
 FROM realised r
 LEFT JOIN sums s USING (student_id)  -- none: a fit stored without sums whose panel was pruned
