@@ -76,3 +76,51 @@ def test_an_unset_url_disables_alerts_with_a_clear_reason():
         out, cursor = tick(instance, defs, None, None)
     assert out.skip_message == "ALERT_WEBHOOK_URL is not set: failure alerts are disabled"
     assert cursor is None
+
+
+@dg.asset
+def _fine():
+    return 1
+
+
+@dg.asset_check(asset=_fine)
+def _nan_check():  # as the R-hat check grades a NaN R-hat: ERROR, observed NaN
+    return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR,
+                               metadata={"observed": float("nan"), "error_threshold": 1.05})
+
+
+@dg.asset
+def _boom():
+    raise RuntimeError("boom")
+
+
+def test_a_failed_check_observing_nan_is_posted_and_does_not_stop_the_alerts_after_it():
+    """httpx refuses NaN in JSON (ValueError, not an HTTPError): the tick raised before it saved
+    its cursor, so every later tick posted the alerts before it again and never reached the
+    ones after it (a failed run went unreported)."""
+    with dg.instance_for_test() as instance, Receiver() as rx:
+        _, cursor = tick(instance, None, rx.url, None)
+        dg.materialize([_fine, _nan_check], instance=instance)
+        out, cursor = tick(instance, None, rx.url, cursor)
+        assert [p["check"] for p in rx.posts] == ["_nan_check"]
+        assert rx.posts[0]["observed"] is None and "observed nan" in rx.posts[0]["text"]
+        assert dg.materialize([_boom], instance=instance, raise_on_error=False).success is False
+        out, cursor = tick(instance, None, rx.url, cursor)
+        assert [p["kind"] for p in rx.posts] == ["asset_check_failed", "run_failed"]  # each once
+        assert json.loads(cursor)["pending"] == []
+
+
+def test_a_webhook_url_with_a_trailing_newline_still_delivers(monkeypatch):
+    """A secret made from a file ends in a newline. The settings strip it, but the resource read
+    the raw variable: httpx refused the URL (InvalidURL, not an HTTPError) and every tick
+    raised, its cursor never saved."""
+    with dg.instance_for_test() as instance, Receiver() as rx:
+        monkeypatch.setenv("ALERT_WEBHOOK_URL", rx.url + "\n")
+        defs = build_definitions(Settings.from_env())
+        webhook = defs.resources["alert_webhook"]
+        ctx = dg.build_sensor_context(instance=instance, cursor=None, resources={"alert_webhook": webhook})
+        failure_alerts(ctx)
+        assert dg.materialize([_boom], instance=instance, raise_on_error=False).success is False
+        ctx = dg.build_sensor_context(instance=instance, cursor=ctx.cursor, resources={"alert_webhook": webhook})
+        failure_alerts(ctx)
+        assert [p["kind"] for p in rx.posts] == ["run_failed"]

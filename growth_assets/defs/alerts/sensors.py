@@ -12,6 +12,7 @@ failures are not replayed. With ``ALERT_WEBHOOK_URL`` unset the sensor skips, sa
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import dagster as dg
@@ -33,10 +34,25 @@ class AlertWebhook(dg.ConfigurableResource):
         return f"{self.webserver_url.rstrip('/')}/runs/{run_id}" if self.webserver_url else None
 
     def post(self, payload: dict[str, Any]) -> None:
-        """POST one alert; raises on a connection error or a non-2xx answer."""
+        """POST one alert; raises on a connection error or a non-2xx answer. The URL is taken
+        without the whitespace around it (a secret made from a file ends in a newline)."""
         timeout = httpx.Timeout(self.timeout_secs, connect=min(5.0, self.timeout_secs))
-        r = httpx.post(self.url, json=payload, timeout=timeout)
+        r = httpx.post(self.url.strip(), json=payload, timeout=timeout)
         r.raise_for_status()
+
+
+def _json_value(v: Any) -> Any:
+    """``v`` as JSON can carry it: a NaN or infinite number as null (JSON has none: httpx
+    refuses them), a value JSON has no type for as its text."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if v is None or isinstance(v, (str, bool, int)):
+        return v
+    if isinstance(v, dict):
+        return {str(k): _json_value(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_value(x) for x in v]
+    return str(v)
 
 
 def _fmt(v: Any) -> str:
@@ -55,10 +71,10 @@ def check_alert(run, ev, webhook: AlertWebhook) -> dict[str, Any]:
             + (f" (partition {partition})" if partition else "")
             + f": observed {_fmt(observed)}, threshold {_fmt(threshold)}. {ev.description or ''}".rstrip()
             + f" Run {run.run_id}" + (f" <{link}|open>" if link else ""))
-    return {"text": text, "kind": "asset_check_failed", "severity": severity, "asset": asset,
-            "check": ev.check_name, "observed": observed, "threshold": threshold,
-            "warn_threshold": md.get("warn_threshold"), "description": ev.description,
-            "partition": partition, "run_id": run.run_id, "run_url": link}
+    return _json_value({"text": text, "kind": "asset_check_failed", "severity": severity, "asset": asset,
+                        "check": ev.check_name, "observed": observed, "threshold": threshold,
+                        "warn_threshold": md.get("warn_threshold"), "description": ev.description,
+                        "partition": partition, "run_id": run.run_id, "run_url": link})
 
 
 def run_alert(rec, webhook: AlertWebhook) -> dict[str, Any]:
@@ -68,8 +84,9 @@ def run_alert(rec, webhook: AlertWebhook) -> dict[str, Any]:
     message = entry.dagster_event.message if entry.dagster_event else ""
     text = (f":x: run {entry.run_id} of `{job}` failed: {message}"
             + (f" <{link}|open>" if link else ""))
-    return {"text": text, "kind": "run_failed", "severity": "ERROR", "job": job, "run_id": entry.run_id,
-            "run_url": link, "message": message, "record_id": rec.storage_id}
+    return _json_value({"text": text, "kind": "run_failed", "severity": "ERROR", "job": job,
+                        "run_id": entry.run_id, "run_url": link, "message": message,
+                        "record_id": rec.storage_id})
 
 
 # a run's check results are read once the run has ended, whatever its outcome
@@ -127,8 +144,10 @@ def failure_alerts(context: dg.SensorEvaluationContext, alert_webhook: AlertWebh
         try:
             alert_webhook.post(payload)
             sent += 1
-        except httpx.HTTPError as e:
+        except Exception as e:  # noqa: BLE001 - any error (a refused URL too) keeps the alert for a retry
+            # and the tick goes on: the cursor is saved below, and the alerts after it are posted
             failed.append(payload)
+            # the error's type only: its text can hold the URL, whose path is the webhook's secret
             context.log.warning("alert POST failed (%s); retrying on the next tick", type(e).__name__)
     if len(failed) > MAX_PENDING:
         context.log.error("%d alerts could not be sent; dropping the oldest %d", len(failed), len(failed) - MAX_PENDING)
