@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -538,6 +539,29 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: local database: {e}", file=sys.stderr)
             return 1
         raise
+    except Exception as e:
+        # a database's errors are one line, without DATABASE_URL's password (libpq's error for
+        # a URL it cannot parse quotes the part it refused: the password, in the pod's log)
+        pg = sys.modules.get("psycopg")
+        if pg is not None and isinstance(e, pg.Error):
+            print(f"error: database: {_without_password(' '.join(str(e).split()))}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _without_password(text: str) -> str:
+    """``text`` with DATABASE_URL's password (as written, and decoded) and any ``password=``
+    value replaced by ``***``."""
+    from urllib.parse import unquote, urlsplit
+
+    url = os.environ.get("DATABASE_URL", "")
+    try:
+        raw = urlsplit(url).password if "://" in url else None
+    except ValueError:
+        raw = None
+    for secret in {raw, unquote(raw) if raw else None} - {None, ""}:
+        text = text.replace(secret, "***")
+    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", text)
 
 
 if __name__ == "__main__":

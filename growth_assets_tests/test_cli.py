@@ -222,3 +222,16 @@ def test_the_demos_default_week_is_the_latest_partition_that_exists(now):
         latest = weekly_partitions.get_last_partition_key()
     assert Window(cli._as_of(None, t), 12).last_week.isoformat() == latest
     assert cli._as_of("2026-11-23", t) == date(2026, 11, 23)  # --as-of as given
+
+
+@pytest.mark.parametrize("url", ["postgresql://app:S3cret%zzPW@127.0.0.1:5432/growth",  # not a libpq URL
+                                 "postgresql://app:S3cretPW@127.0.0.1:1/growth"])  # nothing listens
+@pytest.mark.parametrize("cmd", [["db", "migrate"], ["seed-demo", "--students", "10"]])
+def test_a_database_error_is_one_line_without_the_password(url, cmd):
+    """A DATABASE_URL libpq could not parse ended in a traceback whose last line held the
+    password ('invalid percent-encoded token: "S3cret%zzPW"'), on stderr: in the pod's log."""
+    out = run(cmd, {"DATABASE_URL": url})
+    assert out.returncode == 1, out.stderr
+    assert "S3cret" not in out.stderr + out.stdout
+    assert "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("error: database: "), out.stderr
