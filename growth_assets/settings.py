@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 SCORE_SOURCES = ("theta", "accuracy")
 FAMILIES = ("gaussian",)
@@ -66,14 +67,19 @@ def _get(env: Mapping[str, str], name: str) -> str | None:
     return None if v is None or v.strip() == "" else v.strip()
 
 
+# what a person writes for a number: ASCII digits (Python's int() and float() also read
+# "1_000" and other scripts' digits, which nobody means in a setting)
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
 def env_int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
     raw = _get(env, name)
     if raw is None:
         return default
-    try:
-        v = int(raw)
-    except ValueError:
-        raise SettingsError(name, raw, "must be an integer") from None
+    if not _INT.fullmatch(raw):
+        raise SettingsError(name, raw, "must be an integer")
+    v = int(raw)
     if not lo <= v <= hi:
         raise SettingsError(name, raw, f"must be within {lo}..{hi}")
     return v
@@ -83,13 +89,32 @@ def env_float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = _get(env, name)
     if raw is None:
         return default
-    try:
-        v = float(raw)
-    except ValueError:
-        raise SettingsError(name, raw, "must be a number") from None
+    if raw.lower() in ("nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"):
+        raise SettingsError(name, raw, "must be finite")
+    if not _FLOAT.fullmatch(raw):
+        raise SettingsError(name, raw, "must be a number")
+    v = float(raw)
     if not math.isfinite(v):
         raise SettingsError(name, raw, "must be finite")
     return v
+
+
+def env_url(env: Mapping[str, str], name: str, secret: bool = False) -> str | None:
+    """An http(s) URL with a host, or None when unset. ``secret`` (a webhook, whose path is its
+    token): the error shows at most its scheme and host."""
+    raw = _get(env, name)
+    if raw is None:
+        return None
+    try:
+        parts = urlsplit(raw)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and not any(c.isspace() for c in raw)
+    except ValueError:
+        parts, ok = None, False
+    if not ok:
+        shown = raw if not secret else (f"{parts.scheme}://{parts.hostname}/..." if parts and parts.hostname
+                                         else "(not shown: it holds a secret)")
+        raise SettingsError(name, shown, "must be an http:// or https:// URL with a host")
+    return raw
 
 
 def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -222,21 +247,25 @@ class Settings:
     def _parse(cls, env: Mapping[str, str]) -> "Settings":
         timeout = env_float(env, "R_BRMS_TIMEOUT_SECS", R_BRMS_TIMEOUT_SECS)
         if timeout <= 0:
-            raise SettingsError("R_BRMS_TIMEOUT_SECS", str(timeout), "must be > 0")
+            raise SettingsError("R_BRMS_TIMEOUT_SECS", _get(env, "R_BRMS_TIMEOUT_SECS") or "", "must be > 0")
+        n_samples, max_n_samples = env_limit(env, N_SAMPLES), env_limit(env, MAX_N_SAMPLES)
+        if max_n_samples < n_samples:  # the convergence refit would never run, without a word
+            raise SettingsError(MAX_N_SAMPLES.env, str(max_n_samples),
+                                f"must be >= {N_SAMPLES.env} ({n_samples}); equal to it turns the refit off")
         return cls(
             database_url=_get(env, "DATABASE_URL"),
             db_schema=check_schema(_get(env, "GROWTH_DB_SCHEMA") or DB_SCHEMA),
             lookback_weeks=env_limit(env, LOOKBACK_WEEKS),
-            n_samples=env_limit(env, N_SAMPLES),
+            n_samples=n_samples,
             n_chains=env_limit(env, N_CHAINS),
             seed=env_limit(env, SEED),
             horizon_weeks=env_limit(env, HORIZON_WEEKS),
-            max_n_samples=env_limit(env, MAX_N_SAMPLES),
+            max_n_samples=max_n_samples,
             update_kpi=env_bool(env, "BRMS_UPDATE_KPI", True),
             score_source=env_choice(env, "BRMS_SCORE_SOURCE", "theta", SCORE_SOURCES),
             family=env_choice(env, "BRMS_FAMILY", "gaussian", FAMILIES),
             engine=env_choice(env, "GROWTH_ENGINE", None, ENGINE_CHOICES),
-            r_brms_base_url=_get(env, "R_BRMS_BASE_URL"),
+            r_brms_base_url=env_url(env, "R_BRMS_BASE_URL"),
             r_brms_timeout_secs=timeout,
             r_brms_internal_token=_get(env, "R_BRMS_INTERNAL_TOKEN"),
             metrics_use_bayesian=env_bool(env, "METRICS_USE_BAYESIAN", True),
@@ -245,8 +274,8 @@ class Settings:
             db_connect_timeout_secs=env_int(env, "DATABASE_CONNECT_TIMEOUT_SECS", 5, 1, 3600),
             db_statement_timeout_ms=env_int(env, "DATABASE_STATEMENT_TIMEOUT_MS", 30_000, 1, 86_400_000),
             db_lock_timeout_ms=env_int(env, "DATABASE_LOCK_TIMEOUT_MS", 5_000, 1, 86_400_000),
-            alert_webhook_url=_get(env, "ALERT_WEBHOOK_URL"),
-            dagster_webserver_url=_get(env, "DAGSTER_WEBSERVER_URL"),
+            alert_webhook_url=env_url(env, "ALERT_WEBHOOK_URL", secret=True),
+            dagster_webserver_url=env_url(env, "DAGSTER_WEBSERVER_URL"),
             native=NativeRuntime.from_env(env),
             local_dir=_get(env, "GROWTH_LOCAL_DIR") or None,
             r_service_dir=_get(env, "R_BRMS_SERVICE_DIR"),

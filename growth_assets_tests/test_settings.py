@@ -30,3 +30,34 @@ def test_bad_values_name_the_variable_and_the_value(name, value):
 def test_the_token_is_not_in_the_repr():
     s = Settings.from_env({"R_BRMS_INTERNAL_TOKEN": "s3cret-token"})
     assert s.r_brms_internal_token == "s3cret-token" and "s3cret" not in repr(s)
+
+
+@pytest.mark.parametrize("name,value", [
+    ("BRMS_N_SAMPLES", "1_000"),  # int() reads it as 1000
+    ("BRMS_LOOKBACK_WEEKS", "\u0661\u0662"),  # Arabic-Indic 12: int() reads it as 12
+    ("METRICS_DEFAULT_TARGET", "0_5"),  # float() reads it as 5.0
+    ("R_BRMS_TIMEOUT_SECS", "-5"),  # the error showed '-5.0', not what was set
+    ("DAGSTER_WEBSERVER_URL", "not a url"),
+    ("R_BRMS_BASE_URL", "r-brms:8000"),  # no scheme: every request failed, far from the setting
+])
+def test_values_python_would_read_but_a_person_did_not_mean_are_refused_naming_them(name, value):
+    with pytest.raises(SettingsError) as e:
+        Settings.from_env({name: value})
+    assert name in str(e.value) and value in str(e.value)
+
+
+def test_a_webhook_url_without_a_scheme_is_refused_without_showing_its_secret_path():
+    """A Slack webhook's path is its secret: without https:// every POST failed
+    (UnsupportedProtocol) and the alerts piled up, none delivered, with no word at startup."""
+    with pytest.raises(SettingsError) as e:
+        Settings.from_env({"ALERT_WEBHOOK_URL": "hooks.slack.com/services/T000/B000/s3cretXYZ"})
+    assert "ALERT_WEBHOOK_URL" in str(e.value) and "http" in str(e.value) and "s3cret" not in str(e.value)
+    assert Settings.from_env({"ALERT_WEBHOOK_URL": "https://hooks.slack.com/x\n"}).alert_webhook_url
+
+
+def test_a_refit_ceiling_below_the_iterations_is_refused():
+    """BRMS_MAX_N_SAMPLES below BRMS_N_SAMPLES silently turned the convergence refit off."""
+    with pytest.raises(SettingsError) as e:
+        Settings.from_env({"BRMS_N_SAMPLES": "2000", "BRMS_MAX_N_SAMPLES": "1000"})
+    assert "BRMS_MAX_N_SAMPLES" in str(e.value) and "1000" in str(e.value) and "BRMS_N_SAMPLES" in str(e.value)
+    assert Settings.from_env({"BRMS_N_SAMPLES": "2000", "BRMS_MAX_N_SAMPLES": "2000"}).max_n_samples == 2000
