@@ -120,6 +120,11 @@ def migrate(url_or_conn: str | psycopg.Connection, through: str | None = None, *
     if apply_source_changes:
         raise MigrationError("apply_source_changes needs the database URL (indexes are built CONCURRENTLY)")
     conn = url_or_conn
+    if through is not None:  # a version's name or its number ("0005"): the version itself is applied
+        named = [v for v, _ in available() if through in (v, v.split("_", 1)[0])]
+        if not named:
+            raise MigrationError(f"through={through!r}: no such migration")
+        through = named[0]
     applied_now: list[str] = []
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_ID,))

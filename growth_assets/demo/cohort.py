@@ -104,8 +104,8 @@ def _draw(lo: int, hi: int, n_weeks: int, rng: np.random.Generator, first_week: 
     stop_week = np.where(stop, rng.integers(1, max(n_weeks, 2), n), n_weeks)
     observed &= np.arange(n_weeks)[None, :] < stop_week[:, None]
     sparse = rng.random(n) < p.share_sparse
-    for i in np.flatnonzero(sparse):  # keep 1 or 2 of the observed weeks
-        keep = rng.choice(n_weeks, size=rng.integers(1, 3), replace=False)
+    for i in np.flatnonzero(sparse):  # keep 1 or 2 of the observed weeks (of one week: that one)
+        keep = rng.choice(n_weeks, size=min(int(rng.integers(1, 3)), n_weeks), replace=False)
         observed[i] = False
         observed[i, keep] = True
     s_idx, w_idx = np.nonzero(observed)

@@ -292,3 +292,15 @@ def test_check_says_what_is_pending_and_changes_nothing(empty_db_url):
         conn.execute("DROP SCHEMA growth CASCADE")
     out = run(["db", "migrate", "--check"], env)
     assert out.returncode == 3 and "in schema public, to be moved to growth" in out.stdout
+
+
+def test_migrate_through_a_version_number_applies_that_version(empty_db_url):
+    """'0005_forecast_backtest' > '0005' as strings: through='0005' stopped before 0005, not
+    after it as the docstring says; a version that does not exist is an error naming it."""
+    from growth_assets.db.migrate import MigrationError, migrate_through
+
+    with connect(empty_db_url) as conn:
+        applied = migrate_through(conn, "0005")
+        assert applied[-1].startswith("0005_") and len(applied) == 4, applied  # 0002 .. 0005
+        with pytest.raises(MigrationError, match="'0099'"):
+            migrate_through(conn, "0099")

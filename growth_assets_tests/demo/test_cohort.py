@@ -130,3 +130,17 @@ def test_a_seed_that_fails_half_way_leaves_the_tables_as_they_were(db_url, monke
         assert conn.execute(INDEXES).fetchall() == before
         assert conn.execute("SELECT (SELECT count(*) FROM mirt_ability) + (SELECT count(*) FROM features_topic_daily)"
                             " + (SELECT count(*) FROM student_topic_theta)").fetchone()[0] == 0
+
+
+def test_one_week_is_a_cohort_too():
+    """_check allows one week, but a sparse student asked for 2 of 1 weeks:
+    'Cannot take a larger sample than population' for every seed tried."""
+    for seed in range(1, 6):
+        d = generate(300, 1, seed, FIRST)
+        assert len(d["mirt_ability"]) > 0
+
+
+def test_the_same_seed_gives_the_same_cohort_as_before_for_more_weeks():
+    """The fix for one week draws the same numbers for two or more weeks (the demo's data stays)."""
+    a = generate(300, 12, 9, FIRST)["mirt_ability"]
+    assert len(a) == 2450 and float(a["theta"].sum()) == pytest.approx(-720.783623922937, abs=1e-9)
