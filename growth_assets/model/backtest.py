@@ -10,7 +10,8 @@ of Normal CDFs, exact for the stored draws. The baseline is spec §7's Normal: t
 calibration before the run's week, ``Normal(theta, se)``, whose probability of reaching the
 target is exactly the P that §7 would have published.
 
-Measures (model and baseline on the same students): the PIT value ``Pr(pred <= y)`` (its
+Measures (model and baseline on the same students: those with a calibration; the model on
+every student in each measure's detail): the PIT value ``Pr(pred <= y)`` (its
 10-bin histogram and the chi-square test of uniformity), coverage of the central 50 % and
 90 % predictive intervals (``|PIT - 0.5| <= 0.25``, ``<= 0.45``), the Brier score and the
 log score (mean log probability given to what happened, probabilities clipped to
@@ -140,33 +141,42 @@ class Measure:
 
 def score(y: np.ndarray, target: float, model: Forecasts, baseline: Forecasts,
           has_baseline: np.ndarray) -> list[Measure]:
-    """The measures of spec §10 (module docstring). The model is scored on every student with
-    a realised score; the baseline, and the model beside it for the skill, on those with a
-    calibration (``has_baseline``)."""
+    """The measures of spec §10 (module docstring). Each row puts the model beside the
+    baseline on the same students, those with a calibration (``has_baseline``; spec §10: the
+    Normal approximation is scored on the same students); the model's score on every student
+    with a realised score is in the row's detail (``model_all_students``, ``students``), and
+    is what the coverage check reads."""
     y = np.asarray(y, dtype=np.float64)
     reach = y >= target
     hb = np.asarray(has_baseline, dtype=bool)
     S, Sb = int(y.size), int(hb.sum())
     bpit, bq, breach = baseline.pit[hb], baseline.q[hb], reach[hb]
+    mpit, mq = model.pit[hb], model.q[hb]
 
     def cov(pit, width):
         return float(np.mean(np.abs(pit - 0.5) <= width / 2)) if pit.size else float("nan")
 
-    m_counts, m_p = pit_histogram(model.pit)
+    def every(value, **more) -> dict:
+        return {"model_all_students": value, "students": S, **more}
+
+    m_counts, m_p = pit_histogram(mpit)
+    a_counts, a_p = pit_histogram(model.pit)
     b_counts, b_p = pit_histogram(bpit)
-    bm, bb = brier(model.q[hb], breach), brier(bq, breach)
+    bm, bb = brier(mq, breach), brier(bq, breach)
     skill = 1.0 - bm / bb if Sb and bb > 0 else float("nan")
     return [
-        Measure("coverage_50", cov(model.pit, 0.5), cov(bpit, 0.5), S),
-        Measure("coverage_90", cov(model.pit, 0.9), cov(bpit, 0.9), S),
-        Measure("pit_uniformity_p", m_p, b_p, S,
-                {"model_counts": m_counts.tolist(), "baseline_counts": b_counts.tolist(), "bins": PIT_BINS}),
-        Measure("brier", brier(model.q, reach), bb, S, {"model_on_baseline_students": bm}),
-        Measure("log_score", log_score(model.q, reach), log_score(bq, breach), S, {"clip": LOG_CLIP}),
+        Measure("coverage_50", cov(mpit, 0.5), cov(bpit, 0.5), Sb, every(cov(model.pit, 0.5))),
+        Measure("coverage_90", cov(mpit, 0.9), cov(bpit, 0.9), Sb, every(cov(model.pit, 0.9))),
+        Measure("pit_uniformity_p", m_p, b_p, Sb,
+                every(a_p, model_counts=m_counts.tolist(), baseline_counts=b_counts.tolist(),
+                      model_all_students_counts=a_counts.tolist(), bins=PIT_BINS)),
+        Measure("brier", bm, bb, Sb, every(brier(model.q, reach))),
+        Measure("log_score", log_score(mq, breach), log_score(bq, breach), Sb,
+                every(log_score(model.q, reach), clip=LOG_CLIP)),
         Measure("brier_skill", skill, None, Sb,
                 {"brier_model": bm, "brier_baseline": bb, "students_with_baseline": Sb}),
-        Measure("share_reaching_target", float(reach.mean()) if S else float("nan"),
-                float(breach.mean()) if Sb else None, S),
-        Measure("reliability", None, None, S,
-                {"model": reliability(model.q, reach), "baseline": reliability(bq, breach)}),
+        Measure("share_reaching_target", float(breach.mean()) if Sb else float("nan"),
+                float(breach.mean()) if Sb else None, Sb, every(float(reach.mean()) if S else float("nan"))),
+        Measure("reliability", None, None, Sb,
+                every(reliability(model.q, reach), model=reliability(mq, breach), baseline=reliability(bq, breach))),
     ]

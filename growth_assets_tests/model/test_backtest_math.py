@@ -91,12 +91,34 @@ def test_measures_on_known_inputs():
     model = bt.Forecasts(pit=np.array([0.1, 0.5, 0.8, 0.99]), q=np.array([0.2, 0.6, 0.9, 1.0]))
     base = bt.Forecasts(pit=np.array([0.5, 0.5, 0.5, 0.5]), q=np.array([0.5, 0.5, 0.5, 0.5]))
     m = {r.measure: r for r in bt.score(y, 1.5, model, base, np.array([True, True, True, False]))}
-    assert m["coverage_50"].model == 0.25 and m["coverage_90"].model == 0.75
-    assert m["brier"].model == pytest.approx((0.04 + 0.36 + 0.01 + 0.0) / 4)
+    # beside the baseline: the three students it has; every student's in the detail
+    assert m["coverage_50"].model == pytest.approx(1 / 3) and m["coverage_90"].model == 1.0
+    assert m["coverage_50"].detail["model_all_students"] == 0.25
+    assert m["coverage_90"].detail["model_all_students"] == 0.75
+    assert m["coverage_90"].n_students == 3 and m["coverage_90"].detail["students"] == 4
+    assert m["brier"].model == pytest.approx((0.04 + 0.36 + 0.01) / 3)
+    assert m["brier"].detail["model_all_students"] == pytest.approx((0.04 + 0.36 + 0.01 + 0.0) / 4)
     assert m["brier"].baseline == pytest.approx(0.25)
     assert m["brier_skill"].n_students == 3
     assert m["brier_skill"].model == pytest.approx(1 - ((0.04 + 0.36 + 0.01) / 3) / 0.25)
-    assert m["log_score"].model == pytest.approx(np.mean([np.log(0.8), np.log(0.4), np.log(0.9), np.log(1 - 1e-6)]))
+    assert m["log_score"].model == pytest.approx(np.mean([np.log(0.8), np.log(0.4), np.log(0.9)]))
+    assert m["log_score"].detail["model_all_students"] == pytest.approx(
+        np.mean([np.log(0.8), np.log(0.4), np.log(0.9), np.log(1 - 1e-6)]))
     rel = {r["bin"]: r for r in m["reliability"].detail["model"]}
-    assert rel["0.9-1.0"]["students"] == 2 and rel["0.9-1.0"]["observed"] == 1.0
+    assert rel["0.9-1.0"]["students"] == 1 and rel["0.9-1.0"]["observed"] == 1.0
+    rel_all = {r["bin"]: r for r in m["reliability"].detail["model_all_students"]}
+    assert rel_all["0.9-1.0"]["students"] == 2
     assert np.isnan(m["pit_uniformity_p"].model)  # too few students for the test
+
+
+def test_an_identical_forecast_scores_the_same_as_the_model_and_as_the_baseline():
+    """Model and baseline side by side were scored on different students (the model on all,
+    the baseline on those with a calibration): one forecaster scored differently as each."""
+    rng = np.random.default_rng(3)
+    y = rng.normal(size=2000)
+    same = bt.Forecasts(pit=ndtr(y), q=np.full(y.size, 0.5))
+    m = {r.measure: r for r in bt.score(y, 0.0, same, same, y > -0.5)}
+    for k in ("coverage_50", "coverage_90", "pit_uniformity_p", "brier", "log_score"):
+        assert m[k].model == m[k].baseline, k
+        assert m[k].n_students == int((y > -0.5).sum())
+    assert m["reliability"].detail["model"] == m["reliability"].detail["baseline"]

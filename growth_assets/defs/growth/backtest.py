@@ -187,7 +187,9 @@ def goal_forecast_backtest(context: dg.AssetExecutionContext, postgres: Postgres
         write_backtest(conn, run["run_id"], measures, partition_key=context.partition_key, horizon_week=p_week,
                        target=float(run["target"]), dagster_run_id=context.run.run_id)
     m = {x.measure: x for x in measures}
-    cov90, skill = m["coverage_90"].model, m["brier_skill"].model
+    # the model's calibration: on every student scored; model beside baseline: on the baseline's
+    cov90, skill = m["coverage_90"].detail["model_all_students"], m["brier_skill"].model
+    rel, pit, beside = m["reliability"].detail, m["pit_uniformity_p"].detail, m["brier_skill"].n_students > 0
     th = backtest_thresholds
     yield dg.MaterializeResult(metadata={
         "run_id": run["run_id"], "P_week": p_week.isoformat(), "target": dg.MetadataValue.float(float(run["target"])),
@@ -195,15 +197,20 @@ def goal_forecast_backtest(context: dg.AssetExecutionContext, postgres: Postgres
         "students_with_baseline": dg.MetadataValue.int(m["brier_skill"].n_students),
         "students_without_window_sums": dg.MetadataValue.int(data["no_sums"]),
         "predictive": method,
-        **{f"{k}_model": num(m[k].model, 4) for k in ("coverage_50", "coverage_90", "brier", "log_score")},
+        # the model on every student scored, then model and baseline on the baseline's students
+        **{f"{k}_model": num(m[k].detail["model_all_students"], 4)
+           for k in ("coverage_50", "coverage_90", "brier", "log_score")},
+        **{f"{k}_model_beside_baseline": num(m[k].model, 4)
+           for k in ("coverage_50", "coverage_90", "brier", "log_score")},
         **{f"{k}_baseline": num(m[k].baseline, 4) for k in ("coverage_50", "coverage_90", "brier", "log_score")},
-        "pit_uniformity_p": num(m["pit_uniformity_p"].model, 3),
+        "pit_uniformity_p": num(m["pit_uniformity_p"].detail["model_all_students"], 3),
         "brier_skill": num(skill, 4),
         "reliability_table": reliability_table(m["reliability"].detail),
-        "reliability": dg.MetadataValue.md(reliability_picture(m["reliability"].detail["model"],
-                                                               m["reliability"].detail["baseline"])),
-        "pit_histogram": dg.MetadataValue.md(pit_picture(m["pit_uniformity_p"].detail["model_counts"],
-                                                         m["pit_uniformity_p"].detail["baseline_counts"])),
+        # side by side on the same students (with no baseline at all: the model on every student)
+        "reliability": dg.MetadataValue.md(reliability_picture(
+            rel["model"] if beside else rel["model_all_students"], rel["baseline"])),
+        "pit_histogram": dg.MetadataValue.md(pit_picture(
+            pit["model_counts"] if beside else pit["model_all_students_counts"], pit["baseline_counts"])),
         "seconds": num(time.monotonic() - t0, 3),
     })
     yield dg.AssetCheckResult(
