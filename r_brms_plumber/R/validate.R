@@ -65,11 +65,72 @@ parse_json_body <- function(body_raw) {
 # strings into a string: the raw text says what the JSON had. A match can only be a real
 # value: inside a JSON string a quote is escaped, so `"score":` cannot appear there.
 check_row_types <- function(txt) {
+  if (grepl("\\", txt, fixed = TRUE)) {  # escapes: a key may be one of these in disguise
+    bad <- check_escapes(txt)
+    if (!is.null(bad)) return(bad)
+  }
   if (grepl('"score"\\s*:\\s*[^-0-9\\s]', txt, perl = TRUE)) {
     return(invalid("rows.score", "score must be a JSON number in every row (not a string, boolean or null)"))
   }
+  if (grepl('"week"\\s*:\\s*[^-0-9\\s]', txt, perl = TRUE)) {
+    return(invalid("rows.week", "week must be a JSON number in every row (not a string, boolean or null)"))
+  }
   if (grepl('"student_id"\\s*:\\s*[^"\\s]', txt, perl = TRUE)) {
     return(invalid("rows.student_id", "student_id must be a JSON string in every row"))
+  }
+  NULL
+}
+
+# The JSON strings of a text with escapes, tokenised left to right (the text starts outside a
+# string, and a string's escaped quotes are inside its match): a key written with escapes
+# ("\u0073core" is score to jsonlite, not to the checks above) is refused, and so is a string
+# with a NUL (jsonlite cut "b\u0000x" to "b": another student's id) or a lone surrogate
+# (jsonlite made it "?").
+check_escapes <- function(txt) {
+  m <- gregexpr('"(?:[^"\\\\]|\\\\.)*"(\\s*:)?', txt, perl = TRUE)[[1]]
+  if (m[1] < 0) return(NULL)
+  tokens <- regmatches(txt, list(m))[[1]]
+  tokens <- tokens[grepl("\\", tokens, fixed = TRUE)]
+  keys <- tokens[grepl(":$", tokens)]
+  if (length(keys)) {
+    key <- tryCatch(jsonlite::fromJSON(sub("\\s*:$", "", keys[1], perl = TRUE)), error = function(e) "?")
+    field <- if (key %in% c("student_id", "week", "score")) paste0("rows.", key) else substr(key, 1, 64)
+    return(invalid(field, sprintf("the key '%s' is written with escapes; write keys plainly", substr(key, 1, 64))))
+  }
+  # vectorised over the strings (a cohort's non-ASCII ids all come escaped): a \u0000 after an
+  # even run of backslashes; then, one by one, only the strings with a surrogate escape
+  if (any(grepl("(?<!\\\\)(?:\\\\\\\\)*\\\\u0000", tokens, perl = TRUE))) {
+    return(invalid("rows.student_id", "a string holds a NUL (\\u0000): student_id must be text without it"))
+  }
+  for (tok in tokens[grepl("\\\\u[dD][89a-fA-F]", tokens, perl = TRUE)]) {
+    why <- bad_escape(tok)
+    if (!is.null(why)) {
+      return(invalid("rows.student_id", sprintf("a string holds %s: student_id must be text without it", why)))
+    }
+  }
+  NULL
+}
+
+# NULL, or what is wrong with a JSON string's escapes: a NUL, or a surrogate not in a pair
+bad_escape <- function(tok) {
+  e <- gregexpr("\\\\(u[0-9a-fA-F]{4}|.)", tok, perl = TRUE)[[1]]
+  if (e[1] < 0) return(NULL)
+  codes <- regmatches(tok, list(e))[[1]]
+  at <- as.integer(e)
+  u <- ifelse(substr(codes, 2, 2) == "u", strtoi(substr(codes, 3, 6), 16L), NA_integer_)
+  if (any(u == 0L, na.rm = TRUE)) return("a NUL (\\u0000)")
+  k <- 1L
+  while (k <= length(u)) {
+    v <- u[k]
+    if (!is.na(v) && v >= 0xD800 && v <= 0xDBFF) {  # high: a low must follow at once
+      ok <- k < length(u) && !is.na(u[k + 1]) && u[k + 1] >= 0xDC00 && u[k + 1] <= 0xDFFF &&
+        at[k + 1] == at[k] + 6L
+      if (!ok) return("a lone surrogate")
+      k <- k + 2L
+      next
+    }
+    if (!is.na(v) && v >= 0xDC00 && v <= 0xDFFF) return("a lone surrogate")
+    k <- k + 1L
   }
   NULL
 }
@@ -167,6 +228,13 @@ validate_fit_request <- function(body_raw, max_rows = 120000L, score_range = DEF
   params$seed <- if (is.na(chk$value)) sample.int(.Machine$integer.max, 1) else chk$value
   chk <- check_int(body, "lookback_weeks", 12L, 1, 520); if (!isTRUE(chk$ok)) return(chk)
   params$lookback_weeks <- chk$value
+  beyond <- which(r$data$week >= params$lookback_weeks)
+  if (length(beyond)) {  # spec 1: a row's week is 0 .. lookback_weeks - 1
+    i <- beyond[1]
+    return(invalid("rows.week", sprintf("week %d in row %d is beyond lookback_weeks %d (weeks are 0 .. %d)",
+                                        r$data$week[i], i - 1L, params$lookback_weeks,
+                                        params$lookback_weeks - 1L)))
+  }
   chk <- check_int(body, "horizon_week", params$lookback_weeks - 1L + 4L, 0, 1e6)
   if (!isTRUE(chk$ok)) return(chk)
   params$horizon_week <- chk$value

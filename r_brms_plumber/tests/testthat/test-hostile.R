@@ -227,3 +227,61 @@ test_that("the service loop stops when serve.sh's stop file appears (its SIGTERM
   expect_false(isTRUE(st$ready))
   unlink(stop_file)
 })
+
+test_that("a boolean week is refused, not read as 0 or 1", {
+  r <- hostile_router()
+  rows <- '[{"student_id": "a", "week": true, "score": 1.0}, {"student_id": "a", "week": 0, "score": 1.2},
+            {"student_id": "b", "week": 0, "score": 0.4}, {"student_id": "b", "week": 1, "score": 0.6}]'
+  out <- call_route(r$pr, "POST", "/growth/fit", fit_body(rows), auth)
+  expect_equal(out$status, 400L)
+  expect_equal(out$json$field, "rows.week")
+})
+
+test_that("the type checks cannot be passed by a key written with escapes", {
+  # jsonlite decodes "\u0073core" to score: the raw text's checks did not see that key
+  r <- hostile_router()
+  rows <- '[{"student_id": "a", "week": 0, "\\u0073core": true}, {"student_id": "a", "week": 1, "score": 1.2},
+            {"student_id": "b", "week": 0, "score": 0.4}, {"student_id": "b", "week": 1, "score": 0.6}]'
+  out <- call_route(r$pr, "POST", "/growth/fit", fit_body(rows), auth)
+  expect_equal(out$status, 400L)
+  expect_match(out$json$field, "^rows")
+  rows <- '[{"\\u0073tudent_id": 7, "week": 0, "score": 1.0}, {"student_id": "a", "week": 1, "score": 1.2},
+            {"student_id": "b", "week": 0, "score": 0.4}, {"student_id": "b", "week": 1, "score": 0.6}]'
+  out <- call_route(r$pr, "POST", "/growth/fit", fit_body(rows), auth)
+  expect_equal(out$status, 400L)
+  expect_match(out$json$field, "^rows")
+  # an id written with escapes (Python's json.dumps writes non-ASCII so) is still a plain id
+  rows <- '[{"student_id": "\\u00e9a", "week": 0, "score": 1.0}, {"student_id": "\\u00e9a", "week": 1, "score": 1.2},
+            {"student_id": "b", "week": 0, "score": 0.4}, {"student_id": "b", "week": 1, "score": 0.6}]'
+  v <- r$env$validate_fit_request(charToRaw(enc2utf8(fit_body(rows))))
+  expect_true(isTRUE(v$ok), info = paste(v$field, v$detail))
+  expect_equal(sort(unique(v$data$student_id)), sort(c("b", "\u00e9a")))
+})
+
+test_that("an id with a NUL or a lone surrogate is refused, not cut or changed into another id", {
+  # jsonlite cut "b\u0000x" to "b": its rows joined student b's
+  r <- hostile_router()
+  for (bad in c("b\\u0000x", "\\ud800", "x\\udc00")) {
+    rows <- sprintf('[{"student_id": "%s", "week": 0, "score": 1.0}, {"student_id": "a", "week": 1, "score": 1.2},
+              {"student_id": "b", "week": 0, "score": 0.4}, {"student_id": "b", "week": 1, "score": 0.6}]', bad)
+    out <- call_route(r$pr, "POST", "/growth/fit", fit_body(rows), auth)
+    expect_equal(out$status, 400L, info = bad)
+    expect_equal(out$json$field, "rows.student_id", info = bad)
+  }
+  # a pair of surrogates is one character, and fine
+  rows <- '[{"student_id": "\\ud83d\\ude00", "week": 0, "score": 1.0}, {"student_id": "\\ud83d\\ude00", "week": 1, "score": 1.2},
+            {"student_id": "b", "week": 0, "score": 0.4}, {"student_id": "b", "week": 1, "score": 0.6}]'
+  v <- r$env$validate_fit_request(charToRaw(enc2utf8(fit_body(rows))))
+  expect_true(isTRUE(v$ok), info = paste(v$field, v$detail))
+})
+
+test_that("a week beyond lookback_weeks is refused naming the row (spec 1: weeks 0 .. L-1)", {
+  r <- hostile_router()
+  rows <- '[{"student_id": "a", "week": 0, "score": 1.0}, {"student_id": "a", "week": 400, "score": 1.2},
+            {"student_id": "b", "week": 0, "score": 0.4}, {"student_id": "b", "week": 1, "score": 0.6}]'
+  out <- call_route(r$pr, "POST", "/growth/fit", fit_body(rows, ', "lookback_weeks": 12'), auth)
+  expect_equal(out$status, 400L)
+  expect_equal(out$json$field, "rows.week")
+  expect_match(out$json$detail, "400")
+  expect_match(out$json$detail, "lookback_weeks")
+})
