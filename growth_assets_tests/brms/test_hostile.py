@@ -364,6 +364,33 @@ def test_a_fit_with_a_key_outlives_its_client_and_is_answered_on_reattach(own_se
     assert r.status_code == 200 and r.headers.get("Idempotent-Replayed") == "true"
 
 
+def test_a_keyed_fit_nobody_waits_for_frees_the_slot_after_the_grace(tmp_path):
+    """The Python client always sends an Idempotency-Key, and a keyed fit was never stopped: a
+    client that gave up (its deadline) left the fit holding the only slot until
+    R_BRMS_FIT_TIMEOUT_SECS (an hour), and every other fit got 429 meanwhile. Now, with no
+    client waiting or reattached for R_BRMS_ORPHAN_GRACE_SECS (here 4 s), it is stopped."""
+    from growth_assets.db.localpg import free_port
+    from growth_assets_tests.conftest import RService
+
+    svc = RService(free_port(), "orphan-token", tmp_path / "r.log",
+                   extra_env={"R_BRMS_ORPHAN_GRACE_SECS": "4"}).wait_ready()
+    try:
+        s = _send_fit(svc, _long_body(6000), key="gave-up-1")
+        _wait(lambda: _running_fits(svc) == 1, 120, "the fit never started")
+        t0 = time.monotonic()
+        s.close()
+        time.sleep(2)
+        assert _running_fits(svc) == 1  # within the grace: a retry could still reattach
+        _wait(lambda: _running_fits(svc) == 0, 20, "the keyed fit nobody waited for kept running")
+        assert 3.5 <= time.monotonic() - t0 < 20
+        assert "no client has waited for it (or reattached with its key) for 4 s: stopped" in \
+            svc.log_path.read_text()
+        r = post(svc, {"rows": ROWS, "n_chains": 1, "n_samples": 200})  # the slot is free again
+        assert r.status_code == 200, r.text
+    finally:
+        svc.kill()
+
+
 def test_an_upload_stalled_after_10_bytes_is_closed_at_the_read_timeout(tmp_path):
     """Before: the connection stayed open past 60 s (httpuv has no read timeout). Now nginx,
     before httpuv, closes a client silent for R_BRMS_BODY_TIMEOUT_SECS (here 3 s)."""

@@ -126,8 +126,8 @@ start_fit_job <- function(st, key = NULL, body_hash = NULL, data = NULL,
   job$waiters <- list()
   job$result <- NULL
   job$finished_at <- NULL
-  job$client <- if (is.null(key)) client else NULL  # a keyed fit can be reattached to: never cancelled
-  job$client_checked <- Sys.time()
+  job$keyed <- !is.null(key)
+  attach_client(job, client)
   assign(id, job, envir = st$jobs)
   log_line("fit %s: started (%s)", job$run_id,
            if (is.null(data)) "large body, validated in worker" else sprintf("%d rows", nrow(data)))
@@ -166,9 +166,11 @@ finish_job <- function(st, job, result) {
 check_job <- function(st, job) {
   if (!identical(job$status, "running")) return(invisible())
   p <- job$proc
-  if (p$is_alive() && client_gone(job)) {
+  if (p$is_alive() && client_gone(job, grace_s = if (isTRUE(job$keyed)) st$config$orphan_grace_s else 0)) {
     tryCatch(p$kill_tree(), error = function(e) NULL)
-    log_line("fit %s: its client went away and no Idempotency-Key can reattach to it: stopped", job$run_id)
+    log_line("fit %s: %s: stopped", job$run_id, if (isTRUE(job$keyed))
+      sprintf("no client has waited for it (or reattached with its key) for %d s", st$config$orphan_grace_s)
+      else "its client went away and no Idempotency-Key can reattach to it")
     finish_job(st, job, list(status = 499L, json = as.character(to_json(error_body(
       "client_closed_request", NULL, "the client closed the connection before the fit ended")))))
     return(invisible())
@@ -228,11 +230,36 @@ client_of <- function(req, st) {
   list(local_port = as.integer(lp), remote_port = rp)
 }
 
-client_gone <- function(job, every_s = 1) {
-  if (is.null(job$client)) return(FALSE)
+# A client that waits for the job's answer: the one that started it, or one that reattached with
+# its Idempotency-Key (NULL: its port is not known, and the job is never stopped on a guess).
+attach_client <- function(job, client) {
+  if (is.null(job$clients)) job$clients <- list()
+  if (is.null(job$client_checked)) job$client_checked <- Sys.time()
+  if (is.null(client)) {
+    job$unknown_client <- TRUE
+    return(invisible(job))
+  }
+  job$clients <- c(job$clients, list(client))
+  job$orphan_since <- NULL
+  invisible(job)
+}
+
+# TRUE when nobody can get the job's answer any more: every client's connection is gone (checked
+# at most every `every_s`), for `grace_s` (a keyed fit: a client that timed out may retry with
+# the key and reattach; one that gave up never comes back, and the fit would hold its slot until
+# R_BRMS_FIT_TIMEOUT_SECS).
+client_gone <- function(job, every_s = 1, grace_s = 0) {
+  if (isTRUE(job$unknown_client) || !length(job$clients) && is.null(job$orphan_since)) return(FALSE)
   if (as.numeric(difftime(Sys.time(), job$client_checked, units = "secs")) < every_s) return(FALSE)
   job$client_checked <- Sys.time()
-  !tcp_established(job$client$local_port, job$client$remote_port)
+  alive <- vapply(job$clients, function(c) tcp_established(c$local_port, c$remote_port), logical(1))
+  job$clients <- job$clients[alive]
+  if (any(alive)) {
+    job$orphan_since <- NULL
+    return(FALSE)
+  }
+  if (is.null(job$orphan_since)) job$orphan_since <- Sys.time()
+  as.numeric(difftime(Sys.time(), job$orphan_since, units = "secs")) >= grace_s
 }
 
 purge_jobs <- function(st) {

@@ -75,6 +75,7 @@ handle_fit <- function(req, res, st) {
                             "this Idempotency-Key was used with a different request body"))
     }
     if (identical(job$status, "running")) {
+      attach_client(job, client_of(req, st))
       log_line("fit %s: request attached to the running fit (Idempotency-Key)", job$run_id)
       return(respond_when_done(job, res, replayed = TRUE))
     }
@@ -105,7 +106,7 @@ handle_fit <- function(req, res, st) {
                                   length(running_jobs(st)), cfg$max_concurrent),
                           headers = list(`Retry-After` = cfg$retry_after_s)))
   }
-  client <- if (is.null(key)) client_of(req, st) else NULL
+  client <- client_of(req, st)
   job <- if (inline) {
     start_fit_job(st, key = key, body_hash = body_hash, data = v$data, params = v$params, client = client)
   } else {

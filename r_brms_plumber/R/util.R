@@ -33,6 +33,9 @@ service_config <- function() {
     # the R heap of a fit's worker process (mem.maxVSize, mem.maxNSize), MiB each
     worker_max_mb = env_int("R_BRMS_WORKER_MAX_MB", 6144L, min = 128L),
     fit_timeout_s = env_int("R_BRMS_FIT_TIMEOUT_SECS", 3600L, min = 1L),
+    # a keyed fit whose clients have all gone is stopped after this long (a retry with the key
+    # reattaches within it)
+    orphan_grace_s = env_int("R_BRMS_ORPHAN_GRACE_SECS", 120L, min = 0L),
     idempotency_ttl_s = env_int("R_BRMS_IDEMPOTENCY_TTL_SECS", 900L, min = 0L),
     retry_after_s = env_int("R_BRMS_RETRY_AFTER_SECS", 30L, min = 1L),
     # bodies up to this size are validated in the server process (fast);

@@ -179,20 +179,44 @@ test_that("a connection is established only while /proc/net/tcp says so (01), el
   expect_true(env$tcp_established(8080L, 0xD432, files = tempfile()))
 })
 
-test_that("only a fit without a key is watched for its client; a keyed one can be reattached", {
+test_that("a fit's clients are watched; one without a key stops when its client is gone", {
   r <- hostile_router()
   st <- r$env$.svc
   st$listen_port <- 8080L
   req <- list(REMOTE_PORT = "54321")
   expect_equal(r$env$client_of(req, st), list(local_port = 8080L, remote_port = 54321L))
+  unknown <- new.env(parent = emptyenv())
+  r$env$attach_client(unknown, NULL)  # not known (no port): never stopped on a guess
+  unknown$client_checked <- Sys.time() - 5
+  expect_false(r$env$client_gone(unknown))
   job <- new.env(parent = emptyenv())
-  job$client <- NULL
-  expect_false(r$env$client_gone(job))
-  job$client <- list(local_port = 1L, remote_port = 2L)  # no such connection anywhere
+  r$env$attach_client(job, list(local_port = 1L, remote_port = 2L))  # no such connection anywhere
   job$client_checked <- Sys.time() - 5
   expect_true(r$env$client_gone(job))
   job$client_checked <- Sys.time()
   expect_false(r$env$client_gone(job))  # checked at most once a second
+})
+
+test_that("a keyed fit nobody waits for is stopped after the grace, not kept for an hour", {
+  # The Python client always sends an Idempotency-Key, and a keyed fit was never stopped: a
+  # client that gave up (its 600 s deadline) left the fit holding the only slot until
+  # R_BRMS_FIT_TIMEOUT_SECS (3600 s), and every fit meanwhile got 429.
+  r <- hostile_router()
+  job <- new.env(parent = emptyenv())
+  r$env$attach_client(job, list(local_port = 1L, remote_port = 2L))  # gone
+  job$client_checked <- Sys.time() - 5
+  expect_false(r$env$client_gone(job, grace_s = 120))  # orphaned now: the client may come back
+  expect_false(is.null(job$orphan_since))
+  job$orphan_since <- Sys.time() - 60
+  job$client_checked <- Sys.time() - 5
+  expect_false(r$env$client_gone(job, grace_s = 120))
+  # a retry with the key reattaches: no longer an orphan
+  r$env$attach_client(job, list(local_port = 1L, remote_port = 3L))
+  expect_null(job$orphan_since)
+  job$orphan_since <- Sys.time() - 121  # ... and when that one is gone too, past the grace
+  job$client_checked <- Sys.time() - 5
+  expect_true(r$env$client_gone(job, grace_s = 120))
+  expect_equal(r$env$service_config()$orphan_grace_s, 120L)
 })
 
 test_that("the front closes silent clients, streams the body, and waits out a fit", {
