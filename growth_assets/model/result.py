@@ -20,7 +20,7 @@ import numpy as np
 
 from .contract import (DIAGNOSTIC_FIELDS, ENGINES, FORMULA, MAX_POPULATION_DRAWS, POPULATION_DRAWS,
                        POPULATION_PARAMS, SUMMARY_FIELDS,
-                       FitResultError, line_prediction)
+                       FitResultError, line_prediction, priors)
 from .engine import Engine, FitSettings
 from .panel import Panel
 
@@ -383,6 +383,23 @@ class FitResult:
             raise FitResultError("target", f"the engine answered {self.target}, the request asked for {st.target}",
                                  self.target)
 
+    def _validate_priors(self, panel: Panel) -> None:
+        """The priors recorded with the fit are spec §3's for this panel (its ybar and s): an
+        engine that fitted under others (or records others) answers another model."""
+        want = priors(*panel.scales())
+        got = list(self.priors)
+        if len(got) != len(want):
+            raise FitResultError("priors", f"must be spec §3's {len(want)} priors for this panel", got)
+        for k, (g, w) in enumerate(zip(got, want)):
+            if not isinstance(g, Mapping):
+                raise FitResultError(f"priors[{k}]", "must be an object", g)
+            same = (all(g.get(f) == w.get(f) for f in ("class", "coef", "dist", "lb"))
+                    and isinstance(g.get("args"), (list, tuple)) and len(g["args"]) == len(w["args"])
+                    and all(_is_close(a, b) for a, b in zip(g["args"], w["args"])))
+            if not same:
+                raise FitResultError(f"priors[{k}]", f"must be spec §3's {w} for this panel (ybar, s of its"
+                                     " scores)", dict(g))
+
     def _validate_panel(self, panel: Panel, same: bool = False) -> None:
         if same:
             got = want = None
@@ -405,6 +422,7 @@ class FitResult:
             i = int(np.flatnonzero(bad)[0])
             raise FitResultError("predictions.n_obs",
                                  f"student {panel.student_ids[i]} has {want_n[i]} rows in the panel", int(n_obs[i]))
+        self._validate_priors(panel)  # the panel's students first: which question it answers
 
     def sorted_by_student(self) -> "FitResult":
         order = np.argsort(self.students.student_id.astype(str), kind="stable")
@@ -479,3 +497,10 @@ def _draws(obj: Any) -> dict[str, np.ndarray]:
         length = a.size
         out[k] = a
     return out
+
+
+def _is_close(a: Any, b: float) -> bool:
+    """A recorded prior argument against the expected one: the engines compute ybar and s in
+    double precision, in R or numpy, so the last bits may differ."""
+    return isinstance(a, (int, float)) and not isinstance(a, bool) and math.isclose(
+        float(a), b, rel_tol=1e-9, abs_tol=1e-12)

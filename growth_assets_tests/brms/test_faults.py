@@ -32,7 +32,7 @@ SETTINGS = FitSettings(n_chains=4, n_samples=2000, seed=1, horizon_week=15, look
 
 
 def valid_body() -> dict:
-    return make_result(2, run_id="brms-20261123-043000", n_obs=[2, 2]).to_json()
+    return make_result(2, run_id="brms-20261123-043000", n_obs=[2, 2], scales=PANEL.scales()).to_json()
 
 
 def client(url, **kw):

@@ -41,7 +41,7 @@ class Answers:
 
 
 def honest(pn: Panel):
-    return make_result(pn.n_students, ids=pn.student_ids, n_obs=pn.n_obs())
+    return make_result(pn.n_students, ids=pn.student_ids, n_obs=pn.n_obs(), scales=pn.scales())
 
 
 def test_an_honest_answer_is_accepted_and_sorted_by_student():
@@ -63,10 +63,16 @@ def test_an_honest_answer_is_accepted_and_sorted_by_student():
     (lambda r, pn: replace(r, n_obs=r.n_obs + 1), "n_obs"),
     (lambda r, pn: replace(r, students=replace(r.students, n_obs=r.students.n_obs + 1)), "predictions.n_obs"),
     (lambda r, pn: replace(r, engine="brms"), "engine"),
+    # priors not spec 3's for this panel: an Intercept prior of normal(0, 1) for scores around
+    # ybar, or a prior's scale off (the R reviewer's tampered answer was accepted)
+    (lambda r, pn: replace(r, priors=(dict(r.priors[0], args=[0.0, 1.0]),) + r.priors[1:]), "priors[0]"),
+    (lambda r, pn: replace(r, priors=r.priors[:2] + (dict(r.priors[2], args=[0.0, 2 * pn.scales()[1]]),)
+                           + r.priors[3:]), "priors[2]"),
+    (lambda r, pn: replace(r, priors=r.priors[:4]), "priors"),
 ])
 def test_an_answer_to_another_question_is_refused_naming_the_field(tamper, field):
     pn = panel()
-    r = make_result(5, ids=pn.student_ids, n_obs=pn.n_obs())
+    r = honest(pn)
     with pytest.raises(FitResultError) as e:
         fit_panel(Answers(tamper(r, pn)), pn, SETTINGS)
     assert e.value.field == field, str(e.value)
@@ -133,7 +139,7 @@ def test_an_answer_that_contradicts_itself_is_refused_naming_the_field(tamper, f
     sigma, |cor| > 1, q5 > q95, a mean 5,000 sds from its own draws); draws of another length
     than the contract's min(1000, kept draws)."""
     pn = panel()
-    r = make_result(5, ids=pn.student_ids, n_obs=pn.n_obs())
+    r = honest(pn)
     fit_panel(Answers(_with_draws(r)), pn, SETTINGS)  # the honest answer, with its draws, passes
     with pytest.raises(FitResultError) as e:
         fit_panel(Answers(tamper(r, pn)), pn, SETTINGS)

@@ -8,6 +8,7 @@ from growth_assets.db import connect
 from growth_assets.defs.alerts import AlertWebhook
 from growth_assets.defs.growth.diagnostics import DiagnosticThresholds
 from growth_assets.defs.resources import GrowthEngineResource, GrowthSettings, PostgresResource
+from growth_assets.model.contract import priors
 from growth_assets_tests.support.results import make_result
 
 AS_OF = date(2026, 11, 23)
@@ -58,7 +59,7 @@ class ReplayEngine(dg.ConfigurableResource):
                                 min_ess_bulk=ess, min_ess_tail=ess)
                 return replace(r, n_chains=settings.n_chains, n_samples=settings.n_samples,
                                n_warmup=settings.n_warmup, seed=settings.seed,
-                               lookback_weeks=settings.lookback_weeks)
+                               lookback_weeks=settings.lookback_weeks, priors=tuple(priors(*panel.scales())))
 
         return _E()
 

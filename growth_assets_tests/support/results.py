@@ -9,7 +9,9 @@ from growth_assets.model.result import Diagnostics, FitResult, ParamSummary, Stu
 
 
 def make_result(n_students: int = 3, run_id: str = "native-20261123-043000", h: int = 15,
-                target: float = 0.0, ids=None, n_obs=None, **diag) -> FitResult:
+                target: float = 0.0, ids=None, n_obs=None, scales=(0.0, 1.0), **diag) -> FitResult:
+    """A made-up fit of ``n_students`` (``ids``, ``n_obs``), with spec §3's priors for a panel
+    of ``scales`` (its ybar, s: ``Panel.scales()``) and the diagnostics ``diag``."""
     i = np.arange(n_students)
     ma, mb = -0.5 + 0.1 * i, np.full(n_students, 0.05)
     va, vb, cab = np.full(n_students, 0.04), np.full(n_students, 0.0004), np.full(n_students, -0.001)
@@ -25,7 +27,7 @@ def make_result(n_students: int = 3, run_id: str = "native-20261123-043000", h: 
     summ = {q: ParamSummary(0.1, 0.01, 0.08, 0.12, d["max_rhat"], d["min_ess_bulk"], d["min_ess_tail"])
             for q in POPULATION_PARAMS}
     return FitResult(run_id=run_id, engine=run_id.split("-")[0], engine_version="test",
-                     priors=tuple(priors(0.0, 1.0)), seed=1, n_chains=4, n_samples=2000, n_warmup=1000,
+                     priors=tuple(priors(*scales)), seed=1, n_chains=4, n_samples=2000, n_warmup=1000,
                      n_obs=int(n_obs.sum()), lookback_weeks=12, horizon_week=h, target=target,
                      summary=summ, diagnostics=Diagnostics(**d), students=students)
 
