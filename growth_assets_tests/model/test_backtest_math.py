@@ -122,3 +122,21 @@ def test_an_identical_forecast_scores_the_same_as_the_model_and_as_the_baseline(
         assert m[k].model == m[k].baseline, k
         assert m[k].n_students == int((y > -0.5).sum())
     assert m["reliability"].detail["model"] == m["reliability"].detail["baseline"]
+
+
+def test_a_run_without_draws_and_without_a_residual_sigma_is_not_scored_without_it():
+    """The path for a run stored without draws read the summary's sigma, and a summary without
+    it (or with a null) became a residual of 0: a predictive without the noise of one test,
+    too narrow, scored without a word. It is an error naming the field."""
+    from growth_assets.defs.growth.backtest import score_run
+    from growth_assets.model.contract import ContractError
+
+    y = np.array([0.1, 0.5, -0.2])
+    data = {"y": y, "sums": [np.ones(3)] * 5, "mu": np.zeros(3), "sd": np.full(3, 0.2),
+            "theta": np.zeros(3), "se": np.full(3, 0.3)}
+    run = {"target": 0.0, "horizon_week": 15, "posterior_summary": {"sigma": {"mean": 0.3, "sd": 0.01}}}
+    score_run(run, data, None)  # with its sigma: scored
+    for summary in ({}, {"sigma": None}, {"sigma": {"mean": None, "sd": 0.01}}, None):
+        with pytest.raises(ContractError) as e:
+            score_run({**run, "posterior_summary": summary}, data, None)
+        assert e.value.field == "posterior_summary.sigma"

@@ -9,6 +9,7 @@ shown as metadata and pictures, graded by two WARN checks.
 """
 
 
+import math
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -20,6 +21,7 @@ from pydantic import Field
 from ...db.writers import read_population_draws, write_backtest
 from ...metrics import LATEST_THETA_ORDER
 from ...model import backtest as bt
+from ...model.contract import ContractError
 from ..resources import GrowthSettings, PostgresResource
 from ..sources import panel_sources
 from .assets import GROUP, contract_failures, weekly_kpi_P, weekly_partitions
@@ -109,9 +111,13 @@ def score_run(run: dict, data: dict, draws: dict | None) -> tuple[list[bt.Measur
     if draws is not None:
         cdf, method = bt.predictive_cdf(draws, *data["sums"], h, x), "population draws (exact mixture)"
     else:
-        s = (run["posterior_summary"] or {}).get("sigma") or {}
-        cdf = bt.moment_predictive_cdf(data["mu"], data["sd"], float(s.get("mean") or 0.0),
-                                       float(s.get("sd") or 0.0), x)
+        s = (run["posterior_summary"] or {}).get("sigma")
+        mean, sd = (s.get("mean"), s.get("sd")) if isinstance(s, dict) else (None, None)
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in (mean, sd)):
+            # without it the predictive would lack the residual (one test's noise): too narrow
+            raise ContractError("posterior_summary.sigma", f"run {run.get('run_id')} has no stored draws and no"
+                                " residual sigma (mean, sd) to score its predictive with", s)
+        cdf = bt.moment_predictive_cdf(data["mu"], data["sd"], float(mean), float(sd), x)
         method = "stored line moments + residual (no draws stored)"
     has_base = np.isfinite(data["theta"]) & np.isfinite(data["se"])
     base = bt.normal_baseline(np.where(has_base, data["theta"], 0.0), np.where(has_base, data["se"], 1.0),
