@@ -98,7 +98,7 @@ def test_theta_panel_is_calendar_indexed_with_the_first_source_per_student_week(
     assert info.n_rows == 6 and info.n_students == 3
     assert info.rows_by_source == {"mirt_ability": 2, "student_topic_theta": 1,
                                    "features_topic_daily": 2, "weekly_kpi": 1}
-    assert info.excluded["non_finite_theta"] == 2
+    assert info.excluded["non_finite_theta"] == 3  # NaN, inf, and D's ability_estimate "high"
     assert info.excluded["null_user_id"] == 1
     assert info.excluded["future_dated"] == 1
     assert info.students_with_3_weeks == 1
@@ -310,6 +310,9 @@ def test_every_reason_of_every_source_is_counted_once(conn):
         ma(None, float("nan"), "2026-08-01T00:00:00Z"),  # before the window: not counted
         ma("A", 0.5, "2030-01-07T00:00:00Z"),  # dated after now
         ma("A", 0.5, "2026-09-05T00:00:00Z"),  # kept
+        ma(None, float("nan"), "2026-09-06T00:00:00Z"),  # two faults: one row, counted once (its id)
+        ma("", 5000.0, "2026-09-07T00:00:00Z"),  # the same
+        ma("A", None, "2026-09-08T00:00:00Z"),  # no theta: no score, nothing left out
     ])
     sti = lambda u, th, ts: {"user_id": u, "topic_id": "t", "theta": th, "se": 0.3, "model": "m",  # noqa: E731
                              "version": "v", "fitted_at": ts}
@@ -323,14 +326,27 @@ def test_every_reason_of_every_source_is_counted_once(conn):
         ftd("2026-09-01", float("nan")), ftd("2026-09-02", 0.1, 0, 0), ftd("2026-09-03", 0.1, 3, 4),
         ftd("2026-09-04", 1500.0), ftd("2030-02-01", 0.1), ftd("2026-08-01", 0.1, 0, 0),
     ])
+    insert(conn, "features_topic_daily", [  # an empty id: the panel drops it, so it is counted
+        {"user_id": "", "topic_id": "t", "date": "2026-09-05", "attempts": 4, "correct": 2,
+         "avg_time_ms": 1000, "theta_estimate": 0.4}])
     insert(conn, "weekly_kpi", [
         {"user_id": "C", "week_start": "2026-09-07", "kpis": '{"ability_estimate": 1e6}'},
         {"user_id": "C", "week_start": "2026-09-14", "kpis": '{"ability_estimate": 0.5}'},
+        {"user_id": "C", "week_start": "2026-09-21", "kpis": '{"ability_estimate": "NaN"}'},  # not a number
+        {"user_id": "", "week_start": "2026-09-28", "kpis": '{"ability_estimate": 0.3}'},  # no id
+        {"user_id": "C", "week_start": "2026-10-05", "kpis": '{"P": 0.4}'},  # no score: nothing left out
+        {"user_id": "C", "week_start": "2030-01-07", "kpis": '{"ability_estimate": 0.2}'},  # dated after now
     ])
     conn.commit()
     info = build_panel(conn, Window(MONDAY, 12), "theta", now=NOW)
-    assert info.excluded == {"null_user_id": 3, "non_finite_theta": 3, "invalid_attempts": 2,
-                             "future_dated": 3, "out_of_range": 4}
+    # the features rows with attempts 0 or correct > attempts have a theta: the theta panel keeps
+    # them (they were counted as invalid_attempts), and each row is counted once
+    assert info.excluded == {"null_user_id": 7, "non_finite_theta": 4, "invalid_attempts": 0,
+                             "future_dated": 4, "out_of_range": 4}
+    # the accuracy panel reads features_topic_daily alone: only its rows are counted
+    info = build_panel(conn, Window(MONDAY, 12), "accuracy", now=NOW)
+    assert info.excluded == {"null_user_id": 1, "non_finite_theta": 0, "invalid_attempts": 2,
+                             "future_dated": 1, "out_of_range": 0}
 
 
 def test_a_stored_row_whose_weeks_are_out_of_order_is_read_in_week_order(conn):

@@ -211,7 +211,7 @@ class _Halves:
         query = _students_sql(_half_query(score_source))
         self.halves = [self.pool.submit(self._read, c, query, {**params, "id_lo": lo, "id_hi": hi})
                        for c, (lo, hi) in zip(self.conns, ((None, split), (split, None)))]
-        self.excluded = self.pool.submit(_exclusions, self.conns[2], params)
+        self.excluded = self.pool.submit(_exclusions, self.conns[2], params, score_source)
 
     @staticmethod
     def _read(c: psycopg.Connection, query: str, params: dict) -> dict:
@@ -241,8 +241,10 @@ def _row(cur: psycopg.Cursor) -> dict:
     return dict(zip([c.name for c in cur.description], cur.fetchone()))
 
 
-def _exclusions(conn: psycopg.Connection, params: dict) -> dict:
-    return _row(conn.execute(_sql("panel_exclusions.sql"), params))
+def _exclusions(conn: psycopg.Connection, params: dict, score_source: str) -> dict:
+    """The rows of this panel's own sources that it left out, by reason (each row once)."""
+    name = "panel_exclusions.sql" if score_source == "theta" else "panel_exclusions_accuracy.sql"
+    return _row(conn.execute(_sql(name), params))
 
 
 def _split(conn: psycopg.Connection, score_source: str, params: dict) -> str | None:
@@ -306,7 +308,7 @@ def build_panel(
                 + _STATS.format(students="students").replace(
                     "count(*) AS n_students", "(SELECT count(*) FROM stored) AS n_students"),
                 {**params, "panel_id": panel_id}))
-            excluded = _exclusions(conn, params)
+            excluded = _exclusions(conn, params, score_source)
         info = PanelInfo(
             panel_id=panel_id,
             as_of=window.as_of,
