@@ -29,6 +29,15 @@ def test_the_daily_refresh_ticks_at_0210_utc_monday_to_friday_only():
     assert s.job_name == "daily_kpi_job" and len(s.evaluate_tick(ctx).run_requests) == 1
 
 
+def test_a_tick_names_its_own_day_so_a_late_or_re_executed_run_writes_that_week():
+    """The run read the wall clock: Friday's run re-executed on Monday (or queued past
+    midnight into Monday) wrote Monday's week instead of Friday's."""
+    s = build_definitions(Settings.from_env({})).resolve_schedule_def("compute_daily_kpis")
+    friday = datetime(2026, 12, 4, 2, 10, tzinfo=timezone.utc)
+    (req,) = s.evaluate_tick(dg.build_schedule_context(scheduled_execution_time=friday)).run_requests
+    assert req.run_config == {"ops": {"daily_kpi_P": {"config": {"as_of": "2026-12-04"}}}}
+
+
 def test_daily_refresh_after_a_weekly_run_reuses_stored_p_and_keeps_other_keys(db_url, monkeypatch):
     monkeypatch.setenv("METRICS_USE_BAYESIAN", "true")
     with connect(db_url) as conn:

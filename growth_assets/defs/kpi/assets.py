@@ -45,11 +45,17 @@ def daily_kpi_P(context: dg.AssetExecutionContext, config: DailyRefreshConfig, p
 daily_kpi_job = dg.define_asset_job("daily_kpi_job", selection=dg.AssetSelection.assets(daily_kpi_P),
                                     description="The daily KPI refresh of P.")
 
-daily_kpi_schedule = dg.ScheduleDefinition(
+@dg.schedule(
     name="compute_daily_kpis",  # the seed's CronJob
     job=daily_kpi_job,
     cron_schedule="10 2 * * 1-5",
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="compute-daily-kpis: 02:10 UTC, Monday to Friday.",
+    description="compute-daily-kpis: 02:10 UTC, Monday to Friday; each run for its tick's day.",
 )
+def daily_kpi_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    """The tick's own day as the run's ``as_of``: a run that starts late (queued past midnight)
+    or is re-executed days later writes the week of its tick, not of the wall clock."""
+    day = context.scheduled_execution_time.astimezone(timezone.utc).date()
+    return dg.RunRequest(run_key=day.isoformat(),
+                         run_config={"ops": {"daily_kpi_P": {"config": {"as_of": day.isoformat()}}}})
