@@ -51,3 +51,22 @@ def test_production_instance_loads_with_the_k8s_launcher_and_postgres(db_url, tm
 
     with connect(db_url) as c:
         assert c.execute("SELECT to_regclass('public.runs') IS NOT NULL").fetchone()[0]
+
+
+def test_one_fit_at_a_time_whatever_launched_the_run(db_url, tmp_path, monkeypatch):
+    """The one-fit limit keyed on the run tag growth/fit, which only weekly_growth_job and its
+    schedule set: an asset backfill (or a Materialize in the UI) runs as __ASSET_JOB without
+    it, and the queue launched 4 of its runs, 4 fits at once. The fit step is now in the pool
+    growth_fit, limited to one slot across all runs by the instance."""
+    from growth_assets.defs import build_definitions
+    from growth_assets.settings import Settings
+
+    defs = build_definitions(Settings.from_env({}))
+    fit = defs.resolve_assets_def("brms_posterior")
+    assert fit.op.pool == "growth_fit"
+    cfg = yaml.safe_load((REPO / "dagster.yaml").read_text())
+    cfg.pop("run_launcher")  # the pool's limit is the instance's, whatever launches the runs
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.setenv("DAGSTER_PG_URL", db_url)
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 1

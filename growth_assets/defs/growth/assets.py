@@ -255,6 +255,9 @@ def _latest(conn: psycopg.Connection, table: str, partition_key: str, dagster_ru
     kinds={"python", "postgres"},
     freshness_policy=weekly_freshness,
     deps=[weekly_scores],
+    # one fit at a time across all runs, whatever launched them (the weekly job, an asset
+    # backfill, a Materialize in the UI): the instance's pool limit (dagster.yaml) is 1
+    pool="growth_fit",
     # on Kubernetes (k8s_job_executor) the fit step gets a pod sized for sampling
     op_tags={"dagster-k8s/config": {"container_config": {"resources": {
         "requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"cpu": "2", "memory": "6Gi"}}}}},
