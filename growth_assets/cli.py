@@ -554,7 +554,12 @@ def _without_password(text: str) -> str:
     value replaced by ``***``."""
     from urllib.parse import unquote, urlsplit
 
-    url = os.environ.get("DATABASE_URL", "")
+    from .settings import Settings, SettingsError
+
+    try:
+        url = Settings.from_env().database_url or ""
+    except SettingsError:
+        url = ""
     try:
         raw = urlsplit(url).password if "://" in url else None
     except ValueError:
