@@ -73,3 +73,49 @@ def test_the_panels_retention_runs_on_mondays_after_the_weekly_run(defs):
     assert not bad.success
     text = "".join(str(e.event_specific_data.error) for e in bad.all_events if e.is_step_failure)
     assert "keep_weeks" in text and "greater than or equal to 1" in text
+
+
+def test_the_current_weeks_p_is_checked_by_partition_not_by_any_materialization(db_url):
+    """The cron freshness policy reads an asset's latest materialization of any partition: with
+    the Monday run failed, a backfill of an old week on Tuesday made weekly_kpi_P fresh again,
+    and this week's P was never written. The Monday 06:00 check asks for the partition of the
+    week that just closed, and for its P written."""
+    from growth_assets.defs.growth import weekly_assets
+    from growth_assets.defs.growth.published import CURRENT_WEEK_PUBLISHED, publication_check_job
+    from growth_assets_tests.support.graph import PARTITION, ReplayEngine, resources, seed_db
+
+    seed_db(db_url, 20, seed=3)
+    defs = build_definitions(Settings.from_env({}), **resources(db_url, ReplayEngine()))
+    job = defs.resolve_job_def(publication_check_job.name)
+    monday = "2026-11-23T06:00:00+00:00"  # the week of PARTITION closed at 04:30
+
+    def check(instance, as_of=monday):
+        res = job.execute_in_process(instance=instance, run_config={
+            "ops": {f"weekly_kpi_P_{CURRENT_WEEK_PUBLISHED}": {"config": {"as_of": as_of}}}})
+        (ev,) = res.get_asset_check_evaluations()
+        return ev
+
+    with dg.instance_for_test() as instance:
+        old = "2026-11-02"  # an old week, backfilled: fresh to the cron policy, not to this check
+        assert dg.materialize(weekly_assets, partition_key=old, instance=instance,
+                              resources=resources(db_url, ReplayEngine())).success
+        ev = check(instance)
+        assert not ev.passed and ev.severity == dg.AssetCheckSeverity.ERROR
+        assert ev.metadata["partition"].value == PARTITION and PARTITION in ev.description
+        assert dg.materialize(weekly_assets, partition_key=PARTITION, instance=instance,
+                              resources=resources(db_url, ReplayEngine())).success
+        ev = check(instance)
+        assert ev.passed and ev.metadata["partition"].value == PARTITION
+        assert ev.metadata["rows_written"].value > 0
+        # a week later, the next partition is the one asked for
+        assert not check(instance, "2026-11-30T06:00:00+00:00").passed
+        # written=False (BRMS_UPDATE_KPI=false): materialized, but no P published
+        assert dg.materialize(weekly_assets, partition_key="2026-11-23", instance=instance,
+                              resources=resources(db_url, ReplayEngine(), update_kpi=False)).success
+        ev = check(instance, "2026-11-30T06:00:00+00:00")
+        assert not ev.passed and ev.severity == dg.AssetCheckSeverity.WARN and "BRMS_UPDATE_KPI" in ev.description
+
+
+def test_the_publication_check_runs_mondays_at_0600_utc(defs):
+    s = defs.resolve_schedule_def("weekly_p_published")
+    assert s.cron_schedule == "0 6 * * 1" and s.execution_timezone == "UTC"

@@ -1,0 +1,62 @@
+"""Is this week's P published? A check by partition, Mondays 06:00 UTC.
+
+The weekly assets' cron freshness policies read an asset's latest materialization of any
+partition: a backfill of an old week made ``weekly_kpi_P`` fresh again while this week's P was
+never written (the Monday run failed). This check asks for the partition of the week that
+closed at the last Monday 04:30 UTC, and for its P written; the alert sensor posts its failure
+like any other failed check.
+"""
+
+
+from datetime import datetime, timezone
+
+import dagster as dg
+
+from .assets import weekly_kpi_P, weekly_partitions
+
+CURRENT_WEEK_PUBLISHED = "current_week_published"
+
+
+class PublishedCheckConfig(dg.Config):
+    as_of: str | None = None  # an ISO instant (UTC if it names no zone); default: now
+
+
+@dg.asset_check(asset=weekly_kpi_P, name=CURRENT_WEEK_PUBLISHED,
+                description="the partition of the week that closed at the last Monday 04:30 UTC has weekly_kpi_P"
+                            " materialized with its P written (ERROR if not materialized; WARN if it wrote"
+                            " nothing, BRMS_UPDATE_KPI=false)")
+def current_week_published(context: dg.AssetCheckExecutionContext, config: PublishedCheckConfig) -> dg.AssetCheckResult:
+    now = datetime.fromisoformat(config.as_of) if config.as_of else datetime.now(timezone.utc)
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=timezone.utc)
+    keys = weekly_partitions.get_partition_keys(now)  # the complete ones at now (end_offset 0)
+    key = keys[-1] if keys else None
+    if key is None:
+        return dg.AssetCheckResult(passed=True, description=f"no partition has closed by {now.isoformat()}")
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=weekly_kpi_P.key, asset_partitions=[key]), limit=1).records
+    if not records:
+        return dg.AssetCheckResult(
+            passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata={"partition": key},
+            description=f"weekly_kpi_P of partition {key} (the week that closed before {now:%Y-%m-%d %H:%M} UTC)"
+                        " is not materialized: this week's P is not published")
+    mat = records[0].asset_materialization
+    md = {k: getattr(v, "value", v) for k, v in (mat.metadata or {}).items()}
+    meta = {"partition": key, "run_id": str(md.get("run_id")),
+            "rows_written": dg.MetadataValue.int(int(md.get("rows_written") or 0))}
+    if md.get("written") is False:
+        return dg.AssetCheckResult(
+            passed=False, severity=dg.AssetCheckSeverity.WARN, metadata=meta,
+            description=f"weekly_kpi_P of partition {key} ran but wrote no P ({md.get('reason') or 'BRMS_UPDATE_KPI=false'})")
+    return dg.AssetCheckResult(passed=True, metadata=meta,
+                               description=f"P of partition {key} written for {meta['rows_written'].value} students")
+
+
+publication_check_job = dg.define_asset_job(
+    "weekly_p_published_job", selection=dg.AssetSelection.checks(current_week_published),
+    description="Is this week's P published (the partition of the week that just closed)?")
+
+publication_check_schedule = dg.ScheduleDefinition(
+    name="weekly_p_published", job=publication_check_job, cron_schedule="0 6 * * 1", execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Monday 06:00 UTC (the weekly assets' freshness deadline): is the week that just closed published?")
