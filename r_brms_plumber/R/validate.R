@@ -214,6 +214,12 @@ validate_fit_request <- function(body_raw, max_rows = 120000L, score_range = DEF
   }
   bad_type <- check_row_types(p$text)
   if (!is.null(bad_type)) return(bad_type)
+  # jsonlite makes a one-element array a number: [2] passed as n_chains 2
+  for (k in setdiff(ALLOWED_KEYS, "rows")) {
+    if (grepl(sprintf('"%s"\\s*:\\s*[[{]', k), p$text, perl = TRUE)) {
+      return(invalid(k, sprintf("%s must be a single JSON number, not an array or object", k)))
+    }
+  }
 
   r <- validate_rows(body$rows, max_rows, score_range)
   if (!isTRUE(r$ok)) return(r)

@@ -309,3 +309,16 @@ test_that("a week beyond lookback_weeks is refused naming the row (spec 1: weeks
   expect_match(out$json$detail, "400")
   expect_match(out$json$detail, "lookback_weeks")
 })
+
+test_that("a one-element array where a number is expected is refused, not unboxed", {
+  r <- hostile_router()
+  for (extra in c(', "seed": [7]', ', "target": [0.5]', ', "lookback_weeks": {"a": 1}')) {
+    out <- call_route(r$pr, "POST", "/growth/fit", fit_body(SMALL_ROWS, extra), auth)
+    expect_equal(out$status, 400L, info = extra)
+    expect_true(out$json$field %in% c("seed", "target", "lookback_weeks"), info = extra)
+  }
+  body <- sprintf('{"rows": %s, "n_chains": [2], "n_samples": 400}', SMALL_ROWS)
+  out <- call_route(r$pr, "POST", "/growth/fit", body, auth)
+  expect_equal(out$status, 400L)
+  expect_equal(out$json$field, "n_chains")
+})
