@@ -61,6 +61,10 @@ def _field(col: Column, name: str) -> tuple[np.dtype | None, int | None, np.ndar
     v = np.asarray(col.values)
     t = _ALIASES.get(col.pg_type, col.pg_type)
     if t == "text":  # UTF-8 bytes
+        if v.dtype.kind == "O":  # astype(str) would send a None as the text 'None'
+            bad = [i for i, x in enumerate(v.tolist()) if not isinstance(x, (str, bytes))]
+            if bad:
+                raise ValueError(f"{name}: text values must be strings, not {v[bad[0]]!r} in row {bad[0]}")
         return None, None, v if v.dtype.kind == "S" else np.char.encode(v.astype(str), "utf-8"), None
     null = None if col.null is None else np.asarray(col.null, dtype=bool)
     if null is not None and t not in ("float8", "int4"):
@@ -68,19 +72,20 @@ def _field(col: Column, name: str) -> tuple[np.dtype | None, int | None, np.ndar
     if t == "float8":
         return np.dtype(">f8"), 8, v.astype(np.float64), null
     if t == "int4":
-        return np.dtype(">i4"), 4, v.astype(np.int32), null
+        return np.dtype(">i4"), 4, _int32(v, null, name, "int4"), null
     if t == "date":
         days = v.astype("datetime64[D]").astype(np.int64) - _PG_EPOCH_DAYS
-        return np.dtype(">i4"), 4, days.astype(np.int32), None
+        return np.dtype(">i4"), 4, _int32(days, None, name, "date"), None
     if t == "timestamptz":
         us = v.astype("datetime64[us]").astype(np.int64) - _PG_EPOCH_US
         return np.dtype(">i8"), 8, us, None
     if t == "numeric":
         x = v.astype(np.float64)
         null = ~np.isfinite(x)
-        if bool(np.any(np.abs(x[~null]) >= _NUMERIC_LIMIT)):
+        # the limit on the value as rounded to the scale (9999.9999996 is 10000.000000)
+        q = np.rint(np.minimum(np.abs(np.where(null, 0.0, x)), _NUMERIC_LIMIT) * 10**_NUMERIC_DSCALE).astype(np.int64)
+        if bool(np.any(q >= round(_NUMERIC_LIMIT * 10**_NUMERIC_DSCALE))):
             raise ValueError(f"{name}: numeric values for binary COPY must be below {_NUMERIC_LIMIT:g} in size")
-        q = np.rint(np.abs(np.where(null, 0.0, x)) * 10**_NUMERIC_DSCALE).astype(np.int64)
         d = np.empty(x.size, dtype=np.dtype([("nd", ">i2"), ("w", ">i2"), ("sign", ">u2"), ("ds", ">i2"),
                                              ("d0", ">i2"), ("d1", ">i2"), ("d2", ">i2")]))
         d["nd"], d["w"], d["ds"] = 3, 0, _NUMERIC_DSCALE
@@ -90,6 +95,24 @@ def _field(col: Column, name: str) -> tuple[np.dtype | None, int | None, np.ndar
         d["d2"] = (q % 100) * 100
         return np.dtype((np.void, 14)), 14, d.view(np.dtype((np.void, 14))), null
     raise ValueError(f"{name}: no binary COPY encoding for type {t!r}")
+
+
+def _int32(v: np.ndarray, null: np.ndarray | None, name: str, t: str) -> np.ndarray:
+    """``v`` as int32, each value checked: numpy's cast wraps 2**31 to -2**31 and cuts 1.5 to 1,
+    which the server would then store (an INSERT of the same value fails)."""
+    keep = np.ones(v.shape, dtype=bool) if null is None else ~null
+    x = v[keep]
+    if x.dtype.kind == "f":
+        if not np.all(np.isfinite(x)) or not np.all(x == np.round(x)):
+            raise ValueError(f"{name}: {t} values must be whole numbers")
+    elif x.dtype.kind not in "iub":
+        raise ValueError(f"{name}: no {t} encoding for values of type {x.dtype}")
+    out = (x < -2**31) | (x > 2**31 - 1)
+    if bool(np.any(out)):
+        raise ValueError(f"{name}: {t} values must be within -2147483648..2147483647, not {int(x[out][0])}")
+    r = np.zeros(v.shape, dtype=np.int32)
+    r[keep] = x.astype(np.int32)
+    return r
 
 
 def encode(columns: Mapping[str, Column]) -> bytes:

@@ -273,9 +273,13 @@ def merge_weekly_kpi(
     if not math.isfinite(float(target)):
         raise ContractError("P_target", "must be finite", target)
     checked = []
+    seen: set[str] = set()
     for user_id, p, sigma in rows:
         if not isinstance(user_id, str) or not user_id:
             raise ContractError("user_id", "missing or empty", user_id)
+        if user_id in seen:  # the upsert would fail on it with PostgreSQL's CardinalityViolation
+            raise ContractError("user_id", "given twice (one P per user and week)", user_id)
+        seen.add(user_id)
         p = float(p)
         if not (math.isfinite(p) and 0.0 <= p <= 1.0):
             raise ContractError("P", f"must be within [0, 1] (user {user_id})", p)
@@ -317,6 +321,8 @@ def merge_run_into_weekly_kpi(conn: psycopg.Connection, run_id: str, *, week_sta
     check_monday("P_week", p_week)
     if source not in P_SOURCES:
         raise ContractError("P_source", f"must be one of {P_SOURCES}", source)
+    if not math.isfinite(float(target)):  # jsonb would store NaN as the string "NaN"
+        raise ContractError("P_target", "must be finite", target)
     with conn.transaction():
         cur = conn.execute(
             f"""

@@ -64,6 +64,12 @@ def test_float8_and_int4_rows_marked_null_arrive_as_null_and_nan_as_nan(conn):
     (Column("numeric", np.array([1.0, 1e4])), "below 10000"),
     (Column("date", np.array(["2026-01-01"], dtype="datetime64[D]"), null=np.array([True])), "NULLs by mask"),
     (Column("jsonb", np.array([1])), "no binary COPY encoding"),
+    # found by review: each was sent and stored wrong, or refused by the server without a name
+    (Column("numeric", np.array([9999.9999996])), "below 10000"),  # rounds to 10000.000000
+    (Column("int4", np.array([1, 2**31 + 5])), r"int4 .*2147483653"),  # stored as -2147483643
+    (Column("int4", np.array([-2**31 - 1])), r"int4 .*-2147483649"),
+    (Column("int4", np.array([1.5])), r"whole numbers"),  # cut to 1
+    (Column("text", np.array(["a", None], dtype=object)), r"None in row 1"),  # stored as 'None'
 ])
 def test_what_cannot_be_sent_is_refused_naming_the_column(col, message):
     with pytest.raises(ValueError, match=f"^bad: .*{message}"):

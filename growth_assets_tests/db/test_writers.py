@@ -169,11 +169,28 @@ def test_a_merge_that_fails_half_way_leaves_nothing_behind(conn):
     ([("u1", 0.5, 0.1)], {"week_start": date(2026, 11, 24)}, "week_start"),
     ([("u1", 0.5, 0.1)], {"source": "guess"}, "P_source"),
     ([("u1", 0.5, 0.1)], {"target": float("nan")}, "P_target"),
+    # one user twice: PostgreSQL's CardinalityViolation named neither the field nor the user
+    ([("u1", 0.5, 0.1), ("u2", 0.4, 0.1), ("u1", 0.6, 0.1)], {}, "user_id"),
 ])
 def test_bad_kpi_input_names_the_field_and_writes_nothing(conn, rows, kw, field):
     with pytest.raises(ContractError) as e:
         merge(conn, rows, **kw)
     assert e.value.field == field
+    assert conn.execute("SELECT count(*) FROM weekly_kpi").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("target", [float("nan"), float("inf")])
+def test_a_runs_merge_refuses_a_target_that_is_not_finite(conn, target):
+    """merge_weekly_kpi refused it; the run's merge stored P_target "NaN" (a JSON string)."""
+    from growth_assets.db.writers import merge_run_into_weekly_kpi
+
+    res = make_result(2)
+    write_fit(conn, res)
+    conn.commit()
+    with pytest.raises(ContractError) as e:
+        merge_run_into_weekly_kpi(conn, res.run_id, week_start=date(2026, 11, 23), target=target,
+                                  p_week=date(2026, 12, 14), source="native", window_end=date(2026, 11, 23))
+    assert e.value.field == "P_target"
     assert conn.execute("SELECT count(*) FROM weekly_kpi").fetchone()[0] == 0
 
 
