@@ -304,3 +304,15 @@ def test_migrate_through_a_version_number_applies_that_version(empty_db_url):
         assert applied[-1].startswith("0005_") and len(applied) == 4, applied  # 0002 .. 0005
         with pytest.raises(MigrationError, match="'0099'"):
             migrate_through(conn, "0099")
+
+
+def test_a_second_schema_gets_the_status_check_too(db_url):
+    """0002 looked the check up by name in the whole database: a schema migrated beside one
+    that had it got none, and stored any status ('bogus' passed)."""
+    from growth_assets.db.migrate import migrate
+
+    migrate(db_url, schema="staging")
+    with connect(db_url, schema="staging") as conn:
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("INSERT INTO staging.growth_brms_meta (run_id, formula, priors, posterior_summary,"
+                         " diagnostics, engine, status) VALUES ('r', 'f', '[]', '{}', '{}', 'native', 'bogus')")
