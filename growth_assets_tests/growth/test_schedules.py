@@ -119,3 +119,16 @@ def test_the_current_weeks_p_is_checked_by_partition_not_by_any_materialization(
 def test_the_publication_check_runs_mondays_at_0600_utc(defs):
     s = defs.resolve_schedule_def("weekly_p_published")
     assert s.cron_schedule == "0 6 * * 1" and s.execution_timezone == "UTC"
+
+
+def test_the_publication_check_is_no_step_of_the_weekly_runs(defs):
+    """It is on weekly_kpi_P, so a selection of the weekly assets took it in: every weekly run
+    (and the Monday tick's) ran it as a fifth step, about the current week whatever the
+    partition."""
+    job = defs.resolve_job_def("weekly_growth_job")
+    checks = {k.name for k in job.asset_layer.asset_graph.asset_check_keys}
+    assert "rhat_below_threshold" in checks and "current_week_published" not in checks
+    assert "current_week_published" not in {k.name for k in defs.resolve_job_def("monday_job").asset_layer.asset_graph.asset_check_keys}
+    fit = _tick(defs, datetime(2026, 11, 23, 4, 30, tzinfo=timezone.utc))[0]
+    names = {k.name for k in fit.asset_check_keys}
+    assert "rhat_below_threshold" in names and "current_week_published" not in names

@@ -12,9 +12,7 @@ from datetime import datetime, timezone
 
 import dagster as dg
 
-from .assets import weekly_kpi_P, weekly_partitions
-
-CURRENT_WEEK_PUBLISHED = "current_week_published"
+from .assets import CURRENT_WEEK_PUBLISHED, weekly_kpi_P, weekly_partitions
 
 
 class PublishedCheckConfig(dg.Config):
