@@ -462,11 +462,12 @@ def _bucket_counts(rows) -> np.ndarray:
 
 weekly_assets = [weekly_scores, brms_posterior, growth_brms_meta, weekly_kpi_P]
 
-# the check of whether the current week is published (published.py) is on weekly_kpi_P but is
-# not a step of the weekly graph: it has its own job and schedule (Monday 06:00 UTC)
+# the graph's steps: its assets and their own checks. The check of whether the current week is
+# published (published.py) is on weekly_kpi_P too but is no step of the graph: it has its own
+# job and schedule (Monday 06:00 UTC)
 CURRENT_WEEK_PUBLISHED = "current_week_published"
-weekly_selection = (dg.AssetSelection.assets(*weekly_assets)
-                    - dg.AssetSelection.checks(dg.AssetCheckKey(weekly_kpi_P.key, CURRENT_WEEK_PUBLISHED)))
+weekly_check_keys = [k for a in weekly_assets for k in a.check_keys]
+weekly_selection = dg.AssetSelection.assets(*weekly_assets).without_checks() | dg.AssetSelection.checks(*weekly_check_keys)
 
 weekly_growth_job = dg.define_asset_job(
     "weekly_growth_job",

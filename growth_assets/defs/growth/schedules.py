@@ -7,7 +7,7 @@ import dagster as dg
 
 from ...model.window import RUN_TIME_UTC
 from ..resources import GrowthSettings
-from .assets import weekly_assets, weekly_growth_job, weekly_partitions, weekly_selection
+from .assets import weekly_assets, weekly_check_keys, weekly_growth_job, weekly_partitions, weekly_selection
 from .backtest import goal_forecast_backtest
 
 # what the Monday tick may launch: the weekly graph, and the backtest (each run a subset)
@@ -39,9 +39,9 @@ def weekly_growth_schedule(context: dg.ScheduleEvaluationContext, growth: Growth
     # the partition holding the second before the tick (scheduled_execution_time is the cron
     # time even when the daemon evaluates the tick late)
     key = weekly_partitions.get_partition_key_for_timestamp(context.scheduled_execution_time.timestamp() - 1)
-    # the graph's own checks (the publication check is not a step of it: its own schedule)
+    # the graph's own checks, as weekly_growth_job selects them
     fit = dg.RunRequest(run_key=key, partition_key=key, asset_selection=[a.key for a in weekly_assets],
-                        asset_check_keys=[k for a in weekly_assets for k in a.check_keys],
+                        asset_check_keys=weekly_check_keys,
                         tags=dict(weekly_growth_job.tags))
     requests = [fit]
     past = backtest_partition(key, growth.horizon_weeks)
