@@ -1303,11 +1303,22 @@ def calculate_and_store_weekly_kpi(
 
 def _store(session: psycopg.Connection, answers: list[GoalAnswer], week_start: date, schema: str) -> int:
     """The answers' P merged into ``week_start``'s rows (``merge_weekly_kpi``, the run records
-    read in ``schema``: the session's search_path need not hold it), in one transaction."""
+    read in ``schema``: the session's search_path need not hold it), in one transaction.
+
+    A P is computed now, from the latest passed run: one whose data window ends after
+    ``week_start`` holds data from after that week, and is refused (ContractError naming the
+    week and the window) before anything is written. A refresh run late (a weekday's tick
+    re-executed after the next Monday's run) wrote it, and the merge guard then kept it over
+    that week's own P when its partition was backfilled."""
     groups: dict[tuple, list[tuple[str, float, float | None]]] = {}
     for a in answers:
         if a.P is None or a.path == "stored":
             continue
+        if a.window_end is not None and a.window_end > week_start:
+            raise ContractError("week_start", f"is before the data window of run {a.run_id}, which ends"
+                                f" {a.window_end.isoformat()}: P computed now is not that week's P (refresh the"
+                                " current week, or backfill the partition whose P that week holds)",
+                                week_start.isoformat())
         key = (a.target, a.p_week or week_start, a.run_id, a.source, a.window_end)
         groups.setdefault(key, []).append((a.user_id, a.P, a.sigma))
     n = 0

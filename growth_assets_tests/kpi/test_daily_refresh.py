@@ -101,3 +101,35 @@ def test_the_daily_refresh_after_a_native_run_writes_the_updated_p_of_the_weeks_
     for u, k in rows:  # what a call answers now: the same P (her scores since keep it on path update)
         assert now[u].path == "update" and k["P"] == now[u].P and k["P_target"] == 0.0
         assert k["P_week"] == now[u].p_week.isoformat() and k["P_run_id"] == now[u].run_id
+
+
+def test_a_refresh_of_a_week_before_the_latest_runs_window_is_refused_and_the_backfill_still_writes(
+        db_url, monkeypatch):
+    """A refresh computes P now, from the latest passed run: run late (Tuesday's tick re-executed
+    after the next Monday's run), it wrote into a past week's rows a P whose data window ends
+    after that week, and the merge guard then refused that week's own P when its partition was
+    backfilled (half the students kept the later window's P for good)."""
+    from datetime import date
+
+    monkeypatch.setenv("METRICS_USE_BAYESIAN", "true")
+    from growth_assets_tests.support.graph import seed_db
+
+    url = seed_db(db_url, 20, seed=3)
+    res = resources(url, ReplayEngine())
+    assert dg.materialize(weekly_assets, partition_key=PARTITION, resources=res).success  # window ends 2026-11-23
+    late = dg.materialize([daily_kpi_P], resources=res, raise_on_error=False,
+                          run_config={"ops": {"daily_kpi_P": {"config": {"as_of": "2026-11-17"}}}})
+    assert not late.success
+    text = str(late.get_step_failure_events()[0].event_specific_data.error)
+    assert "week_start" in text and "2026-11-16" in text and "2026-11-23" in text, text
+    with connect(url) as c:
+        assert c.execute("SELECT count(*) FROM weekly_kpi WHERE week_start = '2026-11-16' AND kpis ? 'P'"
+                         ).fetchone()[0] == 0
+    # the backfill of partition 2026-11-09, whose P is weekly_kpi's week 2026-11-16: every student
+    bf = dg.materialize(weekly_assets, partition_key="2026-11-09", resources=res)
+    checks = {e.check_name: e.passed for e in bf.get_asset_check_evaluations()}
+    assert checks["rows_written_equal_students_fitted"]
+    with connect(url) as c:
+        ends = {x for (x,) in c.execute("SELECT DISTINCT kpis->>'P_window_end' FROM weekly_kpi"
+                                        " WHERE week_start = %s AND kpis ? 'P'", (date(2026, 11, 16),))}
+    assert ends == {"2026-11-16"}, ends
