@@ -193,9 +193,14 @@ def _no_key_twice(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _not_json(token: str) -> Any:
+    raise FitResultError("answer", "is not JSON: numbers are plain JSON numbers (spec §8), null where none", token)
+
+
 def parse_json(body: bytes | str) -> Any:
     """An engine's JSON answer: a key twice in one object is a FitResultError naming it (the
-    json module keeps the last value without a word); malformed JSON is json's ValueError."""
+    json module keeps the last value without a word), and so are ``NaN`` and ``Infinity``
+    (not JSON: the json module took them as floats); malformed JSON is json's ValueError."""
     import json
 
-    return json.loads(body, object_pairs_hook=_no_key_twice)
+    return json.loads(body, object_pairs_hook=_no_key_twice, parse_constant=_not_json)

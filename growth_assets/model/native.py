@@ -535,11 +535,18 @@ class NativeEngine:
         t2 = time.perf_counter()
         red = nf.panel
         pars = nf.population_draws()
+        for p in _PARAM_NAMES:  # a chain that ran off (exp of an unbounded log sd) has no summary
+            bad = int((~np.isfinite(np.asarray(pars[p]))).sum())
+            if bad:
+                raise contract.FitResultError(
+                    f"population_draws.{p}", f"the sampler ran off: {bad} of {np.asarray(pars[p]).size} draws are"
+                    f" not finite ({int(np.asarray(nf.extra['diverging']).sum())} divergent transitions;"
+                    f" {red.student_ids.size} students, {red.n_rows} rows: too few to identify"
+                    " the model's variances?)")
         summarise = _diagnostics().result().summarise
         summary = {p: ParamSummary(**summarise(pars[p])) for p in _PARAM_NAMES}
         allstats = list(summary.values()) + [ParamSummary(**summarise(pars["Intercept"]))]
         n_steps = np.asarray(nf.extra["num_steps"]).astype(np.int64)
-        depth = np.floor(np.log2(np.maximum(n_steps, 1))).astype(np.int64) + 1  # bit length
         preds, pinfo = nf.predict(float(settings.horizon_week), target)
         students = StudentLines(student_id=red.student_ids, n_obs=red.n_obs,
                                 **{k: preds[k] for k in ("mean_a", "mean_b", "var_a", "var_b",
@@ -551,7 +558,10 @@ class NativeEngine:
             min_ess_bulk=_worst([d.ess_bulk for d in allstats], min),
             min_ess_tail=_worst([d.ess_tail for d in allstats], min),
             n_divergent=int(np.asarray(nf.extra["diverging"]).sum()),
-            n_max_treedepth=int((depth >= MAX_TREE_DEPTH).sum()),
+            # Stan's depth counts the doublings that completed: a transition hit the maximum only
+            # when it took all 2^10 - 1 steps (one that U-turned or diverged inside the tenth
+            # doubling, 512-1022 steps, reports depth 9; their bit length counted it)
+            n_max_treedepth=int((n_steps >= 2 ** MAX_TREE_DEPTH - 1).sum()),
             elapsed_s=float(time.perf_counter() - t0),
             details={"timings_s": timings,
                      "parameters": "the six brms population parameters and the centred Intercept",

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 from arviz_stats.base import array_stats
+from scipy.special import ndtri
+from scipy.stats import rankdata
 
 
 def _chains(x: np.ndarray) -> np.ndarray:
@@ -20,12 +22,28 @@ def _undefined(x: np.ndarray) -> bool:
     return not np.isfinite(x).all() or np.ptp(x) == 0
 
 
+def _z_scale(x: np.ndarray) -> np.ndarray:
+    """``posterior::z_scale``: normal scores of the ranks (average ties, Blom's offset 3/8)."""
+    return ndtri((rankdata(x, method="average").reshape(x.shape) - 0.375) / (x.size + 0.25))
+
+
 def rhat(x: np.ndarray) -> float:
-    """Rank-normalised split R-hat (max of bulk and folded), as ``posterior::rhat``."""
+    """Rank-normalised split R-hat (max of bulk and folded), as ``posterior::rhat``.
+
+    One chain: posterior splits it in two and compares the halves; arviz-stats wants two
+    chains before it splits (NaN for one, which failed every one-chain fit's R-hat check),
+    so the halves go to it already split, ranked and folded, as chains to compare as they are."""
     x = _chains(x)
     if _undefined(x):
         return float("nan")
-    return float(array_stats.rhat(x, chain_axis=-2, draw_axis=-1, method="rank"))
+    if x.shape[0] > 1:
+        return float(array_stats.rhat(x, chain_axis=-2, draw_axis=-1, method="rank"))
+    half = x.shape[1] // 2
+    halves = np.vstack((x[:, :half], x[:, -half:]))  # the middle draw of an odd count left out
+    if half < 2:
+        return float("nan")
+    return max(float(array_stats.rhat(_z_scale(h), chain_axis=-2, draw_axis=-1, method="identity"))
+               for h in (halves, np.abs(halves - np.median(halves))))
 
 
 def ess_bulk(x: np.ndarray) -> float:

@@ -16,6 +16,8 @@ import pandas as pd
 
 from .contract import PANEL_COLUMNS, PanelError, prior_scales
 
+MAX_WEEK = 2**31 - 1  # int4, as growth_panel stores weeks
+
 
 def _shown(ids: np.ndarray, rows: np.ndarray, limit: int = 5) -> str:
     return ", ".join(str(int(r)) for r in rows[:limit]) + (" …" if rows.size > limit else "")
@@ -105,14 +107,16 @@ class Panel:
             raise PanelError("student_id", "every id must be a non-empty string")
         if ids.size > 1 and not bool(np.all(ids[1:] > ids[:-1])):
             raise PanelError("student_ids", "must be sorted and unique")
-        if w.dtype.kind in "iu":  # integers: only the sign to check (no float copies of every row)
-            bad = w < 0
+        # weeks are int4 where they are stored; a larger one (1e19) became a negative int64 here
+        if w.dtype.kind in "iu":  # integers: only the range to check (no float copies of every row)
+            bad = (w < 0) | (w > MAX_WEEK)
         else:
             wf = w.astype(np.float64)
-            bad = ~np.isfinite(wf) | (wf != np.floor(wf)) | (wf < 0)
+            bad = ~np.isfinite(wf) | (wf != np.floor(wf)) | (wf < 0) | (wf > MAX_WEEK)
         if bad.any():
             rows = np.flatnonzero(bad)
-            raise PanelError("week", f"must be an integer >= 0 (rows {_shown(ids, rows)})", w[rows[0]])
+            raise PanelError("week", f"must be an integer within 0..{MAX_WEEK} (rows {_shown(ids, rows)})",
+                             w[rows[0]])
         del bad
         w = w.astype(np.int64, copy=False) if w.dtype.kind in "iu" else wf.astype(np.int64)
         if lookback_weeks is not None and w.size and int(w.max()) >= lookback_weeks:

@@ -110,6 +110,13 @@ class FitResult:
     def kept_draws(self) -> int:
         return self.n_chains * (self.n_samples - self.n_warmup)
 
+    @property
+    def max_ess(self) -> float:
+        """The largest ESS posterior's definition gives S kept draws: S / tau with tau >= 1 / log10 S
+        (a hair more, for the rounding of either engine's arithmetic)."""
+        s = self.kept_draws
+        return s * math.log10(s) * (1 + 1e-9) if s > 1 else float(s)
+
     def with_run_id(self, run_id: str) -> "FitResult":
         return replace(self, run_id=run_id)
 
@@ -230,8 +237,9 @@ class FitResult:
             if s.sd < 0:
                 raise FitResultError(f"posterior_summary.{p}.sd", "must be >= 0", s.sd)
             for f in ("ess_bulk", "ess_tail"):
-                if getattr(s, f) < 0:
-                    raise FitResultError(f"posterior_summary.{p}.{f}", "must be >= 0", getattr(s, f))
+                if getattr(s, f) < 0 or getattr(s, f) > self.max_ess:  # NaN (not computable): the checks
+                    raise FitResultError(f"posterior_summary.{p}.{f}", f"must be within 0..{self.max_ess:.0f}"
+                                         " (posterior's ESS of the kept draws S is at most S log10 S)", getattr(s, f))
             if s.rhat < RHAT_FLOOR:  # NaN (not computable) passes here; the checks fail it
                 raise FitResultError(f"posterior_summary.{p}.rhat", f"must be >= {RHAT_FLOOR} (or null)", s.rhat)
             if s.q5 > s.q95:
@@ -249,8 +257,9 @@ class FitResult:
             if not 0 <= v <= self.kept_draws:
                 raise FitResultError(f"diagnostics.{f}", f"must be within 0..{self.kept_draws} (the kept draws)", v)
         for f in ("min_ess_bulk", "min_ess_tail"):
-            if getattr(d, f) < 0:
-                raise FitResultError(f"diagnostics.{f}", "must be >= 0", getattr(d, f))
+            if getattr(d, f) < 0 or getattr(d, f) > self.max_ess:
+                raise FitResultError(f"diagnostics.{f}", f"must be within 0..{self.max_ess:.0f}"
+                                     " (posterior's ESS of the kept draws S is at most S log10 S)", getattr(d, f))
         if settings is not None:  # first: an answer to another question is that, above all
             self._validate_settings(settings)
         # the panel's own id array, in its order (the native engine's answer): the same
@@ -345,9 +354,11 @@ class FitResult:
                 raise FitResultError(f"predictions[{i}].{f}", f"must be finite (student {s.student_id[i]})",
                                      float(getattr(s, f)[i]))
         _first_bad(s, (s.P < 0) | (s.P > 1), "P", "must be within [0, 1]")
-        _first_bad(s, s.sigma < 0, "sigma", "must be >= 0")
-        _first_bad(s, s.var_a < 0, "var_a", "must be >= 0")
-        _first_bad(s, s.var_b < 0, "var_b", "must be >= 0")
+        # spec §2: sigma > 0 and tau > 0, so a line's posterior has a variance (> 0): none (P exactly
+        # 0 or 1) is no posterior of this model
+        _first_bad(s, ~(s.sigma > 0), "sigma", "must be > 0")
+        _first_bad(s, ~(s.var_a > 0), "var_a", "must be > 0")
+        _first_bad(s, ~(s.var_b > 0), "var_b", "must be > 0")
         tol = _PSD_RTOL * np.maximum(s.var_a * s.var_b, 1e-300)
         _first_bad(s, s.var_a * s.var_b - s.cov_ab**2 < -tol, "cov_ab",
                    "the line covariance must be positive semi-definite (cov_ab^2 <= var_a var_b)")
