@@ -100,7 +100,9 @@ The chain (spec §6, §7), with METRICS_USE_BAYESIAN=true
 
 3. ``normal``: the Normal approximation (spec §7) from the user's latest ``mirt_ability`` row
    with a non-NULL theta: ``P = 1 - Phi((target - theta) / se)``; no such row, a non-finite
-   theta or se, or ``se <= 0``: no P.
+   theta or se, a theta outside BRMS_SCORE_RANGE, or ``se <= 0``: no P. Nor when the target is
+   a share correct (the passed run's score source, else BRMS_SCORE_SOURCE, is ``accuracy``):
+   a theta is on another scale.
 
 With METRICS_USE_BAYESIAN=false only path 3 is tried. Nothing applies: ``P`` is None.
 
@@ -217,6 +219,8 @@ _Pending = list
 def _check_user(user_id: Any) -> str:
     if not isinstance(user_id, str) or not user_id.strip():
         raise ContractError("user_id", "missing or empty", user_id)
+    if "\x00" in user_id:  # no PostgreSQL text holds it: the server's error failed a whole batch
+        raise ContractError("user_id", "must not contain a NUL character", user_id)
     return user_id
 
 
@@ -574,8 +578,8 @@ def _run_draws(session: psycopg.Connection, run: _Run, where: tuple) -> tuple[di
     hit = _DRAWS_CACHE.get(key)
     if hit is not None:
         return hit
-    row = session.execute(f"SELECT xmin::text, {DRAW_COLUMNS} FROM growth_population_draws WHERE run_id = %s",
-                          (run.run_id,)).fetchone()
+    row = session.cursor(row_factory=tuple_row).execute(  # whatever the session's row factory
+        f"SELECT xmin::text, {DRAW_COLUMNS} FROM growth_population_draws WHERE run_id = %s", (run.run_id,)).fetchone()
     if row is None:
         return None
     draws = {p: np.asarray(v, dtype=np.float64) for p, v in zip(POPULATION_PARAMS, row[1:], strict=True)}
@@ -589,12 +593,12 @@ def _run_draws(session: psycopg.Connection, run: _Run, where: tuple) -> tuple[di
     return kept
 
 
-def _horizon_index(run: _Run, horizon: date | None) -> int:
+def _horizon_index(run: _Run, horizon: date | None) -> int | None:
     """The week index h of the requested horizon (a Monday) in the run's calendar, or the
-    run's own horizon week."""
+    run's own horizon week (None: the run's record has none)."""
     if horizon is None:
-        if run.horizon_week is None:
-            raise ContractError("growth_brms_meta.horizon_week", f"missing in run {run.run_id}")
+        if run.horizon_week is None:  # the chain says so and goes on to the other paths
+            return None
         return int(run.horizon_week)
     if run.window_start is None:
         raise ContractError("horizon", f"run {run.run_id} has no window_start to place it in", horizon)
@@ -604,8 +608,9 @@ def _horizon_index(run: _Run, horizon: date | None) -> int:
     return h
 
 
-# per user: the latest calibration up to now (a future-dated row is not "latest") with a theta
-# inside BRMS_SCORE_RANGE: (theta, se). Parameters: users, score_lo, score_hi.
+# per user: the latest calibration up to now (a future-dated row is not "latest") with a theta:
+# (theta, se); the chain judges it (a NaN theta, or one outside BRMS_SCORE_RANGE, is no P, as a
+# NaN se is: the range here skipped such a row for an older one). Parameters: users.
 # of calibrations at the same latest instant (two models or versions), the one with the smallest
 # usable se (then the lowest theta, model, version): every plan takes the same row (they took
 # the first they met: a batch and single calls disagreed)
@@ -613,14 +618,13 @@ LATEST_THETA_ORDER = ("fitted_at DESC NULLS LAST, (se > 0 AND se < 'Infinity') D
                       " model, version")
 _THETA_SQL = ("SELECT DISTINCT ON (user_id) user_id, theta, se FROM mirt_ability"
               " WHERE user_id = ANY(%(users)s) AND theta IS NOT NULL AND fitted_at <= now()"
-              " AND theta BETWEEN %(score_lo)s AND %(score_hi)s"
               f" ORDER BY user_id, {LATEST_THETA_ORDER}")
 
 
 def _send_theta(session: psycopg.Connection, users: list[str],
                 score_range: tuple[float, float]) -> psycopg.Cursor:
     """Per user (``_read_rows``): ``_THETA_SQL``'s (theta, se)."""
-    return _execute(session, _for(_THETA_SQL, users), {"users": _ids(session, users), "score_lo": score_range[0], "score_hi": score_range[1]})
+    return _execute(session, _for(_THETA_SQL, users), {"users": _ids(session, users)})
 
 
 # --- the mathematics ---------------------------------------------------------------------------
@@ -753,7 +757,7 @@ def _know_run(session: psycopg.Connection, known: _Known, run: _Run | None, key:
         return
     _RUN_GUESS[key] = run
     known.h = _horizon_index(run, horizon)
-    known.p_week = run.p_week(known.h)
+    known.p_week = run.p_week(known.h) if known.h is not None else None
     known.draws = _run_draws(session, run, key)
 
 
@@ -927,7 +931,8 @@ def _update_path(pending: dict[str, _Pending], out: dict[str, GoalAnswer], run: 
     start (the window's and every week since), exactly, per draw (``native_math.predict_from_sums``)."""
     ids = [u for u in pending if u in sums]
     if len(ids) < len(pending):
-        why = f"update: the student has no scores since {run.window_start.isoformat()}"
+        why = (f"update: the student has no scores since {run.window_start.isoformat()}" if run.window_start
+               else f"update: run {run.run_id} has no window_start: no window to read scores of")
         for u, reasons in pending.items():
             if u not in sums:
                 reasons.append(why)
@@ -1028,11 +1033,11 @@ def _answers(
     with _collector_paused(len(users)), _reading(session, snapshot=two_readers):
         if not batch:
             known = _start(session, users, use_bayesian, score_range, kpi_week, horizon, settings.db_schema, config)
-            return _chain(users, target, use_bayesian, kpi_week, known)
+            return _chain(users, target, use_bayesian, kpi_week, known, settings.score_source)
         out: dict[str, GoalAnswer] = {}
         for chunk, known in _start_batch(session, users, score_range, kpi_week, horizon, settings.db_schema, config,
                                          two_readers):
-            out.update(_chain(chunk, target, use_bayesian, kpi_week, known))
+            out.update(_chain(chunk, target, use_bayesian, kpi_week, known, settings.score_source))
         return out
 
 
@@ -1091,7 +1096,7 @@ def _reading(session: psycopg.Connection, snapshot: bool = False) -> Iterator[No
 
 
 def _chain(users: list[str], target: float, use_bayesian: bool, kpi_week: date | None,
-           known: _Known) -> dict[str, GoalAnswer]:
+           known: _Known, score_source: str = "theta") -> dict[str, GoalAnswer]:
     pending: dict[str, _Pending] = {u: [] for u in users}
     out: dict[str, GoalAnswer] = {}
     if not users:
@@ -1142,6 +1147,10 @@ def _chain(users: list[str], target: float, use_bayesian: bool, kpi_week: date |
                 why = f"run: no run passed its checks (latest run {latest[0]} is {latest[1]})"
             for p in pending.values():
                 p.append(why)
+        elif pending and h is None:  # a record without horizon_week (nullable): no week to answer for
+            why = f"run: run {run.run_id} has no horizon_week (name the week: horizon=)"
+            for p in pending.values():
+                p.append(why)
         elif pending and draws is not None:
             _update_path(pending, out, run, draws, sums, h, p_week, target)
         elif pending:
@@ -1150,7 +1159,16 @@ def _chain(users: list[str], target: float, use_bayesian: bool, kpi_week: date |
         for p in pending.values():
             p.append("METRICS_USE_BAYESIAN=false: Normal approximation only")
 
-    # 3. Normal approximation (spec §7), for the users whose latest theta and se are usable
+    # 3. Normal approximation (spec §7), for the users whose latest theta and se are usable.
+    # The target is on the scale of the scores the model is fitted on (the passed run's, else
+    # BRMS_SCORE_SOURCE): of accuracy scores, a share correct, which no theta estimates
+    scale = (known.run.score_source if use_bayesian and known.run is not None else None) or score_source
+    if pending and scale == "accuracy":
+        for u in list(pending):
+            reasons = pending.pop(u)
+            reasons.append("normal: the target is a share correct (score source accuracy); mirt_ability's"
+                           " theta is on another scale")
+            out[u] = GoalAnswer(u, target, None, path="none", reasons=tuple(reasons))
     if pending:
         theta = reads.theta(list(pending))
         ok: list[str] = []
@@ -1163,6 +1181,8 @@ def _chain(users: list[str], target: float, use_bayesian: bool, kpi_week: date |
                     why = "normal: latest theta has no se"
                 elif not (math.isfinite(th) and math.isfinite(se)):
                     why = f"normal: latest theta/se not finite ({th}, {se})"
+                elif not reads.score_range[0] <= th <= reads.score_range[1]:
+                    why = f"normal: latest theta {th} outside BRMS_SCORE_RANGE {list(reads.score_range)}"
                 elif se <= 0:
                     why = f"normal: latest se <= 0 ({se})"
                 else:
@@ -1237,7 +1257,7 @@ def compute_goal_attainment_probabilities(
     settings = Settings.from_env()
     users = list(user_ids)
     for u in users:  # _check_user's rule, without a call per user
-        if type(u) is not str or not u.strip():
+        if type(u) is not str or not u.strip() or "\x00" in u:
             _check_user(u)
     t = _resolve_target(target, settings)
     if kpi_week is not None:
@@ -1334,7 +1354,7 @@ def active_users(session: psycopg.Connection, week_start: date) -> list[str]:
     (date in the week) during the week starting ``week_start``."""
     check_monday("week_start", week_start)
     ts0 = datetime.combine(week_start, time(), timezone.utc)
-    rows = session.execute(
+    rows = session.cursor(row_factory=tuple_row).execute(  # whatever the session's row factory
         """
         SELECT user_id FROM mirt_ability
         WHERE fitted_at >= %(ts0)s AND fitted_at < %(ts1)s AND user_id <> ''
@@ -1345,7 +1365,11 @@ def active_users(session: psycopg.Connection, week_start: date) -> list[str]:
         {"ts0": ts0, "ts1": ts0 + timedelta(weeks=1), "d0": week_start,
          "d1": week_start + timedelta(weeks=1)},
     ).fetchall()
-    return sorted(r[0] for r in rows if r[0] is not None)
+    users = [r[0] for r in rows if r[0] is not None]
+    ok = [u for u in users if u.strip()]  # _check_user's rule: one blank id stopped everyone's refresh
+    if len(ok) < len(users):
+        log.warning("active_users week=%s: %d blank user id(s) left out", week_start, len(users) - len(ok))
+    return sorted(ok)
 
 
 def refresh_active_users(
