@@ -64,7 +64,8 @@ STUDENT_COLUMNS = ("user_id", "n_obs", "mean_a", "mean_b", "var_a", "var_b", "co
 
 
 def check_monday(field: str, d: date) -> date:
-    if not isinstance(d, date):
+    # a datetime is a date too: a Monday 10:00 then matched no week_start row, without a word
+    if not isinstance(d, date) or isinstance(d, datetime):
         raise ContractError(field, "must be a date", d)
     if d.isoweekday() != 1:
         raise ContractError(field, "must be a Monday", d.isoformat())
