@@ -212,10 +212,10 @@ def test_steps_in_separate_processes_hand_each_other_nothing_but_tables(seeded, 
 
 def test_metadata_numbers_are_rounded_to_meaningful_digits(seeded):
     res = dg.materialize(weekly_assets, partition_key=PARTITION,
-                         resources=resources(seeded, ReplayEngine(max_rhat=1.0013318181320263, min_ess=1234.5678)))
+                         resources=resources(seeded, ReplayEngine(max_rhat=1.0013318181320263, min_ess=987.6543)))
     assert res.success
     post = res.asset_materializations_for_node("brms_posterior")[0].metadata
-    assert post["max_rhat"].value == 1.0013 and post["min_ess_bulk"].value == 1235.0
+    assert post["max_rhat"].value == 1.0013 and post["min_ess_bulk"].value == 988.0
     table = post["posterior_summary"].value.records[0].data
     assert all(v == float(f"{v:.4g}") for k, v in table.items() if k != "parameter")
     kpi = res.asset_materializations_for_node("weekly_kpi_P")[0].metadata

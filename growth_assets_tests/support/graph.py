@@ -35,7 +35,7 @@ class ReplayEngine(dg.ConfigurableResource):
 
     max_rhat: float = 1.0
     n_divergent: int = 0
-    min_ess: float = 2000.0
+    min_ess: float = 1000.0  # within what posterior's ESS can be for 2 x 200 kept draws (<= S log10 S = 1041)
     later_min_ess: float | None = None  # the ESS of every fit after the first (a refit)
     fail: bool = False
 
