@@ -233,7 +233,11 @@ def write_run_record(
             "engine_version, status, status_reasons, window_start, window_end, week_start, "
             "n_students, n_obs, horizon_week, target, seed, n_chains, n_samples, score_source, "
             "panel_id, source_counts, partition_key, dagster_run_id")
-    vals = ("%(run_id)s, %(formula)s, %(priors)s, %(summary)s, %(diagnostics)s, now(), %(engine)s, "
+    # fitted_at: when the fit was stored (growth_fit.created_at), not when it was graded: of two
+    # runs of one partition, the older fit graded last counted as "fitted later" and its P
+    # replaced the newer fit's (the merge guard and the readers order passed runs by it)
+    vals = ("%(run_id)s, %(formula)s, %(priors)s, %(summary)s, %(diagnostics)s,"
+            " coalesce((SELECT f.created_at FROM growth_fit f WHERE f.run_id = %(run_id)s), now()), %(engine)s, "
             "%(engine_version)s, %(status)s, %(reasons)s, %(window_start)s, %(window_end)s, "
             "%(week_start)s, %(n_students)s, %(n_obs)s, %(horizon_week)s, %(target)s, %(seed)s, "
             "%(n_chains)s, %(n_samples)s, %(score_source)s, %(panel_id)s, %(source_counts)s, "

@@ -7,6 +7,7 @@ build them directly. There is no IO manager: each asset writes its own tables.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -66,6 +67,15 @@ class GrowthSettings(dg.ConfigurableResource):
             raise ContractError("BRMS_SCORE_SOURCE", f"must be one of {SCORE_SOURCES}", self.score_source)
         if self.family != "gaussian":
             raise ContractError("BRMS_FAMILY", "only gaussian is supported by this model", self.family)
+        # as BRMS_SCORE_RANGE is read (settings.env_range): a run's config of lo >= hi stored an
+        # empty panel, and the run stopped at "panel_not_empty", naming no cause
+        lo, hi = self.score_min, self.score_max
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ContractError("BRMS_SCORE_RANGE", "score_min and score_max must be finite with score_min <"
+                                " score_max", f"{lo},{hi}")
+        if self.max_n_samples < self.n_samples:
+            raise ContractError("BRMS_MAX_N_SAMPLES", f"max_n_samples must be >= n_samples ({self.n_samples})",
+                                self.max_n_samples)
         return self
 
     def fit_settings(self, run_id: str | None = None) -> FitSettings:

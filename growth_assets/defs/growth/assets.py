@@ -421,8 +421,11 @@ def weekly_kpi_P(context: dg.AssetExecutionContext, postgres: PostgresResource, 
             context.log.info("BRMS_UPDATE_KPI=false: P of run %s not written to weekly_kpi", run_id)
             yield dg.MaterializeResult(metadata={"run_id": run_id, "written": False,
                                                  "reason": "BRMS_UPDATE_KPI=false", "rows_written": 0})
-            yield _check(KPI_P_IN_RANGE, True, "ERROR", "nothing written (BRMS_UPDATE_KPI=false)")
-            yield _check(KPI_ROWS_MATCH, True, "ERROR", "nothing written (BRMS_UPDATE_KPI=false)")
+            # every result carries the observed value and its threshold: none written, as set
+            yield _check(KPI_P_IN_RANGE, True, "ERROR", "nothing written (BRMS_UPDATE_KPI=false)",
+                         observed=0, threshold=0)
+            yield _check(KPI_ROWS_MATCH, True, "ERROR", "nothing written (BRMS_UPDATE_KPI=false)",
+                         observed=0, threshold=0)
             return
         p_week = window_start + timedelta(weeks=int(h))
         n = merge_run_into_weekly_kpi(conn, run_id, week_start=week_start, target=target, p_week=p_week,

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 import numpy as np
 import psycopg
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ...db.writers import read_population_draws, write_backtest
 from ...metrics import LATEST_THETA_ORDER
@@ -40,6 +40,14 @@ class BacktestThresholds(dg.ConfigurableResource):
     coverage_90_high: float = Field(0.95, ge=0, le=1, description="WARN above this 90 % predictive coverage")
     min_brier_skill: float = Field(0.0, le=1, description="WARN unless the Brier skill against the Normal "
                                                            "baseline is above this")
+
+    @model_validator(mode="after")
+    def _low_below_high(self) -> "BacktestThresholds":
+        """An empty band: predictive_coverage_90 could never pass."""
+        if self.coverage_90_low > self.coverage_90_high:
+            raise ValueError(f"coverage_90_low ({self.coverage_90_low}) must be <= coverage_90_high"
+                             f" ({self.coverage_90_high})")
+        return self
 
 
 _RUN = """

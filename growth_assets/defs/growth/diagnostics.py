@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ...model.result import Diagnostics
 from .metadata import rounded
@@ -32,6 +32,15 @@ class DiagnosticThresholds(dg.ConfigurableResource):
     ess_error: float = Field(100.0, ge=0, description="ERROR when min bulk/tail ESS is below this")
     divergent_error_share: float = Field(
         0.01, ge=0, le=1, description="ERROR when divergent transitions exceed this share of kept draws")
+
+    @model_validator(mode="after")
+    def _error_beyond_warn(self) -> "DiagnosticThresholds":
+        """An ERROR threshold milder than its WARN one would ERROR where no WARN was."""
+        if self.rhat_error < self.rhat_warn:
+            raise ValueError(f"rhat_error ({self.rhat_error}) must be >= rhat_warn ({self.rhat_warn})")
+        if self.ess_error > self.ess_warn:
+            raise ValueError(f"ess_error ({self.ess_error}) must be <= ess_warn ({self.ess_warn})")
+        return self
 
 
 @dataclass(frozen=True)

@@ -357,8 +357,9 @@ def prune_panels(conn: psycopg.Connection, keep_weeks: int, now: datetime | None
     while it was built within the last ``keep_weeks`` weeks (a backfill's panel lives as long
     as a new one). Every other panel loses its rows and its ``growth_panel_meta`` row: a later
     ``brms_posterior`` of its partition asks for ``weekly_scores`` to be materialized again.
-    Nothing else reads a panel after its fit: the real-time path and the backtest use the
-    window sums stored with each student's line.
+    Nothing else reads a panel after its fit is graded: the real-time path and the backtest use
+    the window sums stored with each student's line. The panel of the newest fit of a partition
+    that has no run record yet is kept (its grading reads the panel's window and counts).
 
     A panel rebuilt meanwhile (its meta stamped after the cut) is not deleted: the meta rows go
     first, each re-checked against the cut as it is locked, and only their panels' rows follow.
@@ -371,8 +372,16 @@ def prune_panels(conn: psycopg.Connection, keep_weeks: int, now: datetime | None
         if newest is None:
             return PrunedPanels((), 0, None)
         gone = conn.execute(
-            "DELETE FROM growth_panel_meta WHERE window_end <= %(newest)s::date - 7 * %(keep)s"
+            "DELETE FROM growth_panel_meta pm WHERE window_end <= %(newest)s::date - 7 * %(keep)s"
             " AND created_at < %(now)s::timestamptz - make_interval(weeks => %(keep)s)"
+            # the panel of a stored fit not yet graded (a blocking check stopped its run) is
+            # kept: growth_brms_meta records the fit with its panel's window and counts, and
+            # a later run that selects only the downstream assets grades it. The newest fit of
+            # its partition only: an older one is never graded (the latest fit is)
+            " AND NOT EXISTS (SELECT 1 FROM growth_fit f WHERE f.panel_id = pm.panel_id"
+            "   AND NOT EXISTS (SELECT 1 FROM growth_brms_meta m WHERE m.run_id = f.run_id)"
+            "   AND NOT EXISTS (SELECT 1 FROM growth_fit g WHERE g.partition_key = f.partition_key"
+            "                   AND g.created_at > f.created_at))"
             " RETURNING panel_id, window_end",
             {"newest": newest, "keep": keep_weeks, "now": now}).fetchall()
         ids = [panel_id for panel_id, _ in sorted(gone, key=lambda r: (r[1], r[0]))]

@@ -29,19 +29,24 @@ def current_week_published(context: dg.AssetCheckExecutionContext, config: Publi
         now = now.replace(tzinfo=timezone.utc)
     keys = weekly_partitions.get_partition_keys(now)  # the complete ones at now (end_offset 0)
     key = keys[-1] if keys else None
+    # observed: the partition's P published (1: a materialization that wrote it), threshold 1;
+    # the alert reads both
     if key is None:
-        return dg.AssetCheckResult(passed=True, description=f"no partition has closed by {now.isoformat()}")
+        return dg.AssetCheckResult(passed=True, metadata={"observed": 1, "threshold": 1},
+                                   description=f"no partition has closed by {now.isoformat()}")
     records = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=weekly_kpi_P.key, asset_partitions=[key]), limit=1).records
     if not records:
         return dg.AssetCheckResult(
-            passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata={"partition": key},
+            passed=False, severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"partition": key, "observed": 0, "threshold": 1},
             description=f"weekly_kpi_P of partition {key} (the week that closed before {now:%Y-%m-%d %H:%M} UTC)"
                         " is not materialized: this week's P is not published")
     mat = records[0].asset_materialization
     md = {k: getattr(v, "value", v) for k, v in (mat.metadata or {}).items()}
     meta = {"partition": key, "run_id": str(md.get("run_id")),
-            "rows_written": dg.MetadataValue.int(int(md.get("rows_written") or 0))}
+            "rows_written": dg.MetadataValue.int(int(md.get("rows_written") or 0)),
+            "observed": 0 if md.get("written") is False else 1, "threshold": 1}
     if md.get("written") is False:
         return dg.AssetCheckResult(
             passed=False, severity=dg.AssetCheckSeverity.WARN, metadata=meta,

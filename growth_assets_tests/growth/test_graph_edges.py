@@ -1,0 +1,186 @@
+"""The graph at its edges (session 21's review: each test failed on the code before its fix):
+two runs of one partition graded out of order, a fit graded after the retention, run config
+that cannot work, checks' results without their numbers, a horizon of 0 weeks. Fast: the
+ReplayEngine, small cohorts."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime, timezone
+
+import dagster as dg
+import pytest
+
+from growth_assets.db import connect
+from growth_assets.defs import build_definitions
+from growth_assets.defs.growth import weekly_assets
+from growth_assets.settings import Settings
+from growth_assets_tests.support.graph import PARTITION, ReplayEngine, failure_text, resources, seed_db
+
+
+def _count(url, sql, *args):
+    with connect(url) as c:
+        return c.execute(sql, args).fetchone()[0]
+
+
+def _keys(*names):
+    return [dg.AssetKey(n) for n in names]
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. growth_brms_meta.fitted_at is the time of GRADING, not of fitting. Two runs of one
+#    partition (the Monday tick and a Materialize in the UI: the tag limit holds only the weekly
+#    job's runs, the pool serialises only the fit steps) whose downstream steps finish in the
+#    other order: the older fit is graded last, becomes "fitted later", and its P replaces the
+#    newer fit's P in weekly_kpi. README: weekly_kpi_P never replaces "of the same window, a P of
+#    a passed run fitted later: a re-run of the partition".
+# ---------------------------------------------------------------------------------------------
+def test_an_older_fit_graded_late_does_not_replace_the_p_of_the_fit_made_after_it(db_url):
+    url = seed_db(db_url, 20, seed=3)
+    defs = build_definitions(Settings.from_env({}), **resources(url, ReplayEngine()))
+    job = defs.resolve_job_def("weekly_growth_job")
+    run1 = str(uuid.uuid4())
+    # run 1 (the Monday tick): its fit A is stored; its downstream steps are delayed
+    r = job.execute_in_process(partition_key=PARTITION, run_id=run1,
+                               asset_selection=_keys("weekly_scores", "brms_posterior"))
+    assert r.success
+    time.sleep(1.1)
+    # run 2 (a Materialize of the same partition): fit B, made after A, graded and published
+    r2 = job.execute_in_process(partition_key=PARTITION)
+    assert r2.success
+    with connect(url) as c:
+        (a,), (b,) = c.execute("SELECT run_id FROM growth_fit ORDER BY created_at").fetchall()
+    assert _count(url, "SELECT count(DISTINCT kpis->>'P_run_id') FROM weekly_kpi WHERE kpis ? 'P'") == 1
+    # run 1 goes on: grades its own fit A and merges its P
+    r3 = job.execute_in_process(partition_key=PARTITION, run_id=run1,
+                                asset_selection=_keys("growth_brms_meta", "weekly_kpi_P"))
+    assert r3.success
+    with connect(url) as c:
+        p_runs = {x for (x,) in c.execute("SELECT DISTINCT kpis->>'P_run_id' FROM weekly_kpi WHERE kpis ? 'P'")}
+        newest_passed = c.execute("SELECT run_id FROM growth_brms_meta WHERE partition_key = %s AND status = 'passed'"
+                                  " ORDER BY fitted_at DESC, run_id DESC LIMIT 1", (PARTITION,)).fetchone()[0]
+    # B was fitted later: its P must stay, and it must stay the partition's published run
+    assert p_runs == {b}, f"fit A ({a}, made before B) replaced B's ({b}) P"
+    assert newest_passed == b
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. The panel retention deletes growth_panel_meta, and growth_brms_meta needs it to grade a
+#    stored fit. README: once a fit is stored "nothing reads [its panel] but a refit of that
+#    partition", and a fit stopped by a blocking check is graded `failed_checks` "also in a later
+#    run that selects only the downstream assets". After the retention, that later run fails.
+# ---------------------------------------------------------------------------------------------
+def test_the_retention_keeps_the_panel_of_a_fit_not_yet_graded_until_it_is(db_url):
+    url = seed_db(db_url, 20, seed=3)
+    old = "2026-11-09"
+    bad = resources(url, ReplayEngine(max_rhat=1.2))
+    # the Monday run of `old`: the blocking R-hat check stops it before growth_brms_meta
+    res = dg.materialize(weekly_assets, partition_key=old, resources=bad, raise_on_error=False)
+    assert not res.success and res.is_node_untouched("growth_brms_meta")
+    # next week's panel; the retention (keep_weeks 1) runs a week later
+    assert dg.materialize(weekly_assets, partition_key=PARTITION, resources=resources(url, ReplayEngine()),
+                          selection=["weekly_scores"]).success
+    with connect(url) as c:
+        c.execute("UPDATE growth_panel_meta SET created_at = created_at - interval '8 days'")
+    defs = build_definitions(Settings.from_env({}), **resources(url, ReplayEngine()))
+
+    def prune() -> int:
+        pr = defs.resolve_job_def("panel_retention_job").execute_in_process(
+            run_config={"ops": {"prune_growth_panels": {"config": {"keep_weeks": 1}}}})
+        assert pr.success
+        return pr.output_for_node("prune_growth_panels")
+
+    # the old panel is past the retention, but its fit is not graded yet: kept
+    assert prune() == 0
+    # the later run that selects only the downstream assets, as README describes
+    later = dg.materialize(weekly_assets, partition_key=old, resources=bad,
+                           selection=["growth_brms_meta", "weekly_kpi_P"], raise_on_error=False)
+    assert _count(url, "SELECT count(*) FROM growth_brms_meta WHERE status = 'failed_checks'") == 1, \
+        failure_text(later)
+    assert prune() == 1  # graded: the next retention deletes it
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. GrowthSettings (overridable per run in the launchpad) accepts score_min >= score_max,
+#    which BRMS_SCORE_RANGE refuses ("must be finite with lo < hi"). Every score is then left
+#    out, an empty panel is stored, and the run stops at "panel_not_empty: 0 rows in the
+#    window" -- the cause (the range) is named nowhere.
+# ---------------------------------------------------------------------------------------------
+def test_an_inverted_score_range_in_run_config_is_refused_naming_it(db_url):
+    url = seed_db(db_url, 20, seed=3)
+    res = dg.materialize(weekly_assets, partition_key=PARTITION, raise_on_error=False,
+                         resources=resources(url, ReplayEngine(), score_min=5.0, score_max=-5.0))
+    assert not res.success
+    text = failure_text(res) + " ".join(e.description or "" for e in res.get_asset_check_evaluations())
+    assert "score_min" in text or "BRMS_SCORE_RANGE" in text, text
+    assert _count(url, "SELECT count(*) FROM growth_panel_meta") == 0  # nothing stored
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. README (Checks): "Every result carries the observed value and the thresholds." With
+#    BRMS_UPDATE_KPI=false weekly_kpi_P's two checks carry neither; current_week_published never
+#    does. The alert sensor then posts "observed None, threshold None".
+# ---------------------------------------------------------------------------------------------
+def test_kpi_checks_carry_observed_and_threshold_when_nothing_is_written(db_url):
+    url = seed_db(db_url, 20, seed=3)
+    res = dg.materialize(weekly_assets, partition_key=PARTITION,
+                         resources=resources(url, ReplayEngine(), update_kpi=False))
+    assert res.success
+    ev = {e.check_name: e for e in res.get_asset_check_evaluations()}
+    for name in ("p_within_0_1", "rows_written_equal_students_fitted"):
+        assert "observed" in ev[name].metadata and "threshold" in ev[name].metadata, (name, ev[name].metadata)
+
+
+def test_the_publication_check_carries_observed_and_threshold(db_url):
+    from growth_assets.defs.alerts.sensors import AlertWebhook, check_alert
+    from growth_assets.defs.growth.published import CURRENT_WEEK_PUBLISHED, publication_check_job
+
+    defs = build_definitions(Settings.from_env({}), **resources(db_url, ReplayEngine()))
+    job = defs.resolve_job_def(publication_check_job.name)
+    with dg.instance_for_test() as instance:
+        res = job.execute_in_process(instance=instance, run_config={
+            "ops": {f"weekly_kpi_P_{CURRENT_WEEK_PUBLISHED}": {"config": {"as_of": "2026-11-23T06:00:00+00:00"}}}})
+        (ev,) = res.get_asset_check_evaluations()
+        assert not ev.passed
+        alert = check_alert(instance.get_run_by_id(res.run_id), ev, AlertWebhook(url="http://x"))
+    assert "observed None" not in alert["text"], alert["text"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. BRMS_HORIZON_WEEKS=0 (allowed: 0..520): the Monday tick requests the backtest of the very
+#    partition it is fitting, as a separate run launched at the same moment. That run cannot
+#    see the fit it should score (it fails "no published (passed) run", or scores a previous
+#    run of the partition). README: the backtest of "the partition whose P_week that week
+#    was" -- the run that scores it must come after that partition's P is published.
+# ---------------------------------------------------------------------------------------------
+def test_with_horizon_zero_the_tick_does_not_backtest_the_partition_it_is_fitting():
+    defs = build_definitions(Settings.from_env({"BRMS_HORIZON_WEEKS": "0"}))
+    s = defs.resolve_schedule_def("fit_bayesian_growth")
+    ctx = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 23, 4, 30, tzinfo=timezone.utc),
+                                    repository_def=defs.get_repository_def(),
+                                    resources={"growth": defs.resources["growth"]})
+    reqs = s.evaluate_tick(ctx).run_requests
+    fit = reqs[0]
+    concurrent = [r for r in reqs[1:] if r.partition_key == fit.partition_key]
+    assert not concurrent, [(r.run_key, r.partition_key) for r in reqs]
+    # the backtest of the week just fitted runs in the fit's own run, after weekly_kpi_P
+    assert dg.AssetKey("goal_forecast_backtest") in fit.asset_selection
+    assert dg.AssetKey("weekly_kpi_P") in fit.asset_selection
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. BacktestThresholds accepts coverage_90_low > coverage_90_high: predictive_coverage_90 can
+#    then never pass (and DiagnosticThresholds accepts an ERROR threshold milder than its WARN).
+# ---------------------------------------------------------------------------------------------
+def test_inverted_backtest_thresholds_are_refused():
+    from growth_assets.defs.growth.backtest import BacktestThresholds
+
+    from growth_assets.defs.growth.diagnostics import DiagnosticThresholds
+
+    with pytest.raises(Exception, match="coverage_90_low"):
+        BacktestThresholds(coverage_90_low=0.95, coverage_90_high=0.85)
+    with pytest.raises(Exception, match="rhat_error"):
+        DiagnosticThresholds(rhat_error=1.005)
+    with pytest.raises(Exception, match="ess_error"):
+        DiagnosticThresholds(ess_error=500.0)
