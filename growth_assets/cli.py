@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -143,9 +142,28 @@ def _as_of(value: str | None, now: datetime | None = None) -> date:
     run's time (04:30 UTC) the week before's (``latest_run_as_of``), whose partition exists.
     Before: today's date, and between Monday 00:00 and 04:30 the demo asked for a partition
     that did not exist yet (DagsterUnknownPartitionError)."""
+    from .model.contract import ContractError
     from .model.window import latest_run_as_of
 
-    return date.fromisoformat(value) if value else latest_run_as_of(now)
+    if not value:
+        return latest_run_as_of(now)
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ContractError("--as-of", "must be an ISO date (YYYY-MM-DD)", value) from None
+
+
+def _check_cohort_args(students: int, weeks: int | None, as_of: str | None) -> date:
+    """seed-demo's and demo's arguments, checked before the database is started or changed
+    (they failed with a traceback after it had been migrated): the day they name."""
+    from .demo.cohort import MAX_STUDENTS
+    from .model.contract import ContractError
+
+    if not 2 <= students <= MAX_STUDENTS:
+        raise ContractError("--students", f"must be within 2..{MAX_STUDENTS:,}", students)
+    if weeks is not None and weeks < 1:
+        raise ContractError("--weeks", "must be >= 1", weeks)
+    return _as_of(as_of)
 
 
 def _prepare_demo_database(url: str) -> None:
@@ -174,6 +192,7 @@ def cmd_seed_demo(args: argparse.Namespace) -> int:
     from .db.connection import connect
     from .demo.cohort import delete_demo_rows, demo_rows, seed_cohort
 
+    as_of = _check_cohort_args(args.students, args.weeks, args.as_of)
     url = _database_url()
     _prepare_demo_database(url)
     truth = Path(args.truth_out) if args.truth_out else local_dir() / "demo" / "true_lines.csv"
@@ -185,7 +204,7 @@ def cmd_seed_demo(args: argparse.Namespace) -> int:
             return 2
         if n:
             print(f"replaced: deleted {delete_demo_rows(conn)} rows of the earlier demo cohort")
-        rep = seed_cohort(conn, args.students, args.weeks, args.seed, _as_of(args.as_of), truth)
+        rep = seed_cohort(conn, args.students, args.weeks, args.seed, as_of, truth)
     print(f"seeded {rep.students} students x {rep.weeks} weeks from {rep.first_week}: "
           f"{rep.mirt_rows} mirt_ability, {rep.topic_rows} student_topic_theta, "
           f"{rep.daily_rows} features_topic_daily rows; true lines in {rep.truth_path}")
@@ -213,10 +232,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .model.window import Window
     from .settings import Settings
 
+    as_of = _check_cohort_args(args.students, args.weeks, args.as_of)
     url = _database_url()
     os.environ["DATABASE_URL"] = url  # for the definitions' EnvVar and the run
     _prepare_demo_database(url)
-    as_of = _as_of(args.as_of)
     with connect(url) as conn:
         if demo_rows(conn):  # the demo's own database: a new run replaces the last cohort, and says so
             print(f"replaced the earlier demo cohort ({delete_demo_rows(conn)} rows deleted)")
@@ -406,7 +425,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from .model.result import fit_panel
     from .settings import Settings
 
+    from .model.contract import ContractError
+
     s = Settings.from_env()
+    out = Path(args.out)
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):  # before a fit of minutes, not after
+        raise ContractError("--out", "its folder must exist and be writable", str(out))
     # the engine first: the native one starts loading its programs while the CSV is read
     engine = make_engine(args.engine, r_brms_base_url=s.r_brms_base_url, r_brms_timeout_secs=s.r_brms_timeout_secs,
                          r_brms_internal_token=s.r_brms_internal_token, native=s.native)
@@ -417,12 +441,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
         n_chains=s.n_chains if args.chains is None else args.chains,
         n_samples=s.n_samples if args.samples is None else args.samples,
         seed=s.seed if args.seed is None else args.seed,
-        horizon_week=horizon_week(lookback, args.horizon_weeks),
+        horizon_week=horizon_week(lookback, s.horizon_weeks if args.horizon_weeks is None else args.horizon_weeks),
         target=s.metrics_default_target if args.target is None else args.target,
         lookback_weeks=lookback,
     )
     result = fit_panel(engine, panel, settings)
-    Path(args.out).write_text(json.dumps(result.to_json(), indent=1))
+    out.write_text(json.dumps(result.to_json(), indent=1))
     d = result.diagnostics
     p = result.students.P
     print(f"{result.run_id}: {result.n_students} students, max R-hat {d.max_rhat:.4f}, "
@@ -471,7 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     sd.add_argument("--as-of", help="ISO date; the cohort covers the weeks before its week (default: the"
                     " latest weekly run's day, UTC: today, but on a Monday before 04:30 the day before)")
     sd.add_argument("--replace", action="store_true", help="delete an earlier demo cohort's rows first")
-    sd.add_argument("--truth-out", help="CSV of each student's true line (default .local/demo/true_lines.csv)")
+    sd.add_argument("--truth-out", help="CSV of each student's true line (default GROWTH_LOCAL_DIR/demo/"
+                    "true_lines.csv; GROWTH_LOCAL_DIR's default: the project's .local)")
     sd.set_defaults(func=cmd_seed_demo)
 
     dm = sub.add_parser("demo", formatter_class=fmt, help="local database + synthetic cohort + the weekly graph")
@@ -505,7 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--engine", choices=["native", "brms"], required=True, help="the engine that fits")
     ft.add_argument("--panel", required=True, help="CSV with student_id,week,score")
     ft.add_argument("--out", required=True, help="where the spec §8 JSON goes")
-    ft.add_argument("--horizon-weeks", type=int, default=4, help="P is for this many weeks after the panel")
+    ft.add_argument("--horizon-weeks", type=int, help="P is for this many weeks after the panel"
+                    " (default BRMS_HORIZON_WEEKS)")
     ft.add_argument("--lookback-weeks", type=int, help="default: the panel's max week + 1")
     ft.add_argument("--target", type=float, help="the goal (default METRICS_DEFAULT_TARGET)")
     ft.add_argument("--chains", type=int, help="chains (default BRMS_N_CHAINS)")
@@ -532,6 +558,10 @@ def main(argv: list[str] | None = None) -> int:
         # imported only by the commands that use them: `fit` starts faster without psycopg)
         brms = sys.modules.get("growth_assets.model.brms_client")
         local = sys.modules.get("growth_assets.db.localpg")
+        migrations = sys.modules.get("growth_assets.db.migrate")
+        if migrations is not None and isinstance(e, migrations.MigrationError):
+            print(f"error: migrations: {e}", file=sys.stderr)
+            return 1
         if brms is not None and isinstance(e, brms.BrmsServiceError):
             print(f"error: {e}", file=sys.stderr)
             return 1
@@ -550,23 +580,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _without_password(text: str) -> str:
-    """``text`` with DATABASE_URL's password (as written, and decoded) and any ``password=``
-    value replaced by ``***``."""
-    from urllib.parse import unquote, urlsplit
-
+    """``text`` without DATABASE_URL's password (``connection.without_password``)."""
+    from .db.connection import without_password
     from .settings import Settings, SettingsError
 
     try:
         url = Settings.from_env().database_url or ""
     except SettingsError:
         url = ""
-    try:
-        raw = urlsplit(url).password if "://" in url else None
-    except ValueError:
-        raw = None
-    for secret in {raw, unquote(raw) if raw else None} - {None, ""}:
-        text = text.replace(secret, "***")
-    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", text)
+    return without_password(text, url)
 
 
 if __name__ == "__main__":

@@ -159,10 +159,12 @@ def env_range(env: Mapping[str, str], name: str, default: tuple[float, float]) -
     raw = _get(env, name)
     if raw is None:
         return default
-    try:
-        lo, hi = (float(x) for x in raw.split(","))
-    except ValueError:
-        raise SettingsError(name, raw, "must be two numbers, lo,hi") from None
+    parts = [x.strip() for x in raw.split(",")]
+    # the other numbers' rule (ASCII digits: float() took "1_000" and other scripts' digits,
+    # which the R service, reading the same variable, refuses)
+    if len(parts) != 2 or not all(_FLOAT.fullmatch(x) for x in parts):
+        raise SettingsError(name, raw, "must be two numbers, lo,hi")
+    lo, hi = (float(x) for x in parts)
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise SettingsError(name, raw, "must be finite with lo < hi")
     return lo, hi
@@ -248,7 +250,11 @@ class Settings:
         timeout = env_float(env, "R_BRMS_TIMEOUT_SECS", R_BRMS_TIMEOUT_SECS)
         if timeout <= 0:
             raise SettingsError("R_BRMS_TIMEOUT_SECS", _get(env, "R_BRMS_TIMEOUT_SECS") or "", "must be > 0")
-        n_samples, max_n_samples = env_limit(env, N_SAMPLES), env_limit(env, MAX_N_SAMPLES)
+        n_samples = env_limit(env, N_SAMPLES)
+        # unset: the refit's ceiling is at least the iterations asked for (BRMS_N_SAMPLES=10000 on
+        # its own was refused, naming a variable its user never set); set, it must be
+        max_n_samples = env_int(env, MAX_N_SAMPLES.env, max(MAX_N_SAMPLES.default, n_samples),
+                                MAX_N_SAMPLES.lo, MAX_N_SAMPLES.hi)
         if max_n_samples < n_samples:  # the convergence refit would never run, without a word
             raise SettingsError(MAX_N_SAMPLES.env, str(max_n_samples),
                                 f"must be >= {N_SAMPLES.env} ({n_samples}); equal to it turns the refit off")

@@ -37,7 +37,9 @@ def database_url(url: str | None = None) -> str:
 # for the rest of the current transaction, ahead of whatever path the session had
 SCHEMA_FIRST = "set_config('search_path', %(schema)s || ', ' || current_setting('search_path'), true)"
 
-_SEARCH_PATH = re.compile(r"-c\s*search_path\s*=\s*(\S+)")
+# a search_path in libpq's options, in every form the server takes: "-c search_path=x", "-csearch_path=x"
+# or "--search_path=x" (also "--search-path=x"), the name in any case
+_SEARCH_PATH = re.compile(r"(?:-c\s*|--)search[_-]path\s*=\s*(\S+)", re.IGNORECASE)
 
 
 def with_schema_options(options: str, schema: str) -> str:
@@ -56,11 +58,29 @@ def project_conninfo(url: str | None = None, schema: str | None = None, **kwargs
     """The connection string of ``url`` (DATABASE_URL when None) with the project's schema first
     on its search_path; ``kwargs`` are libpq parameters (an ``options`` given here is merged)."""
     schema = check_schema(schema or Settings.from_env().db_schema)
-    params = conninfo_to_dict(database_url(url))
+    url = database_url(url)
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as e:  # libpq quotes the part it refused: the password, in a run's log
+        raise psycopg.ProgrammingError(f"DATABASE_URL: {without_password(str(e), url)}") from None
     extra = kwargs.pop("options", "")
     params.update(kwargs)
     params["options"] = with_schema_options(f"{params.get('options', '')} {extra}".strip(), schema)
     return make_conninfo("", **params)
+
+
+def without_password(text: str, url: str | None) -> str:
+    """``text`` with ``url``'s password (as written, and decoded) and any ``password=`` value
+    replaced by ``***``."""
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        raw = urlsplit(url).password if url and "://" in url else None
+    except ValueError:
+        raw = None
+    for secret in {raw, unquote(raw) if raw else None} - {None, ""}:
+        text = text.replace(secret, "***")
+    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", text)
 
 
 @contextmanager

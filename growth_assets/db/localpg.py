@@ -139,11 +139,27 @@ def ensure_cluster(datadir: Path | str, port: int | None = None) -> LocalCluster
     return cluster
 
 
+def _alive(pidfile: Path) -> bool:
+    """Whether the postmaster of ``pidfile`` (its first line) is a running process."""
+    try:
+        pid = int(pidfile.read_text().split()[0])
+        os.kill(pid, 0)
+    except (ValueError, IndexError, ProcessLookupError, FileNotFoundError):
+        return False
+    except PermissionError:  # another user's process (the server's, when we are not root)
+        return True
+    try:  # a killed server nobody reaped yet is a zombie: signals reach it, but it is gone
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 def stop_cluster(datadir: Path | str) -> bool:
     """Stop the cluster in ``datadir`` if it runs; True if something was stopped."""
     datadir = Path(datadir).resolve()
-    if not (datadir / "postmaster.pid").exists():
-        return False
+    pidfile = datadir / "postmaster.pid"
+    if not pidfile.exists() or not _alive(pidfile):
+        return False  # never started, or died (pg_ctl stop failed on its stale pid file)
     portfile = datadir.parent / f"{datadir.name}.port"
     port = int(portfile.read_text()) if portfile.exists() else 0
     LocalCluster(datadir, port).stop()

@@ -182,16 +182,32 @@ def generate(n_students: int, n_weeks: int, seed: int, first_week: date,
     return {t: pd.concat(dfs, ignore_index=True) for t, dfs in parts.items()}
 
 
+# the rows generate() writes, and only those: a demo id (s0000001), and the demo's model
+# (calibrations) or topics (topic-days). The id alone matched a platform's own rows whose ids
+# happen to look alike: `demo` deleted them
+DEMO_TOPICS = ("t0", "t1", "t2")
+_DEMO_ROW = {
+    "mirt_ability": "user_id ~ %(id)s AND model = %(model)s",
+    "student_topic_theta": "user_id ~ %(id)s AND model = %(model)s AND topic_id = ANY(%(topics)s)",
+    "features_topic_daily": "user_id ~ %(id)s AND topic_id = ANY(%(topics)s)",
+}
+
+
+def _demo_params() -> dict:
+    return {"id": DEMO_ID, "model": CohortParams.model, "topics": list(DEMO_TOPICS)}
+
+
 def demo_rows(conn: psycopg.Connection) -> int:
-    """Rows of demo students (ids like s0000001) already in the source tables."""
-    return sum(conn.execute(f"SELECT count(*) FROM {t} WHERE user_id ~ %s", (DEMO_ID,)).fetchone()[0]
+    """Rows of the demo's cohort (``_DEMO_ROW``) already in the source tables."""
+    return sum(conn.execute(f"SELECT count(*) FROM {t} WHERE {_DEMO_ROW[t]}", _demo_params()).fetchone()[0]
                for t in SEEDED_TABLES)
 
 
 def delete_demo_rows(conn: psycopg.Connection) -> int:
-    """Remove every demo student's rows from the source tables (one transaction)."""
+    """Remove the demo cohort's rows (``_DEMO_ROW``) from the source tables (one transaction)."""
     with conn.transaction():
-        return sum(conn.execute(f"DELETE FROM {t} WHERE user_id ~ %s", (DEMO_ID,)).rowcount for t in SEEDED_TABLES)
+        return sum(conn.execute(f"DELETE FROM {t} WHERE {_DEMO_ROW[t]}", _demo_params()).rowcount
+                   for t in SEEDED_TABLES)
 
 
 def _columns(table: str, cols: dict[str, np.ndarray], p: CohortParams) -> dict[str, Column]:

@@ -94,9 +94,9 @@ def test_the_validator_rejects_what_it_should():
 
 
 def test_external_secret_is_structurally_valid():
-    """No schema for the CRD: the fields the External Secrets Operator (v1beta1) requires."""
+    """No schema for the CRD: the fields the External Secrets Operator (v1) requires."""
     es = find(seedtest(), "ExternalSecret", "r-brms-credentials")
-    assert es["apiVersion"] == "external-secrets.io/v1beta1"
+    assert es["apiVersion"] == "external-secrets.io/v1"
     assert es["metadata"]["namespace"] == NAMESPACE
     spec = es["spec"]
     assert set(spec) <= {"refreshInterval", "secretStoreRef", "target", "data", "dataFrom"}
