@@ -16,8 +16,11 @@ RUN_TIME_UTC = time(4, 30)
 def latest_run_as_of(now: datetime | None = None) -> date:
     """The ``as_of`` of the latest weekly run that is due by ``now`` (default: now, UTC): today,
     except on a Monday before RUN_TIME_UTC, which still belongs to the week before (its
-    partition does not exist until the run's time)."""
+    partition does not exist until the run's time). A naive ``now`` is UTC, as ``monday_of``
+    reads it (astimezone took it as the machine's local time)."""
     now = now or datetime.now(timezone.utc)
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=timezone.utc)
     shift = timedelta(hours=RUN_TIME_UTC.hour, minutes=RUN_TIME_UTC.minute)
     return (now.astimezone(timezone.utc) - shift).date()
 
