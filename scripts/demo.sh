@@ -5,4 +5,4 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash scripts/bootstrap.sh
-exec .venv/bin/growth-assets demo "$@"
+exec "${GROWTH_VENV:-.venv}/bin/growth-assets" demo "$@"

@@ -13,7 +13,7 @@ if [ "${GROWTH_SKIP_BROWSER:-0}" != "1" ]; then
   bash scripts/install_browser.sh  # the UI test looks at the pictures in headless chromium
 fi
 status=0
-.venv/bin/python -m pytest "$@" || status=$?
+"${GROWTH_VENV:-.venv}/bin/python" -m pytest "$@" || status=$?  # the venv bootstrap.sh made
 if [ -f r_brms_plumber/tests/run_tests.R ] && [ "${GROWTH_SKIP_R:-0}" != "1" ] && [ $# -eq 0 ]; then
   echo "== R service tests (testthat)"
   Rscript r_brms_plumber/tests/run_tests.R || status=$?
