@@ -17,8 +17,8 @@ constant_time_equal <- function(a, b) {
 request_tokens <- function(req) {
   out <- character(0)
   auth <- req$HTTP_AUTHORIZATION
-  if (!is.null(auth) && length(auth) == 1 && grepl("^[Bb]earer[[:space:]]+", auth)) {
-    out <- c(out, sub("^[Bb]earer[[:space:]]+", "", trimws(auth)))
+  if (!is.null(auth) && length(auth) == 1 && grepl("^bearer[[:space:]]+", auth, ignore.case = TRUE)) {
+    out <- c(out, sub("^bearer[[:space:]]+", "", trimws(auth), ignore.case = TRUE))
   }
   xt <- req$HTTP_X_INTERNAL_TOKEN
   if (!is.null(xt) && length(xt) == 1) out <- c(out, trimws(xt))

@@ -50,8 +50,9 @@ run_growth_fit <- function(model_path, data, params) {
   draws <- posterior::as_draws_array(fit)
   vars <- posterior::variables(draws)
   # "all sampled parameters": every saved variable except lp__ and lprior
-  # (log density and log prior are not parameters). Includes Intercept
-  # (centred intercept) and every r_student_id[...].
+  # (log density and log prior are not parameters): the six population parameters and every
+  # r_student_id[...]. brms does not save the centred Intercept (the native engine's set has it
+  # and no r_student_id: README, "Engines").
   diag_vars <- setdiff(vars, c("lp__", "lprior"))
   conv <- posterior::summarise_draws(
     posterior::subset_draws(draws, variable = diag_vars),

@@ -26,9 +26,10 @@ check_int <- function(body, name, default, lo, hi) {
   x <- body[[name]]
   if (is.null(x)) return(list(ok = TRUE, value = default))
   if (!is_scalar_number(x) || x != round(x) || x < lo || x > hi) {
-    return(invalid(name, sprintf("%s must be an integer in [%s, %s]", name,
+    got <- if (length(x) == 1 && (is.numeric(x) || is.character(x) || is.logical(x))) format(x) else "?"
+    return(invalid(name, sprintf("%s must be an integer in [%s, %s] (got %s)", name,
                                  format(lo, scientific = FALSE),
-                                 format(hi, scientific = FALSE))))
+                                 format(hi, scientific = FALSE), substr(got, 1, 64))))
   }
   list(ok = TRUE, value = as.integer(x))
 }
@@ -58,6 +59,13 @@ parse_json_body <- function(body_raw) {
       any(!nzchar(names(body)))) {
     return(invalid("body", "the request body must be a JSON object"))
   }
+  # a key twice: jsonlite keeps both and body[[k]] reads the first, so the second (n_chains 9)
+  # went unchecked and unused; which value is meant? (the Python side refuses it in answers)
+  twice <- names(body)[duplicated(names(body))]
+  if (length(twice)) {
+    return(invalid(substr(twice[1], 1, 64), sprintf("the key '%s' appears twice (which value is meant?)",
+                                                    substr(twice[1], 1, 64))))
+  }
   list(ok = TRUE, body = body, text = txt)
 }
 
@@ -77,6 +85,13 @@ check_row_types <- function(txt) {
   }
   if (grepl('"student_id"\\s*:\\s*[^"\\s]', txt, perl = TRUE)) {
     return(invalid("rows.student_id", "student_id must be a JSON string in every row"))
+  }
+  # a key twice in one row (rows are flat objects: no brace between its keys; a string holds
+  # no unescaped quote, so a match is a key): jsonlite kept the first ("score": 1, "score": 900)
+  for (k in c("student_id", "week", "score")) {
+    if (grepl(sprintf('\\{[^{}]*"%s"\\s*:[^{}]*"%s"\\s*:', k, k), txt, perl = TRUE)) {
+      return(invalid(paste0("rows.", k), sprintf("a row has the key '%s' twice (which value is meant?)", k)))
+    }
   }
   NULL
 }
@@ -154,18 +169,28 @@ validate_rows <- function(rows, max_rows, score_range = DEFAULT_SCORE_RANGE) {
       return(invalid(paste0("rows.", col), sprintf("every row needs '%s'", col)))
     }
   }
+  extra <- setdiff(names(rows), c("student_id", "week", "score"))
+  if (length(extra)) {  # as at the top level: a "weight" a caller thinks applied is refused, named
+    return(invalid(paste0("rows.", substr(extra[1], 1, 64)), sprintf(
+      "unknown key '%s' in a row; a row is {student_id, week, score}", substr(extra[1], 1, 64))))
+  }
   sid <- rows$student_id
   if (!is.character(sid) || anyNA(sid) || any(!nzchar(sid))) {
     return(invalid("rows.student_id", "student_id must be a non-empty string in every row"))
   }
   wk <- rows$week
-  if (!is.numeric(wk) || anyNA(wk) || any(!is.finite(wk)) || any(wk != round(wk)) ||
-      any(wk < 0) || any(wk > 1e6)) {
-    return(invalid("rows.week", "week must be an integer >= 0 in every row"))
+  if (!is.numeric(wk)) return(invalid("rows.week", "week must be an integer within 0..1000000 in every row"))
+  bad <- which(is.na(wk) | !is.finite(wk) | wk != round(wk) | wk < 0 | wk > 1e6)
+  if (length(bad)) {
+    return(invalid("rows.week", sprintf("week must be an integer within 0..1000000 in every row: row %d has %s",
+                                        bad[1] - 1L, format(wk[bad[1]], digits = 10))))
   }
   sc <- rows$score
-  if (!is.numeric(sc) || anyNA(sc) || any(!is.finite(sc))) {
-    return(invalid("rows.score", "score must be a finite number in every row"))
+  if (!is.numeric(sc)) return(invalid("rows.score", "score must be a finite number in every row"))
+  bad <- which(is.na(sc) | !is.finite(sc))
+  if (length(bad)) {
+    return(invalid("rows.score", sprintf("score must be a finite number in every row: row %d has %s",
+                                         bad[1] - 1L, format(sc[bad[1]]))))
   }
   out <- which(sc < score_range[1] | sc > score_range[2])
   if (length(out)) {
@@ -214,10 +239,14 @@ validate_fit_request <- function(body_raw, max_rows = 120000L, score_range = DEF
   }
   bad_type <- check_row_types(p$text)
   if (!is.null(bad_type)) return(bad_type)
-  # jsonlite makes a one-element array a number: [2] passed as n_chains 2
+  # jsonlite makes a one-element array a number: [2] passed as n_chains 2; and null is NULL,
+  # which read as "absent": "target": null (a missing value serialised) was a P for target 0
   for (k in setdiff(ALLOWED_KEYS, "rows")) {
     if (grepl(sprintf('"%s"\\s*:\\s*[[{]', k), p$text, perl = TRUE)) {
       return(invalid(k, sprintf("%s must be a single JSON number, not an array or object", k)))
+    }
+    if (grepl(sprintf('"%s"\\s*:\\s*null', k), p$text, perl = TRUE)) {
+      return(invalid(k, sprintf("%s must be a JSON number, not null (leave the key out for its default)", k)))
     }
   }
 

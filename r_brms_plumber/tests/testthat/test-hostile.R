@@ -320,3 +320,44 @@ test_that("a one-element array where a number is expected is refused, not unboxe
   expect_equal(out$status, 400L)
   expect_equal(out$json$field, "n_chains")
 })
+
+test_that("a key twice is refused naming it, at the top level and in a row (jsonlite kept the first)", {
+  r <- hostile_router()
+  out <- call_route(r$pr, "POST", "/growth/fit",
+                    sprintf('{"rows": %s, "n_chains": 1, "n_chains": 9, "n_samples": 400}', SMALL_ROWS), auth)
+  expect_equal(out$status, 400L)
+  expect_equal(out$json$field, "n_chains")
+  expect_match(out$json$detail, "twice")
+  rows <- '[{"student_id": "a", "week": 0, "score": 1.0, "score": 900}, {"student_id": "a", "week": 1, "score": 1.2},
+            {"student_id": "b", "week": 0, "score": 0.4}, {"student_id": "b", "week": 1, "score": 0.6}]'
+  out <- expect_refused(r, rows, "rows.score")
+  expect_match(out$json$detail, "twice")
+})
+
+test_that("null for a parameter is refused naming it, not read as its default", {
+  r <- hostile_router()
+  for (k in c("target", "seed", "n_chains", "lookback_weeks", "horizon_week")) {
+    body <- sprintf('{"rows": %s, "n_samples": 400, "%s": null}', SMALL_ROWS, k)
+    out <- call_route(r$pr, "POST", "/growth/fit", body, auth)
+    expect_equal(out$status, 400L, info = k)
+    expect_equal(out$json$field, k, info = k)
+  }
+})
+
+test_that("an unknown key in a row is refused naming it, as at the top level", {
+  r <- hostile_router()
+  rows <- '[{"student_id": "a", "week": 0, "score": 1.0, "weight": 100}, {"student_id": "a", "week": 1, "score": 1.2},
+            {"student_id": "b", "week": 0, "score": 0.4}, {"student_id": "b", "week": 1, "score": 0.6}]'
+  expect_refused(r, rows, "rows.weight")
+})
+
+test_that("a bad week or parameter is refused naming the row or value received", {
+  r <- hostile_router()
+  rows <- '[{"student_id": "a", "week": 0, "score": 1.0}, {"student_id": "a", "week": 2.5, "score": 1.2},
+            {"student_id": "b", "week": 0, "score": 0.4}, {"student_id": "b", "week": 1, "score": 0.6}]'
+  out <- expect_refused(r, rows, "rows.week")
+  expect_match(out$json$detail, "row 1 has 2.5")
+  out <- call_route(r$pr, "POST", "/growth/fit", sprintf('{"rows": %s, "n_chains": 0}', SMALL_ROWS), auth)
+  expect_equal(out$json$field, "n_chains")
+  expect_match(out$json$detail, "got 0")
+})

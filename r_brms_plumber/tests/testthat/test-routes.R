@@ -230,3 +230,11 @@ test_that("a large body goes to a worker; a non-object is refused at once", {
   expect_400(out, "body")
   expect_length(ls(r$env$.svc$jobs), 0)
 })
+
+test_that("the Bearer scheme is matched in any case (RFC 9110 11.1)", {
+  r <- setup_router()
+  for (scheme in c("Bearer", "bearer", "BEARER")) {
+    out <- post_fit(r, "{}", headers = list(Authorization = paste(scheme, TOKEN)))
+    expect_equal(out$status, 400L, info = scheme)  # past auth, to the body's check
+  }
+})
