@@ -164,9 +164,9 @@ def test_with_horizon_zero_the_tick_does_not_backtest_the_partition_it_is_fittin
     fit = reqs[0]
     concurrent = [r for r in reqs[1:] if r.partition_key == fit.partition_key]
     assert not concurrent, [(r.run_key, r.partition_key) for r in reqs]
-    # the backtest of the week just fitted runs in the fit's own run, after weekly_kpi_P
-    assert dg.AssetKey("goal_forecast_backtest") in fit.asset_selection
-    assert dg.AssetKey("weekly_kpi_P") in fit.asset_selection
+    # P is for the week just fitted, inside its window: no backtest of it (nothing out of sample)
+    assert [r.asset_selection for r in reqs] == [fit.asset_selection]
+    assert dg.AssetKey("goal_forecast_backtest") not in fit.asset_selection
 
 
 # ---------------------------------------------------------------------------------------------

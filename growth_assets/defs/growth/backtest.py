@@ -50,10 +50,15 @@ class BacktestThresholds(dg.ConfigurableResource):
         return self
 
 
+# the run whose P weekly_kpi published (the partition's P is in its window_end's week), else
+# the newest passed run (BRMS_UPDATE_KPI=false, or a P not merged yet): a refit of the
+# partition that stopped before weekly_kpi_P was scored in place of the P teachers saw
 _RUN = """
-SELECT run_id, horizon_week, target, window_start, window_end, score_source, panel_id, posterior_summary
-FROM growth_brms_meta WHERE partition_key = %s AND status = 'passed'
-ORDER BY fitted_at DESC, run_id DESC LIMIT 1
+SELECT run_id, horizon_week, target, window_start, window_end, score_source, panel_id, posterior_summary,
+       EXISTS (SELECT 1 FROM weekly_kpi k WHERE k.week_start = m.window_end
+               AND k.kpis ->> 'P_run_id' = m.run_id) AS published
+FROM growth_brms_meta m WHERE partition_key = %s AND status = 'passed'
+ORDER BY published DESC, fitted_at DESC, run_id DESC LIMIT 1
 """
 
 # the realised scores of the horizon week (the panel's query over that one week), the
@@ -75,15 +80,16 @@ sums AS (
     FROM growth_student_posterior
     WHERE run_id = %(run_id)s AND sum_w IS NOT NULL AND user_id IN (SELECT student_id FROM realised)
     UNION ALL SELECT * FROM panel_sums),
-base AS (  -- the latest calibration as spec §7 read it (metrics' rule); one whose se is not usable
-           -- published no P, so it is no baseline (an older calibration is not one either)
+base AS (  -- the latest calibration as spec §7 read it (metrics' rule); one whose theta or se is not
+           -- usable published no P, so it is no baseline (an older calibration is not one either)
     SELECT user_id, theta, se FROM (
         SELECT DISTINCT ON (user_id) user_id, theta, se FROM mirt_ability
         WHERE user_id IN (SELECT student_id FROM realised)
           AND fitted_at < (%(published)s::date)::timestamp AT TIME ZONE 'UTC'
-          AND theta IS NOT NULL AND theta BETWEEN %(score_lo)s AND %(score_hi)s
+          AND theta IS NOT NULL
         ORDER BY user_id, {latest}) latest
-    WHERE se > 0 AND se < 'Infinity')
+    WHERE se > 0 AND se < 'Infinity' AND theta BETWEEN %(score_lo)s AND %(score_hi)s
+      AND %(theta_scale)s)
 SELECT r.student_id, r.score, s.n, s.sw, s.sww, s.sy, s.swy, sp.mu, sp.sigma, b.theta, b.se
 FROM realised r
 LEFT JOIN sums s USING (student_id)  -- none: a fit stored without sums whose panel was pruned
@@ -99,7 +105,10 @@ def scored_students(conn: psycopg.Connection, run: dict, p_week, growth: GrowthS
     before the sums were kept, whose panel the retention has since deleted)."""
     params = {"window_start": p_week, "window_end": p_week + timedelta(weeks=1), "now": now, "users": None,
               "score_lo": float(growth.score_min), "score_hi": float(growth.score_max),
-              "panel_id": run["panel_id"], "run_id": run["run_id"], "published": run["window_end"]}
+              "panel_id": run["panel_id"], "run_id": run["run_id"], "published": run["window_end"],
+              # spec §7's Normal is on theta's scale: of an accuracy run (a share correct) none was
+              # published, so none is its baseline
+              "theta_scale": run["score_source"] != "accuracy"}
     rows = conn.execute(_SCORED.format(panel=panel_query(run["score_source"]), latest=LATEST_THETA_ORDER),
                         params).fetchall()
     no_sums = sum(r[2] is None for r in rows)
@@ -178,8 +187,14 @@ def goal_forecast_backtest(context: dg.AssetExecutionContext, postgres: Postgres
             raise dg.Failure(f"no published (passed) run for partition {context.partition_key}:"
                              " materialize the weekly graph of this partition first")
         run = dict(zip(("run_id", "horizon_week", "target", "window_start", "window_end", "score_source",
-                        "panel_id", "posterior_summary"), row))
+                        "panel_id", "posterior_summary", "published"), row))
         p_week = run["window_start"] + timedelta(weeks=int(run["horizon_week"]))
+        if p_week < run["window_end"]:  # BRMS_HORIZON_WEEKS=0: the week's score is in the fitted window
+            raise dg.Failure(
+                description=f"run {run['run_id']} forecasts the week of {p_week}, inside its own data window"
+                            f" (ends {run['window_end']}): its realised scores were fitted, so scoring them says"
+                            " nothing of the forecast (BRMS_HORIZON_WEEKS=0)",
+                metadata={"run_id": run["run_id"], "P_week": p_week.isoformat()})
         closes = p_week + timedelta(weeks=1)
         if now.date() < closes:
             raise dg.Failure(
@@ -207,6 +222,8 @@ def goal_forecast_backtest(context: dg.AssetExecutionContext, postgres: Postgres
     th = backtest_thresholds
     yield dg.MaterializeResult(metadata={
         "run_id": run["run_id"], "P_week": p_week.isoformat(), "target": dg.MetadataValue.float(float(run["target"])),
+        # the run whose P weekly_kpi holds, or (False) the newest passed run: none was published
+        "run_published": bool(run["published"]),
         "students_scored": dg.MetadataValue.int(len(data["ids"])),
         "students_with_baseline": dg.MetadataValue.int(m["brier_skill"].n_students),
         "students_without_window_sums": dg.MetadataValue.int(data["no_sums"]),

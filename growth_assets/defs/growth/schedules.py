@@ -44,14 +44,10 @@ def weekly_growth_schedule(context: dg.ScheduleEvaluationContext, growth: Growth
                         asset_check_keys=weekly_check_keys,
                         tags=dict(weekly_growth_job.tags))
     past = backtest_partition(key, growth.horizon_weeks)
-    if past == key:  # BRMS_HORIZON_WEEKS=0: P is for the week just fitted; scored in the same run,
-        # after its P is published (a run of its own, launched at once, raced the fit it scores)
-        return [dg.RunRequest(run_key=key, partition_key=key,
-                              asset_selection=[*(a.key for a in weekly_assets), goal_forecast_backtest.key],
-                              asset_check_keys=[*weekly_check_keys, *goal_forecast_backtest.check_keys],
-                              tags=dict(weekly_growth_job.tags))]
     requests = [fit]
-    if past in weekly_partitions.get_partition_keys(context.scheduled_execution_time):
+    # BRMS_HORIZON_WEEKS=0: P is for the week just fitted, which its window holds: nothing out of
+    # sample to score (the backtest refuses it); a run of it launched at once also raced the fit
+    if past != key and past in weekly_partitions.get_partition_keys(context.scheduled_execution_time):
         requests.append(dg.RunRequest(run_key=f"backtest:{past}", partition_key=past,
                                       asset_selection=[goal_forecast_backtest.key]))
     return requests
