@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from typing import Any
 
 import dagster as dg
@@ -29,6 +30,11 @@ class AlertWebhook(dg.ConfigurableResource):
     url: str | None = Field(None, description="ALERT_WEBHOOK_URL; unset disables alerts")
     webserver_url: str | None = Field(None, description="DAGSTER_WEBSERVER_URL, for links to runs")
     timeout_secs: float = Field(10.0, gt=0)
+    # Dagster's daemon gives a sensor's evaluation 60 s (DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS) and
+    # keeps the old cursor of a tick cut off: every alert that tick sent was sent again, tick
+    # after tick. A POST starts only while its own timeout is left of this budget; the rest wait
+    # in the cursor for the next tick
+    tick_budget_secs: float = Field(30.0, gt=0, description="seconds of POSTs per sensor tick (< the daemon's 60)")
 
     def run_link(self, run_id: str) -> str | None:
         return f"{self.webserver_url.rstrip('/')}/runs/{run_id}" if self.webserver_url else None
@@ -61,8 +67,9 @@ def _fmt(v: Any) -> str:
 
 def check_alert(run, ev, webhook: AlertWebhook) -> dict[str, Any]:
     """The payload of one failed check evaluation (``dg.AssetCheckEvaluation``) of a run."""
-    partition = getattr(ev, "partition", None) or run.tags.get("dagster/partition")
     md = {k: getattr(v, "value", v) for k, v in (ev.metadata or {}).items()}
+    # a check of no partition (current_week_published) names the partition it judged in its metadata
+    partition = getattr(ev, "partition", None) or run.tags.get("dagster/partition") or md.get("partition")
     severity = ev.severity.value if ev.severity else "ERROR"
     asset = ev.asset_key.to_user_string()
     observed, threshold = md.get("observed"), md.get("error_threshold", md.get("threshold"))
@@ -125,6 +132,10 @@ def failure_alerts(context: dg.SensorEvaluationContext, alert_webhook: AlertWebh
         state = {"ended": _now_cursors(instance), "pending": []}
         context.update_cursor(json.dumps(state))
         return dg.SkipReason("alerts start from now; earlier failures are not replayed")
+    if "ended" not in state:  # an earlier release's cursor (its own run cursors): from now, its queue kept
+        context.log.warning("alert cursor of an earlier release: runs are read from now on; %d queued alerts kept",
+                            len(state.get("pending", [])))
+        state = {"ended": _now_cursors(instance), "pending": list(state.get("pending", []))}
 
     pending: list[dict[str, Any]] = list(state.get("pending", []))
     for name, kind in _ENDED.items():
@@ -139,8 +150,12 @@ def failure_alerts(context: dg.SensorEvaluationContext, alert_webhook: AlertWebh
         if res.records:
             state["ended"][name] = res.cursor
 
-    sent, failed = 0, []
+    sent, failed, deferred = 0, [], []
+    deadline = time.monotonic() + alert_webhook.tick_budget_secs - alert_webhook.timeout_secs
     for payload in pending:
+        if time.monotonic() > deadline:  # this tick's time is spent: the next tick posts it
+            deferred.append(payload)
+            continue
         try:
             alert_webhook.post(payload)
             sent += 1
@@ -149,12 +164,18 @@ def failure_alerts(context: dg.SensorEvaluationContext, alert_webhook: AlertWebh
             failed.append(payload)
             # the error's type only: its text can hold the URL, whose path is the webhook's secret
             context.log.warning("alert POST failed (%s); retrying on the next tick", type(e).__name__)
-    if len(failed) > MAX_PENDING:
-        context.log.error("%d alerts could not be sent; dropping the oldest %d", len(failed), len(failed) - MAX_PENDING)
-        failed = failed[-MAX_PENDING:]
-    state["pending"] = failed
+    waiting = failed + deferred  # the failed ones first: they are the older
+    if len(waiting) > MAX_PENDING:  # the oldest go, and one alert (itself retried) says how many
+        gone = waiting[:len(waiting) - MAX_PENDING + 1]
+        n = sum(int(p.get("dropped", 0)) if p.get("kind") == "alerts_dropped" else 1 for p in gone)
+        context.log.error("%d alerts could not be sent; dropping the oldest %d", len(waiting), n)
+        waiting = [{"kind": "alerts_dropped", "severity": "ERROR", "dropped": n,
+                    "text": f":warning: {n} alerts could not be sent to this webhook and were dropped"
+                            " (the queue holds " + str(MAX_PENDING) + "): see the failed runs and checks"
+                            " in Dagster"}] + waiting[len(gone):]
+    state["pending"] = waiting
     context.update_cursor(json.dumps(state))
     if not pending:
         return dg.SkipReason("no new failures")
-    context.log.info("sent %d alert(s), %d waiting for a retry", sent, len(failed))
-    return dg.SkipReason(f"sent {sent} alert(s), {len(failed)} to retry")
+    context.log.info("sent %d alert(s), %d to retry, %d left for the next tick", sent, len(failed), len(deferred))
+    return dg.SkipReason(f"sent {sent} alert(s), {len(failed)} to retry, {len(deferred)} for the next tick")

@@ -1,0 +1,168 @@
+"""The alert sensor at its edges (session 21's review: each test failed on the code before its
+fix): an earlier release's cursor, a full queue, the publication check's partition, and a tick
+that would outlast the daemon's time limit."""
+
+import json
+import logging
+import textwrap
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import dagster as dg
+import dagster._grpc.client as grpc_client
+from dagster._core.test_utils import create_test_daemon_workspace_context, freeze_time
+from dagster._core.workspace.load_target import PythonFileTarget
+from dagster._daemon.sensor import execute_sensor_iteration
+
+from growth_assets.defs import build_definitions
+from growth_assets.defs.alerts import AlertWebhook, failure_alerts
+from growth_assets.defs.alerts.sensors import MAX_PENDING
+from growth_assets.settings import Settings
+from growth_assets_tests.support.receiver import Receiver
+
+
+def tick(instance, url, cursor):
+    ctx = dg.build_sensor_context(instance=instance, cursor=cursor,
+                                  resources={"alert_webhook": AlertWebhook(url=url)})
+    out = failure_alerts(ctx)
+    return out, ctx.cursor
+
+
+@dg.asset
+def review_boom2():
+    raise RuntimeError("boom")
+
+
+def test_a_cursor_saved_by_the_previous_release_is_read(tmp_path):
+    """a911a9d (the sensor's first release, "production instance") saved
+    {"checks": {...}, "runs": ..., "pending": [...]}; 5329497 reads state["ended"] from any
+    non-empty cursor: after an upgrade every tick raises KeyError before saving its cursor,
+    so no alert is ever sent again (and the old pending alerts are never retried)."""
+    old_cursor = json.dumps({"checks": {}, "runs": None,
+                             "pending": [{"text": "queued before the upgrade", "kind": "run_failed"}]})
+    with dg.instance_for_test() as instance, Receiver() as rx:
+        assert dg.materialize([review_boom2], instance=instance, raise_on_error=False).success is False
+        tick(instance, rx.url, old_cursor)  # raised KeyError: 'ended'
+        assert any(p.get("text") == "queued before the upgrade" for p in rx.posts)
+
+
+def test_alerts_dropped_beyond_the_queue_are_counted_in_an_alert_of_their_own():
+    """README: "a POST that fails is kept in the cursor and retried on the next tick". With the
+    webhook down, the queue was cut at MAX_PENDING and the oldest alerts dropped without a
+    trace but a log line: now one queued alert says how many were dropped."""
+    with dg.instance_for_test() as instance, Receiver() as rx:
+        _, cursor = tick(instance, rx.url, None)
+        state = json.loads(cursor)
+        state["pending"] = [{"text": f"queued {i}", "kind": "run_failed", "run_id": f"r{i}"}
+                            for i in range(MAX_PENDING)]
+        assert dg.materialize([review_boom2], instance=instance, raise_on_error=False).success is False
+        rx.status = 503
+        _, cursor = tick(instance, rx.url, json.dumps(state))
+        kept = json.loads(cursor)["pending"]
+        assert len(kept) == MAX_PENDING
+        assert kept[0]["kind"] == "alerts_dropped" and kept[0]["dropped"] == 2, kept[0]
+        assert kept[1]["text"] == "queued 2" and kept[-1]["kind"] == "run_failed"
+        rx.status = 200  # the webhook is back: the count goes out with the rest
+        tick(instance, rx.url, cursor)
+        assert any(p.get("kind") == "alerts_dropped" and p["dropped"] == 2 for p in rx.posts)
+
+
+def test_the_unpublished_week_alert_names_its_partition():
+    defs = build_definitions(Settings.from_env({}))
+    job = defs.resolve_job_def("weekly_p_published_job")
+    with dg.instance_for_test() as instance, Receiver() as rx:
+        _, cursor = tick(instance, rx.url, None)
+        res = job.execute_in_process(instance=instance, raise_on_error=False)
+        evs = [e.event_specific_data for e in res.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+        assert evs and not evs[0].passed
+        key = evs[0].metadata["partition"].value
+        tick(instance, rx.url, cursor)
+        alert = next(p for p in rx.posts if p["kind"] == "asset_check_failed")
+        print(alert)
+        assert alert["partition"] == key, (alert["partition"], key)
+
+
+class SlowReceiver:
+    """growth_assets_tests.support.receiver.Receiver, answering after ``delay`` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        self.posts: list[dict] = []
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                time.sleep(delay)
+                outer.posts.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dg.asset
+def review_boom():
+    raise RuntimeError("boom")
+
+
+DEFS = textwrap.dedent("""
+    import os
+    import dagster as dg
+    from growth_assets.defs.alerts import AlertWebhook, failure_alerts
+
+    defs = dg.Definitions(sensors=[failure_alerts],
+                          resources={"alert_webhook": AlertWebhook(url=os.environ["ALERT_WEBHOOK_URL"],
+                                                                   timeout_secs=1.5, tick_budget_secs=4.0)})
+""")
+
+
+def _ticks(instance, ctx):
+    loc = next(iter(ctx.create_request_context().get_code_location_entries().values())).code_location
+    repo = next(iter(loc.get_repositories().values()))
+    sensor = repo.get_sensor("failure_alerts")
+    return instance.get_ticks(sensor.get_remote_origin_id(), sensor.selector_id)
+
+
+def test_a_tick_never_outlasts_the_daemons_time_limit_so_each_alert_is_sent_once(tmp_path, monkeypatch):
+    """Dagster's daemon gives a sensor 60 s and keeps the old cursor of a tick cut off: the
+    sensor POSTed every alert in one tick and saved its cursor at the end, so a tick past the
+    limit re-sent, tick after tick, every alert it had sent. Scaled down: a 6 s limit, a tick
+    budget of 4 s, POSTs of 1 s (timeout 1.5 s), 6 alerts: over three ticks each goes once."""
+    limit, delay, n_runs = 6, 1.0, 6
+    monkeypatch.setattr(grpc_client, "DEFAULT_SENSOR_GRPC_TIMEOUT", limit)
+    rx = SlowReceiver(delay)
+    monkeypatch.setenv("ALERT_WEBHOOK_URL", rx.url)
+    (tmp_path / "review_defs.py").write_text(DEFS)
+    log = logging.getLogger("review_alerts")
+    t0 = datetime.now(timezone.utc)
+    try:
+        with dg.instance_for_test() as instance, create_test_daemon_workspace_context(
+                PythonFileTarget(str(tmp_path / "review_defs.py"), "defs", str(tmp_path), None), instance) as ctx:
+            with freeze_time(t0):
+                list(execute_sensor_iteration(ctx, log, None, None))  # first tick: starts from now
+            runs = [dg.materialize([review_boom], instance=instance, raise_on_error=False).run_id
+                    for _ in range(n_runs)]
+            for i in (1, 2, 3):
+                with freeze_time(t0 + timedelta(seconds=31 * i)):
+                    list(execute_sensor_iteration(ctx, log, None, None))
+                time.sleep(n_runs * delay + 1)  # the abandoned evaluation finishes in the code server
+            ticks = _ticks(instance, ctx)
+            print([(t.status.value, (t.error.message[:90] if t.error else None)) for t in ticks])
+            per_run = {r: sum(p["run_id"] == r for p in rx.posts) for r in runs}
+            print("posts per failed run:", per_run, "total", len(rx.posts))
+            # each failed run is alerted once (README: "POSTs ... every failed run")
+            assert all(v == 1 for v in per_run.values()), per_run
+    finally:
+        rx.close()
