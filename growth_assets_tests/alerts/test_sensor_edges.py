@@ -5,10 +5,8 @@ that would outlast the daemon's time limit."""
 import json
 import logging
 import textwrap
-import threading
 import time
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dagster as dg
 import dagster._grpc.client as grpc_client
@@ -84,34 +82,6 @@ def test_the_unpublished_week_alert_names_its_partition():
         assert alert["partition"] == key, (alert["partition"], key)
 
 
-class SlowReceiver:
-    """growth_assets_tests.support.receiver.Receiver, answering after ``delay`` seconds."""
-
-    def __init__(self, delay: float) -> None:
-        self.posts: list[dict] = []
-        outer = self
-
-        class H(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                time.sleep(delay)
-                outer.posts.append(json.loads(body))
-                self.send_response(200)
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *a):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @dg.asset
 def review_boom():
     raise RuntimeError("boom")
@@ -142,27 +112,29 @@ def test_a_tick_never_outlasts_the_daemons_time_limit_so_each_alert_is_sent_once
     budget of 4 s, POSTs of 1 s (timeout 1.5 s), 6 alerts: over three ticks each goes once."""
     limit, delay, n_runs = 6, 1.0, 6
     monkeypatch.setattr(grpc_client, "DEFAULT_SENSOR_GRPC_TIMEOUT", limit)
-    rx = SlowReceiver(delay)
+    with Receiver() as rx:
+        rx.delay = delay
+        _sensor_ticks(tmp_path, monkeypatch, rx, n_runs, delay)
+
+
+def _sensor_ticks(tmp_path, monkeypatch, rx, n_runs, delay):
     monkeypatch.setenv("ALERT_WEBHOOK_URL", rx.url)
     (tmp_path / "review_defs.py").write_text(DEFS)
     log = logging.getLogger("review_alerts")
     t0 = datetime.now(timezone.utc)
-    try:
-        with dg.instance_for_test() as instance, create_test_daemon_workspace_context(
-                PythonFileTarget(str(tmp_path / "review_defs.py"), "defs", str(tmp_path), None), instance) as ctx:
-            with freeze_time(t0):
-                list(execute_sensor_iteration(ctx, log, None, None))  # first tick: starts from now
-            runs = [dg.materialize([review_boom], instance=instance, raise_on_error=False).run_id
-                    for _ in range(n_runs)]
-            for i in (1, 2, 3):
-                with freeze_time(t0 + timedelta(seconds=31 * i)):
-                    list(execute_sensor_iteration(ctx, log, None, None))
-                time.sleep(n_runs * delay + 1)  # the abandoned evaluation finishes in the code server
-            ticks = _ticks(instance, ctx)
-            print([(t.status.value, (t.error.message[:90] if t.error else None)) for t in ticks])
-            per_run = {r: sum(p["run_id"] == r for p in rx.posts) for r in runs}
-            print("posts per failed run:", per_run, "total", len(rx.posts))
-            # each failed run is alerted once (README: "POSTs ... every failed run")
-            assert all(v == 1 for v in per_run.values()), per_run
-    finally:
-        rx.close()
+    with dg.instance_for_test() as instance, create_test_daemon_workspace_context(
+            PythonFileTarget(str(tmp_path / "review_defs.py"), "defs", str(tmp_path), None), instance) as ctx:
+        with freeze_time(t0):
+            list(execute_sensor_iteration(ctx, log, None, None))  # first tick: starts from now
+        runs = [dg.materialize([review_boom], instance=instance, raise_on_error=False).run_id
+                for _ in range(n_runs)]
+        for i in (1, 2, 3):
+            with freeze_time(t0 + timedelta(seconds=31 * i)):
+                list(execute_sensor_iteration(ctx, log, None, None))
+            time.sleep(n_runs * delay + 1)  # the abandoned evaluation finishes in the code server
+        ticks = _ticks(instance, ctx)
+        print([(t.status.value, (t.error.message[:90] if t.error else None)) for t in ticks])
+        per_run = {r: sum(p["run_id"] == r for p in rx.posts) for r in runs}
+        print("posts per failed run:", per_run, "total", len(rx.posts))
+        # each failed run is alerted once (README: "POSTs ... every failed run")
+        assert all(v == 1 for v in per_run.values()), per_run

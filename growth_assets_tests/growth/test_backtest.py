@@ -224,6 +224,24 @@ def test_the_baseline_is_the_latest_calibration_as_spec_7_read_it_even_when_its_
     """Spec §7 reads a student's latest calibration and publishes no P when its se is NULL or
     0. The backtest filtered on se > 0 before it chose the latest row, so it fell back to an
     older calibration and scored a baseline P that §7 never published."""
+    import numpy as np
+
+    with connect(db_url) as conn:
+        seed_cohort(conn, 200, 16, seed=5, as_of=AS_OF, params=MODEL_TRUE)
+    res = resources(db_url, n_chains=2, n_samples=400)
+    assert dg.materialize(weekly_assets, partition_key=PAST, resources=res).success
+    for se in (None, 0.0):  # her latest calibration before the run's week
+        before, after, sid = late_calibration(db_url, 2.5, se)
+        j = after["ids"].index(sid)
+        assert not np.isfinite(after["theta"][j]) or not np.isfinite(after["se"][j]) or after["se"][j] <= 0, se
+        has = np.isfinite(after["theta"]) & np.isfinite(after["se"]) & (after["se"] > 0)
+        assert has.sum() == np.isfinite(before["theta"]).sum() - 1
+
+
+def late_calibration(db_url, theta, se):
+    """The backtest's students of PAST's run (``scored_students``) before and after one of them
+    with a baseline gets a calibration (theta, se) an hour before the run's window ended, her
+    latest when P was published (rolled back after); and her id."""
     from datetime import datetime, timedelta, timezone
 
     import numpy as np
@@ -231,27 +249,18 @@ def test_the_baseline_is_the_latest_calibration_as_spec_7_read_it_even_when_its_
     from growth_assets.defs.growth import backtest as B
     from growth_assets.defs.resources import GrowthSettings
 
-    with connect(db_url) as conn:
-        seed_cohort(conn, 200, 16, seed=5, as_of=AS_OF, params=MODEL_TRUE)
-    res = resources(db_url, n_chains=2, n_samples=400)
-    assert dg.materialize(weekly_assets, partition_key=PAST, resources=res).success
     growth, now = GrowthSettings(), datetime.now(timezone.utc)
     with connect(db_url) as conn:
+        row = conn.execute(B._RUN, (PAST,)).fetchone()
         run = dict(zip(("run_id", "horizon_week", "target", "window_start", "window_end", "score_source",
-                        "panel_id", "posterior_summary"), conn.execute(B._RUN, (PAST,)).fetchone()))
+                        "panel_id", "posterior_summary", "published"), row))
         p_week = run["window_start"] + timedelta(weeks=int(run["horizon_week"]))
         before = B.scored_students(conn, run, p_week, growth, now)
-        i = int(np.flatnonzero(np.isfinite(before["theta"]))[0])
-        sid = before["ids"][i]
-        for se in (None, 0.0):  # her latest calibration before the run's week
-            conn.execute("DELETE FROM mirt_ability WHERE model = 'late'")
-            conn.execute("INSERT INTO mirt_ability (user_id, theta, se, model, version, fitted_at)"
-                         " VALUES (%s, 2.5, %s, 'late', 'v1', %s)",
-                         (sid, se, datetime.combine(run["window_end"], datetime.min.time(), timezone.utc)
-                          - timedelta(hours=1)))
-            after = B.scored_students(conn, run, p_week, growth, now)
-            j = after["ids"].index(sid)
-            assert not np.isfinite(after["theta"][j]) or not np.isfinite(after["se"][j]) or after["se"][j] <= 0, se
-            has = np.isfinite(after["theta"]) & np.isfinite(after["se"]) & (after["se"] > 0)
-            assert has.sum() == np.isfinite(before["theta"]).sum() - 1
+        sid = before["ids"][int(np.flatnonzero(np.isfinite(before["theta"]))[0])]
+        conn.execute("INSERT INTO mirt_ability (user_id, theta, se, model, version, fitted_at)"
+                     " VALUES (%s, %s, %s, 'late', 'v1', %s)",
+                     (sid, theta, se, datetime.combine(run["window_end"], datetime.min.time(), timezone.utc)
+                      - timedelta(hours=1)))
+        after = B.scored_students(conn, run, p_week, growth, now)
         conn.rollback()
+    return before, after, sid

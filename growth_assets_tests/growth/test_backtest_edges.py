@@ -2,23 +2,15 @@
 its fix): the baseline's latest calibration judged as spec §7 reads it, no theta baseline for an
 accuracy run, the published run scored, no in-sample backtest (BRMS_HORIZON_WEEKS=0)."""
 
-from datetime import datetime, timedelta, timezone
-
 import dagster as dg
 import numpy as np
 import pytest
 
 from growth_assets.db import connect
 from growth_assets.defs.growth import BacktestThresholds, goal_forecast_backtest, weekly_assets
-from growth_assets.defs.growth import backtest as B
-from growth_assets.defs.resources import GrowthSettings
 from growth_assets.demo.cohort import seed_cohort
-from growth_assets_tests.growth.test_backtest import MODEL_TRUE, PAST
+from growth_assets_tests.growth.test_backtest import MODEL_TRUE, PAST, late_calibration
 from growth_assets_tests.support.graph import AS_OF, ReplayEngine, failure_text, resources
-
-RUN_COLS = ("run_id", "horizon_week", "target", "window_start", "window_end", "score_source", "panel_id",
-            "posterior_summary", "published")
-
 
 def _fit(url, students=60, **growth):
     with connect(url) as conn:
@@ -36,25 +28,13 @@ def test_latest_calibration_with_unusable_theta_is_no_baseline(db_url, bad_theta
     non-NULL theta is read, and a NaN / out-of-BRMS_SCORE_RANGE theta gives NO P. The backtest's
     ``base`` CTE filters ``theta BETWEEN lo AND hi`` *inside* the DISTINCT ON, so it skips that
     latest row and scores an older calibration as the baseline: a P §7 never published."""
-    res = _fit(db_url)
-    growth, now = GrowthSettings(), datetime.now(timezone.utc)
-    with connect(db_url) as conn:
-        run = dict(zip(RUN_COLS, conn.execute(B._RUN, (PAST,)).fetchone()))
-        p_week = run["window_start"] + timedelta(weeks=int(run["horizon_week"]))
-        before = B.scored_students(conn, run, p_week, growth, now)
-        i = int(np.flatnonzero(np.isfinite(before["theta"]))[0])
-        sid = before["ids"][i]
-        conn.execute("INSERT INTO mirt_ability (user_id, theta, se, model, version, fitted_at)"
-                     " VALUES (%s, %s, 0.3, 'late', 'v1', %s)",
-                     (sid, bad_theta, datetime.combine(run["window_end"], datetime.min.time(), timezone.utc)
-                      - timedelta(hours=1)))
-        after = B.scored_students(conn, run, p_week, growth, now)
-        j = after["ids"].index(sid)
-        conn.rollback()
+    _fit(db_url)
+    before, after, sid = late_calibration(db_url, bad_theta, 0.3)
+    j = after["ids"].index(sid)
     # §7 as it stood at publication: the latest calibration (theta=bad) -> no P -> no baseline
     assert not np.isfinite(after["theta"][j]), (
         f"baseline for {sid} fell back to an older calibration theta={after['theta'][j]}, se={after['se'][j]}"
-        f" (was {before['theta'][i]}) although the latest one (theta={bad_theta}) publishes no P")
+        f" (was {before['theta'][before['ids'].index(sid)]}) although the latest one (theta={bad_theta}) publishes no P")
 
 
 def test_accuracy_runs_have_no_normal_baseline(db_url):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -11,11 +12,13 @@ class Receiver:
     def __init__(self) -> None:
         self.posts: list[dict] = []
         self.status = 200
+        self.delay = 0.0  # seconds before it answers (a slow webhook)
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                time.sleep(outer.delay)
                 if outer.status == 200:
                     outer.posts.append(json.loads(body))
                 self.send_response(outer.status)
