@@ -156,13 +156,9 @@ def _as_of(value: str | None, now: datetime | None = None) -> date:
 def _check_cohort_args(students: int, weeks: int | None, as_of: str | None) -> date:
     """seed-demo's and demo's arguments, checked before the database is started or changed
     (they failed with a traceback after it had been migrated): the day they name."""
-    from .demo.cohort import MAX_STUDENTS
-    from .model.contract import ContractError
+    from .demo.cohort import check_size
 
-    if not 2 <= students <= MAX_STUDENTS:
-        raise ContractError("--students", f"must be within 2..{MAX_STUDENTS:,}", students)
-    if weeks is not None and weeks < 1:
-        raise ContractError("--weeks", "must be >= 1", weeks)
+    check_size(students, weeks)
     return _as_of(as_of)
 
 
@@ -418,14 +414,12 @@ def read_panel_csv(path: str):
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from .model.contract import horizon_week
+    from .model.contract import ContractError, horizon_week
     from .model.engine import FitSettings
     from .model.engines import make_engine
     from .model.panel import Panel
     from .model.result import fit_panel
     from .settings import Settings
-
-    from .model.contract import ContractError
 
     s = Settings.from_env()
     out = Path(args.out)

@@ -148,7 +148,8 @@ from psycopg.rows import tuple_row
 
 from .db.connection import EXPORT_SNAPSHOT, SCHEMA_FIRST, in_snapshot
 from .db.writers import check_monday, merge_weekly_kpi
-from .model.contract import ContractError, check_target, line_prediction, normal_approximation_p
+from .model.contract import (ContractError, check_target, has_normal_approximation, line_prediction,
+                             normal_approximation_p)
 from .model.lines import conditional_line
 from .model.native_math import P_TOLERANCE, predict_from_sums, standardised_draws
 from .settings import Settings
@@ -621,8 +622,7 @@ _THETA_SQL = ("SELECT DISTINCT ON (user_id) user_id, theta, se FROM mirt_ability
               f" ORDER BY user_id, {LATEST_THETA_ORDER}")
 
 
-def _send_theta(session: psycopg.Connection, users: list[str],
-                score_range: tuple[float, float]) -> psycopg.Cursor:
+def _send_theta(session: psycopg.Connection, users: list[str]) -> psycopg.Cursor:
     """Per user (``_read_rows``): ``_THETA_SQL``'s (theta, se)."""
     return _execute(session, _for(_THETA_SQL, users), {"users": _ids(session, users)})
 
@@ -687,7 +687,7 @@ class _Reads:
     def theta(self, users: list[str]) -> dict[str, tuple]:
         if self._theta is not None and self._sums is not None and not any(u in self._sums for u in users):
             return self._theta
-        return _read_rows(_send_theta(self.session, users, self.score_range))
+        return _read_rows(_send_theta(self.session, users))
 
 
 @dataclass
@@ -1096,7 +1096,7 @@ def _reading(session: psycopg.Connection, snapshot: bool = False) -> Iterator[No
 
 
 def _chain(users: list[str], target: float, use_bayesian: bool, kpi_week: date | None,
-           known: _Known, score_source: str = "theta") -> dict[str, GoalAnswer]:
+           known: _Known, score_source: str) -> dict[str, GoalAnswer]:
     pending: dict[str, _Pending] = {u: [] for u in users}
     out: dict[str, GoalAnswer] = {}
     if not users:
@@ -1163,7 +1163,7 @@ def _chain(users: list[str], target: float, use_bayesian: bool, kpi_week: date |
     # The target is on the scale of the scores the model is fitted on (the passed run's, else
     # BRMS_SCORE_SOURCE): of accuracy scores, a share correct, which no theta estimates
     scale = (known.run.score_source if use_bayesian and known.run is not None else None) or score_source
-    if pending and scale == "accuracy":
+    if pending and not has_normal_approximation(scale):
         for u in list(pending):
             reasons = pending.pop(u)
             reasons.append("normal: the target is a share correct (score source accuracy); mirt_ability's"

@@ -155,6 +155,18 @@ SCORE_RANGE = (-1000.0, 1000.0)  # BRMS_SCORE_RANGE: a theta (|theta| < 10) or a
 ACCURACY_RANGE = (0.0, 1.0)  # correct / attempts, always
 
 
+def score_range_problem(lo: float, hi: float) -> str | None:
+    """What is wrong with a score range (None: nothing); BRMS_SCORE_RANGE's and a run's config's rule."""
+    return None if math.isfinite(lo) and math.isfinite(hi) and lo < hi else "must be finite with lo < hi"
+
+
+def refit_ceiling_problem(n_samples: int, max_n_samples: int) -> str | None:
+    """BRMS_MAX_N_SAMPLES below BRMS_N_SAMPLES: the convergence refit would never run, without a word."""
+    if max_n_samples < n_samples:
+        return f"must be >= {N_SAMPLES.env} ({n_samples}); equal to it turns the refit off"
+    return None
+
+
 def env_range(env: Mapping[str, str], name: str, default: tuple[float, float]) -> tuple[float, float]:
     raw = _get(env, name)
     if raw is None:
@@ -165,8 +177,8 @@ def env_range(env: Mapping[str, str], name: str, default: tuple[float, float]) -
     if len(parts) != 2 or not all(_FLOAT.fullmatch(x) for x in parts):
         raise SettingsError(name, raw, "must be two numbers, lo,hi")
     lo, hi = (float(x) for x in parts)
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise SettingsError(name, raw, "must be finite with lo < hi")
+    if why := score_range_problem(lo, hi):
+        raise SettingsError(name, raw, why)
     return lo, hi
 
 
@@ -255,9 +267,8 @@ class Settings:
         # its own was refused, naming a variable its user never set); set, it must be
         max_n_samples = env_int(env, MAX_N_SAMPLES.env, max(MAX_N_SAMPLES.default, n_samples),
                                 MAX_N_SAMPLES.lo, MAX_N_SAMPLES.hi)
-        if max_n_samples < n_samples:  # the convergence refit would never run, without a word
-            raise SettingsError(MAX_N_SAMPLES.env, str(max_n_samples),
-                                f"must be >= {N_SAMPLES.env} ({n_samples}); equal to it turns the refit off")
+        if why := refit_ceiling_problem(n_samples, max_n_samples):
+            raise SettingsError(MAX_N_SAMPLES.env, str(max_n_samples), why)
         return cls(
             database_url=_get(env, "DATABASE_URL"),
             db_schema=check_schema(_get(env, "GROWTH_DB_SCHEMA") or DB_SCHEMA),

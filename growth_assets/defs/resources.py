@@ -7,7 +7,6 @@ build them directly. There is no IO manager: each asset writes its own tables.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -21,6 +20,7 @@ from ..model.engine import Engine, FitSettings
 from ..model.engines import make_engine
 from ..settings import (DB_SCHEMA, CHAIN_METHODS, HORIZON_WEEKS, LOOKBACK_WEEKS, MAX_N_SAMPLES, N_CHAINS, N_SAMPLES,
                         R_BRMS_TIMEOUT_SECS, SCORE_RANGE, SCORE_SOURCES, SEED, IntLimit, NativeRuntime,
+                        refit_ceiling_problem, score_range_problem,
                         Settings)
 
 
@@ -67,15 +67,12 @@ class GrowthSettings(dg.ConfigurableResource):
             raise ContractError("BRMS_SCORE_SOURCE", f"must be one of {SCORE_SOURCES}", self.score_source)
         if self.family != "gaussian":
             raise ContractError("BRMS_FAMILY", "only gaussian is supported by this model", self.family)
-        # as BRMS_SCORE_RANGE is read (settings.env_range): a run's config of lo >= hi stored an
-        # empty panel, and the run stopped at "panel_not_empty", naming no cause
-        lo, hi = self.score_min, self.score_max
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            raise ContractError("BRMS_SCORE_RANGE", "score_min and score_max must be finite with score_min <"
-                                " score_max", f"{lo},{hi}")
-        if self.max_n_samples < self.n_samples:
-            raise ContractError("BRMS_MAX_N_SAMPLES", f"max_n_samples must be >= n_samples ({self.n_samples})",
-                                self.max_n_samples)
+        # the environment's rules (settings): a run's config of lo >= hi stored an empty panel,
+        # and the run stopped at "panel_not_empty", naming no cause
+        if why := score_range_problem(self.score_min, self.score_max):
+            raise ContractError("BRMS_SCORE_RANGE", f"score_min,score_max {why}", f"{self.score_min},{self.score_max}")
+        if why := refit_ceiling_problem(self.n_samples, self.max_n_samples):
+            raise ContractError("BRMS_MAX_N_SAMPLES", f"max_n_samples {why}", self.max_n_samples)
         return self
 
     def fit_settings(self, run_id: str | None = None) -> FitSettings:

@@ -29,6 +29,7 @@ import psycopg
 
 from ..db import source_tables
 from ..db.binary_copy import Column, copy_in, encode
+from ..model.contract import ContractError
 from ..model.window import Window
 
 
@@ -67,15 +68,20 @@ DEMO_ID = r"^s[0-9]{7}$"  # the ids generate() gives
 _US_PER_S = 1_000_000
 
 
-def _check(n_students: int, n_weeks: int, first_week: date) -> None:
+def check_size(n_students: int, n_weeks: int | None) -> None:
+    """A cohort's size (ContractError naming the field): the CLI asks before it touches a database."""
     if n_students < 2:
-        raise ValueError(f"students: at least 2 are needed (got {n_students})")
+        raise ContractError("students", "at least 2 are needed", n_students)
     if n_students > MAX_STUDENTS:
-        raise ValueError(f"students: at most {MAX_STUDENTS:,} (ids are s0000000 .. s9999999; got {n_students:,})")
-    if n_weeks < 1:
-        raise ValueError(f"weeks: at least 1 is needed (got {n_weeks})")
+        raise ContractError("students", f"at most {MAX_STUDENTS:,} (ids are s0000000 .. s9999999)", n_students)
+    if n_weeks is not None and n_weeks < 1:
+        raise ContractError("weeks", "at least 1 is needed", n_weeks)
+
+
+def _check(n_students: int, n_weeks: int, first_week: date) -> None:
+    check_size(n_students, n_weeks)
     if first_week.isoweekday() != 1:
-        raise ValueError(f"first_week: must be a Monday (got {first_week})")
+        raise ContractError("first_week", "must be a Monday", first_week)
 
 
 def _ids(lo: int, hi: int) -> np.ndarray:

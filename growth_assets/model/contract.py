@@ -131,6 +131,12 @@ def line_prediction(
 # --- §7: the Normal approximation ------------------------------------------------------
 
 
+def has_normal_approximation(score_source: str | None) -> bool:
+    """Whether §7's approximation speaks of the scores a run is fitted on: it is a theta (and its
+    se), so of accuracy scores (§5: a target of 0.7 is 70 % correct) there is none."""
+    return score_source != "accuracy"
+
+
 def normal_approximation_p(mu: np.ndarray | float, sd: np.ndarray | float, target: float) -> np.ndarray:
     """P = 1 - Phi((target - mu) / sd), clamped to [0, 1], for estimates already known to be
     usable (finite mu, finite sd > 0); vectorised for the batch readers."""

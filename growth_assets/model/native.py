@@ -536,10 +536,10 @@ class NativeEngine:
         red = nf.panel
         pars = nf.population_draws()
         for p in _PARAM_NAMES:  # a chain that ran off (exp of an unbounded log sd) has no summary
-            bad = int((~np.isfinite(np.asarray(pars[p]))).sum())
-            if bad:
+            d = np.asarray(pars[p])
+            if bad := int((~np.isfinite(d)).sum()):
                 raise contract.FitResultError(
-                    f"population_draws.{p}", f"the sampler ran off: {bad} of {np.asarray(pars[p]).size} draws are"
+                    f"population_draws.{p}", f"the sampler ran off: {bad} of {d.size} draws are"
                     f" not finite ({int(np.asarray(nf.extra['diverging']).sum())} divergent transitions;"
                     f" {red.student_ids.size} students, {red.n_rows} rows: too few to identify"
                     " the model's variances?)")

@@ -39,9 +39,9 @@ def rhat(x: np.ndarray) -> float:
     if x.shape[0] > 1:
         return float(array_stats.rhat(x, chain_axis=-2, draw_axis=-1, method="rank"))
     half = x.shape[1] // 2
-    halves = np.vstack((x[:, :half], x[:, -half:]))  # the middle draw of an odd count left out
     if half < 2:
         return float("nan")
+    halves = np.vstack((x[:, :half], x[:, -half:]))  # the middle draw of an odd count left out
     return max(float(array_stats.rhat(_z_scale(h), chain_axis=-2, draw_axis=-1, method="identity"))
                for h in (halves, np.abs(halves - np.median(halves))))
 

@@ -110,12 +110,15 @@ class FitResult:
     def kept_draws(self) -> int:
         return self.n_chains * (self.n_samples - self.n_warmup)
 
-    @property
-    def max_ess(self) -> float:
-        """The largest ESS posterior's definition gives S kept draws: S / tau with tau >= 1 / log10 S
-        (a hair more, for the rounding of either engine's arithmetic)."""
+    def _check_ess(self, field: str, v: float) -> None:
+        """An ESS within what posterior's definition gives the S kept draws: S / tau with
+        tau >= 1 / log10 S (a hair more, for either engine's rounding); NaN (not computable)
+        passes here: the checks fail it."""
         s = self.kept_draws
-        return s * math.log10(s) * (1 + 1e-9) if s > 1 else float(s)
+        most = s * math.log10(s) * (1 + 1e-9) if s > 1 else float(s)
+        if v < 0 or v > most:
+            raise FitResultError(field, f"must be within 0..{most:.0f} (posterior's ESS of the kept draws S is"
+                                 " at most S log10 S)", v)
 
     def with_run_id(self, run_id: str) -> "FitResult":
         return replace(self, run_id=run_id)
@@ -237,9 +240,7 @@ class FitResult:
             if s.sd < 0:
                 raise FitResultError(f"posterior_summary.{p}.sd", "must be >= 0", s.sd)
             for f in ("ess_bulk", "ess_tail"):
-                if getattr(s, f) < 0 or getattr(s, f) > self.max_ess:  # NaN (not computable): the checks
-                    raise FitResultError(f"posterior_summary.{p}.{f}", f"must be within 0..{self.max_ess:.0f}"
-                                         " (posterior's ESS of the kept draws S is at most S log10 S)", getattr(s, f))
+                self._check_ess(f"posterior_summary.{p}.{f}", getattr(s, f))
             if s.rhat < RHAT_FLOOR:  # NaN (not computable) passes here; the checks fail it
                 raise FitResultError(f"posterior_summary.{p}.rhat", f"must be >= {RHAT_FLOOR} (or null)", s.rhat)
             if s.q5 > s.q95:
@@ -257,9 +258,7 @@ class FitResult:
             if not 0 <= v <= self.kept_draws:
                 raise FitResultError(f"diagnostics.{f}", f"must be within 0..{self.kept_draws} (the kept draws)", v)
         for f in ("min_ess_bulk", "min_ess_tail"):
-            if getattr(d, f) < 0 or getattr(d, f) > self.max_ess:
-                raise FitResultError(f"diagnostics.{f}", f"must be within 0..{self.max_ess:.0f}"
-                                     " (posterior's ESS of the kept draws S is at most S log10 S)", getattr(d, f))
+            self._check_ess(f"diagnostics.{f}", getattr(d, f))
         if settings is not None:  # first: an answer to another question is that, above all
             self._validate_settings(settings)
         # the panel's own id array, in its order (the native engine's answer): the same

@@ -251,9 +251,7 @@ def late_calibration(db_url, theta, se):
 
     growth, now = GrowthSettings(), datetime.now(timezone.utc)
     with connect(db_url) as conn:
-        row = conn.execute(B._RUN, (PAST,)).fetchone()
-        run = dict(zip(("run_id", "horizon_week", "target", "window_start", "window_end", "score_source",
-                        "panel_id", "posterior_summary", "published"), row))
+        run = dict(zip(B.RUN_COLUMNS, conn.execute(B._RUN, (PAST,)).fetchone(), strict=True))
         p_week = run["window_start"] + timedelta(weeks=int(run["horizon_week"]))
         before = B.scored_students(conn, run, p_week, growth, now)
         sid = before["ids"][int(np.flatnonzero(np.isfinite(before["theta"]))[0])]

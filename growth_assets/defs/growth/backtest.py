@@ -20,6 +20,7 @@ from pydantic import Field, model_validator
 
 from ...db.writers import read_population_draws, write_backtest
 from ...metrics import LATEST_THETA_ORDER
+from ...model.contract import has_normal_approximation
 from ...model import backtest as bt
 from ...model.contract import ContractError
 from ..resources import GrowthSettings, PostgresResource
@@ -60,6 +61,8 @@ SELECT run_id, horizon_week, target, window_start, window_end, score_source, pan
 FROM growth_brms_meta m WHERE partition_key = %s AND status = 'passed'
 ORDER BY published DESC, fitted_at DESC, run_id DESC LIMIT 1
 """
+RUN_COLUMNS = ("run_id", "horizon_week", "target", "window_start", "window_end", "score_source", "panel_id",
+               "posterior_summary", "published")
 
 # the realised scores of the horizon week (the panel's query over that one week), the
 # students' window sums (kept with each line by brms_posterior; from the fitted panel's rows
@@ -108,7 +111,7 @@ def scored_students(conn: psycopg.Connection, run: dict, p_week, growth: GrowthS
               "panel_id": run["panel_id"], "run_id": run["run_id"], "published": run["window_end"],
               # spec §7's Normal is on theta's scale: of an accuracy run (a share correct) none was
               # published, so none is its baseline
-              "theta_scale": run["score_source"] != "accuracy"}
+              "theta_scale": has_normal_approximation(run["score_source"])}
     rows = conn.execute(_SCORED.format(panel=panel_query(run["score_source"]), latest=LATEST_THETA_ORDER),
                         params).fetchall()
     no_sums = sum(r[2] is None for r in rows)
@@ -186,8 +189,7 @@ def goal_forecast_backtest(context: dg.AssetExecutionContext, postgres: Postgres
         if row is None:
             raise dg.Failure(f"no published (passed) run for partition {context.partition_key}:"
                              " materialize the weekly graph of this partition first")
-        run = dict(zip(("run_id", "horizon_week", "target", "window_start", "window_end", "score_source",
-                        "panel_id", "posterior_summary", "published"), row))
+        run = dict(zip(RUN_COLUMNS, row, strict=True))
         p_week = run["window_start"] + timedelta(weeks=int(run["horizon_week"]))
         if p_week < run["window_end"]:  # BRMS_HORIZON_WEEKS=0: the week's score is in the fitted window
             raise dg.Failure(
@@ -251,7 +253,7 @@ def goal_forecast_backtest(context: dg.AssetExecutionContext, postgres: Postgres
                     f" (expected {th.coverage_90_low:.0%}–{th.coverage_90_high:.0%})",
         metadata={"observed": num(cov90, 4), "threshold": f"[{th.coverage_90_low}, {th.coverage_90_high}]",
                   "run_id": run["run_id"]})
-    if run["score_source"] == "accuracy":  # no §7 P exists on this scale: nothing to be skilled against
+    if not has_normal_approximation(run["score_source"]):  # no §7 P on this scale: nothing to be skilled against
         yield dg.AssetCheckResult(
             check_name=SKILL_CHECK, passed=True, severity=dg.AssetCheckSeverity.WARN,
             description="no Normal baseline: the run's scores are accuracy (a share correct), and spec §7's"
