@@ -12,6 +12,7 @@ from growth_assets_tests.support.results import make_result
 
 WEEK = date(2026, 11, 23)
 P_WEEK = date(2026, 12, 14)
+NEXT_WEEK = date(2026, 11, 30)
 
 
 def kpis(conn, user, week=WEEK):
@@ -132,6 +133,43 @@ def test_merge_waits_for_a_concurrent_writer_and_keeps_its_keys(db_url):
     assert done.is_set() and result["n"] == 2
     with connect(db_url) as c:
         assert kpis(c, "u1") == {**kpis(c, "u1"), "I_t": 7, "P": 0.6}
+
+
+def test_a_row_another_writer_adds_to_a_new_week_during_the_merge_keeps_both_keys(db_url):
+    """The week has none of the merge's rows when it looks, so it inserts them without the
+    upsert; another writer's insert of one of them (uncommitted, so unseen) commits while the
+    merge waits on it. The merge then upserts every row: nothing fails, both keys survive."""
+    hold, done = threading.Event(), threading.Event()
+    t = threading.Thread(target=_other_writer_update, args=(db_url, "u2", "I_t", 5, hold, done))
+    t.start()
+    time.sleep(0.3)  # the other writer's row for u2 exists now, uncommitted
+    result: dict = {}
+
+    def run_merge():
+        with connect(db_url) as c:
+            result["n"] = merge(c, [("u1", 0.6, 0.3), ("u2", 0.2, 0.3), ("u3", 0.4, 0.3)])
+
+    m = threading.Thread(target=run_merge)
+    m.start()
+    time.sleep(0.3)
+    assert m.is_alive(), "the merge should be waiting on the other writer's new row"
+    hold.set()
+    t.join(10), m.join(10)
+    assert done.is_set() and result.get("n") == 3, result
+    with connect(db_url) as c:
+        assert kpis(c, "u2") == {**kpis(c, "u2"), "I_t": 5, "P": 0.2, "sigma": 0.3}
+        assert [kpis(c, u)["P"] for u in ("u1", "u3")] == [0.6, 0.4]
+
+
+def test_a_new_week_and_a_week_with_rows_get_the_same_kpis(conn):
+    """A new week's rows are inserted, an existing week's merged: the same kpis either way."""
+    rows = [("u1", 0.6, 0.3), ("u2", 0.25, 0.125)]
+    assert merge(conn, rows, week_start=WEEK) == 2
+    conn.execute("INSERT INTO weekly_kpi (user_id, week_start) VALUES ('u1', %s), ('u2', %s)",
+                 (NEXT_WEEK, NEXT_WEEK))
+    assert merge(conn, rows, week_start=NEXT_WEEK) == 2
+    got = conn.execute("SELECT week_start, user_id, kpis::text FROM weekly_kpi ORDER BY 1, 2").fetchall()
+    assert [r[2] for r in got[:2]] == [r[2] for r in got[2:]] and len(got) == 4
 
 
 def test_other_writer_waits_for_an_open_merge_and_keeps_p(db_url):

@@ -103,6 +103,20 @@ def test_a_merge_from_an_older_run_of_the_same_window_does_not_replace_the_newer
     assert kpis(conn, "u1")["P_run_id"] == early.run_id
 
 
+def test_a_p_of_the_window_that_names_no_run_is_replaced_while_a_later_run_exists(conn):
+    """A row with the window but no P_run_id (another writer's, or a legacy row) is outranked
+    by no run: a run's P of the same window replaces it, also while a later passed run of the
+    window exists (the guard's lookup of the runs that outrank the incoming one is made once
+    per statement, and a missing P_run_id must not make it refuse)."""
+    early = store(conn, "native-20261123-043000", NEW_WEEK, datetime(2026, 11, 23, 4, 30, tzinfo=timezone.utc))
+    store(conn, "native-20261123-090000", NEW_WEEK, datetime(2026, 11, 23, 9, tzinfo=timezone.utc))
+    conn.execute("INSERT INTO weekly_kpi (user_id, week_start, kpis) VALUES ('u1', %s, %s)",
+                 (NEW_WEEK, '{"P": 0.9, "P_window_end": "2026-11-23", "I_t": 4}'))
+    conn.commit()
+    assert merge(conn, 0.3, NEW_WEEK, early.run_id) == 1
+    assert kpis(conn, "u1")["P"] == 0.3 and kpis(conn, "u1")["I_t"] == 4
+
+
 def test_writers_lock_rows_in_one_order_so_two_merges_do_not_deadlock(db_url):
     """Transaction A holds u1 and then wants u2; B merges [u2, u1]. B locking u2 first (the
     order its rows came in) deadlocked with A; sorted, B waits for u1 and both commit."""
