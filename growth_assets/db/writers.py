@@ -293,7 +293,8 @@ def merge_weekly_kpi(
     ``rows`` are (user_id, P, sigma). Set-based and atomic: COPY into a temporary table, then
     one ``INSERT … ON CONFLICT DO UPDATE SET kpis = weekly_kpi.kpis || EXCLUDED.kpis``, so
     the keys other writers own (``I_t``, ``E_t``, …) are kept, also when such a writer
-    commits concurrently (the upsert re-reads the committed row under its row lock).
+    commits concurrently (the upsert re-reads the committed row under its row lock); into a
+    week none of the users has a row of yet, a plain INSERT first (``_merge_rows``).
     Returns the number of rows merged. Bad values raise ContractError before anything is
     written; a failure half-way rolls everything back. A row's P of a newer window, or of a
     later passed run of the same window, is kept (``_MERGE_TAIL``); ``schema``: the project's
@@ -339,8 +340,8 @@ def merge_weekly_kpi(
 def merge_run_into_weekly_kpi(conn: psycopg.Connection, run_id: str, *, week_start: date,
                               target: float, p_week: date, source: str, window_end: date,
                               schema: str | None = None) -> int:
-    """``merge_weekly_kpi`` of every student of a stored run, in one ``INSERT … SELECT``
-    from ``growth_student_posterior`` (no rows travel through Python)."""
+    """``merge_weekly_kpi`` of every student of a stored run, by ``INSERT … SELECT`` from
+    ``growth_student_posterior`` (``_merge_rows``: no rows travel through Python)."""
     check_monday("week_start", week_start)
     check_monday("P_week", p_week)
     if source not in P_SOURCES:
