@@ -110,27 +110,34 @@ def _other_writer_update(url, user, key, value, hold, done):
     done.set()
 
 
-def test_merge_waits_for_a_concurrent_writer_and_keeps_its_keys(db_url):
-    """Other writer holds the row (uncommitted) while the P merge runs; both keys survive."""
-    with connect(db_url) as c:
-        c.execute("INSERT INTO weekly_kpi (user_id, week_start) VALUES ('u1', %s)", (WEEK,))
+def _merge_while_another_writer_holds(db_url, user, key, value, rows) -> int:
+    """The other writer upserts ``user``'s row (uncommitted) and holds it; the merge of ``rows``
+    starts, must wait for it, and ends once the writer commits. The merge's row count."""
     hold, done = threading.Event(), threading.Event()
-    t = threading.Thread(target=_other_writer_update, args=(db_url, "u1", "I_t", 7, hold, done))
+    t = threading.Thread(target=_other_writer_update, args=(db_url, user, key, value, hold, done))
     t.start()
-    time.sleep(0.3)  # the other writer now holds u1's row lock
-    result = {}
+    time.sleep(0.3)  # the other writer now holds the row
+    result: dict = {}
 
     def run_merge():
         with connect(db_url) as c:
-            result["n"] = merge(c, [("u1", 0.6, 0.3), ("u3", 0.2, 0.3)])
+            result["n"] = merge(c, rows)
 
     m = threading.Thread(target=run_merge)
     m.start()
     time.sleep(0.3)
-    assert m.is_alive(), "the merge should be waiting on the other writer's row lock"
+    assert m.is_alive(), "the merge should be waiting on the other writer's row"
     hold.set()
     t.join(10), m.join(10)
-    assert done.is_set() and result["n"] == 2
+    assert done.is_set() and "n" in result, result
+    return result["n"]
+
+
+def test_merge_waits_for_a_concurrent_writer_and_keeps_its_keys(db_url):
+    """Other writer holds the row (uncommitted) while the P merge runs; both keys survive."""
+    with connect(db_url) as c:
+        c.execute("INSERT INTO weekly_kpi (user_id, week_start) VALUES ('u1', %s)", (WEEK,))
+    assert _merge_while_another_writer_holds(db_url, "u1", "I_t", 7, [("u1", 0.6, 0.3), ("u3", 0.2, 0.3)]) == 2
     with connect(db_url) as c:
         assert kpis(c, "u1") == {**kpis(c, "u1"), "I_t": 7, "P": 0.6}
 
@@ -139,23 +146,8 @@ def test_a_row_another_writer_adds_to_a_new_week_during_the_merge_keeps_both_key
     """The week has none of the merge's rows when it looks, so it inserts them without the
     upsert; another writer's insert of one of them (uncommitted, so unseen) commits while the
     merge waits on it. The merge then upserts every row: nothing fails, both keys survive."""
-    hold, done = threading.Event(), threading.Event()
-    t = threading.Thread(target=_other_writer_update, args=(db_url, "u2", "I_t", 5, hold, done))
-    t.start()
-    time.sleep(0.3)  # the other writer's row for u2 exists now, uncommitted
-    result: dict = {}
-
-    def run_merge():
-        with connect(db_url) as c:
-            result["n"] = merge(c, [("u1", 0.6, 0.3), ("u2", 0.2, 0.3), ("u3", 0.4, 0.3)])
-
-    m = threading.Thread(target=run_merge)
-    m.start()
-    time.sleep(0.3)
-    assert m.is_alive(), "the merge should be waiting on the other writer's new row"
-    hold.set()
-    t.join(10), m.join(10)
-    assert done.is_set() and result.get("n") == 3, result
+    rows = [("u1", 0.6, 0.3), ("u2", 0.2, 0.3), ("u3", 0.4, 0.3)]
+    assert _merge_while_another_writer_holds(db_url, "u2", "I_t", 5, rows) == 3
     with connect(db_url) as c:
         assert kpis(c, "u2") == {**kpis(c, "u2"), "I_t": 5, "P": 0.2, "sigma": 0.3}
         assert [kpis(c, u)["P"] for u in ("u1", "u3")] == [0.6, 0.4]
