@@ -34,7 +34,8 @@ _KPIS = ("jsonb_build_object('P', {p}, 'sigma', sigma) || (SELECT"
          " || CASE WHEN %(window_end)s::date IS NULL THEN '{{}}'::jsonb"
          " ELSE jsonb_build_object('P_window_end', %(window_end)s::text) END)")
 _MERGE_TAIL = """ON CONFLICT (user_id, week_start) DO UPDATE
-               SET kpis = w.kpis || EXCLUDED.kpis, updated_at = now()
+               SET kpis = coalesce(w.kpis, '{{}}'::jsonb) || EXCLUDED.kpis, updated_at = now()
+               -- (a platform row's kpis may be NULL: a column added nullable; NULL || x is NULL)
                -- never replace a P from a newer data window with one from an older window
                -- (a backfill, or a daily refresh that computed before the weekly run
                -- committed); a P without a window (Normal approximation) replaces none.
@@ -72,8 +73,13 @@ def _merge_rows(conn: psycopg.Connection, source: str, p: str, params: dict, sch
     ~8 s of a million rows. A row another writer adds meanwhile (uncommitted when we looked)
     fails that INSERT with a unique violation: it is rolled back to its savepoint and every row
     is upserted, as when the week has rows. Both insert in ``user_id`` order, the order every
-    writer locks rows in, so two merges cannot deadlock.
+    writer locks rows in. The project's P writers of one week take turns (a transaction-scoped
+    advisory lock per week): a refresh merges its groups (run, update, Normal paths) one after
+    another in one transaction, so its rows as a whole are not locked in one order, and a
+    merge of the same week between two of its groups deadlocked with it.
     """
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('growth_assets weekly_kpi P ' || %(week_start)s::text, 0))",
+                 params)
     rows = f"SELECT user_id, %(week_start)s, {_KPIS.format(p=p)} {source} ORDER BY user_id"
     insert = f"INSERT INTO weekly_kpi AS w (user_id, week_start, kpis) {rows}"
     week_has_rows = conn.execute(

@@ -389,3 +389,20 @@ def test_a_fits_student_rows_look_its_growth_fit_row_up_once_not_once_per_row(co
         looked_up = conn.execute(scans).fetchone()[0] - before
     assert 0 < looked_up <= 10, looked_up
     assert conn.execute("SELECT count(*) FROM growth_student_posterior").fetchone()[0] == 3000
+
+
+def test_a_row_whose_kpis_is_null_gets_p(db_url):
+    """The platform's weekly_kpi is never re-keyed or re-defined; a missing kpis column is added
+    nullable by `db migrate --apply-source-changes` (source_tables.plan: ADD COLUMN ... jsonb), so
+    its existing rows have kpis NULL. The merge's `kpis = w.kpis || EXCLUDED.kpis` was then NULL:
+    the P silently lost while the merge counted the row as written."""
+    with connect(db_url) as c:
+        c.execute("ALTER TABLE weekly_kpi ALTER COLUMN kpis DROP NOT NULL, ALTER COLUMN kpis DROP DEFAULT")
+        c.execute("INSERT INTO weekly_kpi (user_id, week_start, kpis) VALUES ('u1', %s, NULL)", (WEEK,))
+    with connect(db_url) as c:
+        n = merge_weekly_kpi(c, [("u1", 0.7, 0.2)], week_start=WEEK, target=0.0, p_week=P_WEEK,
+                             run_id="r1", source="native", window_end=WEEK)
+    with connect(db_url) as c:
+        k = kpis(c, "u1")
+    assert n == 1
+    assert k is not None and k.get("P") == 0.7, k

@@ -11,14 +11,16 @@ import psycopg
 import pytest
 
 from growth_assets.db import connect
+from growth_assets import metrics
 from growth_assets.db.writers import merge_weekly_kpi
 from growth_assets.metrics import explain_goal_attainment_probability as explain
-from growth_assets.metrics import refresh_active_users
+from growth_assets.metrics import GoalAnswer, refresh_active_users
 from growth_assets_tests.metrics.helpers import add_theta, kpis, store_fit
 from growth_assets_tests.support.results import make_result
 
 NEW_WEEK = date(2026, 11, 23)  # partition 2026-11-16: window 2026-08-31 .. 2026-11-22
 OLD_WEEK = date(2026, 11, 16)  # partition 2026-11-09: window 2026-08-24 .. 2026-11-15
+P_WEEK = date(2026, 12, 14)
 
 
 @pytest.fixture(autouse=True)
@@ -154,6 +156,61 @@ def test_writers_lock_rows_in_one_order_so_two_merges_do_not_deadlock(db_url):
     assert not errors, errors
     with connect(db_url) as c:
         assert {r[0] for r in c.execute("SELECT kpis->>'P_run_id' FROM weekly_kpi").fetchall()} == {"r-b"}
+
+
+def test_refresh_store_and_a_sorted_merge_of_the_same_week_do_not_deadlock(db_url, monkeypatch):
+    """metrics._store (refresh_active_users / calculate_and_store_weekly_kpi) merges one group per
+    (target, p_week, run, source, window) in ONE transaction: users of the first group (here the
+    run path: u1, u3) are written before the second group's (the Normal path: u2), so the
+    transaction's rows are not locked in user_id order. _merge_rows' docstring says every writer
+    locks in user_id order "so two merges cannot deadlock"; a concurrent sorted merge of the same
+    week (weekly_kpi_P's merge of a re-run with students u2, u3) then deadlocked with the refresh.
+    The project's P writers of one week now take turns."""
+    answers = [
+        GoalAnswer("u1", 0.0, 0.6, 0.1, None, "run", (), "r-old", "native", P_WEEK, None, 5, NEW_WEEK),
+        GoalAnswer("u2", 0.0, 0.4, 0.2, None, "normal", (), None, "normal", None, None, None, None),
+        GoalAnswer("u3", 0.0, 0.7, 0.1, None, "run", (), "r-old", "native", P_WEEK, None, 5, NEW_WEEK),
+    ]
+    errors: list[BaseException] = []
+    second_group = threading.Event()
+    calls = {"n": 0}
+    real = metrics.merge_weekly_kpi
+
+    def slow_second_group(conn, rows, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the refresh holds u1, u3; let the other merge start meanwhile
+            second_group.set()
+            time.sleep(0.6)
+        return real(conn, rows, **kw)
+
+    monkeypatch.setattr(metrics, "merge_weekly_kpi", slow_second_group)
+
+    def refresh():
+        try:
+            with connect(db_url) as c:
+                c.execute("SET deadlock_timeout = '100ms'")
+                c.commit()
+                metrics._store(c, answers, NEW_WEEK, "growth")
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    def weekly_merge():
+        second_group.wait(10)
+        try:
+            with connect(db_url) as c:
+                c.execute("SET deadlock_timeout = '100ms'")
+                c.commit()
+                real(c, [("u2", 0.5, 0.1), ("u3", 0.5, 0.1)], week_start=NEW_WEEK, target=0.0, p_week=P_WEEK,
+                     run_id="r-new", source="native", window_end=NEW_WEEK)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=refresh), threading.Thread(target=weekly_merge)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert not errors, errors
 
 
 def test_a_regrade_that_fails_the_run_waits_for_the_merge_that_read_it_passed(db_url):
