@@ -9,6 +9,7 @@ it asks for none), so the project's tables are found in their schema and the pla
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -65,7 +66,12 @@ def project_conninfo(url: str | None = None, schema: str | None = None, **kwargs
         raise psycopg.ProgrammingError(f"DATABASE_URL: {without_password(str(e), url)}") from None
     extra = kwargs.pop("options", "")
     params.update(kwargs)
-    params["options"] = with_schema_options(f"{params.get('options', '')} {extra}".strip(), schema)
+    # libpq reads PGOPTIONS only when the string has no options: writing ours must keep them
+    base = params["options"] if "options" in params else os.environ.get("PGOPTIONS", "")
+    params["options"] = with_schema_options(f"{base} {extra}".strip(), schema)
+    # the project's text goes to and from the server as UTF-8 (binary COPY writes it so, the
+    # panel's ids are read so); a database in another encoding converts it
+    params["client_encoding"] = "UTF8"
     return make_conninfo("", **params)
 
 
@@ -80,6 +86,9 @@ def without_password(text: str, url: str | None) -> str:
         raw = None
     for secret in {raw, unquote(raw) if raw else None} - {None, ""}:
         text = text.replace(secret, "***")
+    # a URL that urlsplit cannot read (an unclosed IPv6 bracket) is quoted whole by libpq: its
+    # user:password@ goes by its shape
+    text = re.sub(r"(://[^:/@\s\"']*:)[^@\s\"']*@", r"\1***@", text)
     return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", text)
 
 
