@@ -119,14 +119,17 @@ def _migrate(args: argparse.Namespace) -> int:
         for n in notes:
             print(n)
         print(f"applied {len(applied)} migration(s) in schema {schema}: {', '.join(applied) or 'none (up to date)'}")
+    if args.apply_source_changes and not args.dry_run:
+        made = source_tables.plan_and_apply(url)
+        for line in made:
+            print(f"changed {line}")
+        if not made:
+            print("the platform's tables have what the pipeline needs")
+        return 0
     with connect(url) as conn:
         changes = source_tables.plan(conn)
     if not changes:
         print("the platform's tables have what the pipeline needs")
-        return 0
-    if args.apply_source_changes and not args.dry_run:
-        for line in source_tables.apply(url, changes):
-            print(f"changed {line}")
         return 0
     print(f"the platform's tables: {len(changes)} change(s) the pipeline would need"
           + ("" if args.dry_run else " (nothing changed)") + ":")

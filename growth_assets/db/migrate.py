@@ -31,6 +31,9 @@ LOCK_ID = 0x67726F77  # "grow"
 # every table the migrations create (a move to the project's schema takes these, and only these)
 PROJECT_TABLES = ("growth_schema_migrations", "growth_brms_meta", "growth_student_posterior", "growth_panel",
                   "growth_panel_meta", "growth_fit", "growth_population_draws", "growth_forecast_backtest")
+# the views over them (0008): they move with the tables too (a view left behind is found only
+# through a search_path that still holds the old schema)
+PROJECT_VIEWS = ("growth_panel_rows",)
 # the functions of their triggers (0010): they move with the tables
 PROJECT_FUNCTIONS = ("growth_student_rows_need_their_fit", "growth_fit_takes_its_student_rows",
                      "growth_fit_truncates_its_student_rows", "growth_fit_keeps_run_ids_in_use")
@@ -113,9 +116,7 @@ def migrate(url_or_conn: str | psycopg.Connection, through: str | None = None, *
         if apply_source_changes:
             from . import source_tables
 
-            with connect(url_or_conn, schema=schema) as conn:
-                changes = source_tables.plan(conn, schema)
-            source_tables.apply(url_or_conn, changes, schema=schema)
+            source_tables.plan_and_apply(url_or_conn, schema=schema)
         return out
     if apply_source_changes:
         raise MigrationError("apply_source_changes needs the database URL (indexes are built CONCURRENTLY)")
@@ -140,8 +141,13 @@ def migrate(url_or_conn: str | psycopg.Connection, through: str | None = None, *
                               (old, list(PROJECT_FUNCTIONS))).fetchall() if tables else []
         for (f,) in moving:
             conn.execute(sql.SQL("ALTER FUNCTION {}() SET SCHEMA {}").format(sql.Identifier(old, f), sql.Identifier(schema)))
+        views = conn.execute("SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                             " WHERE n.nspname = %s AND c.relkind = 'v' AND c.relname = ANY (%s) ORDER BY 1",
+                             (old, list(PROJECT_VIEWS))).fetchall() if tables else []
+        for (v,) in views:
+            conn.execute(sql.SQL("ALTER VIEW {} SET SCHEMA {}").format(sql.Identifier(old, v), sql.Identifier(schema)))
         if tables and notes is not None:
-            notes.append(f"moved the project's tables from schema {old} to {schema}: {', '.join(tables)}")
+            notes.append(f"moved the project's tables from schema {old} to {schema}: {', '.join(tables + [v for (v,) in views])}")
         conn.execute(
             """CREATE TABLE IF NOT EXISTS growth_schema_migrations (
                    version text PRIMARY KEY,

@@ -20,6 +20,7 @@ or cleaned silently:
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import psycopg
@@ -130,8 +131,25 @@ def _keys_without_fitted_at(conn: psycopg.Connection, table: str) -> list[tuple[
     return [(k, n, c) for k, n, c in rows]
 
 
-def _index_exists(conn: psycopg.Connection, name: str) -> bool:
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]
+def _index_state(conn: psycopg.Connection, name: str) -> bool | None:
+    """None: no such index; False: one that a failed ``CREATE INDEX CONCURRENTLY`` left INVALID
+    (kept by the server, never used, and never rebuilt by ``IF NOT EXISTS``); True: usable."""
+    row = conn.execute("SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)", (name,)).fetchone()
+    return None if row is None else bool(row[0])
+
+
+def _dedupe(conn: psycopg.Connection, table: str) -> str:
+    """The DELETE of a table's exact duplicate rows (every column the same, NULLs equal), the
+    first of each kept: a hashable grouping, not a self-join (n^2 on a platform's table)."""
+    cols = ", ".join(_q(c) for c in _ordered_columns(conn, table))
+    return (f"DELETE FROM {_q(table)} WHERE ctid IN (SELECT ctid FROM (SELECT ctid, row_number() OVER"
+            f" (PARTITION BY {cols} ORDER BY ctid) AS k FROM {_q(table)}) d WHERE k > 1)")
+
+
+def _ordered_columns(conn: psycopg.Connection, table: str) -> list[str]:
+    return [r[0] for r in conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped"
+        " ORDER BY attnum", (table,)).fetchall()]
 
 
 def plan(conn: psycopg.Connection, project_schema: str | None = None) -> list[Change]:
@@ -160,20 +178,51 @@ def plan(conn: psycopg.Connection, project_schema: str | None = None) -> list[Ch
                            "sees only each student's latest week. History needs that key dropped; the platform's "
                            f"upserts on it (ON CONFLICT ({cols})) then stop working: change them first",
                     (stmt,), destructive=True))
-        if not _index_exists(conn, key_name):
-            on = " AND ".join(f"a.{_q(c)} IS NOT DISTINCT FROM b.{_q(c)}" for c in key_cols)
+        state = _index_state(conn, key_name)
+        if not state:
             changes.append(Change(
-                table, "has no key per calibration: remove exact duplicate calibrations (same "
-                       f"{', '.join(key_cols)}) and add the key, so a re-delivered calibration does not count twice",
-                (f"DELETE FROM {_q(table)} a USING {_q(table)} b WHERE a.ctid > b.ctid AND {on}",
-                 f"CREATE UNIQUE INDEX IF NOT EXISTS {_q(key_name)} ON {_q(table)}"
-                 f" ({', '.join(_q(c) for c in key_cols)}) NULLS NOT DISTINCT"), destructive=True))
+                table, ("has an INVALID key per calibration (a failed build): rebuild it" if state is False
+                        else "has no key per calibration") + ": remove exact duplicate rows (every column the"
+                       f" same) and add the key ({', '.join(key_cols)}), so a re-delivered calibration does not"
+                       " count twice; calibrations that share the key but differ stop it, named, for the"
+                       " platform to settle",
+                ((f"DROP INDEX IF EXISTS {_q(key_name)}",) if state is False else ())
+                + ((_dedupe(conn, table),) if present[table] else ())  # a table created now is empty
+                + (f"CREATE UNIQUE INDEX IF NOT EXISTS {_q(key_name)} ON {_q(table)}"
+                   f" ({', '.join(_q(c) for c in key_cols)}) NULLS NOT DISTINCT",), destructive=True))
     for name, table, cols in INDEXES:
-        if not _index_exists(conn, name):
-            changes.append(Change(table, f"has no index {cols} for the window query: add it without blocking writes",
-                                  (f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {_q(name)} ON {_q(table)} {cols}",),
-                                  concurrently=True))
+        state = _index_state(conn, name)
+        if not state:
+            changes.append(Change(
+                table, (f"has an INVALID index {cols} (a failed concurrent build): rebuild it" if state is False
+                        else f"has no index {cols} for the window query: add it") + " without blocking writes",
+                ((f"DROP INDEX CONCURRENTLY IF EXISTS {_q(name)}",) if state is False else ())
+                + (f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {_q(name)} ON {_q(table)} {cols}",),
+                concurrently=True))
     return changes
+
+
+SOURCE_LOCK_ID = 0x67726F78  # one planner of the platform's tables at a time (migrate's LOCK_ID + 1)
+LOCK_POLL_SECS = 0.2
+
+
+def plan_and_apply(url: str, schema: str | None = None) -> list[str]:
+    """``plan`` then ``apply`` as one planner at a time (a session's advisory lock, held on a
+    connection of its own, which takes no table lock). Two at once each planned a missing
+    table and the second failed on it. The lock is polled, not waited for: a statement
+    waiting for it holds a snapshot, and the holder's ``CREATE INDEX CONCURRENTLY`` waits for
+    every such snapshot to go (an undetected deadlock)."""
+    from .connection import connect
+
+    with connect(url, schema=schema, autocommit=True) as lock:
+        while not lock.execute("SELECT pg_try_advisory_lock(%s)", (SOURCE_LOCK_ID,)).fetchone()[0]:
+            time.sleep(LOCK_POLL_SECS)
+        try:
+            with connect(url, schema=schema) as conn:
+                changes = plan(conn, schema)
+            return apply(url, changes, schema=schema)
+        finally:
+            lock.execute("SELECT pg_advisory_unlock(%s)", (SOURCE_LOCK_ID,))
 
 
 def apply(url: str, changes: list[Change], schema: str | None = None) -> list[str]:
@@ -187,13 +236,20 @@ def apply(url: str, changes: list[Change], schema: str | None = None) -> list[st
             if ch.concurrently:
                 for s in ch.statements:
                     conn.execute(s)
-                done.append(f"{ch.table}: {ch.statements[0]}")
+                done.append(f"{ch.table}: " + "; ".join(ch.statements))
                 continue
-            with conn.transaction():
-                notes = []
-                for s in ch.statements:
-                    cur = conn.execute(s)
-                    if s.startswith("DELETE"):
-                        notes.append(f"{cur.rowcount} duplicate row(s) deleted")
-                done.append(f"{ch.table}: " + "; ".join(ch.statements) + (f" ({', '.join(notes)})" if notes else ""))
+            try:
+                with conn.transaction():
+                    notes = []
+                    for s in ch.statements:
+                        cur = conn.execute(s)
+                        if s.startswith("DELETE"):
+                            notes.append(f"{cur.rowcount} duplicate row(s) deleted")
+            except psycopg.errors.UniqueViolation as e:  # the key over calibrations that differ
+                from .migrate import MigrationError
+
+                raise MigrationError(
+                    f"{ch.table}: two calibrations share the key but differ ({e.diag.message_detail}); the"
+                    " platform must settle which is right: nothing of this change was made") from None
+            done.append(f"{ch.table}: " + "; ".join(ch.statements) + (f" ({', '.join(notes)})" if notes else ""))
     return done

@@ -316,3 +316,96 @@ def test_a_second_schema_gets_the_status_check_too(db_url):
         with pytest.raises(psycopg.errors.CheckViolation):
             conn.execute("INSERT INTO staging.growth_brms_meta (run_id, formula, priors, posterior_summary,"
                          " diagnostics, engine, status) VALUES ('r', 'f', '[]', '{}', '{}', 'native', 'bogus')")
+
+
+# --- found by review (each failed before its fix) ---------------------------------------------
+
+def test_an_index_left_invalid_by_a_failed_concurrent_build_is_rebuilt(empty_db_url):
+    """CREATE INDEX CONCURRENTLY that fails (here: lock_timeout while the platform has a write
+    open) leaves an INVALID index of that name; plan() took it for present, so it was never
+    used and never rebuilt, and `db migrate` said the tables had what the pipeline needs."""
+    migrate(empty_db_url, apply_source_changes=True)
+    with psycopg.connect(empty_db_url) as c:
+        c.execute("DROP INDEX mirt_ability_user_latest")
+    with connect(empty_db_url) as c:
+        changes = source_tables.plan(c)
+    writer = psycopg.connect(empty_db_url)
+    try:  # the platform writing: a transaction open on mirt_ability
+        writer.execute("INSERT INTO mirt_ability (user_id, theta, fitted_at) VALUES ('u1', 0.1, now())")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            source_tables.apply(f"{empty_db_url}?options=-c%20lock_timeout%3D300", changes)
+    finally:
+        writer.rollback()
+        writer.close()
+    valid = "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('mirt_ability_user_latest')"
+    with connect(empty_db_url) as c:
+        assert c.execute(valid).fetchall() == [(False,)]  # the failed build left it behind
+        again = source_tables.plan(c)
+    assert [ch.statements for ch in again] == [(
+        'DROP INDEX CONCURRENTLY IF EXISTS "mirt_ability_user_latest"',
+        'CREATE INDEX CONCURRENTLY IF NOT EXISTS "mirt_ability_user_latest" ON "mirt_ability" (user_id, fitted_at DESC)')]
+    assert "INVALID" in again[0].what
+    out = run(["db", "migrate", "--apply-source-changes"], {"DATABASE_URL": empty_db_url})
+    assert out.returncode == 0 and "DROP INDEX CONCURRENTLY" in out.stdout, out.stdout + out.stderr
+    with connect(empty_db_url) as c:
+        assert c.execute(valid).fetchall() == [(True,)] and source_tables.plan(c) == []
+
+
+def test_only_exact_duplicate_calibrations_are_removed_and_differing_ones_stop_the_key(empty_db_url):
+    """The plan says 'remove exact duplicates'; its DELETE compared the key columns only, so of
+    two calibrations with one key and a different theta one was deleted, chosen by ctid."""
+    with psycopg.connect(empty_db_url) as c:
+        c.execute("CREATE TABLE mirt_ability (user_id text, theta float, se float, model text,"
+                  " version text, fitted_at timestamptz)")
+        c.execute("INSERT INTO mirt_ability VALUES ('u1', 0.5, 0.2, 'm', 'v', '2026-11-02T10:00Z'),"
+                  " ('u1', 0.9, 0.3, 'm', 'v', '2026-11-02T10:00Z'), ('u2', 0.1, NULL, 'm', 'v', '2026-11-02T10:00Z'),"
+                  " ('u2', 0.1, NULL, 'm', 'v', '2026-11-02T10:00Z')")
+    migrate(empty_db_url)
+    with connect(empty_db_url) as c:
+        key = [x for x in source_tables.plan(c) if x.table == "mirt_ability" and x.destructive]
+    with pytest.raises(MigrationError, match=r"mirt_ability: two calibrations share the key but differ"
+                                             r" \(Key \(user_id, model, version, fitted_at\)=\(u1, m, v"):
+        source_tables.apply(empty_db_url, key)
+    with psycopg.connect(empty_db_url) as c:  # nothing of the change was made
+        assert c.execute("SELECT count(*) FROM mirt_ability").fetchone()[0] == 4
+        c.execute("DELETE FROM mirt_ability WHERE theta = 0.9")  # the platform settles u1
+    assert source_tables.apply(empty_db_url, key)[0].endswith("(1 duplicate row(s) deleted)")
+    with psycopg.connect(empty_db_url) as c:  # u2's exact twin (NULLs equal) went, one of each left
+        assert c.execute("SELECT user_id, theta FROM mirt_ability ORDER BY 1").fetchall() == [("u1", 0.5), ("u2", 0.1)]
+
+
+def test_moving_an_older_layout_takes_the_view_over_the_panel_too(empty_db_url):
+    """The move took tables and functions only: the view growth_panel_rows stayed in public,
+    and a connection whose path does not hold public (the backtest reads it) found no view."""
+    migrate(empty_db_url, schema="public")
+    notes: list[str] = []
+    migrate(empty_db_url, notes=notes)
+    assert "growth_panel_rows" in notes[0]
+    with psycopg.connect(empty_db_url) as c:
+        assert c.execute("SELECT schemaname FROM pg_views WHERE viewname = 'growth_panel_rows'").fetchall() == [("growth",)]
+        c.execute("CREATE SCHEMA platform")
+    with connect(f"{empty_db_url}?options=-csearch_path%3Dplatform") as c:
+        assert c.execute("SELECT count(*) FROM growth_panel_rows").fetchone()[0] == 0
+
+
+def test_migrations_with_source_changes_at_once_take_turns(empty_db_url):
+    """Four `migrate --apply-source-changes` at once each planned the missing platform tables:
+    all but one failed (relation "mirt_ability" already exists)."""
+    import threading
+
+    errors: list[str] = []
+
+    def go():
+        try:
+            migrate(empty_db_url, apply_source_changes=True)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=go) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    with connect(empty_db_url) as c:
+        assert source_tables.plan(c) == []
