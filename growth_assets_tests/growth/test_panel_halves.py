@@ -265,3 +265,41 @@ def test_a_builder_under_set_role_splits_as_that_role(fixture_db, db_url, halves
         conn.execute(f"DROP ROLE {builder}")
         conn.execute(f'GRANT TEMPORARY ON DATABASE "{db}" TO PUBLIC')
         conn.commit()
+
+
+def test_two_builds_of_a_panel_not_stored_yet_take_turns(fixture_db, db_url, halves, monkeypatch):  # noqa: F811
+    """Two runs build one panel not stored yet (its first build, or after the retention) at
+    once: its meta row's FOR UPDATE locked nothing, and the second failed on the first's rows
+    with a duplicate key (found by review). It now waits for the first and replaces its rows."""
+    import threading
+
+    fixture_db.commit()
+    real = panel_mod._exclusions
+    first_stored = threading.Event()
+
+    def slow_exclusions(c, params, source):  # runs while A's transaction holds its new rows
+        if threading.current_thread().name.startswith("build_panel") and not first_stored.is_set():
+            first_stored.set()
+            time.sleep(1.0)
+        return real(c, params, source)
+
+    monkeypatch.setattr(panel_mod, "_exclusions", slow_exclusions)
+    errors: dict = {}
+
+    def run(name):
+        try:
+            with connect(db_url) as c:
+                build_panel(c, WINDOW, "theta", NOW)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors[name] = exc
+
+    a = threading.Thread(target=run, args=("A",))
+    a.start()
+    assert first_stored.wait(30)
+    b = threading.Thread(target=run, args=("B",))
+    b.start()
+    a.join(30), b.join(30)
+    assert not errors, errors
+    with connect(db_url) as c:
+        info = panel_info(c, panel_mod.panel_id_for(WINDOW, "theta"))
+        assert info is not None and len(_stored(c, info.panel_id)) == info.n_students > 0

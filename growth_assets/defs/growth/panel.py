@@ -295,7 +295,13 @@ def build_panel(
                 log.info("the panel is built by one statement: no other connection (%s)", exc)
         # the panel's meta row is locked before its rows, as prune_panels locks them: a panel
         # rebuilt while the retention runs is then waited for and kept (the other order was a
-        # deadlock, which aborted one of the two)
+        # deadlock, which aborted one of the two). A panel not stored yet (or pruned) has no row
+        # to lock: one is made first (this transaction's until it commits, with the real
+        # values below), so a second build of it waits here too instead of failing on the
+        # first one's rows with a duplicate key
+        conn.execute("INSERT INTO growth_panel_meta (panel_id, window_start, window_end, as_of, score_source, stats)"
+                     " VALUES (%s, %s, %s, %s, %s, '{}') ON CONFLICT (panel_id) DO NOTHING",
+                     (panel_id, window.start, window.end, window.as_of, score_source))
         conn.execute("SELECT 1 FROM growth_panel_meta WHERE panel_id = %(panel_id)s FOR UPDATE", {"panel_id": panel_id})
         conn.execute("DELETE FROM growth_panel WHERE panel_id = %(panel_id)s", {"panel_id": panel_id})
         if halves is not None:
