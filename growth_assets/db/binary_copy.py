@@ -178,7 +178,12 @@ def copy_in(conn: psycopg.Connection, table: str, names: Sequence[str], data: It
 
 
 class CopyFormatError(ValueError):
-    """Binary COPY data that is not the layout the reader was told to expect."""
+    """Binary COPY data that is not the layout the reader was told to expect; ``row``: the
+    first tuple that differs (counted from 0), when one is known."""
+
+    def __init__(self, message: str, row: int | None = None) -> None:
+        super().__init__(message)
+        self.row = row
 
 
 def copy_out_tuples(conn: psycopg.Connection, query: str, params: Any = None,
@@ -248,10 +253,12 @@ def decode_arrays(data: bytes | bytearray | memoryview | np.ndarray, lengths: np
         raise CopyFormatError(f"every row's arrays must have >= 1 element, got {int(k.min())}")
     sizes = _array_tuple_sizes(k, specs)
     expected = len(SIGNATURE) + int(np.sum(sizes)) + len(TRAILER)
+    i2, i4 = _at(b, ">i2"), _at(b, ">i4")
     if b.size != expected or bytes(b[:len(SIGNATURE)]) != SIGNATURE or bytes(b[b.size - 2:]) != TRAILER:
+        if bytes(b[:len(SIGNATURE)]) == SIGNATURE:  # a row of another layout (a NULL element, 2-D): which
+            _refuse_first_misfit(b, i2, i4, k, types, specs, sizes)
         raise CopyFormatError(f"binary COPY of {k.size} rows with {int(k.sum())} elements: {expected} bytes"
                               f" expected with its signature and trailer, got {b.size}")
-    i2, i4 = _at(b, ">i2"), _at(b, ">i4")
     dtypes = list(dtypes) if dtypes is not None else [None] * len(specs)
     out = [np.empty(int(k.sum()), dtype=want if want is not None else dt[1:])
            for (_, _, dt), want in zip(specs, dtypes)]
@@ -300,15 +307,40 @@ def _decode_rows(b, i2, i4, at: np.ndarray, k: np.ndarray, types, specs, out: li
         _refuse(i2, i4, at, k, types, specs, first_row)
 
 
+def _refuse_first_misfit(b: np.ndarray, i2, i4, k: np.ndarray, types, specs, sizes: np.ndarray) -> None:
+    """When the data's size is not the layout's: walk the tuples by their own field lengths to
+    the first whose size differs, and refuse it by name (``_refuse``); nothing if none is found
+    (then the size is all that can be said). Only on the way to an error: a loop per row."""
+    pos = len(SIGNATURE)
+    for r in range(k.size):
+        if pos + 2 > b.size:  # the data ends before this row
+            return
+        p = pos + 2
+        for _ in specs:
+            if p + 4 > b.size:
+                break
+            p += 4 + max(int(i4[p]), 0)
+        if p != pos + int(sizes[r]) or int(i2[pos]) != len(specs):
+            try:
+                _refuse(i2, i4, np.array([pos]), k[r:r + 1], types, specs, r)
+            except IndexError:  # the data ends inside this row
+                return
+            return
+        pos = p
+
+
 def _refuse(i2, i4, at: np.ndarray, k: np.ndarray, types, specs, first_row: int) -> None:
     """CopyFormatError naming the first row whose layout differs (after it, offsets are
     meaningless) and in it the first field that differs, in the order of its bytes."""
     checks = [("field count", i2[at], len(specs))]
     at = at + 2
     for t, (oid, w, _) in zip(types, specs):
-        checks += [(f"{t}[] field length", i4[at], _ARRAY_HEADER + k * (4 + w)), (f"{t}[] ndim", i4[at + 4], 1),
-                   (f"{t}[] NULL flag", i4[at + 8], 0), (f"{t}[] element type", i4[at + 12], oid),
-                   (f"{t}[] length", i4[at + 16], k), (f"{t}[] element length", i4[at + 4 + _ARRAY_HEADER], w)]
+        # the array's own header first: a field's length follows from it (a NULL element is 4
+        # bytes shorter), and says less
+        checks += [(f"{t}[] ndim", i4[at + 4], 1), (f"{t}[] NULL flag", i4[at + 8], 0),
+                   (f"{t}[] element type", i4[at + 12], oid), (f"{t}[] length", i4[at + 16], k),
+                   (f"{t}[] field length", i4[at], _ARRAY_HEADER + k * (4 + w)),
+                   (f"{t}[] element length", i4[at + 4 + _ARRAY_HEADER], w)]
         at = at + 4 + _ARRAY_HEADER + k * (4 + w)
     found = []
     for j, (what, got, want) in enumerate(checks):
@@ -316,5 +348,8 @@ def _refuse(i2, i4, at: np.ndarray, k: np.ndarray, types, specs, first_row: int)
         if bad.size:
             i = int(bad[0])
             found.append((i, j, what, int(got[i]), int(np.broadcast_to(want, got.shape)[i])))
+    if not found:
+        return
     row, _, what, got, want = min(found)
-    raise CopyFormatError(f"binary COPY row {first_row + row}: {what} is {got}, expected {want}")
+    raise CopyFormatError(f"binary COPY row {first_row + row}: {what} is {got}, expected {want}"
+                          + (" (an element is NULL)" if what.endswith("NULL flag") else ""), row=first_row + row)

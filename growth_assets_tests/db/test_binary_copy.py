@@ -118,13 +118,13 @@ def test_arrays_read_back_as_flat_columns_equal_to_what_psycopg_parses(conn):
 
 
 @pytest.mark.parametrize("query, lengths, message", [
-    ("SELECT ARRAY[1, 2], ARRAY[0.5, 1.5]::float8[]", [3], "1 rows with 3 elements: 131 bytes expected with its signature and trailer, got 111"),
+    ("SELECT ARRAY[1, 2], ARRAY[0.5, 1.5]::float8[]", [3], r"row 0: int4\[\] length is 2, expected 3$"),
     ("SELECT ARRAY[1, 2], ARRAY[0.5]::float8[] UNION ALL SELECT ARRAY[3], ARRAY[2.5, 3.5]::float8[]", [2, 1],
-     "row 0: float8\\[\\] field length is 32, expected 44"),
-    ("SELECT ARRAY[1, NULL], ARRAY[0.5, 1.5]::float8[]", [2], "NULL flag|bytes expected"),
-    ("SELECT ARRAY[1, 2]::int8[], ARRAY[0.5, 1.5]::float8[]", [2], "bytes expected|element type"),
-    ("SELECT ARRAY[[1], [2]], ARRAY[0.5, 1.5]::float8[]", [2], "ndim|bytes expected"),
-    ("SELECT ARRAY[1, 2], ARRAY[0.5, 1.5]::float8[], 1", [2], "bytes expected|field count"),
+     r"row 0: float8\[\] length is 1, expected 2$"),
+    ("SELECT ARRAY[1, NULL], ARRAY[0.5, 1.5]::float8[]", [2], r"row 0: int4\[\] NULL flag is 1, expected 0 \(an element is NULL\)$"),
+    ("SELECT ARRAY[1, 2]::int8[], ARRAY[0.5, 1.5]::float8[]", [2], r"row 0: int4\[\] element type is 20, expected 23$"),
+    ("SELECT ARRAY[[1], [2]], ARRAY[0.5, 1.5]::float8[]", [2], r"row 0: int4\[\] ndim is 2, expected 1$"),
+    ("SELECT ARRAY[1, 2], ARRAY[0.5, 1.5]::float8[], 1", [2], r"row 0: field count is 3, expected 2$"),
 ])
 def test_data_of_another_layout_is_refused_naming_what_differs(conn, query, lengths, message):
     with pytest.raises(CopyFormatError, match=message):
@@ -151,7 +151,7 @@ def test_arrays_decoded_in_chunks_are_the_same_columns_and_a_bad_row_is_named_by
     # row 5 has one score too few and row 6 one too many: the same bytes in all, row 5 differs first
     bad = ("SELECT ARRAY[1, 2], CASE i WHEN 5 THEN ARRAY[0.5]::float8[] WHEN 6 THEN ARRAY[0.5, 1, 2]::float8[]"
            " ELSE ARRAY[0.5, 1.5]::float8[] END FROM generate_series(0, 9) i ORDER BY i")
-    with pytest.raises(CopyFormatError, match=r"row 5: float8\[\] field length is 32, expected 44"):
+    with pytest.raises(CopyFormatError, match=r"row 5: float8\[\] length is 1, expected 2$"):
         decode_arrays(_copy_out(conn, bad), np.full(10, 2), ("int4", "float8"), chunk_rows=chunk_rows,
                       workers=workers)
 

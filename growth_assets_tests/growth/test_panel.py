@@ -459,3 +459,19 @@ def test_a_panel_rebuilt_while_the_retention_runs_is_kept_whole_and_neither_fail
     waited[0].join(30)
     assert pruned == {"ok": PrunedPanels((), 0, MONDAY)}
     assert _panels(conn)[old.panel_id] == rebuilt.n_students == old.n_students
+
+
+@pytest.mark.parametrize("weeks, scores, field", [("{0,NULL,2}", "{1.0,2.0,3.0}", "int4"),
+                                                  ("{0,1,2}", "{1.0,NULL,3.0}", "float8")])
+def test_a_stored_null_element_is_refused_naming_the_student_and_the_null(conn, weeks, scores, field):
+    """growth_panel's CHECK lets a NULL element in (0 <= ALL(..) is NULL). It was refused with
+    the data's size alone ("291 bytes expected ... got 287"), naming neither the row nor NULL
+    (found by review); the first row of another layout is now found and named."""
+    for u, w, y in [("a", "{0,1}", "{1.0,2.0}"), ("bad-student", weeks, scores), ("c", "{0}", "{0.5}")]:
+        conn.execute("INSERT INTO growth_panel (panel_id, student_id, weeks, scores, sources) VALUES"
+                     " ('p', %s, %s::int[], %s::float8[], array_fill('mirt_ability'::text, ARRAY[cardinality(%s::int[])]))",
+                     (u, w, y, w))
+    conn.commit()
+    with pytest.raises(ContractError, match=rf"row 1: {field}\[\] NULL flag is 1, expected 0 \(an element is NULL\)"
+                                            r" \(student 'bad-student'\)"):
+        load_panel(conn, "p")

@@ -540,7 +540,8 @@ def load_panel(conn: psycopg.Connection, panel_id: str) -> Panel:
         # weeks decoded straight to int64 (the Panel's dtype), chunks on the cores this process may use
         week, score = decode_arrays(buf, counts, _ARRAY_FIELDS, dtypes=(np.int64, None), workers=usable_cores())
     except CopyFormatError as e:
-        raise ContractError("growth_panel", f"a stored row is not (weeks int4[], scores float8[]): {e}",
+        who = f" (student {ids[e.row]!r})" if e.row is not None and e.row < ids.size else ""
+        raise ContractError("growth_panel", f"a stored row is not (weeks int4[], scores float8[]): {e}{who}",
                             panel_id) from e
     del buf
     code = np.repeat(np.arange(ids.size, dtype=np.int64), counts)
