@@ -4,6 +4,7 @@
 #   requirements-runtime.lock  runtime only (the user-code image)
 # Installs come from these files (scripts/bootstrap.sh), so a new release of a dependency
 # changes nothing until someone re-locks, and the tests run what the images run.
+# UV=PATH: the uv to run (default: `uv` on the PATH).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
