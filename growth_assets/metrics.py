@@ -1255,7 +1255,10 @@ def compute_goal_attainment_probabilities(
     if isinstance(user_ids, (str, bytes)):
         raise ContractError("user_ids", "must be a collection of user ids, not one string", user_ids)
     settings = Settings.from_env()
-    users = list(user_ids)
+    try:
+        users = list(user_ids)
+    except TypeError:  # None, a number: not a collection
+        raise ContractError("user_ids", "must be a collection of user ids", user_ids) from None
     for u in users:  # _check_user's rule, without a call per user
         if type(u) is not str or not u.strip() or "\x00" in u:
             _check_user(u)

@@ -34,8 +34,10 @@ _KPIS = ("jsonb_build_object('P', {p}, 'sigma', sigma) || (SELECT"
          " || CASE WHEN %(window_end)s::date IS NULL THEN '{{}}'::jsonb"
          " ELSE jsonb_build_object('P_window_end', %(window_end)s::text) END)")
 _MERGE_TAIL = """ON CONFLICT (user_id, week_start) DO UPDATE
-               SET kpis = coalesce(w.kpis, '{{}}'::jsonb) || EXCLUDED.kpis, updated_at = now()
-               -- (a platform row's kpis may be NULL: a column added nullable; NULL || x is NULL)
+               SET kpis = CASE WHEN jsonb_typeof(w.kpis) = 'object' THEN w.kpis ELSE '{{}}'::jsonb END || EXCLUDED.kpis,
+                   updated_at = now()
+               -- (a platform row's kpis may be NULL, a column added nullable, or JSON null: NULL || x
+               -- is NULL, null || x an array; another non-object is refused before, by name)
                -- never replace a P from a newer data window with one from an older window
                -- (a backfill, or a daily refresh that computed before the weekly run
                -- committed); a P without a window (Normal approximation) replaces none.
@@ -78,13 +80,22 @@ def _merge_rows(conn: psycopg.Connection, source: str, p: str, params: dict, sch
     another in one transaction, so its rows as a whole are not locked in one order, and a
     merge of the same week between two of its groups deadlocked with it.
     """
-    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('growth_assets weekly_kpi P ' || %(week_start)s::text, 0))",
-                 params)
+    # the week's key as a number of days: a date's text follows the session's DateStyle
+    conn.execute("SELECT pg_advisory_xact_lock(%(lock_class)s, %(week_start)s::date - date '2000-01-03')",
+                 {**params, "lock_class": WEEK_LOCK_CLASS})
     rows = f"SELECT user_id, %(week_start)s, {_KPIS.format(p=p)} {source} ORDER BY user_id"
     insert = f"INSERT INTO weekly_kpi AS w (user_id, week_start, kpis) {rows}"
     week_has_rows = conn.execute(
         f"SELECT EXISTS (SELECT 1 FROM weekly_kpi w JOIN (SELECT user_id {source}) s USING (user_id)"
         " WHERE w.week_start = %(week_start)s)", params).fetchone()[0]
+    if week_has_rows:  # a kpis that is not an object: merged into, it became an array and P was lost
+        odd = conn.execute(
+            f"SELECT w.user_id, jsonb_typeof(w.kpis) FROM weekly_kpi w JOIN (SELECT user_id {source}) s USING (user_id)"
+            " WHERE w.week_start = %(week_start)s AND jsonb_typeof(w.kpis) NOT IN ('object', 'null')"
+            " ORDER BY 1 LIMIT 1", params).fetchone()
+        if odd is not None:
+            raise ContractError("weekly_kpi.kpis", f"must be a JSON object to merge P into (user {odd[0]},"
+                                f" week {params['week_start']}), not a JSON {odd[1]}", odd[0])
     if not week_has_rows:
         try:
             with conn.transaction():  # a savepoint: only this INSERT goes if it fails
@@ -93,6 +104,7 @@ def _merge_rows(conn: psycopg.Connection, source: str, p: str, params: dict, sch
             pass
     return conn.execute(f"{insert} {_merge_tail(schema)}", params).rowcount
 RUN_STATUSES = ("passed", "failed_checks")
+WEEK_LOCK_CLASS = 0x67726F7A  # the first key of the P writers' per-week advisory lock (_merge_rows)
 _COPY_CHUNK = 200_000  # students encoded at a time
 STUDENT_COLUMNS = ("user_id", "n_obs", "mean_a", "mean_b", "var_a", "var_b", "cov_ab", "mu", "sigma", "P")
 

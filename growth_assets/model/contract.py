@@ -162,7 +162,10 @@ def check_target(target: Any) -> float:
     # a bool or a string is not a target, even where Python would convert it
     if isinstance(target, (bool, np.bool_)) or not isinstance(target, (int, float, np.integer, np.floating)):
         raise ContractError("target", "must be a number", target)
-    t = float(target)
+    try:
+        t = float(target)
+    except OverflowError:  # an int beyond a float's range (10**400)
+        raise ContractError("target", "must be finite", f"{str(target)[:20]}...") from None
     if not math.isfinite(t):
         raise ContractError("target", "must be finite", target)
     return t

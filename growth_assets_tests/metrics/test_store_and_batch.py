@@ -267,3 +267,64 @@ def test_a_batch_on_two_connections_reads_as_the_callers_session_does(conn, db_u
             conn.commit()
     assert {u: (a.path, a.P) for u, a in two.items()} == {u: ("stored", 0.7) for u in users}
     assert {u: (a.path, a.P) for u, a in one.items()} == {u: ("stored", 0.7) for u in users}
+
+
+# --- found by review (each failed before its fix) ---------------------------------------------
+
+def test_a_row_whose_kpis_is_json_null_is_merged_into_as_an_object(conn):
+    """A platform row whose kpis is the JSON value null (not SQL NULL) was merged into as
+    ``null || {...}``, which PostgreSQL makes an array: the P 'written' was never read back."""
+    store_run(conn)
+    conn.execute("INSERT INTO weekly_kpi (user_id, week_start, kpis) VALUES ('s00000', %s, 'null'::jsonb)", (WEEK,))
+    conn.commit()
+    a = store(conn, "s00000", WEEK, target=0.0)
+    conn.commit()
+    assert a.P is not None and a.path != "stored"
+    k = kpis(conn, "s00000")
+    assert isinstance(k, dict) and k["P"] == a.P, k
+    assert explain(conn, "s00000", target=0.0).path == "stored"
+
+
+def test_a_row_whose_kpis_is_not_an_object_is_refused_by_name_and_nothing_is_written(conn):
+    """Another non-object (an array, a number) is another writer's value, not to be replaced:
+    the merge names the user and the JSON type, and writes nothing."""
+    store_run(conn)
+    conn.execute("INSERT INTO weekly_kpi (user_id, week_start, kpis) VALUES ('s00001', %s, '[1, 2]'::jsonb)", (WEEK,))
+    conn.commit()
+    with pytest.raises(ContractError, match=r"weekly_kpi.kpis: must be a JSON object to merge P into \(user s00001,"
+                                            r" week 2026-11-23\), not a JSON array"):
+        merge_weekly_kpi(conn, [("s00000", 0.5, 0.1), ("s00001", 0.4, 0.1)], week_start=WEEK, target=0.0,
+                         p_week=P_WEEK, run_id=RUN, source="update", window_end=WEEK)
+    conn.rollback()
+    assert kpis(conn, "s00000") is None and kpis(conn, "s00001") == [1, 2]
+
+
+def test_p_writers_of_one_week_take_turns_whatever_the_sessions_datestyle(conn, db_url):
+    """The per-week lock's key was built from the date's text, which follows the session's
+    DateStyle: a writer on 'SQL, DMY' (a role's, a database's or PGOPTIONS' setting) took
+    another lock than one on ISO, and the two did not take turns."""
+    import psycopg
+
+    store_run(conn)
+    for style in ("ISO, MDY", "SQL, DMY"):
+        with psycopg.connect(db_url, autocommit=True) as a, \
+                psycopg.connect(db_url, autocommit=True, options=f"-c DateStyle={style.replace(' ', '')}") as b:
+            b.execute("SET lock_timeout = '300ms'")
+            with a.transaction():  # e.g. weekly_kpi_P's merge of the week, not committed yet
+                merge_weekly_kpi(a, [("s00001", 0.5, 0.1)], week_start=WEEK, target=0.0, p_week=P_WEEK,
+                                 run_id=RUN, source="native", window_end=WEEK)
+                with pytest.raises(psycopg.errors.LockNotAvailable):  # the other waits its turn
+                    with b.transaction():
+                        merge_weekly_kpi(b, [("s00000", 0.4, 0.1)], week_start=WEEK, target=0.0, p_week=P_WEEK,
+                                         run_id=RUN, source="update", window_end=WEEK)
+
+
+def test_a_target_beyond_a_floats_range_and_a_batch_of_none_name_their_field(conn):
+    """target=10**400 raised OverflowError, and a batch of None a TypeError."""
+    store_run(conn)
+    with pytest.raises(ContractError) as e:
+        explain(conn, "s00000", target=10**400)
+    assert e.value.field == "target"
+    with pytest.raises(ContractError) as e:
+        batch(conn, None, target=0.0)
+    assert e.value.field == "user_ids"
