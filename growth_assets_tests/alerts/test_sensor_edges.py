@@ -9,6 +9,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
+import pytest
 import dagster._grpc.client as grpc_client
 from dagster._core.test_utils import create_test_daemon_workspace_context, freeze_time
 from dagster._core.workspace.load_target import PythonFileTarget
@@ -138,3 +139,17 @@ def _sensor_ticks(tmp_path, monkeypatch, rx, n_runs, delay):
         print("posts per failed run:", per_run, "total", len(rx.posts))
         # each failed run is alerted once (README: "POSTs ... every failed run")
         assert all(v == 1 for v in per_run.values()), per_run
+
+
+def test_a_webhook_timeout_that_no_tick_budget_fits_is_refused_by_name():
+    """A POST starts only while its timeout fits in what is left of the tick's budget: with
+    timeout_secs >= tick_budget_secs none ever started, every alert waited in the cursor until
+    the queue dropped it (found by review). Such a configuration is now refused."""
+    import pydantic
+
+    from growth_assets.defs.alerts import AlertWebhook
+
+    with pytest.raises(pydantic.ValidationError, match=r"timeout_secs \(45.0\) must be less than tick_budget_secs"
+                                                        r" \(30.0\)"):
+        AlertWebhook(url="http://127.0.0.1:9/hook", timeout_secs=45.0)
+    assert AlertWebhook(url="http://127.0.0.1:9/hook", timeout_secs=29.0, tick_budget_secs=30.0).timeout_secs == 29.0

@@ -132,3 +132,27 @@ def test_the_publication_check_is_no_step_of_the_weekly_runs(defs):
     fit = _tick(defs, datetime(2026, 11, 23, 4, 30, tzinfo=timezone.utc))[0]
     names = {k.name for k in fit.asset_check_keys}
     assert "rhat_below_threshold" in names and "current_week_published" not in names
+
+
+def test_a_late_run_of_the_publication_tick_judges_the_ticks_week():
+    """A run of the Monday 2026-11-23 06:00 tick (launched late: the daemon's catch-up of missed
+    ticks, a queue, or re-executed from the UI later) must judge partition 2026-11-16 (the
+    week that closed at that Monday's 04:30). It judged the wall clock's week (found by
+    review); the tick now pins the check's as_of, as daily_kpi_schedule does."""
+    assert datetime.now(timezone.utc) > datetime(2026, 11, 30, 4, 30, tzinfo=timezone.utc)  # the probe's premise
+    defs = build_definitions(Settings.from_env({}))
+    from growth_assets.defs.growth.assets import weekly_kpi_P
+
+    sched = defs.resolve_schedule_def("weekly_p_published")
+    tick = datetime(2026, 11, 23, 6, 0, tzinfo=timezone.utc)
+    ctx = dg.build_schedule_context(scheduled_execution_time=tick, repository_def=defs.get_repository_def())
+    (req,) = sched.evaluate_tick(ctx).run_requests
+    job = defs.resolve_job_def("weekly_p_published_job")
+    with dg.instance_for_test() as instance:
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            asset_key=weekly_kpi_P.key, partition="2026-11-16",
+            metadata={"run_id": "native-20261123-043000", "written": True, "rows_written": 60}))
+        res = job.execute_in_process(instance=instance, run_config=req.run_config or {}, tags=req.tags)
+    (ev,) = res.get_asset_check_evaluations()
+    assert ev.metadata["partition"].value == "2026-11-16", (ev.metadata["partition"].value, ev.description)
+    assert ev.passed

@@ -18,7 +18,7 @@ from typing import Any
 
 import dagster as dg
 import httpx
-from pydantic import Field
+from pydantic import Field, model_validator
 
 MAX_PENDING = 200
 PAGE = 100
@@ -35,6 +35,15 @@ class AlertWebhook(dg.ConfigurableResource):
     # after tick. A POST starts only while its own timeout is left of this budget; the rest wait
     # in the cursor for the next tick
     tick_budget_secs: float = Field(30.0, gt=0, description="seconds of POSTs per sensor tick (< the daemon's 60)")
+
+    @model_validator(mode="after")
+    def _one_post_fits_a_tick(self) -> "AlertWebhook":
+        # a POST starts only while its timeout fits in what is left of the budget: with a timeout
+        # of the budget or more none ever started, and every alert waited until it was dropped
+        if self.timeout_secs >= self.tick_budget_secs:
+            raise ValueError(f"timeout_secs ({self.timeout_secs}) must be less than tick_budget_secs"
+                             f" ({self.tick_budget_secs}): no POST would fit in a tick")
+        return self
 
     def run_link(self, run_id: str) -> str | None:
         return f"{self.webserver_url.rstrip('/')}/runs/{run_id}" if self.webserver_url else None
