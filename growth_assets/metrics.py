@@ -443,13 +443,13 @@ def _send_posterior(session: psycopg.Connection, run_id: str, users: list[str]) 
 
 
 def _send_sums(session: psycopg.Connection, run: _Run, users: list[str],
-               score_range: tuple[float, float]) -> psycopg.Cursor:
+               score_range: tuple[float, float], as_of: datetime | None = None) -> psycopg.Cursor:
     """Per user (``_read_rows``): (n weeks, sum w, sum w^2, sum y, sum w y, weeks after the
     window) of the student-week scores since the run's window_start up to now, through the
     panel's own query (the same four sources in the same priority, or accuracy, as the run's
     panel; weeks after the window keep their calendar index w). For a run without population
     draws (``_line_paths``), or one whose record has no window_end."""
-    return _execute(session, _for(_sums_sql(run), users), _sums_params(session, run, users, score_range))
+    return _execute(session, _for(_sums_sql(run), users), _sums_params(session, run, users, score_range, as_of))
 
 
 _SUMS_OF = ("SELECT student_id, count(*), sum(w)::float8, sum(w * w)::float8, sum(score), sum(w * score),"
@@ -463,13 +463,29 @@ def _sums_sql(run: _Run) -> str:
     return _SUMS_OF.format(rows=f"SELECT student_id, week AS w, score FROM ({query}) q")
 
 
-def _sums_params(session: psycopg.Connection, run: _Run, users: list[str], score_range: tuple[float, float]) -> dict[str, Any]:
-    now = datetime.now(timezone.utc)
+def _sums_params(session: psycopg.Connection, run: _Run, users: list[str], score_range: tuple[float, float],
+                 as_of: datetime | None = None) -> dict[str, Any]:
+    now = _until(as_of)
     lookback = run.lookback_weeks
     return {"window_start": run.window_start, "window_end_run": run.window_end,
             "window_end": now.date() + timedelta(days=1), "now": now,
             "users": _ids(session, users), "score_lo": score_range[0], "score_hi": score_range[1], "run_id": run.run_id,
             "lookback": lookback if lookback is not None else 2**31 - 1}
+
+
+def _until(as_of: datetime | None) -> datetime:
+    """The instant the call's scores are read up to: ``as_of``, or now."""
+    return as_of if as_of is not None else datetime.now(timezone.utc)
+
+
+def _week_end(kpi_week: date | None) -> datetime | None:
+    """What a P for ``kpi_week``'s row may know: the scores up to that week's end (None: up to
+    now). A week that is over gets its P as of its end: a refresh re-run later wrote a later
+    week's scores (a theta of the week after) into it."""
+    if kpi_week is None:
+        return None
+    end = datetime.combine(kpi_week + timedelta(days=7), time(), timezone.utc) - timedelta(microseconds=1)
+    return end if end < datetime.now(timezone.utc) else None  # its last instant (a date: its Sunday)
 
 
 def _reads_key(run: _Run | None) -> tuple | None:
@@ -480,11 +496,11 @@ def _reads_key(run: _Run | None) -> tuple | None:
 
 
 def _send_run_reads(session: psycopg.Connection, run: _Run, users: list[str] | _Ids,
-                    score_range: tuple[float, float]) -> tuple:
+                    score_range: tuple[float, float], as_of: datetime | None = None) -> tuple:
     """The reads of a run with population draws, in one statement (``_run_reads_sql``): every
     user's sums since the window's start and the latest theta of those who have none (path
     3's read, before it is known to be needed: a statement less)."""
-    params = _sums_params(session, run, users, score_range)
+    params = _sums_params(session, run, users, score_range, as_of)
     return _execute(session, _for(_run_reads_sql(run.score_source or "theta"), users), params), True
 
 
@@ -618,13 +634,13 @@ def _horizon_index(run: _Run, horizon: date | None) -> int | None:
 LATEST_THETA_ORDER = ("fitted_at DESC NULLS LAST, (se > 0 AND se < 'Infinity') DESC NULLS LAST, se, theta,"
                       " model, version")
 _THETA_SQL = ("SELECT DISTINCT ON (user_id) user_id, theta, se FROM mirt_ability"
-              " WHERE user_id = ANY(%(users)s) AND theta IS NOT NULL AND fitted_at <= now()"
+              " WHERE user_id = ANY(%(users)s) AND theta IS NOT NULL AND fitted_at <= %(now)s::timestamptz"
               f" ORDER BY user_id, {LATEST_THETA_ORDER}")
 
 
-def _send_theta(session: psycopg.Connection, users: list[str]) -> psycopg.Cursor:
+def _send_theta(session: psycopg.Connection, users: list[str], as_of: datetime | None = None) -> psycopg.Cursor:
     """Per user (``_read_rows``): ``_THETA_SQL``'s (theta, se)."""
-    return _execute(session, _for(_THETA_SQL, users), {"users": _ids(session, users)})
+    return _execute(session, _for(_THETA_SQL, users), {"users": _ids(session, users), "now": _until(as_of)})
 
 
 # --- the mathematics ---------------------------------------------------------------------------
@@ -663,8 +679,9 @@ class _Reads:
     user), sent when the chain needs it, for the users still pending: a batch does not ask for
     what it will not use."""
 
-    def __init__(self, session: psycopg.Connection, users: list[str], score_range: tuple[float, float]) -> None:
-        self.session, self.users, self.score_range = session, users, score_range
+    def __init__(self, session: psycopg.Connection, users: list[str], score_range: tuple[float, float],
+                 as_of: datetime | None = None) -> None:
+        self.session, self.users, self.score_range, self.as_of = session, users, score_range, as_of
         self.run: _Run | None = None
         self._sums: dict[str, tuple] | None = None
         self._stored: dict[str, tuple] = {}
@@ -679,7 +696,7 @@ class _Reads:
     def sums_for(self, users: list[str]) -> dict[str, tuple]:
         if self._sums is not None:
             return self._sums
-        return _read_rows(_send_sums(self.session, self.run, users, self.score_range))
+        return _read_rows(_send_sums(self.session, self.run, users, self.score_range, self.as_of))
 
     def posterior(self, users: list[str]) -> dict[str, tuple]:
         return _read_rows(_send_posterior(self.session, self.run.run_id, users))
@@ -687,7 +704,7 @@ class _Reads:
     def theta(self, users: list[str]) -> dict[str, tuple]:
         if self._theta is not None and self._sums is not None and not any(u in self._sums for u in users):
             return self._theta
-        return _read_rows(_send_theta(self.session, users))
+        return _read_rows(_send_theta(self.session, users, self.as_of))
 
 
 @dataclass
@@ -717,7 +734,8 @@ def _start(session: psycopg.Connection, users: list[str], use_bayesian: bool, sc
     read in the same round trip is another, they are read again for it. The sums' statement
     also brings the latest theta of the users with no scores since the window (path 3's
     read)."""
-    reads = _Reads(session, users, score_range)
+    as_of = _week_end(kpi_week)
+    reads = _Reads(session, users, score_range, as_of)
     known = _Known(reads)
     if not use_bayesian:
         _execute(session, _CALL_CONFIG, config)
@@ -730,7 +748,7 @@ def _start(session: psycopg.Connection, users: list[str], use_bayesian: bool, sc
     # in the call's pipeline (``_reading``): sent together, one wait for all their rows
     runs_cur = _send_latest_runs(session, schema, config)
     stored_cur = _send_stored(session, ids, kpi_week)
-    guessed = _send_run_reads(session, guess, ids, score_range) if _reads_key(guess) else None
+    guessed = _send_run_reads(session, guess, ids, score_range, as_of) if _reads_key(guess) else None
     run, known.latest = _read_latest_runs(runs_cur)
     reads._stored = _read_stored(stored_cur)
     if guessed is not None:
@@ -741,10 +759,10 @@ def _start(session: psycopg.Connection, users: list[str], use_bayesian: bool, sc
         return known
     if _reads_key(run) is not None:
         if got is None or _reads_key(guess) != _reads_key(run):  # the guess was another run
-            got = _read_run_reads(_send_run_reads(session, run, ids, score_range))
+            got = _read_run_reads(_send_run_reads(session, run, ids, score_range, as_of))
         reads._sums, reads._theta = got
     elif run.window_start is not None:  # a run record without window_end: all from the sources
-        reads._sums = _read_rows(_send_sums(session, run, ids, score_range))
+        reads._sums = _read_rows(_send_sums(session, run, ids, score_range, as_of))
     return known
 
 
@@ -799,6 +817,7 @@ def _start_batch(session: psycopg.Connection, users: list[str], score_range: tup
     each connection has only one chunk ahead. A run without population draws reads its
     other paths as it goes (``_Reads``)."""
     key = (session.info.host, session.info.port, session.info.dbname, schema)
+    as_of = _week_end(kpi_week)
     base = _Known(None)
     runs_cur = _send_latest_runs(session, schema, config)
     # the snapshot, and the session's role and search_path (the call's: its schema first) for the
@@ -812,9 +831,9 @@ def _start_batch(session: psycopg.Connection, users: list[str], score_range: tup
         stored = _send_stored(conn, ids, kpi_week)
         sums = None
         if with_draws and _reads_key(run) is not None:
-            sums = _send_run_reads(conn, run, ids, score_range)
+            sums = _send_run_reads(conn, run, ids, score_range, as_of)
         elif with_draws and run.window_start is not None:  # a run record without window_end
-            sums = (_send_sums(conn, run, ids, score_range), False)
+            sums = (_send_sums(conn, run, ids, score_range, as_of), False)
         return chunk, stored, sums
 
     chunks = [users[i:i + BATCH_CHUNK_USERS] for i in range(0, len(users), BATCH_CHUNK_USERS)]
@@ -843,7 +862,7 @@ def _start_batch(session: psycopg.Connection, users: list[str], score_range: tup
             sums_rows = _received(sums[0]) if sums is not None else None
             if ids is not None:
                 sent[ahead] = send(conn, chunks[ahead], ids)
-            reads = _Reads(session, chunk, score_range)
+            reads = _Reads(session, chunk, score_range, as_of)
             reads.run = run
             reads._stored = _stored_rows(stored_rows())
             if sums_rows is not None:
@@ -1249,7 +1268,8 @@ def compute_goal_attainment_probabilities(
 ) -> dict[str, GoalAnswer]:
     """The batch form: ``{user_id: GoalAnswer}`` for many users, one query per path.
 
-    ``kpi_week``: read path 1 from that week's weekly_kpi row instead of each user's latest.
+    ``kpi_week``: read path 1 from that week's weekly_kpi row instead of each user's latest;
+    for a week that is over, P as of its end (the scores and thetas up to its last instant).
     Duplicates are answered once. Logs one INFO summary and each answer at DEBUG.
     """
     if isinstance(user_ids, (str, bytes)):

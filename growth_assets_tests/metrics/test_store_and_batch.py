@@ -328,3 +328,16 @@ def test_a_target_beyond_a_floats_range_and_a_batch_of_none_name_their_field(con
     with pytest.raises(ContractError) as e:
         batch(conn, None, target=0.0)
     assert e.value.field == "user_ids"
+
+
+def test_a_refresh_of_a_week_that_is_over_writes_that_weeks_normal_p(conn, monkeypatch):
+    """A re-executed tick of week W, run two weeks later, on the Normal path: the latest theta
+    up to now (one of the week after) was written into W's row, without a word (found by
+    review). A P for a week that is over is now that week's: scores up to its end."""
+    monkeypatch.setenv("METRICS_USE_BAYESIAN", "false")
+    add_theta(conn, "u1", 0.0, 0.5, datetime(2026, 11, 24, 9, tzinfo=timezone.utc))  # in WEEK
+    add_theta(conn, "u1", 1.0, 0.5, datetime(2026, 12, 1, 9, tzinfo=timezone.utc))  # the week after
+    refresh_active_users(conn, WEEK, target=0.0)
+    conn.commit()
+    assert kpis(conn, "u1", WEEK)["P"] == pytest.approx(norm.sf(0.0), abs=1e-9)  # WEEK's theta, not 1.0's
+    assert batch(conn, ["u1"], target=0.0)["u1"].P == pytest.approx(norm.sf(-2.0), abs=1e-9)  # today's: the later one

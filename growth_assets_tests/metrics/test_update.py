@@ -454,3 +454,30 @@ def test_draws_of_one_run_id_and_row_version_in_two_schemas_are_not_confused(db_
             answers[schema] = explain(c, "s00000", target=0.0)
     assert answers["growth"].path == answers["other"].path == "update"
     assert answers["other"].P > answers["growth"].P + 0.05, answers
+
+
+def test_an_update_for_a_week_that_is_over_folds_in_only_that_weeks_scores(db_url, monkeypatch):
+    """The update path read every score since the run's window up to now: a P for a week that
+    is over (a refresh of it re-run later, a batch with its kpi_week) moved with a score of a
+    later week (found by review). Now it folds in the scores up to the week's end."""
+    from dataclasses import replace
+
+    from growth_assets.metrics import compute_goal_attainment_probabilities as batch
+    from growth_assets_tests.support.results import make_result
+
+    monkeypatch.setenv("METRICS_USE_BAYESIAN", "true")
+    week = date(2026, 11, 23)
+    with connect(db_url) as c:
+        for w in (0, 5, 11):  # in the run's window
+            add_theta(c, "s00000", 0.1 * w, 0.2, datetime(2026, 8, 31, 9, tzinfo=timezone.utc) + timedelta(weeks=w))
+        store_fit(c, replace(make_result(3), population_draws=_draws(-1.0)))
+        add_theta(c, "s00000", 0.3, 0.2, datetime(2026, 11, 24, 9, tzinfo=timezone.utc))  # in the week
+        in_week = batch(c, ["s00000"], target=1.0, kpi_week=week)["s00000"]
+        add_theta(c, "s00000", 2.5, 0.2, datetime(2026, 12, 2, 9, tzinfo=timezone.utc))  # the week after
+        again = batch(c, ["s00000"], target=1.0, kpi_week=week)["s00000"]
+        today = batch(c, ["s00000"], target=1.0)["s00000"]
+        c.commit()
+    assert (in_week.path, in_week.n_new, again.path, again.n_new, today.path, today.n_new) == (
+        "update", 1, "update", 1, "update", 2)
+    assert (again.P, again.mu) == (in_week.P, in_week.mu) and today.mu > in_week.mu + 0.3
+    assert 0.05 < in_week.P < 0.95 and today.P > in_week.P + 0.3
