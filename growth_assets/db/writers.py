@@ -58,6 +58,9 @@ _MERGE_TAIL = """ON CONFLICT (user_id, week_start) DO UPDATE
                                 > (coalesce(n.fitted_at, '-infinity'), n.run_id))::text[]), false))"""
 
 
+WEEK_LOCK_CLASS = 0x67726F7A  # the first key of the P writers' per-week advisory lock (_merge_rows)
+
+
 def _merge_tail(schema: str | None) -> str:
     """``_MERGE_TAIL`` with the run records' table named in ``schema`` (default: the settings'
     ``GROWTH_DB_SCHEMA``): a caller's connection need not have it on its search_path."""
@@ -88,7 +91,13 @@ def _merge_rows(conn: psycopg.Connection, source: str, p: str, params: dict, sch
     week_has_rows = conn.execute(
         f"SELECT EXISTS (SELECT 1 FROM weekly_kpi w JOIN (SELECT user_id {source}) s USING (user_id)"
         " WHERE w.week_start = %(week_start)s)", params).fetchone()[0]
-    if week_has_rows:  # a kpis that is not an object: merged into, it became an array and P was lost
+    if not week_has_rows:
+        try:
+            with conn.transaction():  # a savepoint: only this INSERT goes if it fails
+                return conn.execute(insert, params).rowcount
+        except psycopg.errors.UniqueViolation:
+            pass
+    else:  # a kpis that is not an object: merged into, it became an array and P was lost
         odd = conn.execute(
             f"SELECT w.user_id, jsonb_typeof(w.kpis) FROM weekly_kpi w JOIN (SELECT user_id {source}) s USING (user_id)"
             " WHERE w.week_start = %(week_start)s AND jsonb_typeof(w.kpis) NOT IN ('object', 'null')"
@@ -96,15 +105,10 @@ def _merge_rows(conn: psycopg.Connection, source: str, p: str, params: dict, sch
         if odd is not None:
             raise ContractError("weekly_kpi.kpis", f"must be a JSON object to merge P into (user {odd[0]},"
                                 f" week {params['week_start']}), not a JSON {odd[1]}", odd[0])
-    if not week_has_rows:
-        try:
-            with conn.transaction():  # a savepoint: only this INSERT goes if it fails
-                return conn.execute(insert, params).rowcount
-        except psycopg.errors.UniqueViolation:
-            pass
     return conn.execute(f"{insert} {_merge_tail(schema)}", params).rowcount
+
+
 RUN_STATUSES = ("passed", "failed_checks")
-WEEK_LOCK_CLASS = 0x67726F7A  # the first key of the P writers' per-week advisory lock (_merge_rows)
 _COPY_CHUNK = 200_000  # students encoded at a time
 STUDENT_COLUMNS = ("user_id", "n_obs", "mean_a", "mean_b", "var_a", "var_b", "cov_ab", "mu", "sigma", "P")
 
