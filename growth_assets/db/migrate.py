@@ -8,8 +8,9 @@ when missing. A database migrated before there was a schema (the tables in ``pub
 them moved there, rows, keys and indexes with them (``ALTER TABLE ... SET SCHEMA``), before
 anything else runs.
 
-Each file runs in its own transaction under an advisory lock, so two processes migrating at
-once do not race. A file that changed after it was applied is an error (write a new one).
+The pending files run in one transaction (each in a savepoint of its own) under an advisory
+lock: two processes migrating at once do not race, and a file that fails leaves nothing of the
+run behind (MigrationError names it). A file that changed after it was applied is an error (write a new one).
 Version 0001 (which re-keyed and cleaned the platform's tables) is gone: a database that
 applied it keeps its record; a new one gets the same tables from ``source_tables``.
 """
@@ -165,11 +166,15 @@ def migrate(url_or_conn: str | psycopg.Connection, through: str | None = None, *
                         f"migration {version} changed after it was applied; add a new migration instead"
                     )
                 continue
-            with conn.transaction():
-                conn.execute(text)
-                conn.execute(
-                    "INSERT INTO growth_schema_migrations (version, checksum) VALUES (%s, %s)",
-                    (version, checksum),
-                )
+            try:
+                with conn.transaction():
+                    conn.execute(text)
+                    conn.execute(
+                        "INSERT INTO growth_schema_migrations (version, checksum) VALUES (%s, %s)",
+                        (version, checksum),
+                    )
+            except psycopg.Error as e:  # the whole run is rolled back: say which file stopped it
+                raise MigrationError(f"migration {version} failed ({type(e).__name__}: {' '.join(str(e).split())});"
+                                     " nothing of this run was applied") from e
             applied_now.append(version)
     return applied_now

@@ -409,3 +409,19 @@ def test_migrations_with_source_changes_at_once_take_turns(empty_db_url):
     assert not errors, errors
     with connect(empty_db_url) as c:
         assert source_tables.plan(c) == []
+
+
+def test_a_migration_that_fails_is_named_and_leaves_nothing_behind(empty_db_url, monkeypatch):
+    """A failing file's error was the database's alone: which of the pending files failed was
+    not said (found by review). Nothing of the run is applied, as before."""
+    import sys
+
+    m = sys.modules["growth_assets.db.migrate"]  # the package exports a function of that name
+    real = m.available()
+    broken = real[:3] + [(real[3][0], real[3][1] + "\nSELECT 1/0;")] + real[4:]
+    monkeypatch.setattr(m, "available", lambda: broken)
+    with pytest.raises(MigrationError, match=rf"migration {real[3][0]} failed \(DivisionByZero: division by zero\);"
+                                             " nothing of this run was applied"):
+        migrate(empty_db_url)
+    with psycopg.connect(empty_db_url) as c:
+        assert c.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'growth'").fetchone()[0] == 0
