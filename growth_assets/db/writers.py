@@ -96,15 +96,15 @@ def _merge_rows(conn: psycopg.Connection, source: str, p: str, params: dict, sch
             with conn.transaction():  # a savepoint: only this INSERT goes if it fails
                 return conn.execute(insert, params).rowcount
         except psycopg.errors.UniqueViolation:
-            pass
-    else:  # a kpis that is not an object: merged into, it became an array and P was lost
-        odd = conn.execute(
-            f"SELECT w.user_id, jsonb_typeof(w.kpis) FROM weekly_kpi w JOIN (SELECT user_id {source}) s USING (user_id)"
-            " WHERE w.week_start = %(week_start)s AND jsonb_typeof(w.kpis) NOT IN ('object', 'null')"
-            " ORDER BY 1 LIMIT 1", params).fetchone()
-        if odd is not None:
-            raise ContractError("weekly_kpi.kpis", f"must be a JSON object to merge P into (user {odd[0]},"
-                                f" week {params['week_start']}), not a JSON {odd[1]}", odd[0])
+            pass  # another writer's rows now: they are merged into below, as rows of the week are
+    # a kpis that is not an object: merged into, it became an array and P was lost
+    odd = conn.execute(
+        f"SELECT w.user_id, jsonb_typeof(w.kpis) FROM weekly_kpi w JOIN (SELECT user_id {source}) s USING (user_id)"
+        " WHERE w.week_start = %(week_start)s AND jsonb_typeof(w.kpis) NOT IN ('object', 'null')"
+        " ORDER BY 1 LIMIT 1", params).fetchone()
+    if odd is not None:
+        raise ContractError("weekly_kpi.kpis", f"must be a JSON object to merge P into (user {odd[0]},"
+                            f" week {params['week_start']}), not a JSON {odd[1]}", odd[0])
     return conn.execute(f"{insert} {_merge_tail(schema)}", params).rowcount
 
 

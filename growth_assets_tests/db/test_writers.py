@@ -406,3 +406,37 @@ def test_a_row_whose_kpis_is_null_gets_p(db_url):
         k = kpis(c, "u1")
     assert n == 1
     assert k is not None and k.get("P") == 0.7, k
+
+
+def test_a_non_object_kpis_another_writer_adds_during_a_new_weeks_insert_is_refused(db_url):
+    """The new week's INSERT falls back to the upsert when another writer's row appears
+    meanwhile; that fallback skipped the check of kpis that are not objects, and replaced such
+    a row's value."""
+    hold = threading.Event()
+
+    def writer():
+        with connect(db_url) as c:
+            c.execute("INSERT INTO weekly_kpi (user_id, week_start, kpis) VALUES ('u2', %s, '[7]')", (WEEK,))
+            hold.wait(10)
+            c.commit()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    time.sleep(0.3)  # u2's row exists now, uncommitted: the merge sees a new week
+    errors: list = []
+
+    def run_merge():
+        try:
+            with connect(db_url) as c:
+                merge(c, [("u1", 0.6, 0.3), ("u2", 0.2, 0.3)])
+        except ContractError as e:
+            errors.append(e)
+
+    m = threading.Thread(target=run_merge)
+    m.start()
+    time.sleep(0.3)
+    hold.set()
+    t.join(10), m.join(10)
+    assert errors and errors[0].field == "weekly_kpi.kpis" and "user u2" in str(errors[0]), errors
+    with connect(db_url) as c:
+        assert kpis(c, "u2") == [7] and kpis(c, "u1") is None
