@@ -133,6 +133,13 @@ DB_SCHEMA = "growth"
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
+def libpq_options(env: Mapping[str, str] | None = None) -> str:
+    """libpq's own ``PGOPTIONS`` (not a setting of the project's): libpq reads it only when a
+    connection string has no ``options``, and the project always writes some (its
+    search_path), so ``db.connection`` adds it back from here."""
+    return (os.environ if env is None else env).get("PGOPTIONS", "")
+
+
 def check_schema(value: str, name: str = "GROWTH_DB_SCHEMA") -> str:
     """The schema of the project's own tables: a plain lower-case SQL identifier, not one of
     PostgreSQL's own (pg_*, information_schema)."""

@@ -9,7 +9,6 @@ it asks for none), so the project's tables are found in their schema and the pla
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +17,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from ..settings import Settings, check_schema
+from ..settings import Settings, check_schema, libpq_options
 
 
 class DatabaseNotConfigured(RuntimeError):
@@ -67,7 +66,7 @@ def project_conninfo(url: str | None = None, schema: str | None = None, **kwargs
     extra = kwargs.pop("options", "")
     params.update(kwargs)
     # libpq reads PGOPTIONS only when the string has no options: writing ours must keep them
-    base = params["options"] if "options" in params else os.environ.get("PGOPTIONS", "")
+    base = params["options"] if "options" in params else libpq_options()
     params["options"] = with_schema_options(f"{base} {extra}".strip(), schema)
     # the project's text goes to and from the server as UTF-8 (binary COPY writes it so, the
     # panel's ids are read so); a database in another encoding converts it
