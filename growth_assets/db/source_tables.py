@@ -86,10 +86,11 @@ def _exists(conn: psycopg.Connection, table: str) -> bool:
     return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]
 
 
-def _columns(conn: psycopg.Connection, table: str) -> set[str]:
-    return {r[0] for r in conn.execute(
-        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
-        (table,)).fetchall()}
+def _columns(conn: psycopg.Connection, table: str) -> list[str]:
+    """The table's columns, in their order."""
+    return [r[0] for r in conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped"
+        " ORDER BY attnum", (table,)).fetchall()]
 
 
 def _q(name: str) -> str:
@@ -141,15 +142,9 @@ def _index_state(conn: psycopg.Connection, name: str) -> bool | None:
 def _dedupe(conn: psycopg.Connection, table: str) -> str:
     """The DELETE of a table's exact duplicate rows (every column the same, NULLs equal), the
     first of each kept: a hashable grouping, not a self-join (n^2 on a platform's table)."""
-    cols = ", ".join(_q(c) for c in _ordered_columns(conn, table))
+    cols = ", ".join(_q(c) for c in _columns(conn, table))
     return (f"DELETE FROM {_q(table)} WHERE ctid IN (SELECT ctid FROM (SELECT ctid, row_number() OVER"
             f" (PARTITION BY {cols} ORDER BY ctid) AS k FROM {_q(table)}) d WHERE k > 1)")
-
-
-def _ordered_columns(conn: psycopg.Connection, table: str) -> list[str]:
-    return [r[0] for r in conn.execute(
-        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped"
-        " ORDER BY attnum", (table,)).fetchall()]
 
 
 def plan(conn: psycopg.Connection, project_schema: str | None = None) -> list[Change]:
@@ -163,7 +158,8 @@ def plan(conn: psycopg.Connection, project_schema: str | None = None) -> list[Ch
             changes.append(Change(table, f"does not exist: create it (empty, in schema {schema})",
                                   (_create(table, schema),)))
             continue
-        missing = [c for c in cols if c not in _columns(conn, table)]
+        have = set(_columns(conn, table))
+        missing = [c for c in cols if c not in have]
         if missing:
             changes.append(Change(
                 table, f"lacks the column(s) {', '.join(missing)} the pipeline reads: add them (nullable)",
