@@ -1,10 +1,12 @@
 """The alert sensor at its edges (session 21's review: each test failed on the code before its
 fix): an earlier release's cursor, a full queue, the publication check's partition, and a tick
-that would outlast the daemon's time limit."""
+that would outlast the daemon's time limit; session 23's: a webhook that answers a byte at a time."""
 
 import json
 import logging
+import socket
 import textwrap
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -153,3 +155,56 @@ def test_a_webhook_timeout_that_no_tick_budget_fits_is_refused_by_name():
                                                         r" \(30.0\)"):
         AlertWebhook(url="http://127.0.0.1:9/hook", timeout_secs=45.0)
     assert AlertWebhook(url="http://127.0.0.1:9/hook", timeout_secs=29.0, tick_budget_secs=30.0).timeout_secs == 29.0
+
+
+class _Trickle:
+    """A webhook that answers 200, one byte every ``gap`` seconds: each read returns within the
+    POST's timeout, so httpx's per-operation timeouts never fire."""
+
+    def __init__(self, gap: float = 0.3):
+        self.gap = gap
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(16)
+        self.url = f"http://127.0.0.1:{self.srv.getsockname()[1]}/hook"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                c, _ = self.srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(c,), daemon=True).start()
+
+    def _answer(self, c):
+        try:
+            c.recv(65536)
+            for b in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok":
+                c.sendall(bytes([b]))
+                time.sleep(self.gap)
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+
+def test_a_trickling_webhook_cannot_stretch_a_tick_past_its_budget():
+    """README: "A tick posts for at most 30 s (AlertWebhook.tick_budget_secs; Dagster's daemon
+    cuts a sensor off at 60 s and keeps its old cursor)". The budget assumes a POST ends within
+    timeout_secs, but httpx's timeout is per connect/read/write operation: a webhook that answers
+    slowly but steadily holds one POST far past it, the daemon cuts the tick off, and every alert
+    of that tick is sent again on the next."""
+    hook = _Trickle(gap=0.3)  # ~40 bytes: ~12 s for one POST whose timeout is 1 s
+    wh = AlertWebhook(url=hook.url, timeout_secs=1.0, tick_budget_secs=2.0)
+    with dg.instance_for_test() as instance:
+        ctx = dg.build_sensor_context(instance=instance, cursor=None, resources={"alert_webhook": wh})
+        failure_alerts(ctx)  # first tick: starts from now
+        state = json.loads(ctx.cursor)
+        state["pending"] = [{"text": f"queued {i}", "kind": "run_failed", "run_id": f"r{i}"} for i in range(3)]
+        ctx = dg.build_sensor_context(instance=instance, cursor=json.dumps(state), resources={"alert_webhook": wh})
+        t0 = time.monotonic()
+        failure_alerts(ctx)
+        took = time.monotonic() - t0
+    hook.srv.close()
+    assert took <= wh.tick_budget_secs + 1.0, f"the tick took {took:.1f} s against a budget of {wh.tick_budget_secs} s"

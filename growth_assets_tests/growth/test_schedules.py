@@ -5,6 +5,7 @@ import pytest
 
 from growth_assets.defs import build_definitions
 from growth_assets.settings import Settings
+from growth_assets_tests.support.graph import failure_text
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +157,16 @@ def test_a_late_run_of_the_publication_tick_judges_the_ticks_week():
     (ev,) = res.get_asset_check_evaluations()
     assert ev.metadata["partition"].value == "2026-11-16", (ev.metadata["partition"].value, ev.description)
     assert ev.passed
+
+
+def test_a_bad_as_of_of_the_publication_check_is_refused_naming_the_field_and_value():
+    """The same for the publication check's as_of (weekly_p_published_job, launchpad):
+    "2026-11-31T06:00" failed with "day is out of range for month" alone."""
+    job = build_definitions(Settings.from_env({})).resolve_job_def("weekly_p_published_job")
+    op = next(iter(job.graph.node_dict))
+    with dg.instance_for_test() as instance:
+        res = job.execute_in_process(instance=instance, raise_on_error=False,
+                                     run_config={"ops": {op: {"config": {"as_of": "2026-11-31T06:00"}}}})
+    assert not res.success
+    text = failure_text(res)
+    assert "as_of" in text and "2026-11-31T06:00" in text, text

@@ -8,9 +8,10 @@ from growth_assets.db import connect
 from growth_assets.defs import build_definitions
 from growth_assets.defs.growth import weekly_assets
 from growth_assets.defs.kpi import daily_kpi_P
+from growth_assets.defs.resources import GrowthSettings, PostgresResource
 from growth_assets.demo.cohort import seed_cohort
 from growth_assets.settings import Settings
-from growth_assets_tests.support.graph import AS_OF, PARTITION, ReplayEngine, resources
+from growth_assets_tests.support.graph import AS_OF, PARTITION, ReplayEngine, failure_text, resources
 
 
 def test_the_daily_refresh_ticks_at_0210_utc_monday_to_friday_only():
@@ -133,3 +134,20 @@ def test_a_refresh_of_a_week_before_the_latest_runs_window_is_refused_and_the_ba
         ends = {x for (x,) in c.execute("SELECT DISTINCT kpis->>'P_window_end' FROM weekly_kpi"
                                         " WHERE week_start = %s AND kpis ? 'P'", (date(2026, 11, 16),))}
     assert ends == {"2026-11-16"}, ends
+
+
+def _daily_run(as_of: str):
+    return dg.materialize(
+        [daily_kpi_P], raise_on_error=False,
+        resources={"postgres": PostgresResource(database_url="postgresql://u@127.0.0.1:9/x"),
+                   "growth": GrowthSettings()},
+        run_config={"ops": {"daily_kpi_P": {"config": {"as_of": as_of}}}})
+
+
+def test_a_bad_as_of_of_the_daily_refresh_is_refused_naming_the_field_and_value():
+    """Bad input gets a clear error naming the field and the value: the launchpad's as_of
+    "2026-13-01" failed with Python's "month must be in 1..12" alone."""
+    res = _daily_run("2026-13-01")
+    assert not res.success
+    text = failure_text(res)
+    assert "as_of" in text and "2026-13-01" in text, text

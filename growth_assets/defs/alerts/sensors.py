@@ -11,6 +11,7 @@ failures are not replayed. With ``ALERT_WEBHOOK_URL`` unset the sensor skips, sa
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -49,11 +50,26 @@ class AlertWebhook(dg.ConfigurableResource):
         return f"{self.webserver_url.rstrip('/')}/runs/{run_id}" if self.webserver_url else None
 
     def post(self, payload: dict[str, Any]) -> None:
-        """POST one alert; raises on a connection error or a non-2xx answer. The URL is taken
-        without the whitespace around it (a secret made from a file ends in a newline)."""
+        """POST one alert; raises on a connection error, a non-2xx answer, or when the whole
+        request takes more than ``timeout_secs``. The URL is taken without the whitespace
+        around it (a secret made from a file ends in a newline).
+
+        httpx's timeouts bound each connect, read and write on its own: a webhook (or a proxy)
+        that answers a byte at a time held one POST for as long as it liked, the tick ran past
+        the daemon's limit, and the daemon, keeping the old cursor, sent that tick's alerts
+        again on every tick. The request is therefore cancelled at ``timeout_secs`` as a whole
+        (httpx has no such timeout of its own: asyncio's ``wait_for`` around its async client)."""
         timeout = httpx.Timeout(self.timeout_secs, connect=min(5.0, self.timeout_secs))
-        r = httpx.post(self.url.strip(), json=payload, timeout=timeout)
-        r.raise_for_status()
+
+        async def send() -> None:
+            async with httpx.AsyncClient(timeout=timeout) as client:
+                r = await client.post(self.url.strip(), json=payload)
+                r.raise_for_status()
+
+        try:
+            asyncio.run(asyncio.wait_for(send(), self.timeout_secs))
+        except TimeoutError:
+            raise httpx.TimeoutException(f"the webhook did not answer within {self.timeout_secs} s") from None
 
 
 def _json_value(v: Any) -> Any:

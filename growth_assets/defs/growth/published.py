@@ -11,12 +11,24 @@ like any other failed check.
 from datetime import datetime, timezone
 
 import dagster as dg
+from pydantic import field_validator
 
 from .assets import CURRENT_WEEK_PUBLISHED, weekly_kpi_P, weekly_partitions
 
 
 class PublishedCheckConfig(dg.Config):
     as_of: str | None = None  # an ISO instant (UTC if it names no zone); default: now
+
+    @field_validator("as_of")
+    @classmethod
+    def _iso_instant(cls, v: str | None) -> str | None:
+        # a mistyped instant from the launchpad is refused by name and value
+        if v is not None:
+            try:
+                datetime.fromisoformat(v)
+            except ValueError as e:
+                raise ValueError(f"as_of={v!r} is not an ISO instant (YYYY-MM-DDTHH:MM, UTC if no zone): {e}") from None
+        return v
 
 
 @dg.asset_check(asset=weekly_kpi_P, name=CURRENT_WEEK_PUBLISHED,

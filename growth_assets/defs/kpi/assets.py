@@ -3,6 +3,7 @@
 from datetime import date, datetime, timedelta, timezone
 
 import dagster as dg
+from pydantic import field_validator
 
 from ...metrics import PATHS, refresh_active_users
 from ...model.window import monday_of
@@ -16,6 +17,18 @@ daily_freshness = dg.FreshnessPolicy.cron(deadline_cron="0 3 * * 1-5", lower_bou
 
 class DailyRefreshConfig(dg.Config):
     as_of: str | None = None  # ISO date; default: today (UTC)
+
+    @field_validator("as_of")
+    @classmethod
+    def _iso_date(cls, v: str | None) -> str | None:
+        # a mistyped date from the launchpad is refused by name and value, not with Python's
+        # "month must be in 1..12"
+        if v is not None:
+            try:
+                date.fromisoformat(v)
+            except ValueError as e:
+                raise ValueError(f"as_of={v!r} is not an ISO date (YYYY-MM-DD): {e}") from None
+        return v
 
 
 @dg.asset(group_name="kpi", kinds={"postgres"}, freshness_policy=daily_freshness,
