@@ -16,7 +16,7 @@ from growth_assets.db import connect
 from growth_assets.defs import build_definitions
 from growth_assets.defs.growth import weekly_assets
 from growth_assets.settings import Settings
-from growth_assets_tests.support.graph import PARTITION, ReplayEngine, failure_text, resources, seed_db
+from growth_assets_tests.support.graph import NO_DATABASE, PARTITION, ReplayEngine, failure_text, resources, seed_db
 
 
 def _count(url, sql, *args):
@@ -159,7 +159,8 @@ def test_with_horizon_zero_the_tick_does_not_backtest_the_partition_it_is_fittin
     s = defs.resolve_schedule_def("fit_bayesian_growth")
     ctx = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 23, 4, 30, tzinfo=timezone.utc),
                                     repository_def=defs.get_repository_def(),
-                                    resources={"growth": defs.resources["growth"]})
+                                    # the runs unreadable: the tick follows the horizon setting
+                                    resources={"growth": defs.resources["growth"], "postgres": NO_DATABASE})
     reqs = s.evaluate_tick(ctx).run_requests
     fit = reqs[0]
     concurrent = [r for r in reqs[1:] if r.partition_key == fit.partition_key]
@@ -180,6 +181,10 @@ def test_inverted_backtest_thresholds_are_refused():
 
     with pytest.raises(Exception, match="coverage_90_low"):
         BacktestThresholds(coverage_90_low=0.95, coverage_90_high=0.85)
+    # the Brier skill is at most 1 and the check passes above the threshold: 1 could never pass
+    with pytest.raises(Exception, match="min_brier_skill"):
+        BacktestThresholds(min_brier_skill=1.0)
+    assert BacktestThresholds(min_brier_skill=0.99).min_brier_skill == 0.99
     with pytest.raises(Exception, match="rhat_error"):
         DiagnosticThresholds(rhat_error=1.005)
     with pytest.raises(Exception, match="ess_error"):

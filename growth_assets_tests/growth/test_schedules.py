@@ -1,11 +1,15 @@
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 
 import dagster as dg
 import pytest
 
+from growth_assets.db import connect
 from growth_assets.defs import build_definitions
+from growth_assets.defs.growth import weekly_assets
+from growth_assets.defs.resources import PostgresResource
+from growth_assets.demo.cohort import seed_cohort
 from growth_assets.settings import Settings
-from growth_assets_tests.support.graph import failure_text
+from growth_assets_tests.support.graph import AS_OF, NO_DATABASE, ReplayEngine, failure_text, resources
 
 
 @pytest.fixture(scope="module")
@@ -13,17 +17,18 @@ def defs():
     return build_definitions(Settings.from_env({}))
 
 
-def _tick(defs, when: datetime):
+def _tick(defs, when: datetime, postgres: PostgresResource = NO_DATABASE):
     s = defs.resolve_schedule_def("fit_bayesian_growth")
     ctx = dg.build_schedule_context(scheduled_execution_time=when, repository_def=defs.get_repository_def(),
-                                    resources={"growth": defs.resources["growth"]})
+                                    resources={"growth": defs.resources["growth"], "postgres": postgres})
     return s.evaluate_tick(ctx).run_requests
 
 
 WEEKLY = {"weekly_scores", "brms_posterior", "growth_brms_meta", "weekly_kpi_P"}
 
 
-def test_monday_tick_runs_the_week_that_just_closed_and_scores_the_run_whose_horizon_it_was(defs):
+def test_monday_tick_runs_the_week_that_just_closed_and_scores_the_run_whose_horizon_it_was(defs, caplog):
+    """With the runs unreadable (no database answers), the partition today's horizon points to."""
     s = defs.resolve_schedule_def("fit_bayesian_growth")
     assert s.cron_schedule == "30 4 * * 1" and s.execution_timezone == "UTC"
     assert s.job_name == "monday_job"
@@ -37,9 +42,33 @@ def test_monday_tick_runs_the_week_that_just_closed_and_scores_the_run_whose_hor
     assert "growth/fit" not in backtest.tags
     nxt = _tick(defs, datetime(2026, 11, 30, 4, 30, tzinfo=timezone.utc))
     assert [r.partition_key for r in nxt] == ["2026-11-23", "2026-10-26"]
+    assert "could not be read (OperationalError)" in caplog.text and "BRMS_HORIZON_WEEKS=4" in caplog.text
 
 
-def test_the_backtest_follows_the_horizon_setting():
+def test_a_P_published_under_another_horizon_setting_is_scored_when_its_week_closes(db_url):
+    """Spec §10: every published P is scored when its week arrives. The tick chose the partition
+    to score from today's BRMS_HORIZON_WEEKS: a partition fitted when the horizon was 6 (its P
+    for the week of 2026-11-16) was never scored once the setting was 4 again, and the tick of
+    2026-11-23 scored 2026-10-19 instead, whose run has no P for that week. The stored runs'
+    own horizons now say which partitions to score."""
+    with connect(db_url) as conn:
+        seed_cohort(conn, 60, 20, seed=5, as_of=AS_OF)
+    fitted = resources(db_url, engine=ReplayEngine(), horizon_weeks=6)
+    r = dg.materialize(weekly_assets, partition_key="2026-10-05", resources=fitted)
+    assert r.success, failure_text(r)
+    with connect(db_url) as c:
+        ws, h = c.execute("SELECT window_start, horizon_week FROM growth_brms_meta"
+                          " WHERE partition_key = '2026-10-05'").fetchone()
+    assert ws + timedelta(weeks=h) == date(2026, 11, 16)  # its P_week
+    defs = build_definitions(Settings.from_env({"BRMS_HORIZON_WEEKS": "4"}))
+    backtests = {day: [q.partition_key for q in _tick(defs, datetime(2026, 11, day, 4, 30, tzinfo=timezone.utc),
+                                                      fitted["postgres"])[1:]]
+                 for day in (16, 23, 30)}
+    # only the tick after the week of 2026-11-16, and only the partition with a P for it
+    assert backtests == {16: [], 23: ["2026-10-05"], 30: []}
+
+
+def test_without_the_runs_the_backtest_follows_the_horizon_setting():
     defs = build_definitions(Settings.from_env({"BRMS_HORIZON_WEEKS": "2"}))
     assert [r.partition_key for r in _tick(defs, datetime(2026, 11, 23, 4, 30, tzinfo=timezone.utc))] == [
         "2026-11-16", "2026-11-02"]

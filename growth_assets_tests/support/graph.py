@@ -11,6 +11,9 @@ from growth_assets.defs.resources import GrowthEngineResource, GrowthSettings, P
 from growth_assets.model.contract import priors
 from growth_assets_tests.support.results import make_result
 
+# a database that does not answer (nothing listens on port 9): what a tick does without it
+NO_DATABASE = PostgresResource(database_url="postgresql://u@127.0.0.1:9/x")
+
 AS_OF = date(2026, 11, 23)
 PARTITION = "2026-11-16"  # the week that closed before AS_OF
 

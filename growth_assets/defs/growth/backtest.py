@@ -39,8 +39,10 @@ class BacktestThresholds(dg.ConfigurableResource):
 
     coverage_90_low: float = Field(0.85, ge=0, le=1, description="WARN below this 90 % predictive coverage")
     coverage_90_high: float = Field(0.95, ge=0, le=1, description="WARN above this 90 % predictive coverage")
-    min_brier_skill: float = Field(0.0, le=1, description="WARN unless the Brier skill against the Normal "
-                                                           "baseline is above this")
+    # the skill 1 - Brier_model / Brier_baseline is at most 1, and the check passes above this:
+    # at 1 it could never pass (and WARNed, and alerted, every week)
+    min_brier_skill: float = Field(0.0, lt=1, description="WARN unless the Brier skill against the Normal "
+                                                           "baseline is above this (< 1)")
 
     @model_validator(mode="after")
     def _low_below_high(self) -> "BacktestThresholds":
