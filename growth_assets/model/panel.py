@@ -19,6 +19,26 @@ from .contract import PANEL_COLUMNS, PanelError, prior_scales
 MAX_WEEK = 2**31 - 1  # int4, as growth_panel stores weeks
 
 
+def _is_number_text(v: object) -> bool:
+    try:
+        float(str(v))
+    except ValueError:
+        return False
+    return True
+
+
+def _numeric(df: pd.DataFrame, col: str) -> np.ndarray:
+    """Column ``col`` as float64; a cell that is no number (a CSV's "12,5", "n/a") is a PanelError
+    naming the cell as written: coerced first, it was reported as nan, which the file never said."""
+    raw = df[col]
+    num = pd.to_numeric(raw, errors="coerce")
+    unread = np.flatnonzero(num.isna().to_numpy() & raw.notna().to_numpy())
+    bad = np.array([i for i in unread if not _is_number_text(raw.iloc[i])], dtype=np.int64)
+    if bad.size:
+        raise PanelError(col, f"must be a number (rows {_shown(None, bad)})", raw.iloc[bad[0]])
+    return num.to_numpy(dtype=np.float64)
+
+
 def _shown(ids: np.ndarray, rows: np.ndarray, limit: int = 5) -> str:
     return ", ".join(str(int(r)) for r in rows[:limit]) + (" …" if rows.size > limit else "")
 
@@ -167,6 +187,5 @@ class Panel:
             rows = np.flatnonzero(null)
             raise PanelError("student_id", f"missing or empty id (rows {_shown(None, rows)})", int(null.sum()))
         codes, uniques = pd.factorize(sid.astype(str), sort=True)
-        week = pd.to_numeric(df["week"], errors="coerce").to_numpy(dtype=np.float64)
-        score = pd.to_numeric(df["score"], errors="coerce").to_numpy(dtype=np.float64)
+        week, score = _numeric(df, "week"), _numeric(df, "score")
         return cls.from_columns(np.asarray(uniques, dtype=object), codes, week, score, **checks)
