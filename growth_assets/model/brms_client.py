@@ -11,8 +11,9 @@ cannot start a second copy of a fit:
 
 All attempts of one fit share one deadline, ``R_BRMS_TIMEOUT_SECS``: a retry reads for at
 most the time left, and an answer must arrive whole by then (``_post_within``: a body that
-trickles in is cut off), so a fit never takes longer than that. (Headers sent a byte at a time
-are bounded only by the read timeout of each byte: httpx reads them in one call.) Never on other 4xx/5xx answers: those are errors, raised with the service's JSON message
+trickles in, or is sent late, is cut off at the deadline), so a fit never takes longer than
+that. (Headers sent a byte at a time are bounded only by the read timeout of each byte: httpx
+reads them in one call.) Never on other 4xx/5xx answers: those are errors, raised with the service's JSON message
 (``error``, ``field``, ``detail``). A 200 answer is parsed into a ``FitResult`` (spec §8): a missing key, or an array where a
 number belongs, is a FitResultError naming the key; ``result.fit_panel`` then checks it
 against the request (the same students, target, horizon and counts).
@@ -22,8 +23,11 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import threading
 import time
 import uuid
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -66,22 +70,59 @@ class BrmsServiceError(RuntimeError):
         self.status, self.error, self.field, self.detail = status, error, field, detail
 
 
+def shown_url(url: str) -> str:
+    """``url`` as errors and logs show it: without a ``user:password@`` part."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<the R_BRMS_BASE_URL>"
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl() if "@" in parts.netloc else url
+
+
+def _cut_off(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns at once
+    except OSError:
+        pass  # closed already
+
+
 def _post_within(client: httpx.Client, body: bytes, headers: dict[str, str], deadline: float,
                  timeout: httpx.Timeout) -> httpx.Response:
     """POST /growth/fit with its answer read whole by ``deadline`` (time.monotonic()): httpx's
-    read timeout bounds each read, not the answer, and a body that trickled in (a chunk every
-    half second) took any time at all. Late: httpx's ReadTimeout, as a read that timed out."""
+    read timeout bounds each read, not the answer, so a body that trickled in (a chunk every
+    half second) took any time at all, and one sent whole but late got the read timeout of
+    the attempt's start again, after headers that came just before the deadline (a fit of
+    twice its deadline). The connection is shut at the deadline (httpx's ``network_stream``
+    extension gives its socket). Late: httpx's ReadTimeout, as a read that timed out."""
     req = client.build_request("POST", "/growth/fit", content=body, headers=headers, timeout=timeout)
     resp = client.send(req, stream=True)
+    stream = resp.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    timer = None
+    if sock is not None:
+        timer = threading.Timer(max(deadline - time.monotonic(), 0.0), _cut_off, (sock,))
+        timer.daemon = True
+        timer.start()
     try:
         chunks = []
         for chunk in resp.iter_raw():  # as sent (gzip too): the Response below decodes it once
             chunks.append(chunk)
             if time.monotonic() > deadline:
                 raise httpx.ReadTimeout("the answer did not arrive whole within the fit's deadline", request=req)
+    except httpx.TransportError:
+        if time.monotonic() >= deadline:  # the read the deadline cut off
+            raise httpx.ReadTimeout("the answer did not arrive whole within the fit's deadline",
+                                    request=req) from None
+        raise
     finally:
+        if timer is not None:
+            timer.cancel()
         resp.close()
-    return httpx.Response(resp.status_code, headers=resp.headers, content=b"".join(chunks), request=req)
+    try:
+        return httpx.Response(resp.status_code, headers=resp.headers, content=b"".join(chunks), request=req)
+    except httpx.DecodingError as e:  # a body its Content-Encoding does not decode: a malformed answer
+        raise FitResultError("<body>", f"the response body could not be decoded ({e})",
+                             resp.headers.get("content-encoding")) from None
 
 
 class BrmsClient:
@@ -95,11 +136,17 @@ class BrmsClient:
         if not base_url:
             raise ValueError("R_BRMS_BASE_URL: must be set")
         self.base_url = base_url.rstrip("/")
+        self.shown_url = shown_url(self.base_url)  # for errors and logs: no credentials
         if not timeout_secs > 0:
             raise ValueError(f"R_BRMS_TIMEOUT_SECS: must be > 0 (got {timeout_secs!r})")
         self.timeout_secs = float(timeout_secs)
         self.connect_timeout_secs = float(connect_timeout_secs)
         self.timeout = httpx.Timeout(timeout_secs, connect=connect_timeout_secs)
+        # a token from a Secret file ends in a newline (the service trims it too); one that is
+        # no printable ASCII cannot be a header, and h11's refusal quoted it whole
+        token = token.strip() if token else None
+        if token and not (token.isascii() and token.isprintable()):
+            raise ValueError("R_BRMS_INTERNAL_TOKEN: must be printable ASCII (its value is not shown)")
         self.token = token
         self.max_retries = max_retries
         self.backoff_secs = backoff_secs
@@ -156,14 +203,14 @@ class BrmsClient:
                     resp = _post_within(client, body, headers, deadline, httpx.Timeout(
                         max(left, 0.001), connect=min(self.connect_timeout_secs, max(left, 0.001))))
                 except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-                    reason = f"could not connect to {self.base_url} ({type(e).__name__})"
+                    reason = f"could not connect to {self.shown_url} ({type(e).__name__})"
                 except (httpx.ReadTimeout, httpx.RemoteProtocolError, httpx.ReadError,
                         httpx.WriteError, httpx.WriteTimeout, httpx.PoolTimeout) as e:
-                    reason = f"no answer from {self.base_url} ({type(e).__name__}); the fit may still run"
+                    reason = f"no answer from {self.shown_url} ({type(e).__name__}); the fit may still run"
                 else:
                     if resp.status_code not in RETRY_STATUSES + (429,):
                         return self._result(resp, settings)
-                    reason = f"{self.base_url} answered {resp.status_code}"
+                    reason = f"{self.shown_url} answered {resp.status_code}"
                     retry_after = _retry_after(resp.headers.get("Retry-After"))
                     if resp.status_code == 429 and retry_after is None:
                         retry_after = self.backoff_secs

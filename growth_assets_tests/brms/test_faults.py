@@ -3,7 +3,10 @@
 And the real service killed in the middle of a fit of the real graph.
 """
 
+import gzip
 import json
+import logging
+import socket
 import threading
 import time
 
@@ -173,3 +176,138 @@ def test_the_service_killed_mid_fit_fails_the_asset_and_stores_nothing(seeded, t
     text = failure_text(res)
     assert "brms service" in text and "gave up after 3 attempts" in text
     assert nothing_written(seeded)
+
+
+# --- session 23's review: secrets, a malformed encoding, the deadline ----------------------------
+
+SECRET = "s3cr3t-TOKEN-value"
+
+
+# --- secrets --------------------------------------------------------------------------------------
+
+def test_a_token_with_a_trailing_newline_is_sent_without_it(fake):
+    """A token read from a Secret file often ends in a newline. The CLI's Settings strip it, the
+    R service trims it, but the client put it in the header as is: h11 refused the header, and
+    its message, the run's failure, quoted the whole header value, the token."""
+    f = fake((200, json.dumps(valid_body()).encode(), 0))
+    assert BrmsClient(f.url, token=SECRET + "\n", max_retries=0).fit(PANEL, SETTINGS).engine == "brms"
+    assert f.requests[0]["X-Internal-Token"] == SECRET
+    assert f.requests[0]["Authorization"] == f"Bearer {SECRET}"
+
+
+def test_a_token_that_cannot_be_a_header_is_refused_without_showing_it():
+    with pytest.raises(ValueError, match="R_BRMS_INTERNAL_TOKEN") as e:
+        BrmsClient("http://127.0.0.1:9", token=SECRET + "\u00e9")
+    assert SECRET not in str(e.value)
+
+
+def test_the_deployed_resource_hands_the_raw_token_to_the_client(fake, monkeypatch):
+    """resources_from_settings passes dg.EnvVar("R_BRMS_INTERNAL_TOKEN") (unstripped), not the
+    Settings' stripped value: the same environment worked with `growth-assets fit` and failed
+    under Dagster, with the token in the run's failure (event log, UI)."""
+    from growth_assets.defs.resources import resources_from_settings
+    from growth_assets.settings import Settings
+
+    f = fake((200, json.dumps(valid_body()).encode(), 0))
+    monkeypatch.setenv("R_BRMS_BASE_URL", f.url)
+    monkeypatch.setenv("R_BRMS_INTERNAL_TOKEN", SECRET + "\n")
+    monkeypatch.setenv("GROWTH_ENGINE", "brms")
+    s = Settings.from_env()
+    assert s.r_brms_internal_token == SECRET  # the settings strip it
+    res = resources_from_settings(s)["engine"]
+    with dg.build_resources({"engine": res}) as r:
+        engine = r.engine.get_engine()
+    try:
+        engine.fit(PANEL, SETTINGS)
+    except Exception as e:  # noqa: BLE001
+        assert SECRET not in str(e), f"{type(e).__name__}: {e}"
+        raise
+    assert f.requests[0]["X-Internal-Token"] == SECRET
+
+
+def test_url_credentials_are_not_shown_in_errors_or_logs(caplog):
+    from growth_assets.db.localpg import free_port
+
+    url = f"http://svc:{SECRET}@127.0.0.1:{free_port()}"
+    with caplog.at_level(logging.WARNING), pytest.raises(BrmsServiceError) as e:
+        BrmsClient(url, max_retries=1, backoff_secs=0.01).fit(PANEL, SETTINGS)
+    assert SECRET not in str(e.value), str(e.value)
+    assert SECRET not in caplog.text, caplog.text
+
+
+# --- malformed answers ------------------------------------------------------------------------------
+
+def test_a_corrupt_gzip_answer_is_a_fit_result_error(fake):
+    """A 200 whose gzip body is corrupt is a malformed answer like a truncated one
+    ("not valid JSON", FitResultError); it escaped as httpx.DecodingError."""
+    f = fake((200, b"this is not gzip at all", 0, {"Content-Encoding": "gzip"}))
+    with pytest.raises(FitResultError, match="could not be decoded"):
+        BrmsClient(f.url, max_retries=0).fit(PANEL, SETTINGS)
+
+
+def test_a_gzip_answer_is_accepted(fake):  # control: the encoded path itself works
+    f = fake((200, gzip.compress(json.dumps(valid_body()).encode()), 0, {"Content-Encoding": "gzip"}))
+    assert BrmsClient(f.url, max_retries=0).fit(PANEL, SETTINGS).engine == "brms"
+
+
+# --- the deadline ------------------------------------------------------------------------------------
+
+class _SlowBody:
+    """Reads the request, sends the headers after ``head_s``, the body ``body_s`` later."""
+
+    def __init__(self, head_s: float, body_s: float, body: bytes):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.head_s, self.body_s, self.body = head_s, body_s, body
+        self.conns = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+            threading.Thread(target=self._one, args=(c,), daemon=True).start()
+
+    def _one(self, c):
+        try:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += c.recv(65536)
+            head, _, rest = data.partition(b"\r\n\r\n")
+            n = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                     if line.lower().startswith(b"content-length:"))
+            while len(rest) < n:
+                rest += c.recv(65536)
+            time.sleep(self.head_s)
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                      + f"Content-Length: {len(self.body)}\r\n\r\n".encode())
+            time.sleep(self.body_s)
+            c.sendall(self.body)
+        except OSError:
+            pass
+
+    def close(self):
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+def test_a_fit_never_takes_longer_than_its_deadline():
+    """Docstring: "All attempts of one fit share one deadline, R_BRMS_TIMEOUT_SECS: ... an answer
+    must arrive whole by then ..., so a fit never takes longer than that." Headers just before
+    the deadline, then a body read got the whole read timeout again (`left` at the attempt's
+    start): the fit took up to twice its deadline."""
+    srv = _SlowBody(1.5, 4.0, json.dumps(valid_body()).encode())
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(BrmsServiceError):
+            BrmsClient(srv.url, timeout_secs=2.0, max_retries=0).fit(PANEL, SETTINGS)
+        took = time.monotonic() - t0
+    finally:
+        srv.close()
+    assert took <= 2.5, f"the fit took {took:.2f}s against a deadline of 2s"
