@@ -332,6 +332,12 @@ test_that("a key twice is refused naming it, at the top level and in a row (json
             {"student_id": "b", "week": 0, "score": 0.4}, {"student_id": "b", "week": 1, "score": 0.6}]'
   out <- expect_refused(r, rows, "rows.score")
   expect_match(out$json$detail, "twice")
+  # an id holding a brace hid the second key from the check (session 23's review): the row
+  # {"student_id": "a}", ..., "score": 1, "score": 900} was fitted with score 1
+  rows <- '[{"student_id": "a}", "week": 0, "score": 1.0, "score": 900}, {"student_id": "a}", "week": 1, "score": 1.2},
+            {"student_id": "b", "week": 0, "score": 0.4}, {"student_id": "b", "week": 1, "score": 0.6}]'
+  out <- expect_refused(r, rows, "rows.score")
+  expect_match(out$json$detail, "twice")
 })
 
 test_that("null for a parameter is refused naming it, not read as its default", {
