@@ -156,13 +156,40 @@ def _as_of(value: str | None, now: datetime | None = None) -> date:
         raise ContractError("--as-of", "must be an ISO date (YYYY-MM-DD)", value) from None
 
 
-def _check_cohort_args(students: int, weeks: int | None, as_of: str | None) -> date:
+def _check_cohort_args(students: int, weeks: int | None, as_of: str | None, seed: int) -> date:
     """seed-demo's and demo's arguments, checked before the database is started or changed
-    (they failed with a traceback after it had been migrated): the day they name."""
+    (they failed with a traceback after it had been migrated): the day they name. The seed
+    (numpy refused -1) and the cohort's first week (before year 1: an OverflowError) too."""
     from .demo.cohort import check_size
+    from .model.contract import ContractError
+    from .model.window import Window
+    from .settings import SEED
 
     check_size(students, weeks)
-    return _as_of(as_of)
+    SEED.check("--seed", seed)
+    day = _as_of(as_of)
+    try:
+        Window(day, weeks or 1).start
+    except OverflowError:
+        raise ContractError("--weeks/--as-of", "the cohort's first week would be before year 1",
+                            f"--weeks {weeks} --as-of {day.isoformat()}") from None
+    return day
+
+
+def _truth_path(value: str | None) -> Path:
+    """seed-demo's ``--truth-out`` (default GROWTH_LOCAL_DIR/demo/true_lines.csv), checked before
+    the database is changed: a file in a folder that can be made and written (a path under a
+    regular file failed with a traceback after the cohort was drawn)."""
+    from .model.contract import ContractError
+
+    path = Path(value) if value else local_dir() / "demo" / "true_lines.csv"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ContractError("--truth-out", f"its folder cannot be made ({e.strerror})", str(path)) from None
+    if path.is_dir() or not os.access(path.parent, os.W_OK):
+        raise ContractError("--truth-out", "must be a file in a writable folder", str(path))
+    return path
 
 
 def _prepare_demo_database(url: str) -> None:
@@ -191,10 +218,10 @@ def cmd_seed_demo(args: argparse.Namespace) -> int:
     from .db.connection import connect
     from .demo.cohort import delete_demo_rows, demo_rows, seed_cohort
 
-    as_of = _check_cohort_args(args.students, args.weeks, args.as_of)
+    as_of = _check_cohort_args(args.students, args.weeks, args.as_of, args.seed)
+    truth = _truth_path(args.truth_out)
     url = _database_url()
     _prepare_demo_database(url)
-    truth = Path(args.truth_out) if args.truth_out else local_dir() / "demo" / "true_lines.csv"
     with connect(url) as conn:
         n = demo_rows(conn)
         if n and not args.replace:
@@ -231,7 +258,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .model.window import Window
     from .settings import Settings
 
-    as_of = _check_cohort_args(args.students, args.weeks, args.as_of)
+    as_of = _check_cohort_args(args.students, args.weeks, args.as_of, args.seed)
     url = _database_url()
     os.environ["DATABASE_URL"] = url  # for the definitions' EnvVar and the run
     _prepare_demo_database(url)
@@ -428,6 +455,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):  # before a fit of minutes, not after
         raise ContractError("--out", "its folder must exist and be writable", str(out))
+    if out.is_dir():
+        raise ContractError("--out", "must be a file path, not a folder", str(out))
     # the engine first: the native one starts loading its programs while the CSV is read
     engine = make_engine(args.engine, r_brms_base_url=s.r_brms_base_url, r_brms_timeout_secs=s.r_brms_timeout_secs,
                          r_brms_internal_token=s.r_brms_internal_token, native=s.native)

@@ -108,12 +108,13 @@ def env_url(env: Mapping[str, str], name: str, secret: bool = False) -> str | No
     try:
         parts = urlsplit(raw)
         ok = parts.scheme in ("http", "https") and bool(parts.hostname) and not any(c.isspace() for c in raw)
+        parts.port  # a port beyond 65535, or not a number: ValueError (else a "connection refused" later)
     except ValueError:
         parts, ok = None, False
     if not ok:
         shown = raw if not secret else (f"{parts.scheme}://{parts.hostname}/..." if parts and parts.hostname
                                          else "(not shown: it holds a secret)")
-        raise SettingsError(name, shown, "must be an http:// or https:// URL with a host")
+        raise SettingsError(name, shown, "must be an http:// or https:// URL with a host (and a port within 1..65535)")
     return raw
 
 

@@ -31,7 +31,11 @@ def find_bindir() -> Path:
     from ..settings import Settings
 
     env = Settings.from_env().pg_bindir
-    candidates = [Path(env)] if env else []
+    if env:  # named: that one, or an error (another PostgreSQL found instead ran another version unsaid)
+        if (Path(env) / "initdb").exists() and (Path(env) / "pg_ctl").exists():
+            return Path(env)
+        raise LocalPgError(f"PG_BINDIR={env}: no initdb and pg_ctl there")
+    candidates = []
     if shutil.which("pg_config"):
         out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
         if out.returncode == 0:
@@ -50,6 +54,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _port_free(port: int) -> bool:
+    """Whether nothing listens on 127.0.0.1:``port`` (bound as PostgreSQL binds, SO_REUSEADDR)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _own_port(datadir: Path) -> int | None:
+    """The port of the server of ``datadir`` if its postmaster runs (postmaster.pid's 4th line)."""
+    pidfile = datadir / "postmaster.pid"
+    if not pidfile.exists() or not _alive(pidfile):
+        return None
+    try:
+        return int(pidfile.read_text().splitlines()[3])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _as_server_user(cmd: list[str]) -> list[str]:
@@ -83,11 +109,14 @@ class LocalCluster:
         return self.datadir / "server.log"
 
     def is_running(self) -> bool:
+        """Whether this cluster's server answers on its port: the server there must serve this
+        data directory (another PostgreSQL may have taken the port since)."""
         try:
-            with psycopg.connect(self.url("postgres"), connect_timeout=2):
-                return True
-        except psycopg.OperationalError:
+            with psycopg.connect(self.url("postgres"), connect_timeout=2) as c:
+                served = c.execute("SHOW data_directory").fetchone()[0]
+        except psycopg.Error:
             return False
+        return Path(served).resolve() == self.datadir.resolve()
 
     def stop(self) -> None:
         if (self.datadir / "postmaster.pid").exists():
@@ -98,14 +127,22 @@ class LocalCluster:
 def ensure_cluster(datadir: Path | str, port: int | None = None) -> LocalCluster:
     """Create (once) and start (if stopped) a cluster in ``datadir``; idempotent.
 
-    The port is chosen once and remembered in ``datadir/PORT``. The ``growth`` database is
-    created if missing. Returns the running cluster.
+    The port is chosen once and remembered beside ``datadir`` (``<datadir>.port``). A server of
+    ``datadir`` that runs keeps its port; a stopped one whose remembered port another program
+    (or another PostgreSQL) took since starts on a free port, remembered instead: the other
+    server was taken for this one, or every start failed. The ``growth`` database is created
+    if missing. Returns the running cluster.
     """
     datadir = Path(datadir).resolve()
     bindir = find_bindir()
     portfile = datadir.parent / f"{datadir.name}.port"
     if portfile.exists():
         port = int(portfile.read_text().strip())
+    running = _own_port(datadir)
+    if running is not None:
+        port = running
+    elif port and not _port_free(port):
+        port = None
     port = port or free_port()
     cluster = LocalCluster(datadir, port)
     if not (datadir / "PG_VERSION").exists():
@@ -126,7 +163,7 @@ def ensure_cluster(datadir: Path | str, port: int | None = None) -> LocalCluster
               "-o", f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' "
                     "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
                     "-c max_connections=200",
-              "start"], "pg_ctl start")
+              "start"], f"pg_ctl start (port {port}; log {cluster.logfile})")
         deadline = time.monotonic() + 30
         while not cluster.is_running():
             if time.monotonic() > deadline:
