@@ -7,7 +7,7 @@ build them directly. There is no IO manager: each asset writes its own tables.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -22,6 +22,18 @@ from ..settings import (DB_SCHEMA, CHAIN_METHODS, HORIZON_WEEKS, LOOKBACK_WEEKS,
                         R_BRMS_TIMEOUT_SECS, SCORE_RANGE, SCORE_SOURCES, SEED, IntLimit, NativeRuntime,
                         refit_ceiling_problem, score_range_problem,
                         Settings)
+
+
+def checked_as_of(value: str | None, parse: Callable[[str], Any], shape: str) -> str | None:
+    """A run config's ``as_of`` (launchpad text), read by ``parse`` (``date.fromisoformat`` or
+    ``datetime.fromisoformat``): a mistyped one is refused naming the field and the value, not
+    with Python's bare "month must be in 1..12"."""
+    if value is not None:
+        try:
+            parse(value)
+        except ValueError as e:
+            raise ValueError(f"as_of={value!r} is not {shape}: {e}") from None
+    return value
 
 
 def _int_field(limit: IntLimit, description: str) -> Any:

@@ -4,9 +4,7 @@ that would outlast the daemon's time limit; session 23's: a webhook that answers
 
 import json
 import logging
-import socket
 import textwrap
-import threading
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -22,6 +20,7 @@ from growth_assets.defs.alerts import AlertWebhook, failure_alerts
 from growth_assets.defs.alerts.sensors import MAX_PENDING
 from growth_assets.settings import Settings
 from growth_assets_tests.support.receiver import Receiver
+from growth_assets_tests.support.slow_http import SlowAnswer
 
 
 def tick(instance, url, cursor):
@@ -157,47 +156,16 @@ def test_a_webhook_timeout_that_no_tick_budget_fits_is_refused_by_name():
     assert AlertWebhook(url="http://127.0.0.1:9/hook", timeout_secs=29.0, tick_budget_secs=30.0).timeout_secs == 29.0
 
 
-class _Trickle:
-    """A webhook that answers 200, one byte every ``gap`` seconds: each read returns within the
-    POST's timeout, so httpx's per-operation timeouts never fire."""
-
-    def __init__(self, gap: float = 0.3):
-        self.gap = gap
-        self.srv = socket.socket()
-        self.srv.bind(("127.0.0.1", 0))
-        self.srv.listen(16)
-        self.url = f"http://127.0.0.1:{self.srv.getsockname()[1]}/hook"
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while True:
-            try:
-                c, _ = self.srv.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(c,), daemon=True).start()
-
-    def _answer(self, c):
-        try:
-            c.recv(65536)
-            for b in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok":
-                c.sendall(bytes([b]))
-                time.sleep(self.gap)
-        except OSError:
-            pass
-        finally:
-            c.close()
-
-
 def test_a_trickling_webhook_cannot_stretch_a_tick_past_its_budget():
     """README: "A tick posts for at most 30 s (AlertWebhook.tick_budget_secs; Dagster's daemon
     cuts a sensor off at 60 s and keeps its old cursor)". The budget assumes a POST ends within
     timeout_secs, but httpx's timeout is per connect/read/write operation: a webhook that answers
     slowly but steadily holds one POST far past it, the daemon cuts the tick off, and every alert
     of that tick is sent again on the next."""
-    hook = _Trickle(gap=0.3)  # ~40 bytes: ~12 s for one POST whose timeout is 1 s
+    # ~40 bytes: ~12 s for one POST whose timeout is 1 s
+    hook = SlowAnswer.trickle(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", gap=0.3, path="/hook")
     wh = AlertWebhook(url=hook.url, timeout_secs=1.0, tick_budget_secs=2.0)
-    with dg.instance_for_test() as instance:
+    with hook, dg.instance_for_test() as instance:
         ctx = dg.build_sensor_context(instance=instance, cursor=None, resources={"alert_webhook": wh})
         failure_alerts(ctx)  # first tick: starts from now
         state = json.loads(ctx.cursor)
@@ -206,5 +174,4 @@ def test_a_trickling_webhook_cannot_stretch_a_tick_past_its_budget():
         t0 = time.monotonic()
         failure_alerts(ctx)
         took = time.monotonic() - t0
-    hook.srv.close()
     assert took <= wh.tick_budget_secs + 1.0, f"the tick took {took:.1f} s against a budget of {wh.tick_budget_secs} s"

@@ -6,7 +6,6 @@ And the real service killed in the middle of a fit of the real graph.
 import gzip
 import json
 import logging
-import socket
 import threading
 import time
 
@@ -25,6 +24,7 @@ from growth_assets.model.result import fit_panel
 from growth_assets_tests.conftest import RService
 from growth_assets_tests.support.graph import AS_OF, PARTITION, failure_text, resources
 from growth_assets_tests.support.results import make_result
+from growth_assets_tests.support.slow_http import SlowAnswer
 
 import pandas as pd
 
@@ -252,62 +252,16 @@ def test_a_gzip_answer_is_accepted(fake):  # control: the encoded path itself wo
 
 # --- the deadline ------------------------------------------------------------------------------------
 
-class _SlowBody:
-    """Reads the request, sends the headers after ``head_s``, the body ``body_s`` later."""
-
-    def __init__(self, head_s: float, body_s: float, body: bytes):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.head_s, self.body_s, self.body = head_s, body_s, body
-        self.conns = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(c)
-            threading.Thread(target=self._one, args=(c,), daemon=True).start()
-
-    def _one(self, c):
-        try:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += c.recv(65536)
-            head, _, rest = data.partition(b"\r\n\r\n")
-            n = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                     if line.lower().startswith(b"content-length:"))
-            while len(rest) < n:
-                rest += c.recv(65536)
-            time.sleep(self.head_s)
-            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                      + f"Content-Length: {len(self.body)}\r\n\r\n".encode())
-            time.sleep(self.body_s)
-            c.sendall(self.body)
-        except OSError:
-            pass
-
-    def close(self):
-        self.sock.close()
-        for c in self.conns:
-            c.close()
-
-
 def test_a_fit_never_takes_longer_than_its_deadline():
     """Docstring: "All attempts of one fit share one deadline, R_BRMS_TIMEOUT_SECS: ... an answer
     must arrive whole by then ..., so a fit never takes longer than that." Headers just before
     the deadline, then a body read got the whole read timeout again (`left` at the attempt's
     start): the fit took up to twice its deadline."""
-    srv = _SlowBody(1.5, 4.0, json.dumps(valid_body()).encode())
-    try:
+    body = json.dumps(valid_body()).encode()
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    with SlowAnswer([(1.5, head), (4.0, body)]) as srv:  # the headers in time, the body late
         t0 = time.monotonic()
         with pytest.raises(BrmsServiceError):
             BrmsClient(srv.url, timeout_secs=2.0, max_retries=0).fit(PANEL, SETTINGS)
         took = time.monotonic() - t0
-    finally:
-        srv.close()
     assert took <= 2.5, f"the fit took {took:.2f}s against a deadline of 2s"

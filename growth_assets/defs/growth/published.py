@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 import dagster as dg
 from pydantic import field_validator
 
+from ..resources import checked_as_of
 from .assets import CURRENT_WEEK_PUBLISHED, weekly_kpi_P, weekly_partitions
 
 
@@ -22,13 +23,7 @@ class PublishedCheckConfig(dg.Config):
     @field_validator("as_of")
     @classmethod
     def _iso_instant(cls, v: str | None) -> str | None:
-        # a mistyped instant from the launchpad is refused by name and value
-        if v is not None:
-            try:
-                datetime.fromisoformat(v)
-            except ValueError as e:
-                raise ValueError(f"as_of={v!r} is not an ISO instant (YYYY-MM-DDTHH:MM, UTC if no zone): {e}") from None
-        return v
+        return checked_as_of(v, datetime.fromisoformat, "an ISO instant (YYYY-MM-DDTHH:MM, UTC if no zone)")
 
 
 @dg.asset_check(asset=weekly_kpi_P, name=CURRENT_WEEK_PUBLISHED,

@@ -8,7 +8,7 @@ from pydantic import field_validator
 from ...metrics import PATHS, refresh_active_users
 from ...model.window import monday_of
 from ..growth.assets import brms_posterior, growth_brms_meta
-from ..resources import GrowthSettings, PostgresResource
+from ..resources import GrowthSettings, PostgresResource, checked_as_of
 from ..sources import panel_sources
 
 daily_freshness = dg.FreshnessPolicy.cron(deadline_cron="0 3 * * 1-5", lower_bound_delta=timedelta(hours=1),
@@ -21,14 +21,7 @@ class DailyRefreshConfig(dg.Config):
     @field_validator("as_of")
     @classmethod
     def _iso_date(cls, v: str | None) -> str | None:
-        # a mistyped date from the launchpad is refused by name and value, not with Python's
-        # "month must be in 1..12"
-        if v is not None:
-            try:
-                date.fromisoformat(v)
-            except ValueError as e:
-                raise ValueError(f"as_of={v!r} is not an ISO date (YYYY-MM-DD): {e}") from None
-        return v
+        return checked_as_of(v, date.fromisoformat, "an ISO date (YYYY-MM-DD)")
 
 
 @dg.asset(group_name="kpi", kinds={"postgres"}, freshness_policy=daily_freshness,
