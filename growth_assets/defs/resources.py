@@ -107,7 +107,8 @@ class GrowthEngineResource(dg.ConfigurableResource):
     r_brms_base_url: str | None = Field(None, description="R_BRMS_BASE_URL")
     r_brms_timeout_secs: float = Field(R_BRMS_TIMEOUT_SECS, gt=0, description="R_BRMS_TIMEOUT_SECS")
     r_brms_internal_token: str | None = Field(None, description="R_BRMS_INTERNAL_TOKEN (shown as an env var)")
-    r_brms_max_retries: int = Field(3, ge=0, le=10, description="retries on connection errors and 502/503/504")
+    r_brms_max_retries: int = Field(3, ge=0, le=10, description="retries on connection errors, 502/503/504, a 429 (after its"
+                                                                 " Retry-After) and a lost answer")
     r_brms_backoff_secs: float = Field(2.0, ge=0, description="first retry delay, doubled each retry")
     native_cache_dir: str | None = Field(None, description="GROWTH_JAX_CACHE_DIR (None: no caches)")
     native_devices: int | None = Field(None, ge=1, description="GROWTH_NATIVE_DEVICES (None: min(2, CPUs))")

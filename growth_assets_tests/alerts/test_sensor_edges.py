@@ -6,6 +6,7 @@ import json
 import logging
 import textwrap
 import time
+from types import SimpleNamespace
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
@@ -17,7 +18,9 @@ from dagster._daemon.sensor import execute_sensor_iteration
 
 from growth_assets.defs import build_definitions
 from growth_assets.defs.alerts import AlertWebhook, failure_alerts
-from growth_assets.defs.alerts.sensors import MAX_PENDING
+from growth_assets.defs.alerts.sensors import MAX_PENDING, check_alert
+from growth_assets.defs.growth.diagnostics import DiagnosticThresholds, evaluate
+from growth_assets.model.result import Diagnostics
 from growth_assets.settings import Settings
 from growth_assets_tests.support.receiver import Receiver
 from growth_assets_tests.support.slow_http import SlowAnswer
@@ -175,3 +178,20 @@ def test_a_trickling_webhook_cannot_stretch_a_tick_past_its_budget():
         failure_alerts(ctx)
         took = time.monotonic() - t0
     assert took <= wh.tick_budget_secs + 1.0, f"the tick took {took:.1f} s against a budget of {wh.tick_budget_secs} s"
+
+
+def test_alert_of_a_warn_check_names_the_threshold_it_crossed():
+    """README "Alerts": the sensor POSTs every failed check with its "severity, observed value,
+    threshold". R-hat 1.02 fails the WARN threshold 1.01, not the ERROR one (1.05): the alert
+    said "observed 1.02, threshold 1.05" (1.02 is below 1.05)."""
+    rhat, _, _ = evaluate(Diagnostics(max_rhat=1.02, min_ess_bulk=1000.0, min_ess_tail=1000.0, n_divergent=0,
+                                      n_max_treedepth=0), 4000, DiagnosticThresholds())
+    assert not rhat.passed and rhat.severity == "WARN"
+    ev = dg.AssetCheckEvaluation(asset_key=dg.AssetKey("brms_posterior"), check_name=rhat.check_name,
+                                 passed=False, metadata={k: v for k, v in rhat.metadata().items()
+                                                         if k != "description"},
+                                 severity=dg.AssetCheckSeverity.WARN, description=rhat.description)
+    run = SimpleNamespace(run_id="r1", tags={"dagster/partition": "2026-11-16"})
+    payload = check_alert(run, ev, AlertWebhook(url="http://hook.test/x"))
+    assert payload["threshold"] == 1.01, json.dumps(payload)[:400]
+    assert "threshold 1.01" in payload["text"]

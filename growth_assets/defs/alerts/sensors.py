@@ -97,7 +97,10 @@ def check_alert(run, ev, webhook: AlertWebhook) -> dict[str, Any]:
     partition = getattr(ev, "partition", None) or run.tags.get("dagster/partition") or md.get("partition")
     severity = ev.severity.value if ev.severity else "ERROR"
     asset = ev.asset_key.to_user_string()
-    observed, threshold = md.get("observed"), md.get("error_threshold", md.get("threshold"))
+    # the threshold the observed value crossed: a WARN crossed the WARN one (the ERROR one, which
+    # it did not cross, was named before)
+    crossed = "warn_threshold" if severity == "WARN" and "warn_threshold" in md else "error_threshold"
+    observed, threshold = md.get("observed"), md.get(crossed, md.get("threshold"))
     link = webhook.run_link(run.run_id)
     text = (f":rotating_light: [{severity}] check `{ev.check_name}` on `{asset}` failed"
             + (f" (partition {partition})" if partition else "")
