@@ -505,11 +505,14 @@ def _send_run_reads(session: psycopg.Connection, run: _Run, users: list[str] | _
 
 
 # the users of a call (``users``), each with the window sums the run (``run_id``) kept for her;
-# NULL: not in its fit, or in a fit stored before the sums were kept (her window is then read
-# from the sources)
+# NULL: not in its fit, or in a fit stored before the sums were kept, or a call as of an instant
+# before the run's window ended (a week that is over, ``_week_end``: the kept sums hold the
+# weeks after it; a member then got a P from scores her week had not seen, and another user of
+# the same scores another P). Her window is then read from the sources, up to that instant.
 _MEMBERS = ("SELECT u.id, p.n_obs, p.sum_w, p.sum_ww, p.sum_y, p.sum_wy FROM unnest(%(users)s::text[]) u(id)"
             " LEFT JOIN growth_student_posterior p"
-            " ON p.run_id = %(run_id)s AND p.user_id = u.id AND p.sum_w IS NOT NULL")
+            " ON p.run_id = %(run_id)s AND p.user_id = u.id AND p.sum_w IS NOT NULL"
+            " AND (%(window_end_run)s::date)::timestamp AT TIME ZONE 'UTC' <= %(now)s::timestamptz")
 _SUMS = ("SELECT student_id, count(*) AS n, sum(w)::float8 AS sw, sum(w * w)::float8 AS sww, sum(score) AS sy,"
          " sum(w * score) AS swy FROM (SELECT student_id, week + {offset} AS w, score FROM ({rows}) q) r GROUP BY 1")
 
@@ -973,7 +976,15 @@ def _line_paths(reads: _Reads, pending: dict[str, _Pending], out: dict[str, Goal
     """Path 2 for a run without population draws: the student's stored line posterior
     (``run``), or the plug-in population posterior and the student's data (``population``)."""
     todo = list(pending)
-    post = reads.posterior(todo)
+    # a student's stored line saw her whole window: not for a call as of an instant before it
+    # ended (a week that is over), which the population path answers from her scores up to then
+    before_end = (reads.as_of is not None and run.window_end is not None
+                  and reads.as_of < datetime.combine(run.window_end, time(), timezone.utc))
+    post = reads.posterior(todo) if not before_end else {}
+    if before_end:
+        for u in todo:
+            pending[u].append(f"run: the week asked for ends before run {run.run_id}'s window"
+                              f" (ended {run.window_end}): its lines saw later scores")
     if post:
         ids = [u for u in todo if u in post]
         arr = np.array([post[u][1:] for u in ids], dtype=float)
