@@ -140,3 +140,41 @@ def test_a_run_without_draws_and_without_a_residual_sigma_is_not_scored_without_
         with pytest.raises(ContractError) as e:
             score_run({**run, "posterior_summary": summary}, data, None)
         assert e.value.field == "posterior_summary.sigma"
+
+
+# --- session 23's mutation probes: each kills a bug the tests above let through ----------------
+
+
+def test_model_pit_is_pr_pred_le_y_not_its_mirror():
+    """Spec §10: PIT = Pr(pred <= y). A realised score far above the predictive has PIT ~ 1.
+    Mutation killed: model_forecasts pit = 1 - cdf[:, 0] (coverage and the chi-square p are
+    symmetric in PIT, so the existing tests cannot see it; the stored histogram is mirrored)."""
+    draws = {"b_Intercept": np.array([0.0]), "b_week": np.array([0.0]),
+             "sd_student_id__Intercept": np.array([0.5]), "sd_student_id__week": np.array([0.05]),
+             "cor_student_id__Intercept__week": np.array([0.0]), "sigma": np.array([0.3])}
+    one = np.ones(1)
+    y = np.array([[5.0, 0.0]])  # realised score far above anything predicted; target 0
+    cdf = bt.predictive_cdf(draws, one, 0 * one, 0 * one, 0 * one, 0 * one, 4.0, y)
+    f = bt.model_forecasts(cdf)
+    assert f.pit[0] > 0.99
+    assert 0.3 < f.q[0] < 0.7  # Pr(pred >= 0) for a predictive centred on 0
+
+
+def test_baseline_pit_is_pr_pred_le_y_not_its_mirror():
+    """Mutation killed: normal_baseline pit = Phi((theta - y) / se)."""
+    f = bt.normal_baseline(np.array([0.0]), np.array([1.0]), np.array([2.0]), 0.5)
+    assert f.pit[0] == pytest.approx(ndtr(2.0))
+    assert f.q[0] == pytest.approx(1.0 - ndtr(0.5))
+
+
+def test_pit_histogram_counts_low_pits_in_the_first_bin():
+    """A forecaster that always predicts too high has PITs near 0: the first bin, not the last."""
+    counts, _ = bt.pit_histogram(np.full(60, 0.02))
+    assert counts[0] == 60
+
+
+def test_moment_predictive_uses_e_sigma_squared():
+    """Docstring: the line's sd plus the residual's E[sigma^2] = mean^2 + sd^2.
+    Mutation killed: sigma_sd ** 2 dropped (a predictive too narrow)."""
+    cdf = bt.moment_predictive_cdf(np.array([0.0]), np.array([0.0]), 1.0, 1.0, np.array([[1.0]]))
+    assert cdf[0, 0] == pytest.approx(ndtr(1.0 / np.sqrt(2.0)), abs=1e-12)

@@ -212,3 +212,16 @@ def test_invalid_results_name_the_field(mutate, field):
     with pytest.raises(contract.FitResultError) as e:
         FitResult.from_json(res).validate()
     assert e.value.field == field
+
+
+def test_thin_draws_spreads_over_every_chain():
+    """Docstring: n draws evenly spaced over all chains' draws (flattened chain by chain).
+    Mutation killed: keep the first n (one chain's draws only, autocorrelated)."""
+    chains = np.repeat(np.arange(4.0)[:, None], 2000, axis=1)  # chain c's draws are all c
+    thin = contract.thin_draws({"sigma": chains}, 1000)["sigma"]
+    assert thin.size == 1000
+    assert set(np.unique(thin)) == {0.0, 1.0, 2.0, 3.0}
+    assert np.bincount(thin.astype(int)).tolist() == [250, 250, 250, 250]
+    flat = np.arange(8000.0)
+    kept = contract.thin_draws({"x": flat}, 1000)["x"]
+    assert kept[0] == 0 and kept[-1] == 7999 and np.all(np.diff(kept) >= 7) and np.all(np.diff(kept) <= 9)

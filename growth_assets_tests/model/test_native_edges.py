@@ -65,3 +65,16 @@ def test_a_fit_whose_chains_ran_off_says_so_naming_the_parameter(engine):
     st = FitSettings(n_chains=4, n_samples=1000, seed=7, horizon_week=11, target=0.0, lookback_weeks=8)
     with pytest.raises(FitResultError, match=r"population_draws\.sigma.*ran off.*not finite.*2 students, 3 rows"):
         fit_panel(engine, Panel.from_frame(df), st)
+
+
+def test_wbar_is_the_mean_week_of_the_rows():
+    """Spec §3: the Intercept prior sits at the mean week of the rows (brms centres week).
+    Mutation probed: wbar = mean of the distinct weeks (equal on a balanced panel such as
+    sleepstudy, which is what the brms comparisons use)."""
+    from growth_assets.model import contract, native_math
+
+    df = pd.DataFrame({"student_id": ["a", "a", "a", "b", "b", "c"],
+                       "week": [0, 1, 2, 0, 1, 0], "score": [1.0, 2.0, 3.5, 0.5, 1.5, 2.0]})
+    pn = Panel.from_frame(df)
+    red = native_math.reduce_panel(pn, *contract.prior_scales(df["score"].to_numpy()))
+    assert red.wbar == pytest.approx(df["week"].mean())  # 4/6, not 1.0
