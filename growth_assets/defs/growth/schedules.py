@@ -7,6 +7,7 @@ from datetime import date, timedelta
 import dagster as dg
 import psycopg
 
+from ...db.connection import connect
 from ...model.window import RUN_TIME_UTC
 from ..resources import GrowthSettings, PostgresResource
 from .assets import weekly_assets, weekly_check_keys, weekly_growth_job, weekly_partitions, weekly_selection
@@ -43,7 +44,10 @@ def backtest_partitions(postgres: PostgresResource, closed_week: str, horizon_we
     (``backtest_partition``), logged: the tick that launches the weekly fit must not fail
     because the database did not answer it."""
     try:
-        with postgres.connect() as conn:
+        # bounded well within the daemon's 60 s for a tick: a database that does not answer
+        # (dropped packets, a lock) falls back in seconds instead of stopping the weekly fit's launch
+        with connect(postgres.database_url, schema=postgres.db_schema, connect_timeout=5,
+                     options="-c statement_timeout=10000 -c lock_timeout=5000") as conn:
             return [r[0] for r in conn.execute(_FORECAST_FOR, {"closed": closed_week})]
     except psycopg.Error as e:
         log.warning("the runs whose P is for the week of %s could not be read (%s): the backtest of the"
