@@ -14,14 +14,7 @@ import pytest
 from growth_assets.db import connect, source_tables
 from growth_assets.db.binary_copy import (SIGNATURE, TRAILER, Column, CopyFormatError, copy_in, copy_out_tuples,
                                           decode_arrays, encode)
-
-
-def _copy_out(conn, query, params=()):
-    buf = bytearray()
-    with conn.cursor().copy(f"COPY ({query}) TO STDOUT (FORMAT binary)", params) as copy:
-        for chunk in copy:
-            buf += chunk
-    return bytes(buf)
+from growth_assets_tests.db.test_binary_copy import _copy_out
 
 
 # --- copy_out_tuples: signature, trailer, piece boundaries ------------------------------------
