@@ -18,6 +18,9 @@ class SlowAnswer:
         self.sock.listen(16)
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}{path}"
         self.conns: list[socket.socket] = []
+        self.answers: list[threading.Thread] = []
+        # per request: how many steps went out whole before the client hung up (or all of them)
+        self.steps_sent: list[int] = []
         threading.Thread(target=self._serve, daemon=True).start()
 
     @classmethod
@@ -32,9 +35,12 @@ class SlowAnswer:
             except OSError:
                 return
             self.conns.append(c)
-            threading.Thread(target=self._answer, args=(c,), daemon=True).start()
+            t = threading.Thread(target=self._answer, args=(c, len(self.steps_sent)), daemon=True)
+            self.steps_sent.append(0)
+            self.answers.append(t)
+            t.start()
 
-    def _answer(self, c: socket.socket) -> None:
+    def _answer(self, c: socket.socket, k: int) -> None:
         try:
             data = b""
             while b"\r\n\r\n" not in data:
@@ -47,8 +53,15 @@ class SlowAnswer:
             for pause, piece in self.steps:
                 time.sleep(pause)
                 c.sendall(piece)
-        except OSError:
-            pass
+                self.steps_sent[k] += 1
+        except OSError:  # the client hung up: steps_sent[k] says how far the answer got
+            c.close()
+
+    def finished(self, timeout: float = 10.0) -> list[int]:
+        """``steps_sent`` once every answer has ended (sent whole, or cut off by the client)."""
+        for t in self.answers:
+            t.join(timeout)
+        return list(self.steps_sent)
 
     def close(self) -> None:
         self.sock.close()
