@@ -470,7 +470,15 @@ def _sums_params(session: psycopg.Connection, run: _Run, users: list[str], score
     return {"window_start": run.window_start, "window_end_run": run.window_end,
             "window_end": now.date() + timedelta(days=1), "now": now,
             "users": _ids(session, users), "score_lo": score_range[0], "score_hi": score_range[1], "run_id": run.run_id,
-            "lookback": lookback if lookback is not None else 2**31 - 1}
+            "lookback": lookback if lookback is not None else 2**31 - 1, "kept": _kept_view(run, as_of)}
+
+
+def _kept_view(run: _Run, as_of: datetime | None) -> bool:
+    """Whether what the run kept of each student (her window sums, her line) may answer a call as
+    of ``as_of``: not when that instant is before the run's window ended (a week that is over,
+    ``_week_end``), whose kept view holds the weeks after it. A member was answered from them,
+    and another user of the very same scores, from the sources, got another P."""
+    return as_of is None or run.window_end is None or as_of >= datetime.combine(run.window_end, time(), timezone.utc)
 
 
 def _until(as_of: datetime | None) -> datetime:
@@ -505,14 +513,11 @@ def _send_run_reads(session: psycopg.Connection, run: _Run, users: list[str] | _
 
 
 # the users of a call (``users``), each with the window sums the run (``run_id``) kept for her;
-# NULL: not in its fit, or in a fit stored before the sums were kept, or a call as of an instant
-# before the run's window ended (a week that is over, ``_week_end``: the kept sums hold the
-# weeks after it; a member then got a P from scores her week had not seen, and another user of
-# the same scores another P). Her window is then read from the sources, up to that instant.
+# NULL: not in its fit, or in a fit stored before the sums were kept, or a call the kept sums may
+# not answer (``kept``: ``_kept_view``). Her window is then read from the sources, up to the call's instant.
 _MEMBERS = ("SELECT u.id, p.n_obs, p.sum_w, p.sum_ww, p.sum_y, p.sum_wy FROM unnest(%(users)s::text[]) u(id)"
             " LEFT JOIN growth_student_posterior p"
-            " ON p.run_id = %(run_id)s AND p.user_id = u.id AND p.sum_w IS NOT NULL"
-            " AND (%(window_end_run)s::date)::timestamp AT TIME ZONE 'UTC' <= %(now)s::timestamptz")
+            " ON %(kept)s AND p.run_id = %(run_id)s AND p.user_id = u.id AND p.sum_w IS NOT NULL")
 _SUMS = ("SELECT student_id, count(*) AS n, sum(w)::float8 AS sw, sum(w * w)::float8 AS sww, sum(score) AS sy,"
          " sum(w * score) AS swy FROM (SELECT student_id, week + {offset} AS w, score FROM ({rows}) q) r GROUP BY 1")
 
@@ -976,12 +981,11 @@ def _line_paths(reads: _Reads, pending: dict[str, _Pending], out: dict[str, Goal
     """Path 2 for a run without population draws: the student's stored line posterior
     (``run``), or the plug-in population posterior and the student's data (``population``)."""
     todo = list(pending)
-    # a student's stored line saw her whole window: not for a call as of an instant before it
-    # ended (a week that is over), which the population path answers from her scores up to then
-    before_end = (reads.as_of is not None and run.window_end is not None
-                  and reads.as_of < datetime.combine(run.window_end, time(), timezone.utc))
-    post = reads.posterior(todo) if not before_end else {}
-    if before_end:
+    # a student's stored line saw her whole window: a call it may not answer (``_kept_view``) goes
+    # to the population path, from her scores up to the call's instant
+    kept = _kept_view(run, reads.as_of)
+    post = reads.posterior(todo) if kept else {}
+    if not kept:
         for u in todo:
             pending[u].append(f"run: the week asked for ends before run {run.run_id}'s window"
                               f" (ended {run.window_end}): its lines saw later scores")

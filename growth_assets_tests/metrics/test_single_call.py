@@ -91,7 +91,8 @@ def test_a_call_that_fails_leaves_the_session_usable(db_url, autocommit):
 
 
 SUMS_TYPES = {"window_start": "date", "window_end_run": "date", "window_end": "date", "now": "timestamptz",
-              "users": "text[]", "score_lo": "float8", "score_hi": "float8", "run_id": "text", "lookback": "int"}
+              "users": "text[]", "score_lo": "float8", "score_hi": "float8", "run_id": "text", "lookback": "int",
+              "kept": "boolean"}
 
 
 def generic_plan(session, sql: str) -> str:
