@@ -176,19 +176,21 @@ def _check_cohort_args(students: int, weeks: int | None, as_of: str | None, seed
     return day
 
 
-def _truth_path(value: str | None) -> Path:
-    """seed-demo's ``--truth-out`` (default GROWTH_LOCAL_DIR/demo/true_lines.csv), checked before
-    the database is changed: a file in a folder that can be made and written (a path under a
-    regular file failed with a traceback after the cohort was drawn)."""
+def _file_to_write(option: str, path: Path, make_folder: bool = False) -> Path:
+    """An output file's path, checked before any long or changing work (a fit of minutes, a
+    migrated database): a file, not a folder, in a folder that exists (or, ``make_folder``, can be
+    made) and is writable. Else a ContractError naming ``option``."""
     from .model.contract import ContractError
 
-    path = Path(value) if value else local_dir() / "demo" / "true_lines.csv"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ContractError("--truth-out", f"its folder cannot be made ({e.strerror})", str(path)) from None
-    if path.is_dir() or not os.access(path.parent, os.W_OK):
-        raise ContractError("--truth-out", "must be a file in a writable folder", str(path))
+    if make_folder:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ContractError(option, f"its folder cannot be made ({e.strerror})", str(path)) from None
+    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+        raise ContractError(option, "its folder must exist and be writable", str(path))
+    if path.is_dir():
+        raise ContractError(option, "must be a file path, not a folder", str(path))
     return path
 
 
@@ -219,7 +221,10 @@ def cmd_seed_demo(args: argparse.Namespace) -> int:
     from .demo.cohort import delete_demo_rows, demo_rows, seed_cohort
 
     as_of = _check_cohort_args(args.students, args.weeks, args.as_of, args.seed)
-    truth = _truth_path(args.truth_out)
+    # default GROWTH_LOCAL_DIR/demo/true_lines.csv; a path under a regular file failed with a
+    # traceback after the database was migrated
+    truth = _file_to_write("--truth-out", Path(args.truth_out) if args.truth_out
+                           else local_dir() / "demo" / "true_lines.csv", make_folder=True)
     url = _database_url()
     _prepare_demo_database(url)
     with connect(url) as conn:
@@ -444,7 +449,7 @@ def read_panel_csv(path: str):
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from .model.contract import ContractError, horizon_week
+    from .model.contract import horizon_week
     from .model.engine import FitSettings
     from .model.engines import make_engine
     from .model.panel import Panel
@@ -452,11 +457,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from .settings import Settings
 
     s = Settings.from_env()
-    out = Path(args.out)
-    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):  # before a fit of minutes, not after
-        raise ContractError("--out", "its folder must exist and be writable", str(out))
-    if out.is_dir():
-        raise ContractError("--out", "must be a file path, not a folder", str(out))
+    out = _file_to_write("--out", Path(args.out))  # before a fit of minutes, not after
     # the engine first: the native one starts loading its programs while the CSV is read
     engine = make_engine(args.engine, r_brms_base_url=s.r_brms_base_url, r_brms_timeout_secs=s.r_brms_timeout_secs,
                          r_brms_internal_token=s.r_brms_internal_token, native=s.native)
