@@ -1339,7 +1339,7 @@ def calculate_and_store_weekly_kpi(
 ) -> GoalAnswer:
     """Compute P and sigma through the chain and merge them into that week's ``weekly_kpi``.
 
-    ``week_start`` must be a Monday (ContractError otherwise). A P already stored in that
+    ``week_start`` must be a Monday that has begun (UTC; ContractError otherwise). A P already stored in that
     week's row that counts under the path-1 rules (same target, latest passed run) is reused
     and nothing is written. Otherwise the answer of paths 2/3 is merged with
     ``merge_weekly_kpi`` (other keys of ``kpis`` are kept): ``P_source`` ``update`` for path 2
@@ -1349,7 +1349,7 @@ def calculate_and_store_weekly_kpi(
     No P (path none): nothing is written. Returns the answer.
     """
     user_id = _check_user(user_id)
-    check_monday("week_start", week_start)
+    _check_week_begun(week_start)
     settings = Settings.from_env()
     t = _resolve_target(target, settings)
     a = _answers(session, [user_id], t, settings, kpi_week=week_start)[user_id]
@@ -1357,6 +1357,15 @@ def calculate_and_store_weekly_kpi(
     if a.P is not None and a.path != "stored":
         _store(session, [a], week_start, settings.db_schema)
     return a
+
+
+def _check_week_begun(week_start: date) -> None:
+    """A week whose P is written must be a Monday and must have begun (UTC): P computed now is
+    no P of a week to come, and its row would show one (a mistyped year wrote 2062's)."""
+    check_monday("week_start", week_start)
+    if datetime.combine(week_start, time(), timezone.utc) > datetime.now(timezone.utc):
+        raise ContractError("week_start", "is a week that has not begun (UTC): P is written into the"
+                            " current week or one before it", week_start.isoformat())
 
 
 def _store(session: psycopg.Connection, answers: list[GoalAnswer], week_start: date, schema: str) -> int:
@@ -1416,7 +1425,7 @@ def refresh_active_users(
     """P for every user active in the week (see :func:`active_users`), through the batch
     form (path 1 read from that week's row), merged into that week's ``weekly_kpi`` rows in
     one transaction. Returns counts: users, one per path, and ``written``."""
-    check_monday("week_start", week_start)
+    _check_week_begun(week_start)
     settings = Settings.from_env()
     t = _resolve_target(target, settings)
     with session.transaction():

@@ -151,3 +151,12 @@ def test_a_bad_as_of_of_the_daily_refresh_is_refused_naming_the_field_and_value(
     assert not res.success
     text = failure_text(res)
     assert "as_of" in text and "2026-13-01" in text, text
+
+
+def test_an_as_of_after_today_is_refused_before_the_database_is_touched():
+    """A launchpad as_of in a year to come (2062 for 2026) named a week that has not begun:
+    P computed now was written into it (the database here is unreachable: the refusal comes first)."""
+    res = _daily_run("2062-11-29")
+    assert not res.success
+    text = failure_text(res)
+    assert "as_of" in text and "2062-11-29" in text and "after today" in text, text

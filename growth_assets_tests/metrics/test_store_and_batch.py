@@ -341,3 +341,21 @@ def test_a_refresh_of_a_week_that_is_over_writes_that_weeks_normal_p(conn, monke
     conn.commit()
     assert kpis(conn, "u1", WEEK)["P"] == pytest.approx(norm.sf(0.0), abs=1e-9)  # WEEK's theta, not 1.0's
     assert batch(conn, ["u1"], target=0.0)["u1"].P == pytest.approx(norm.sf(-2.0), abs=1e-9)  # today's: the later one
+
+
+def test_a_week_that_has_not_begun_is_refused_and_nothing_is_written(conn):
+    # a mistyped year (2062 for 2026) or next week's Monday: P computed now is no P of that
+    # week, and its row would show teachers a week to come. The current week is written.
+    store_run(conn)
+    this_monday = datetime.now(timezone.utc).date() - timedelta(days=datetime.now(timezone.utc).weekday())
+    for week in (this_monday + timedelta(weeks=1), date(2062, 11, 27)):
+        with pytest.raises(ContractError) as e:
+            store(conn, "s00000", week, target=0.0)
+        assert e.value.field == "week_start" and e.value.value == week.isoformat()
+        assert "has not begun" in str(e.value)
+        with pytest.raises(ContractError) as e:
+            refresh_active_users(conn, week, target=0.0)
+        assert e.value.field == "week_start"
+    assert conn.execute("SELECT count(*) FROM weekly_kpi").fetchone()[0] == 0
+    a = store(conn, "s00000", this_monday, target=0.0)
+    assert a.P is not None and kpis(conn, "s00000", this_monday)["P"] == a.P

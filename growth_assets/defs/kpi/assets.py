@@ -35,7 +35,11 @@ def daily_kpi_P(context: dg.AssetExecutionContext, config: DailyRefreshConfig, p
     when it is for this target and the latest passing run, else the run's line posterior, else
     the Normal approximation — merged into this week's ``weekly_kpi`` rows in one transaction,
     keeping every other key. The seed's ``compute-daily-kpis``."""
-    as_of = date.fromisoformat(config.as_of) if config.as_of else datetime.now(timezone.utc).date()
+    today = datetime.now(timezone.utc).date()
+    as_of = date.fromisoformat(config.as_of) if config.as_of else today
+    if as_of > today:  # its week has not begun, or not for long: P computed now is no P of it
+        raise dg.Failure(f"as_of={config.as_of!r} is after today ({today.isoformat()}, UTC): the refresh"
+                         " writes the current week's P or an earlier week's")
     week_start = monday_of(as_of)
     with postgres.connect() as conn:
         counts = refresh_active_users(conn, week_start, target=growth.target)
