@@ -147,6 +147,24 @@ def test_the_publication_check_carries_observed_and_threshold(db_url):
     assert "observed None" not in alert["text"], alert["text"]
 
 
+def test_the_publication_check_names_the_utc_instant_of_an_as_of_in_another_zone():
+    """as_of 2026-11-23T07:00+01:00 is 06:00 UTC: the check's text said "the week that closed
+    before 2026-11-23 07:00 UTC" (the wall time of the zone given, labelled UTC). The partition
+    was right: Dagster converts the instant itself."""
+    ev = _publication_check("2026-11-23T07:00:00+01:00")
+    assert not ev.passed and ev.metadata["partition"].value == "2026-11-16"
+    assert "2026-11-23 06:00 UTC" in ev.description, ev.description
+
+
+def _publication_check(as_of: str):
+    job = build_definitions(Settings.from_env({})).resolve_job_def("weekly_p_published_job")
+    op = next(iter(job.graph.node_dict))
+    with dg.instance_for_test() as instance:
+        res = job.execute_in_process(instance=instance, run_config={"ops": {op: {"config": {"as_of": as_of}}}})
+    (ev,) = res.get_asset_check_evaluations()
+    return ev
+
+
 # ---------------------------------------------------------------------------------------------
 # 5. BRMS_HORIZON_WEEKS=0 (allowed: 0..520): the Monday tick requests the backtest of the very
 #    partition it is fitting, as a separate run launched at the same moment. That run cannot

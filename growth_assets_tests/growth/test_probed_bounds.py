@@ -137,3 +137,23 @@ def test_the_p_range_check_fails_a_stored_p_outside_0_1(db_url, monkeypatch):
     assert ev.metadata["observed"].value == 1
     with connect(url) as c:
         assert c.execute("SELECT count(*) FROM weekly_kpi WHERE (kpis->>'P')::float8 > 1").fetchone()[0] == 1
+
+
+def test_a_failing_diagnostic_is_not_shown_equal_to_its_threshold():
+    """max R-hat 1.0504 fails 1.05 (ERROR), and 99.996 fails an ESS of 100: shown with 4
+    significant digits, the check's text and its observed value (what the alert posts as
+    "observed ..., threshold ...") read "max R-hat 1.05 > 1.05" and "100 < 100"."""
+    from growth_assets.model.result import Diagnostics
+
+    d = Diagnostics(max_rhat=1.0504, min_ess_bulk=99.996, min_ess_tail=1000.0, n_divergent=0, n_max_treedepth=0)
+    t = DiagnosticThresholds(ess_warn=400.0, ess_error=100.0)
+    out = {o.check_name: o for o in evaluate(d, 4000, t)}
+    rhat, ess = out[RHAT_CHECK], out[ESS_CHECK]
+    assert (rhat.passed, rhat.severity, ess.passed, ess.severity) == (False, "ERROR", False, "ERROR")
+    assert rhat.metadata()["observed"] > rhat.metadata()["error_threshold"]
+    assert ess.metadata()["observed"] < ess.metadata()["error_threshold"]
+    assert rhat.description == "max R-hat 1.0504 > 1.05", rhat.description
+    assert ess.description == "min bulk/tail ESS 99.996 < 100", ess.description
+    # a value 4 digits tell apart keeps 4 (the text users know)
+    far = {o.check_name: o for o in evaluate(replace(d, max_rhat=1.2345678), 4000, t)}[RHAT_CHECK]
+    assert far.description == "max R-hat 1.235 > 1.05" and far.metadata()["observed"] == 1.235

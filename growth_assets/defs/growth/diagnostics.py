@@ -52,10 +52,21 @@ class Outcome:
     warn_threshold: float
     error_threshold: float
     description: str
+    digits: int = 4  # significant digits the value is shown with (more where 4 would equal its threshold)
 
     def metadata(self) -> dict[str, Any]:
-        return {"observed": rounded(self.observed), "warn_threshold": self.warn_threshold,
+        return {"observed": _to_digits(self.observed, self.digits), "warn_threshold": self.warn_threshold,
                 "error_threshold": self.error_threshold, "description": self.description}
+
+
+def _to_digits(x: float, digits: int) -> float:
+    return float(f"{x:.{digits}g}") if math.isfinite(x) else rounded(x)
+
+
+def _digits(observed: float, threshold: float) -> int:
+    """The significant digits (4 at least) at which ``observed`` is not written as ``threshold``:
+    a max R-hat of 1.0504 fails 1.05, and shown with 4 digits it read "1.05 > 1.05"."""
+    return next((k for k in range(4, 18) if f"{observed:.{k}g}" != f"{threshold:.{k}g}"), 17)
 
 
 def _grade(name: str, observed: float, warn: float, error: float, higher_is_worse: bool,
@@ -66,9 +77,11 @@ def _grade(name: str, observed: float, warn: float, error: float, higher_is_wors
     bad_warn = observed > warn if higher_is_worse else observed < warn
     cmp = ">" if higher_is_worse else "<"
     if bad_err:
-        return Outcome(name, False, "ERROR", observed, warn, error, f"{what} {observed:.4g} {cmp} {error:.4g}")
+        k = _digits(observed, error)
+        return Outcome(name, False, "ERROR", observed, warn, error, f"{what} {observed:.{k}g} {cmp} {error:.4g}", k)
     if bad_warn:
-        return Outcome(name, False, "WARN", observed, warn, error, f"{what} {observed:.4g} {cmp} {warn:.4g}")
+        k = _digits(observed, warn)
+        return Outcome(name, False, "WARN", observed, warn, error, f"{what} {observed:.{k}g} {cmp} {warn:.4g}", k)
     return Outcome(name, True, "ERROR", observed, warn, error, f"{what} {observed:.4g} within thresholds")
 
 

@@ -32,8 +32,9 @@ class PublishedCheckConfig(dg.Config):
                             " nothing, BRMS_UPDATE_KPI=false)")
 def current_week_published(context: dg.AssetCheckExecutionContext, config: PublishedCheckConfig) -> dg.AssetCheckResult:
     now = datetime.fromisoformat(config.as_of) if config.as_of else datetime.now(timezone.utc)
-    if now.tzinfo is None:
-        now = now.replace(tzinfo=timezone.utc)
+    # an instant of another zone is read as the same instant in UTC (its wall time labelled
+    # "UTC" named another hour in the check's text)
+    now = now.replace(tzinfo=timezone.utc) if now.tzinfo is None else now.astimezone(timezone.utc)
     keys = weekly_partitions.get_partition_keys(now)  # the complete ones at now (end_offset 0)
     key = keys[-1] if keys else None
     # observed: the partition's P published (1: a materialization that wrote it), threshold 1;
