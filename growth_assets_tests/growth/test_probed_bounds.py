@@ -2,7 +2,9 @@
 test fails on a mutant of the code, a plausible bug, that the suite let through): the window's
 bounds in weekly_kpi and the exclusions, a same-day future theta in the real-time query, a
 retried write_fit's draws, the diagnostics thresholds at their exact values, the retention of
-an older ungraded fit; and weekly_kpi_P's P-range check shown able to fail."""
+an older ungraded fit; and weekly_kpi_P's P-range check shown able to fail. Session 24's
+probes added the retention of an ungraded fit beside a later fit of another partition, and the
+diagnostics shown with the digits that tell them from their thresholds."""
 
 from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
@@ -157,3 +159,28 @@ def test_a_failing_diagnostic_is_not_shown_equal_to_its_threshold():
     # a value 4 digits tell apart keeps 4 (the text users know)
     far = {o.check_name: o for o in evaluate(replace(d, max_rhat=1.2345678), 4000, t)}[RHAT_CHECK]
     assert far.description == "max R-hat 1.235 > 1.05" and far.metadata()["observed"] == 1.235
+
+
+def test_the_retention_keeps_an_ungraded_fits_panel_when_another_partition_has_a_later_fit(conn):
+    """prune_panels: "The panel of the newest fit of a partition that has no run record yet is
+    kept". Mutant: `g.partition_key = f.partition_key` dropped (or compared to another column):
+    a later fit of ANOTHER partition (next Monday's run) then counts as newer, and the ungraded
+    fit's panel is deleted; a later run that selects only growth_brms_meta cannot grade it."""
+    from growth_assets.db.writers import jsonable, write_fit, write_run_record
+    from growth_assets.defs.growth.panel import prune_panels
+    from growth_assets_tests.support.results import make_result
+
+    old_id, new_id = "theta:L12:2026-08-17", "theta:L12:2026-08-31"
+    for pid, ws, we in ((old_id, date(2026, 8, 17), date(2026, 11, 9)), (new_id, date(2026, 8, 31), MONDAY)):
+        conn.execute("INSERT INTO growth_panel_meta (panel_id, window_start, window_end, as_of, score_source, stats,"
+                     " created_at) VALUES (%s, %s, %s, %s, 'theta', '{}', now() - interval '30 days')",
+                     (pid, ws, we, we))
+    ungraded = make_result(2, run_id="native-20261110-043000")  # stopped by a blocking check
+    later = make_result(2, run_id="native-20261124-043000")  # next week's partition, graded
+    write_fit(conn, ungraded, partition_key="2026-11-09", panel_id=old_id)
+    write_fit(conn, later, partition_key="2026-11-23", panel_id=new_id)
+    conn.execute("UPDATE growth_fit SET created_at = now() - interval '2 weeks' WHERE run_id = %s", (ungraded.run_id,))
+    write_run_record(conn, jsonable(later.header_json()), status="passed", partition_key="2026-11-23")
+    conn.commit()
+    assert prune_panels(conn, 1).panel_ids == ()
+    assert conn.execute("SELECT count(*) FROM growth_panel_meta WHERE panel_id = %s", (old_id,)).fetchone()[0] == 1
