@@ -1085,8 +1085,9 @@ def _reading(session: psycopg.Connection, snapshot: bool = False) -> Iterator[No
     pipeline's last sync, so a call costs two round trips (``Connection.transaction()``'s own
     BEGIN and COMMIT cost two more, and so does psycopg's implicit BEGIN of a session without
     autocommit, which waits for a sync of its own: such a session is switched to autocommit
-    for the block, idle before and after it). It only reads, so it always ends by rolling
-    back: the call's settings (``_CALL_CONFIG``, local to its transaction) end with it,
+    for the block, idle before and after it). On an idle session the block is the pipeline's
+    own implicit transaction (no BEGIN or ROLLBACK sent). It only reads, so it ends as a
+    rollback: the call's settings (``_CALL_CONFIG``, local to its transaction) end with it,
     inside a caller's transaction too, and nothing the caller did is touched. A session in a
     failed transaction gets psycopg's own error. ``snapshot`` (a session that is idle): the
     transaction is REPEATABLE READ, one snapshot for all its statements, which it can export
@@ -1096,9 +1097,15 @@ def _reading(session: psycopg.Connection, snapshot: bool = False) -> Iterator[No
     if status == TransactionStatus.INTRANS:
         begin = (f"SAVEPOINT {_SAVEPOINT}",)
         end = (f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}", f"RELEASE SAVEPOINT {_SAVEPOINT}")
-    elif status == TransactionStatus.IDLE:
-        begin = ("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY" if snapshot else "BEGIN",)
+    elif status == TransactionStatus.IDLE and snapshot:
+        begin = ("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",)
         end, toggle = ("ROLLBACK",), not session.autocommit
+    elif status == TransactionStatus.IDLE:
+        # no BEGIN nor ROLLBACK: the statements a pipeline sends before its sync are one
+        # (implicit) transaction, which fetching their rows does not end (psycopg flushes, it does
+        # not sync); the pipeline's end syncs it. Only read, it ends as a rollback would, and the
+        # call's settings with it. Two statements fewer: ~0.15 ms of a ~1 ms call.
+        begin, end, toggle = (), (), not session.autocommit
     else:
         with session.transaction():
             yield

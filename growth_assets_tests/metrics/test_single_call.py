@@ -54,6 +54,30 @@ def test_a_call_leaves_the_session_its_transaction_and_its_settings(db_url, auto
 
 
 @pytest.mark.parametrize("autocommit", [False, True])
+def test_the_calls_settings_hold_for_all_its_reads_and_end_with_them(db_url, autocommit):
+    """A call on an idle session sends no BEGIN: its settings (here its search_path, which
+    alone finds the project's tables for a session whose path is only ``public``) are set by
+    its first statement and must hold for every read after it, also for a read sent after
+    rows were fetched (a first call of the process: no run guessed yet, its draws not cached),
+    and must end with the call."""
+    with connect(db_url) as setup:
+        store_run(setup)
+    with psycopg.connect(db_url, autocommit=autocommit) as session:
+        session.execute("SET search_path = public")
+        if not autocommit:
+            session.commit()
+        before = settings_of(session, end=True)
+        metrics._RUN_GUESS.clear()
+        metrics._DRAWS_CACHE.clear()
+        first = metrics.explain_goal_attainment_probability(session, "s00000", target=0.0)
+        again = metrics.explain_goal_attainment_probability(session, "s00000", target=0.0)
+        assert first.run_id == again.run_id == "native-20261123-043000" and first.path == "run", first
+        assert (first.path, first.P) == (again.path, again.P)
+        assert session.info.transaction_status == TransactionStatus.IDLE
+        assert settings_of(session, end=True) == before
+
+
+@pytest.mark.parametrize("autocommit", [False, True])
 def test_a_call_that_fails_leaves_the_session_usable(db_url, autocommit):
     with connect(db_url) as session:
         store_run(session)
