@@ -207,3 +207,61 @@ def test_inverted_backtest_thresholds_are_refused():
         DiagnosticThresholds(rhat_error=1.005)
     with pytest.raises(Exception, match="ess_error"):
         DiagnosticThresholds(ess_error=500.0)
+
+
+def test_the_three_weeks_check_passes_at_its_threshold_and_warns_below_it(db_url):
+    """The share of students with 3 or more weeks passes when it equals BRMS_MIN_SHARE_3_WEEKS
+    (``>=``, as the resource's description says "at least"); a threshold a hair above it warns.
+    A mutant with ``>`` warned at equality and no test saw it."""
+    from growth_assets.defs.growth.assets import SCORES_THREE_WEEKS, weekly_scores
+
+    url = seed_db(db_url, 12, seed=5)
+    with connect(url) as c:
+        c.execute("DELETE FROM mirt_ability WHERE user_id IN (SELECT DISTINCT user_id FROM mirt_ability"
+                  " ORDER BY user_id LIMIT 5) AND fitted_at > %s", (datetime(2026, 9, 14, tzinfo=timezone.utc),))
+
+    def share_check(threshold):
+        res = dg.materialize([weekly_scores], partition_key=PARTITION,
+                             resources=resources(url, ReplayEngine(), min_share_3_weeks=threshold))
+        (ev,) = [e for e in res.get_asset_check_evaluations() if e.check_name == SCORES_THREE_WEEKS]
+        return ev
+
+    first = share_check(0.0)
+    share = float(first.metadata["observed"].value)
+    assert 0.0 < share < 1.0, share  # some students now have fewer than 3 weeks
+    with connect(url) as c:
+        n, k = c.execute("SELECT count(*), count(*) FILTER (WHERE cardinality(weeks) >= 3) FROM growth_panel").fetchone()
+    exact = k / n
+    assert abs(exact - share) < 1e-3
+    assert share_check(exact).passed
+    warned = share_check(exact + 1e-9)
+    assert not warned.passed and warned.severity == dg.AssetCheckSeverity.WARN
+
+
+def test_a_refresh_p_of_the_run_for_users_it_did_not_fit_is_no_row_count_mismatch(db_url):
+    """The weekday refresh writes P from the run's draws (P_run_id: the run) for active users
+    the run did not fit, into the current week. weekly_kpi_P materialized again that week (a
+    re-run of the partition's last step) counted those rows as "rows carrying this run's P"
+    and failed ``rows_written_equal_students_fitted`` (ERROR: an alert) for P rightly written."""
+    from growth_assets.defs.growth.assets import KPI_ROWS_MATCH
+
+    url = seed_db(db_url, 20, seed=3)
+    defs = build_definitions(Settings.from_env({}), **resources(url, ReplayEngine()))
+    job = defs.resolve_job_def("weekly_growth_job")
+    assert job.execute_in_process(partition_key=PARTITION).success
+    with connect(url) as c:
+        week, run_id = c.execute("SELECT week_start, kpis->>'P_run_id' FROM weekly_kpi WHERE kpis ? 'P' LIMIT 1").fetchone()
+        c.execute("INSERT INTO weekly_kpi (user_id, week_start, kpis) VALUES ('new-user', %s, jsonb_build_object("
+                  "'P', 0.4, 'sigma', 0.3, 'P_target', 0, 'P_week', '2026-12-07', 'P_run_id', %s::text,"
+                  " 'P_source', 'update', 'P_window_end', '2026-11-23'))", (week, run_id))
+    again = job.execute_in_process(partition_key=PARTITION, asset_selection=_keys("weekly_kpi_P"))
+    (ev,) = [e for e in again.get_asset_check_evaluations() if e.check_name == KPI_ROWS_MATCH]
+    assert ev.passed, ev.description
+    # a fitted student whose row keeps a P of a newer window (the merge never replaces it) does
+    # not carry the run's P: that is still a mismatch, named
+    with connect(url) as c:
+        c.execute("UPDATE weekly_kpi SET kpis = kpis || '{\"P_window_end\": \"2027-01-04\", \"P_run_id\": \"x\"}'"
+                  " WHERE user_id = (SELECT min(user_id) FROM weekly_kpi WHERE user_id <> 'new-user')")
+    third = job.execute_in_process(partition_key=PARTITION, asset_selection=_keys("weekly_kpi_P"))
+    (ev,) = [e for e in third.get_asset_check_evaluations() if e.check_name == KPI_ROWS_MATCH]
+    assert not ev.passed and ev.description == "19 rows carry this run's P for 20 students fitted", ev.description

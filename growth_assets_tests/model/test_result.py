@@ -171,3 +171,37 @@ def test_json_with_a_key_twice_or_a_nul_in_an_id_or_a_huge_number_is_refused_nam
     with pytest.raises(FitResultError) as e:
         FitResult.from_json(huge)
     assert e.value.field == "predictions[1].n_obs"
+
+
+# FitResult.validate's bounds that mutation probes (session 24) found unpinned
+
+
+def _refused(res):
+    from growth_assets.model.result import FitResultError
+
+    with pytest.raises(FitResultError) as e:
+        res.validate()
+    return str(e.value)
+
+
+def test_a_result_with_no_kept_draws_is_refused_naming_n_warmup():
+    """Mutant: ``0 <= n_warmup <= n_samples``. A result whose warmup is all its samples kept no
+    draw: refused, naming n_warmup (the mutant let it through to the ESS check, which named
+    posterior_summary.<param>.ess_bulk instead)."""
+    text = _refused(replace(make_result(3), n_warmup=2000))
+    assert text.startswith("n_warmup") or "n_warmup:" in text or "'n_warmup'" in text, text
+
+
+def test_an_ess_above_what_the_kept_draws_allow_is_refused():
+    """Mutant: ``kept_draws`` without the warmup (n_chains * n_samples). 4 chains x 1000 kept
+    draws give an ESS of at most 4000 log10 4000 = 14,408: 20,000 is refused."""
+    make_result(3, min_ess_bulk=14_000.0).validate()
+    text = _refused(make_result(3, min_ess_bulk=20_000.0))
+    assert "ess_bulk" in text, text
+
+
+def test_a_student_with_no_observation_is_refused():
+    """Mutant: ``n_obs < 0`` for ``n_obs < 1``. A student with no week in the panel has no
+    line of her own: refused, naming her n_obs."""
+    text = _refused(make_result(3, n_obs=[0, 12, 12]))
+    assert "n_obs" in text and "s00000" in text, text

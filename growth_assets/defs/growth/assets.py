@@ -433,9 +433,12 @@ def weekly_kpi_P(context: dg.AssetExecutionContext, postgres: PostgresResource, 
         fitted, p_min, p_max, share = conn.execute(
             'SELECT count(*), min("P"), max("P"), avg(("P" >= 0.5)::int) FROM growth_student_posterior'
             " WHERE run_id = %s", (run_id,)).fetchone()
+        # the rows this step wrote: the run's P with its engine as P_source (the weekday refresh
+        # writes P of the same run for users it did not fit, with P_source update or posterior)
         stored = conn.execute(
             "SELECT count(*), count(*) FILTER (WHERE (kpis->>'P')::float8 BETWEEN 0 AND 1)"
-            " FROM weekly_kpi WHERE week_start = %s AND kpis->>'P_run_id' = %s", (week_start, run_id)).fetchone()
+            " FROM weekly_kpi WHERE week_start = %s AND kpis->>'P_run_id' = %s AND kpis->>'P_source' = %s",
+            (week_start, run_id, engine)).fetchone()
         hist = conn.execute(
             'SELECT width_bucket("P", 0, 1, 10) AS b, count(*) FROM growth_student_posterior'
             " WHERE run_id = %s GROUP BY b", (run_id,)).fetchall()
