@@ -4,27 +4,11 @@ failed on a plausible mutant that no other test caught (named in its docstring).
 import contextlib
 import threading
 import time
-from datetime import date
 
 import psycopg
 
 from growth_assets.db import connect
-from growth_assets.db.writers import merge_weekly_kpi
-
-WEEK = date(2026, 11, 23)
-P_WEEK = date(2026, 12, 14)
-
-
-def _kpis(conn, user, week=WEEK):
-    row = conn.execute("SELECT kpis FROM weekly_kpi WHERE user_id=%s AND week_start=%s", (user, week)).fetchone()
-    return None if row is None else row[0]
-
-
-def _merge(conn, rows, **kw):
-    args = dict(week_start=WEEK, target=0.0, p_week=P_WEEK, run_id="native-20261123-043000", source="native",
-                window_end=WEEK)
-    args.update(kw)
-    return merge_weekly_kpi(conn, rows, **args)
+from growth_assets_tests.db.test_writers import WEEK, kpis, merge
 
 
 def test_a_row_whose_kpis_is_json_null_gets_p_as_an_object(conn):
@@ -34,9 +18,9 @@ def test_a_row_whose_kpis_is_json_null_gets_p_as_an_object(conn):
     into the array [null, {...}]: kpis->>'P' is then NULL and the P is lost, the row counted as merged."""
     conn.execute("INSERT INTO weekly_kpi (user_id, week_start, kpis) VALUES ('u1', %s, 'null'::jsonb)", (WEEK,))
     conn.commit()
-    assert _merge(conn, [("u1", 0.7, 0.2), ("u2", 0.1, 0.1)]) == 2
+    assert merge(conn, [("u1", 0.7, 0.2), ("u2", 0.1, 0.1)], window_end=WEEK) == 2
     conn.commit()
-    k = _kpis(conn, "u1")
+    k = kpis(conn, "u1")
     assert isinstance(k, dict) and k.get("P") == 0.7, k
     assert conn.execute("SELECT kpis->>'P' FROM weekly_kpi WHERE user_id = 'u1'").fetchone()[0] == "0.7"
 
@@ -62,7 +46,7 @@ def test_a_merge_locks_rows_in_user_id_order_against_a_writer_that_is_not_a_p_wr
 
         def run_merge():
             try:
-                _merge(m, [("u2", 0.2, 0.1), ("u1", 0.3, 0.1)])  # rows not given sorted
+                merge(m, [("u2", 0.2, 0.1), ("u1", 0.3, 0.1)], window_end=WEEK)  # rows not given sorted
                 m.commit()
             except BaseException as e:  # noqa: BLE001 - reported below
                 errors.append(e)
@@ -82,7 +66,7 @@ def test_a_merge_locks_rows_in_user_id_order_against_a_writer_that_is_not_a_p_wr
         stack.close()
     assert not errors, errors
     with connect(db_url) as c:
-        assert [(_kpis(c, u)["P"], _kpis(c, u)["I_t"]) for u in ("u1", "u2")] == [(0.3, 1), (0.2, 1)]
+        assert [(kpis(c, u)["P"], kpis(c, u)["I_t"]) for u in ("u1", "u2")] == [(0.3, 1), (0.2, 1)]
 
 
 def test_migrate_on_a_callers_connection_creates_the_tables_in_the_projects_schema(empty_db_url):

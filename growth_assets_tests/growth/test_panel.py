@@ -1,14 +1,11 @@
 """weekly_scores's panel against hand-built fixtures (spec §1, §5)."""
 
-import threading
-import time
 from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
 import psycopg
 import pytest
 
-from growth_assets.db import connect
 from growth_assets.defs.growth.panel import PrunedPanels, Window, build_panel, load_panel, prune_panels
 from growth_assets.model.contract import ContractError
 
@@ -478,51 +475,3 @@ def test_a_stored_null_element_is_refused_naming_the_student_and_the_null(conn, 
     with pytest.raises(ContractError, match=rf"row 1: {field}\[\] NULL flag is 1, expected 0 \(an element is NULL\)"
                                             r" \(student 'bad-student'\)"):
         load_panel(conn, "p")
-
-
-def test_two_rebuilds_of_a_stored_panel_take_turns(fixture_db, db_url, monkeypatch):
-    """build_panel locks the panel's meta row FOR UPDATE before its rows. Mutant `FOR SHARE`:
-    the existing tests (a new panel's two builds, a rebuild beside the retention) still pass,
-    but two rebuilds of a panel that is stored (a backfill re-run beside a retry) both get the
-    share lock; B's DELETE then waits for A's rows while A's final meta upsert waits for B's
-    share lock: a deadlock, one build aborted."""
-    from growth_assets.defs.growth import panel as panel_mod
-    from growth_assets.defs.growth.panel import Window, build_panel, panel_info
-
-    window = Window(MONDAY, 12)
-    monkeypatch.setattr(panel_mod, "SPLIT_MIN_SAMPLE", 10**12)  # one statement
-    first = build_panel(fixture_db, window, "theta", NOW)
-    fixture_db.commit()
-    real = panel_mod._exclusions
-    first_stored = threading.Event()
-
-    def slow_exclusions(c, params, source):  # A holds its new rows here
-        if threading.current_thread().name == "A" and not first_stored.is_set():
-            first_stored.set()
-            time.sleep(1.0)
-        return real(c, params, source)
-
-    monkeypatch.setattr(panel_mod, "_exclusions", slow_exclusions)
-    errors: dict = {}
-
-    def run(name):
-        try:
-            with connect(db_url) as c:
-                c.execute("SET deadlock_timeout = '100ms'")
-                build_panel(c, window, "theta", NOW)
-                c.commit()
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors[name] = exc
-
-    a = threading.Thread(target=run, args=("A",), name="A")
-    a.start()
-    assert first_stored.wait(30)
-    b = threading.Thread(target=run, args=("B",), name="B")
-    b.start()
-    a.join(30), b.join(30)
-    assert not errors, errors
-    with connect(db_url) as c:
-        info = panel_info(c, first.panel_id)
-        assert info is not None and info.n_students == first.n_students
-        assert c.execute("SELECT count(*) FROM growth_panel WHERE panel_id = %s",
-                         (first.panel_id,)).fetchone()[0] == first.n_students

@@ -267,18 +267,16 @@ def test_a_builder_under_set_role_splits_as_that_role(fixture_db, db_url, halves
         conn.commit()
 
 
-def test_two_builds_of_a_panel_not_stored_yet_take_turns(fixture_db, db_url, halves, monkeypatch):  # noqa: F811
-    """Two runs build one panel not stored yet (its first build, or after the retention) at
-    once: its meta row's FOR UPDATE locked nothing, and the second failed on the first's rows
-    with a duplicate key (found by review). It now waits for the first and replaces its rows."""
+def _two_builds_at_once(db_url: str, window, monkeypatch) -> dict:
+    """Build ``window``'s panel twice at once: A first, B once A's transaction holds its new
+    rows (its exclusions held a second); the errors of each, by name."""
     import threading
 
-    fixture_db.commit()
     real = panel_mod._exclusions
     first_stored = threading.Event()
 
-    def slow_exclusions(c, params, source):  # runs while A's transaction holds its new rows
-        if threading.current_thread().name.startswith("build_panel") and not first_stored.is_set():
+    def slow_exclusions(c, params, source):
+        if not first_stored.is_set():
             first_stored.set()
             time.sleep(1.0)
         return real(c, params, source)
@@ -289,7 +287,8 @@ def test_two_builds_of_a_panel_not_stored_yet_take_turns(fixture_db, db_url, hal
     def run(name):
         try:
             with connect(db_url) as c:
-                build_panel(c, WINDOW, "theta", NOW)
+                c.execute("SET deadlock_timeout = '100ms'")
+                build_panel(c, window, "theta", NOW)
         except Exception as exc:  # noqa: BLE001 - reported below
             errors[name] = exc
 
@@ -299,7 +298,32 @@ def test_two_builds_of_a_panel_not_stored_yet_take_turns(fixture_db, db_url, hal
     b = threading.Thread(target=run, args=("B",))
     b.start()
     a.join(30), b.join(30)
+    return errors
+
+
+def test_two_builds_of_a_panel_not_stored_yet_take_turns(fixture_db, db_url, halves, monkeypatch):  # noqa: F811
+    """Two runs build one panel not stored yet (its first build, or after the retention) at
+    once: its meta row's FOR UPDATE locked nothing, and the second failed on the first's rows
+    with a duplicate key (found by review). It now waits for the first and replaces its rows."""
+    fixture_db.commit()
+    errors = _two_builds_at_once(db_url, WINDOW, monkeypatch)
     assert not errors, errors
     with connect(db_url) as c:
         info = panel_info(c, panel_mod.panel_id_for(WINDOW, "theta"))
         assert info is not None and len(_stored(c, info.panel_id)) == info.n_students > 0
+
+
+def test_two_rebuilds_of_a_stored_panel_take_turns(fixture_db, db_url, monkeypatch):  # noqa: F811
+    """build_panel locks the panel's meta row FOR UPDATE before its rows. With ``FOR SHARE`` (a
+    mutant no other test caught) two rebuilds of a stored panel (a backfill re-run beside a
+    retry) both got the share lock; B's DELETE then waited for A's rows while A's final meta
+    upsert waited for B's share lock: a deadlock, one build aborted."""
+    monkeypatch.setattr(panel_mod, "SPLIT_MIN_SAMPLE", 10**12)  # one statement
+    first = build_panel(fixture_db, WINDOW, "theta", NOW)
+    fixture_db.commit()
+    errors = _two_builds_at_once(db_url, WINDOW, monkeypatch)
+    assert not errors, errors
+    with connect(db_url) as c:
+        info = panel_info(c, first.panel_id)
+        assert info is not None and info.n_students == first.n_students
+        assert len(_stored(c, first.panel_id)) == first.n_students
