@@ -184,3 +184,26 @@ def test_the_retention_keeps_an_ungraded_fits_panel_when_another_partition_has_a
     conn.commit()
     assert prune_panels(conn, 1).panel_ids == ()
     assert conn.execute("SELECT count(*) FROM growth_panel_meta WHERE panel_id = %s", (old_id,)).fetchone()[0] == 1
+
+
+def test_the_pictures_sample_carries_each_students_own_line_in_any_result_order():
+    """The population picture's sample: each student's weeks and scores from the panel, her
+    line (mean intercept and slope) from the result's row of the same id, whether the result
+    lists the students in the panel's order (both engines) or in another."""
+    from growth_assets.defs.growth.assets import sample_students
+    from growth_assets.model.panel import Panel
+
+    rng = np.random.default_rng(3)
+    ids = [f"s{k:03d}" for k in range(40)]
+    rows = [(sid, w, float(rng.normal())) for sid in ids for w in range(3 + int(sid[1:]) % 4)]
+    panel = Panel.from_frame(__import__("pandas").DataFrame(rows, columns=["student_id", "week", "score"]))
+    res = make_result(40, ids=panel.student_ids, n_obs=panel.n_obs())
+    for result in (res, replace(res, students=res.students.take(np.arange(40)[::-1]))):
+        sample = sample_students(result, panel)
+        assert len(sample) == 6
+        own = dict(zip(result.students.student_id, zip(result.students.mean_a, result.students.mean_b)))
+        for sid, w, y, a, b in sample:
+            code = list(panel.student_ids).index(sid)
+            assert np.array_equal(w, panel.week[panel.student == code]) and np.array_equal(y, panel.score[panel.student == code])
+            assert (a, b) == own[sid], sid
+        assert len({a for _, _, _, a, _ in sample}) == 6  # the lines differ: a wrong row would show

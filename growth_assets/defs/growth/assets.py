@@ -16,6 +16,7 @@ run's id), so every step may run in its own process or pod:
 
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import timedelta
@@ -181,19 +182,22 @@ def sample_students(result: FitResult, panel, k: int = SAMPLE_STUDENTS) -> list[
     if eligible.size == 0:
         return []
     pick = eligible[np.linspace(0, eligible.size - 1, min(k, eligible.size)).round().astype(int)]
-    pos = {sid: i for i, sid in enumerate(result.students.student_id)}
+    ids = result.students.student_id
     out = []
     for code in pick:
         sid = panel.student_ids[code]
         rows = panel.student == code
-        i = pos[sid]
+        # her row of the result: in the panel's (sorted) order, as both engines give them, else
+        # looked for (a dict of a million ids cost ~0.4 s of the step)
+        i = int(code) if code < ids.size and ids[code] == sid else int(np.flatnonzero(ids == sid)[0])
         out.append((str(sid), panel.week[rows], panel.score[rows], float(result.students.mean_a[i]),
                     float(result.students.mean_b[i])))
     return out
 
 
-def fit_pictures(result: FitResult, panel, window: Window, growth: GrowthSettings) -> dict[str, Any]:
-    """brms_posterior's pictures: the population line with students, P, the parameters."""
+def fit_pictures(result: FitResult, sample: list[tuple], window: Window, growth: GrowthSettings) -> dict[str, Any]:
+    """brms_posterior's pictures: the population line with ``sample`` (``sample_students``), P,
+    the parameters."""
     p_week = window.start + timedelta(weeks=int(result.horizon_week))
     md = {"picture_P": dg.MetadataValue.md(p_picture(result.students.P, result.target, p_week.isoformat()))}
     d = result.population_draws
@@ -201,7 +205,7 @@ def fit_pictures(result: FitResult, panel, window: Window, growth: GrowthSetting
         md["pictures_note"] = "the engine gave no population draws: no line or parameter pictures"
         return md
     md["picture_population_line"] = dg.MetadataValue.md(population_picture(
-        d, int(result.horizon_week), growth.lookback_weeks, result.target, sample_students(result, panel),
+        d, int(result.horizon_week), growth.lookback_weeks, result.target, sample,
         seed=int(result.seed)))
     md["picture_parameters"] = dg.MetadataValue.md(parameters_picture(d))
     return md
@@ -308,12 +312,17 @@ def brms_posterior(context: dg.AssetExecutionContext, postgres: PostgresResource
             attempts.append(attempt_record(result))
         result = replace(result, diagnostics=replace(
             result.diagnostics, details={**result.diagnostics.details, "attempts": attempts}))
-    pictures = fit_pictures(result, panel, window, growth)
+    sample = sample_students(result, panel)
     sums = panel.window_sums()  # kept with each student's line, for the real-time path
     del panel
-    with postgres.connect() as conn, contract_failures():
-        n = write_fit(conn, result, partition_key=context.partition_key,
-                      dagster_run_id=context.run.run_id, panel_id=info.panel_id, window_sums=sums)
+    # the pictures (~1.3 s of matplotlib) are drawn while the student rows are written, which
+    # is mostly the server's work: the step waits for the longer of the two, not their sum
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fit_pictures") as pool:
+        drawn = pool.submit(fit_pictures, result, sample, window, growth)
+        with postgres.connect() as conn, contract_failures():
+            n = write_fit(conn, result, partition_key=context.partition_key,
+                          dagster_run_id=context.run.run_id, panel_id=info.panel_id, window_sums=sums)
+        pictures = drawn.result()
     yield dg.MaterializeResult(metadata={
         **fit_metadata(result), "student_rows": dg.MetadataValue.int(n),
         "attempts": dg.MetadataValue.int(len(attempts)),
