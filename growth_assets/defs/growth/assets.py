@@ -16,7 +16,6 @@ run's id), so every step may run in its own process or pod:
 
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import timedelta
@@ -312,17 +311,12 @@ def brms_posterior(context: dg.AssetExecutionContext, postgres: PostgresResource
             attempts.append(attempt_record(result))
         result = replace(result, diagnostics=replace(
             result.diagnostics, details={**result.diagnostics.details, "attempts": attempts}))
-    sample = sample_students(result, panel)
+    pictures = fit_pictures(result, sample_students(result, panel), window, growth)
     sums = panel.window_sums()  # kept with each student's line, for the real-time path
     del panel
-    # the pictures (~1.3 s of matplotlib) are drawn while the student rows are written, which
-    # is mostly the server's work: the step waits for the longer of the two, not their sum
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fit_pictures") as pool:
-        drawn = pool.submit(fit_pictures, result, sample, window, growth)
-        with postgres.connect() as conn, contract_failures():
-            n = write_fit(conn, result, partition_key=context.partition_key,
-                          dagster_run_id=context.run.run_id, panel_id=info.panel_id, window_sums=sums)
-        pictures = drawn.result()
+    with postgres.connect() as conn, contract_failures():
+        n = write_fit(conn, result, partition_key=context.partition_key,
+                      dagster_run_id=context.run.run_id, panel_id=info.panel_id, window_sums=sums)
     yield dg.MaterializeResult(metadata={
         **fit_metadata(result), "student_rows": dg.MetadataValue.int(n),
         "attempts": dg.MetadataValue.int(len(attempts)),
