@@ -115,8 +115,9 @@ reason) and each user's answer at DEBUG. A NaN/infinite target or an empty user 
 Queries: one per path for any number of users (``= ANY(%s)``: the ids as one binary array,
 encoded once per statement, ``_Ids``; for one user ``= (%s)[1]``, ``_one_user_sql``), never
 one per user. The reads every user needs (the latest run, the stored P, the score sums, and
-path 3's theta for those with no scores) go in one pipeline with the call's BEGIN: one round
-trip to the server, and one more for the end of its read-only block (``_reading``). A batch
+path 3's theta for those with no scores) go in one pipeline, which on an idle session is the
+call's (implicit) transaction: one round trip to the server, and one more for the end of its
+read-only block (``_reading``). A batch
 (more than ``PREFETCH_THETA_MAX_USERS`` users) reads its run first, then its users in chunks
 of ``BATCH_CHUNK_USERS``, each chunk's reads sent before the chunk ahead of it is answered,
 so that the server and this process work at once (``_start_batch``); a batch of several
