@@ -1347,9 +1347,9 @@ def calculate_and_store_weekly_kpi(
 ) -> GoalAnswer:
     """Compute P and sigma through the chain and merge them into that week's ``weekly_kpi``.
 
-    ``week_start`` must be a Monday that has begun (UTC; ContractError otherwise). A P already
-    stored in that week's row that counts under the path-1 rules (same target, latest passed run) is reused
-    and nothing is written. Otherwise the answer of paths 2/3 is merged with
+    ``week_start`` must be a Monday that has begun (UTC; ContractError otherwise). A P
+    already stored in that week's row that counts under the path-1 rules (same target, latest
+    passed run) is reused and nothing is written. Otherwise the answer of paths 2/3 is merged with
     ``merge_weekly_kpi`` (other keys of ``kpis`` are kept): ``P_source`` ``update`` for path 2
     from the run's population draws (``posterior`` from a run without them), ``normal`` for
     path 3; ``P_week`` the Monday of the run's horizon week (path 2)
