@@ -52,6 +52,12 @@ HORIZON_WEEKS = IntLimit("BRMS_HORIZON_WEEKS", 4, 0, 520)
 MAX_N_SAMPLES = IntLimit("BRMS_MAX_N_SAMPLES", 8000, 200, 20000)
 HORIZON_WEEK = IntLimit("horizon_week", 15, 0, 1_000_000)  # (L - 1) + horizon, a week index
 R_BRMS_TIMEOUT_SECS = 600.0
+# a whole fit's bound, a week at most: 9999999999 ("never") overflowed the socket's timeout
+# (time_t) in every fit, an error that named no setting
+R_BRMS_TIMEOUT_MAX_SECS = 7 * 86_400.0
+MAX_NATIVE_DEVICES = 256
+# GROWTH_JAX_CACHE_DIR's words for "no caches" (the project's false words among them)
+CACHE_OFF_WORDS = ("", "off", "none", "0", "false", "no")
 
 
 class SettingsError(ValueError):
@@ -108,7 +114,9 @@ def env_url(env: Mapping[str, str], name: str, secret: bool = False) -> str | No
     try:
         parts = urlsplit(raw)
         ok = parts.scheme in ("http", "https") and bool(parts.hostname) and not any(c.isspace() for c in raw)
-        parts.port  # a port beyond 65535, or not a number: ValueError (else a "connection refused" later)
+        # a port beyond 65535, or not a number: ValueError; port 0, which urlsplit reads as 0: no
+        # server listens there (else a "connection refused" later)
+        ok = ok and parts.port != 0
     except ValueError:
         parts, ok = None, False
     if not ok:
@@ -208,6 +216,14 @@ class NativeRuntime:
     devices: int | None = None  # None: min(2, CPUs)
     chain_method: str = "vectorized"
 
+    def __post_init__(self) -> None:
+        # built from the launchpad too (GrowthEngineResource): "Sequential" or "parallel" ran in
+        # a third mode (chains over devices, yet not vectorized), silently
+        if self.chain_method not in CHAIN_METHODS:
+            raise SettingsError("GROWTH_NATIVE_CHAIN_METHOD", str(self.chain_method), f"must be one of {CHAIN_METHODS}")
+        if self.devices is not None and not 1 <= self.devices <= MAX_NATIVE_DEVICES:
+            raise SettingsError("GROWTH_NATIVE_DEVICES", str(self.devices), f"must be within 1..{MAX_NATIVE_DEVICES}")
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "NativeRuntime":
         env = os.environ if env is None else env
@@ -215,8 +231,8 @@ class NativeRuntime:
         if raw is None:
             cache = default_cache_dir(env)
         else:
-            cache = None if raw.strip().lower() in ("", "off", "none", "0") else raw.strip()
-        devices = env_int(env, "GROWTH_NATIVE_DEVICES", 0, 0, 256) or None
+            cache = None if raw.strip().lower() in CACHE_OFF_WORDS else raw.strip()
+        devices = env_int(env, "GROWTH_NATIVE_DEVICES", 0, 0, MAX_NATIVE_DEVICES) or None
         method = env_choice(env, "GROWTH_NATIVE_CHAIN_METHOD", "vectorized", CHAIN_METHODS)
         return cls(cache, devices, method)
 
@@ -268,8 +284,9 @@ class Settings:
     @classmethod
     def _parse(cls, env: Mapping[str, str]) -> "Settings":
         timeout = env_float(env, "R_BRMS_TIMEOUT_SECS", R_BRMS_TIMEOUT_SECS)
-        if timeout <= 0:
-            raise SettingsError("R_BRMS_TIMEOUT_SECS", _get(env, "R_BRMS_TIMEOUT_SECS") or "", "must be > 0")
+        if not 0 < timeout <= R_BRMS_TIMEOUT_MAX_SECS:
+            raise SettingsError("R_BRMS_TIMEOUT_SECS", _get(env, "R_BRMS_TIMEOUT_SECS") or "",
+                                f"must be > 0 and at most {R_BRMS_TIMEOUT_MAX_SECS:.0f} (a week)")
         n_samples = env_limit(env, N_SAMPLES)
         # unset: the refit's ceiling is at least the iterations asked for (BRMS_N_SAMPLES=10000 on
         # its own was refused, naming a variable its user never set); set, it must be

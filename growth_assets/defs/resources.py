@@ -18,9 +18,9 @@ from pydantic import Field
 from ..model.contract import ContractError, horizon_week
 from ..model.engine import Engine, FitSettings
 from ..model.engines import make_engine
-from ..settings import (DB_SCHEMA, CHAIN_METHODS, HORIZON_WEEKS, LOOKBACK_WEEKS, MAX_N_SAMPLES, N_CHAINS, N_SAMPLES,
-                        R_BRMS_TIMEOUT_SECS, SCORE_RANGE, SCORE_SOURCES, SEED, IntLimit, NativeRuntime,
-                        refit_ceiling_problem, score_range_problem,
+from ..settings import (DB_SCHEMA, CHAIN_METHODS, HORIZON_WEEKS, LOOKBACK_WEEKS, MAX_N_SAMPLES, MAX_NATIVE_DEVICES,
+                        N_CHAINS, N_SAMPLES, R_BRMS_TIMEOUT_MAX_SECS, R_BRMS_TIMEOUT_SECS, SCORE_RANGE, SCORE_SOURCES,
+                        SEED, IntLimit, NativeRuntime, env_url, refit_ceiling_problem, score_range_problem,
                         Settings)
 
 
@@ -105,22 +105,29 @@ class GrowthEngineResource(dg.ConfigurableResource):
 
     engine: str = Field("native", description="GROWTH_ENGINE: native | brms")
     r_brms_base_url: str | None = Field(None, description="R_BRMS_BASE_URL")
-    r_brms_timeout_secs: float = Field(R_BRMS_TIMEOUT_SECS, gt=0, description="R_BRMS_TIMEOUT_SECS")
+    r_brms_timeout_secs: float = Field(R_BRMS_TIMEOUT_SECS, gt=0, le=R_BRMS_TIMEOUT_MAX_SECS,
+                                       description="R_BRMS_TIMEOUT_SECS (the whole fit; a week at most)")
     r_brms_internal_token: str | None = Field(None, description="R_BRMS_INTERNAL_TOKEN (shown as an env var)")
     r_brms_max_retries: int = Field(3, ge=0, le=10, description="retries on connection errors, 502/503/504, a 429 (after its"
                                                                  " Retry-After) and a lost answer")
     r_brms_backoff_secs: float = Field(2.0, ge=0, description="first retry delay, doubled each retry")
     native_cache_dir: str | None = Field(None, description="GROWTH_JAX_CACHE_DIR (None: no caches)")
-    native_devices: int | None = Field(None, ge=1, description="GROWTH_NATIVE_DEVICES (None: min(2, CPUs))")
+    native_devices: int | None = Field(None, ge=1, le=MAX_NATIVE_DEVICES,
+                                       description="GROWTH_NATIVE_DEVICES (None: min(2, CPUs))")
     native_chain_method: str = Field("vectorized", description="GROWTH_NATIVE_CHAIN_METHOD: " + " | ".join(CHAIN_METHODS))
 
     def get_engine(self) -> Engine:
+        # the launchpad's values pass the checks their environment variables pass (a URL typed
+        # without its scheme failed in httpx, naming no setting; a chain method in another case
+        # ran in a third mode), read when the run uses them (an EnvVar is resolved by then)
+        if self.r_brms_base_url is not None:
+            env_url({"R_BRMS_BASE_URL": self.r_brms_base_url}, "R_BRMS_BASE_URL")
         return make_engine(self.engine, r_brms_base_url=self.r_brms_base_url,
                            r_brms_timeout_secs=self.r_brms_timeout_secs,
                            r_brms_internal_token=self.r_brms_internal_token,
                            max_retries=self.r_brms_max_retries, backoff_secs=self.r_brms_backoff_secs,
                            native=NativeRuntime(self.native_cache_dir, self.native_devices,
-                                                self.native_chain_method))
+                                                self.native_chain_method.strip().lower()))
 
 
 def resources_from_settings(settings: Settings) -> dict[str, Any]:

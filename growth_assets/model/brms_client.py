@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 
+from ..settings import R_BRMS_TIMEOUT_MAX_SECS
 from .contract import FitResultError, parse_json
 from .engine import FitSettings
 from .panel import Panel
@@ -137,8 +138,9 @@ class BrmsClient:
             raise ValueError("R_BRMS_BASE_URL: must be set")
         self.base_url = base_url.rstrip("/")
         self.shown_url = shown_url(self.base_url)  # for errors and logs: no credentials
-        if not timeout_secs > 0:
-            raise ValueError(f"R_BRMS_TIMEOUT_SECS: must be > 0 (got {timeout_secs!r})")
+        if not 0 < timeout_secs <= R_BRMS_TIMEOUT_MAX_SECS:
+            raise ValueError(f"R_BRMS_TIMEOUT_SECS: must be > 0 and at most {R_BRMS_TIMEOUT_MAX_SECS:.0f}"
+                             f" (a week; got {timeout_secs!r})")
         self.timeout_secs = float(timeout_secs)
         self.connect_timeout_secs = float(connect_timeout_secs)
         self.timeout = httpx.Timeout(timeout_secs, connect=connect_timeout_secs)
