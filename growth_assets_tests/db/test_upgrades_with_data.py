@@ -116,14 +116,20 @@ def _at(url, version):
         conn.commit()
 
 
+def _at_0007_with_a_run(url: str) -> dict:
+    """A database at 0007 holding one stored, graded run and its panels (a row per student-week);
+    its rows (``_rows``)."""
+    _at(url, "0007_window_sums")
+    with connect(url) as conn:
+        _write_fit_and_record(conn, "weeks")
+        conn.commit()
+        return _rows(conn)
+
+
 def test_a_database_at_0007_with_data_upgrades_with_every_row_and_reads_as_todays(empty_db_url, db_url):
     from growth_assets.defs.growth.panel import load_panel
 
-    _at(empty_db_url, "0007_window_sums")
-    with connect(empty_db_url) as conn:
-        _write_fit_and_record(conn, "weeks")
-        conn.commit()
-        before = _rows(conn)
+    before = _at_0007_with_a_run(empty_db_url)
     applied = migrate(empty_db_url, apply_source_changes=True)
     assert applied == [v for v, _ in available() if v > "0007_window_sums"]
     assert migrate(empty_db_url) == []  # a second run is a no-op
@@ -231,11 +237,8 @@ def test_an_older_database_with_a_run_and_a_panel_upgrades_whole(empty_db_url, d
 
 
 def test_a_migration_failing_half_way_through_an_upgrade_leaves_the_data_as_it_was(empty_db_url, monkeypatch):
-    _at(empty_db_url, "0007_window_sums")
+    before = _at_0007_with_a_run(empty_db_url)
     with connect(empty_db_url) as conn:
-        _write_fit_and_record(conn, "weeks")
-        conn.commit()
-        before = _rows(conn)
         panel = conn.execute("SELECT * FROM growth_panel ORDER BY 1, 2, 3").fetchall()
     m = sys.modules["growth_assets.db.migrate"]
     real = m.available()
