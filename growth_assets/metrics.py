@@ -560,39 +560,6 @@ def _run_reads_sql(score_source: str) -> str:
         f" UNION ALL SELECT t.user_id, {nulls}, t.theta, t.se FROM ({theta}) t")
 
 
-_STORED_NULLS = "NULL::date, NULL::float8, NULL::float8, NULL::float8, NULL::text, NULL::text, NULL::text, NULL::text"
-_READS_NULLS = "NULL::bigint, NULL::float8, NULL::float8, NULL::float8, NULL::float8, NULL::bigint, NULL::float8, NULL::float8"
-
-
-@functools.lru_cache(maxsize=16)
-def _run_reads_and_stored_sql(score_source: str, kpi_week: bool) -> str:
-    """``_run_reads_sql``'s rows, each with eight NULL columns more, and after them the users'
-    stored P (``_stored_sql``) as rows of NULL reads and those eight columns (a week_start is
-    never NULL): one statement instead of two for a call's first round trip. Parameters: both's."""
-    stored = _stored_sql(date.min if kpi_week else None)
-    return (f"WITH rr AS ({_run_reads_sql(score_source)}) SELECT rr.*, {_STORED_NULLS} FROM rr"
-            f" UNION ALL SELECT st.user_id, {_READS_NULLS}, st.week_start, st.pn, st.s, st.t, st.r, st.src,"
-            f" st.pw, st.pt FROM ({stored}) st(user_id, week_start, pn, s, t, r, src, pw, pt)")
-
-
-def _send_run_reads_and_stored(session: psycopg.Connection, run: _Run, users: _Ids, score_range: tuple[float, float],
-                               as_of: datetime | None, kpi_week: date | None) -> psycopg.Cursor:
-    params = {**_sums_params(session, run, users, score_range, as_of), "kpi_week": kpi_week}
-    return _execute(session, _for(_run_reads_and_stored_sql(run.score_source or "theta", kpi_week is not None),
-                                  users), params)
-
-
-def _read_run_reads_and_stored(cur: psycopg.Cursor) -> tuple[tuple[dict[str, tuple], dict[str, tuple]], dict[str, tuple]]:
-    """((sums, thetas) as ``_read_run_reads``, the stored P as ``_read_stored``)."""
-    reads, stored = [], []
-    for r in cur.fetchall():
-        if r[9] is None:
-            reads.append(r[:9])
-        else:
-            stored.append((r[0], *r[9:17]))
-    return _run_reads_rows(reads, True), _stored_rows(stored)
-
-
 def _read_run_reads(curs: tuple) -> tuple[dict[str, tuple], dict[str, tuple] | None]:
     """(every user's sums since the window's start, the prefetched thetas or None)."""
     cur, with_theta = curs
@@ -789,14 +756,12 @@ def _start(session: psycopg.Connection, users: list[str], use_bayesian: bool, sc
     ids, got = _Ids(session, users), None
     # in the call's pipeline (``_reading``): sent together, one wait for all their rows
     runs_cur = _send_latest_runs(session, schema, config)
-    if _reads_key(guess):  # the guessed run's reads and the stored P: one statement
-        both_cur = _send_run_reads_and_stored(session, guess, ids, score_range, as_of, kpi_week)
-        run, known.latest = _read_latest_runs(runs_cur)
-        got, reads._stored = _read_run_reads_and_stored(both_cur)
-    else:
-        stored_cur = _send_stored(session, ids, kpi_week)
-        run, known.latest = _read_latest_runs(runs_cur)
-        reads._stored = _read_stored(stored_cur)
+    stored_cur = _send_stored(session, ids, kpi_week)
+    guessed = _send_run_reads(session, guess, ids, score_range, as_of) if _reads_key(guess) else None
+    run, known.latest = _read_latest_runs(runs_cur)
+    reads._stored = _read_stored(stored_cur)
+    if guessed is not None:
+        got = _read_run_reads(guessed)
     reads.run = run
     _know_run(session, known, run, key, horizon)
     if known.draws is None:

@@ -481,22 +481,3 @@ def test_an_update_for_a_week_that_is_over_folds_in_only_that_weeks_scores(db_ur
         "update", 1, "update", 1, "update", 2)
     assert (again.P, again.mu) == (in_week.P, in_week.mu) and today.mu > in_week.mu + 0.3
     assert 0.05 < in_week.P < 0.95 and today.P > in_week.P + 0.3
-
-
-def test_a_call_with_its_run_guessed_reads_in_two_statements(fitted, conn, monkeypatch):
-    """A call of a process that has seen the latest run sends two reads: the runs (with the
-    call's settings) and one statement of the run's reads and the stored P; the first call of a
-    process, three (the stored P alone, then the reads for the run it found). Same answers."""
-    from growth_assets import metrics
-
-    from .test_store_and_batch import Counting
-
-    metrics._RUN_GUESS.clear()
-    u = fitted["res"].students.student_id[0]
-    counting = Counting(conn, monkeypatch)
-    first = explain(counting, u, target=TARGET)
-    assert len(counting.reads) == 3 and counting.statements == [], counting.reads
-    counting = Counting(conn, monkeypatch)
-    second = explain(counting, u, target=TARGET)
-    assert len(counting.reads) == 2 and counting.statements == [], counting.reads
-    assert first.path == second.path == "stored" and first.P == second.P == float(fitted["res"].students.P[0])
