@@ -64,15 +64,30 @@ class FitResultError(ContractError):
 # --- §1/§3: the panel and its priors -------------------------------------------------
 
 
+SCALE_RANGE = (1e-75, 1e75)  # the scores' sd: its fourth power is a normal float
+
+
 def prior_scales(scores: Sequence[float] | np.ndarray) -> tuple[float, float]:
     """(ybar, s): mean and sample sd (n-1) of all scores of the panel (spec §3)."""
     y = np.asarray(scores, dtype=float)
     if y.size < 3:
         raise PanelError("rows", "at least 3 rows are needed", int(y.size))
-    s = float(np.std(y, ddof=1))
-    if not s > 0:
-        raise PanelError("score", "all scores are equal (sd == 0); the priors cannot be scaled", s)
-    return float(np.mean(y)), s
+    ybar = float(np.mean(y))
+    if not float(np.ptp(y)) > 0:
+        raise PanelError("score", "all scores are equal (sd == 0); the priors cannot be scaled", 0.0)
+    with np.errstate(over="ignore", under="ignore"):  # judged just below
+        s = float(np.std(y, ddof=1))
+    if not SCALE_RANGE[0] <= s <= SCALE_RANGE[1]:
+        # a variance (s^2 in the lines' algebra) must be a normal float: at s ~ 1e-160 the
+        # students' sigma came out half its size, silently; the squares of scores near 1e155
+        # overflowed (s = inf, accepted) and of ones near 1e-200 underflowed ("all equal"). The
+        # sd shown is taken over the largest deviation, where its squares neither overflow nor
+        # underflow (the usual one above is kept bit for bit: every fit depends on it)
+        spread = float(np.max(np.abs(y - ybar)))
+        shown = spread * float(np.std((y - ybar) / spread, ddof=1))
+        raise PanelError("score", f"the scores' sd must be within {SCALE_RANGE[0]:g}..{SCALE_RANGE[1]:g}"
+                         " (rescale them)", shown)
+    return ybar, s
 
 
 def priors(ybar: float, s: float) -> list[dict[str, Any]]:

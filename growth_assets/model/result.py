@@ -27,6 +27,7 @@ from .panel import Panel
 LINE_FIELDS = ("mean_a", "mean_b", "var_a", "var_b", "cov_ab", "mu", "sigma", "P")
 # a line posterior's 2x2 covariance must be positive semi-definite up to rounding
 _PSD_RTOL = 1e-9
+_MU_ULPS = 64 * np.finfo(float).eps  # the rounding of mean_a + h mean_b against a mu of the draws
 
 
 @dataclass(frozen=True)
@@ -371,10 +372,11 @@ class FitResult:
         # tolerances relative to the terms' own size: the engines compute mu and sigma from
         # draws, so they agree with the closed form up to rounding, not bit for bit
         h = float(self.horizon_week)
-        # mu: within a millionth of the line's own sd (plus rounding of the terms' size): relative
-        # to the terms alone, the tolerance grew with the scores' level, and with scores near 1e6 a
-        # mu 2.8 sds off (with its P made to match) was accepted
-        _first_bad(s, np.abs(mu - s.mu) > 1e-6 * s.sigma + 1e-9 * (np.abs(s.mean_a) + h * np.abs(s.mean_b) + 1e-9),
+        # mu: within a millionth of the line's own sd, plus the rounding of the terms' size (64
+        # ulps): relative to the terms alone, the tolerance grew with the scores' level, and with
+        # scores near 1e6 a mu 2.8 sds off (with its P made to match) was accepted; at 1e-9 of
+        # the level, 3 sds off of a line whose sd is 3e-4
+        _first_bad(s, np.abs(mu - s.mu) > 1e-6 * s.sigma + _MU_ULPS * (np.abs(s.mean_a) + h * np.abs(s.mean_b)) + 1e-300,
                    "mu", f"must equal mean_a + h mean_b at the horizon week {self.horizon_week}")
         _first_bad(s, np.abs(sigma - s.sigma) > 1e-6 * (np.sqrt(s.var_a + h * h * s.var_b) + 1e-9), "sigma",
                    f"must be the sd of a + b h at the horizon week {self.horizon_week}")
