@@ -108,15 +108,20 @@ def test_the_engine_resource_refuses_an_infinite_timeout_as_the_env_does(fake):
     assert res.engine == "brms"
 
 
-def test_the_engine_resource_reads_a_chain_method_as_the_env_does():
+def test_the_engine_resource_reads_a_chain_method_as_the_env_does(monkeypatch):
     """GROWTH_NATIVE_CHAIN_METHOD is checked against vectorized|sequential (case folded); the
     resource's native_chain_method (the launchpad) was any string, never checked: "Sequential"
     was taken as "not sequential" (chains spread over devices by _n_devices) and "not
     vectorized" (vectorized = chain_method == "vectorized"): a third mode, silently. It is now
-    read as the variable is: case folded, and anything else refused naming it."""
+    read as the variable is: case folded, and anything else refused naming it. (What the
+    engine is built with is caught here: a process configures JAX once, with its first runtime.)"""
+    from growth_assets.defs import resources
+
     assert Settings.from_env({"GROWTH_NATIVE_CHAIN_METHOD": "Sequential"}).native.chain_method == "sequential"
-    eng = GrowthEngineResource(engine="native", native_chain_method="Sequential").get_engine()
-    assert eng.runtime.chain_method == "sequential"
+    built: dict = {}
+    monkeypatch.setattr(resources, "make_engine", lambda engine, **kw: built.update(kw, engine=engine))
+    GrowthEngineResource(engine="native", native_chain_method="Sequential").get_engine()
+    assert built["engine"] == "native" and built["native"].chain_method == "sequential"
     with pytest.raises(SettingsError, match="GROWTH_NATIVE_CHAIN_METHOD='parallel'"):
         GrowthEngineResource(engine="native", native_chain_method="parallel").get_engine()
 
