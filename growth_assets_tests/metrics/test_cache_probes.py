@@ -123,12 +123,19 @@ def test_the_current_weeks_p_does_not_see_a_future_dated_theta(db_url, monkeypat
     from growth_assets_tests.metrics.helpers import add_theta
 
     monkeypatch.setenv("METRICS_USE_BAYESIAN", "false")
+    import time
+
+    def week_of(now):
+        monday = (now - timedelta(days=now.weekday())).date()
+        return monday, datetime.combine(monday + timedelta(days=7), datetime.min.time(), timezone.utc)
+
     now = datetime.now(timezone.utc)
-    monday = (now - timedelta(days=now.weekday())).date()
-    week_end = datetime.combine(monday + timedelta(days=7), datetime.min.time(), timezone.utc)
-    later = min(now + timedelta(minutes=10), week_end - timedelta(seconds=1))
-    if later <= now + timedelta(seconds=5):
-        pytest.skip("the week ends in seconds")
+    monday, week_end = week_of(now)
+    if week_end - now < timedelta(seconds=10):  # the week's last seconds: the next week is the current one
+        time.sleep((week_end - now).total_seconds() + 0.1)
+        now = datetime.now(timezone.utc)
+        monday, week_end = week_of(now)
+    later = min(now + timedelta(minutes=10), week_end - timedelta(seconds=1))  # at least 9 s ahead
     with connect(db_url) as c:
         add_theta(c, "u", 0.0, 0.5, now - timedelta(days=30))
         add_theta(c, "u", 2.0, 0.5, later)  # future-dated, inside the current week
