@@ -15,7 +15,6 @@ import dagster as dg
 from pydantic import Field, model_validator
 
 from ...model.result import Diagnostics
-from .metadata import rounded
 
 RHAT_CHECK = "rhat_below_threshold"
 ESS_CHECK = "ess_above_threshold"
@@ -55,12 +54,8 @@ class Outcome:
     digits: int = 4  # significant digits the value is shown with (more where 4 would equal its threshold)
 
     def metadata(self) -> dict[str, Any]:
-        return {"observed": _to_digits(self.observed, self.digits), "warn_threshold": self.warn_threshold,
+        return {"observed": float(f"{self.observed:.{self.digits}g}"), "warn_threshold": self.warn_threshold,
                 "error_threshold": self.error_threshold, "description": self.description}
-
-
-def _to_digits(x: float, digits: int) -> float:
-    return float(f"{x:.{digits}g}") if math.isfinite(x) else rounded(x)
 
 
 def _digits(observed: float, threshold: float) -> int:
