@@ -115,9 +115,10 @@ reason) and each user's answer at DEBUG. A NaN/infinite target or an empty user 
 Queries: one per path for any number of users (``= ANY(%s)``: the ids as one binary array,
 encoded once per statement, ``_Ids``; for one user ``= (%s)[1]``, ``_one_user_sql``), never
 one per user. The reads every user needs (the latest run, the stored P, the score sums, and
-path 3's theta for those with no scores) go in one pipeline, which on an idle session is the
-call's (implicit) transaction: one round trip to the server, and one more for the end of its
-read-only block (``_reading``). A batch
+path 3's theta for those with no scores) go to the server together. On an idle session a call
+that is not a batch sends them as one simple query (``_Trips``): its settings, then each read
+as the EXECUTE of a statement it prepared in the session, one implicit transaction, one round
+trip. Inside a caller's transaction they go in one pipeline, in a savepoint (``_reading``). A batch
 (more than ``PREFETCH_THETA_MAX_USERS`` users) reads its run first, then its users in chunks
 of ``BATCH_CHUNK_USERS``, each chunk's reads sent before the chunk ahead of it is answered,
 so that the server and this process work at once (``_start_batch``); a batch of several
@@ -128,11 +129,14 @@ one snapshot, so that two server processes read while this one answers.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import gc
+import hashlib
 import logging
 import math
 import re
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -255,11 +259,11 @@ class _Ids:
     session's adapters), and this holds them (dumping the list again in every statement
     costs ~0.06 s per statement at 100,000 ids)."""
 
-    __slots__ = ("data", "n")
+    __slots__ = ("data", "n", "users")
 
     def __init__(self, session: psycopg.Connection, users: Sequence[str]) -> None:
         users = list(users)
-        self.n = len(users)
+        self.n, self.users = len(users), users
         # the dumper of a non-empty list of str: an empty list alone gets the text dumper
         dumper = Transformer.from_context(session).get_dumper(users or [""], PyFormat.BINARY)
         self.data = bytes(dumper.dump(users))
@@ -302,10 +306,152 @@ def _execute(session: psycopg.Connection, sql: str, params: dict[str, Any]) -> p
     more than PREFETCH_THETA_MAX_USERS) come in binary: 200,000 rows for 100,000 users, no
     number parsed from its digits, ~0.1 s less of this process's time; a call of a few users
     reads text (binary cost it 5-20% more of this process's time, measured)."""
+    trips = _TRIPS.get()
+    if trips is not None and trips.session is session:
+        return trips.send(sql, params)
     text, names = _numbered(sql)
     users = params.get("users")
     binary = users is not None and (users.n if isinstance(users, _Ids) else len(users)) > PREFETCH_THETA_MAX_USERS
     return psycopg.RawCursor(session, row_factory=tuple_row).execute(text, [params[n] for n in names], binary=binary)
+
+
+# --- a single call's reads: one simple query per round trip ----------------------------------
+#
+# On a session with nothing of its caller's open, a call of a few users (not a batch) sends each
+# round trip as ONE simple query: the call's settings (``_CALL_CONFIG``), the PREPARE of any of
+# its statements this session has not prepared yet, and an EXECUTE of each of its reads, with
+# their parameters written as literals (psycopg's quoting). The server runs them as one implicit
+# transaction, so the settings hold for the reads and end with them, as in ``_reading``; each
+# statement keeps its generic plan in the session (SQL's PREPARE), as psycopg's own prepared
+# statements do. psycopg's pipeline cost this process more than the reads it carried
+# (measured 2026-12-08 on this machine, p50 of three trivial statements: 0.39-0.47 ms in a
+# pipeline, 0.38 ms in three round trips, 0.14-0.19 ms as one simple query of four).
+
+# each parameter's type in a PREPARE (a name not here is a KeyError at a call's first read)
+_PARAM_TYPES = {"statement_timeout": "text", "lock_timeout": "text", "schema": "text", "plan_mode": "text",
+                "users": "text[]", "kpi_week": "date", "run_id": "text", "kept": "boolean", "lookback": "integer",
+                "window_start": "date", "window_end_run": "date", "window_end": "date", "now": "timestamptz",
+                "score_lo": "float8", "score_hi": "float8"}
+PREPARED_PREFIX = "growth_call_"
+
+
+@functools.lru_cache(maxsize=64)
+def _prepared(sql: str) -> tuple[str, str, tuple[str, ...]]:
+    """(name, PREPARE statement, the parameters' names in their numbers' order) of ``sql`` as a
+    statement prepared in a session. The name is a digest of the text: another text (another
+    schema's, score source's or release's) is another statement, never a stale one."""
+    text, names = _numbered(sql)
+    types = ", ".join(_PARAM_TYPES[n] for n in names)
+    name = PREPARED_PREFIX + hashlib.sha1(f"{types}\n{text}".encode()).hexdigest()[:24]
+    return name, f"PREPARE {name}{f'({types})' if names else ''} AS {text}", names
+
+
+# per session: the names of this module's statements it holds (absent: not known, read from
+# pg_prepared_statements at the next call; an error in a round trip forgets them)
+_PREPARED_IN: weakref.WeakKeyDictionary[psycopg.Connection, set[str]] = weakref.WeakKeyDictionary()
+
+
+def _prepared_in(session: psycopg.Connection) -> set[str]:
+    known = _PREPARED_IN.get(session)
+    if known is None:
+        rows = session.execute("SELECT name FROM pg_prepared_statements WHERE starts_with(name, %s)",
+                               (PREPARED_PREFIX,), prepare=False).fetchall()
+        known = _PREPARED_IN[session] = {r[0] for r in rows}
+    return known
+
+
+class _Rows:
+    """A queued read's rows (``_Trips``), with the cursor's ``fetchall`` and ``fetchone``:
+    fetching sends the round trip of every read queued so far, as a pipeline's fetch does."""
+
+    __slots__ = ("trips", "rows")
+
+    def __init__(self, trips: _Trips) -> None:
+        self.trips, self.rows = trips, None
+
+    def fetchall(self) -> list[tuple]:
+        if self.rows is None:
+            self.trips.flush()
+        return self.rows
+
+    def fetchone(self) -> tuple | None:
+        rows = self.fetchall()
+        return rows[0] if rows else None
+
+
+class _Trips:
+    """The reads of a call queued for its next round trip (``_execute`` while ``_one_trip``
+    is open on the session)."""
+
+    def __init__(self, session: psycopg.Connection, config: dict[str, str]) -> None:
+        self.session = session
+        self.tx = Transformer.from_context(session)
+        self.queue: list[tuple[str, str, str, _Rows]] = []
+        self.config = self._queued(_CALL_CONFIG, config)
+
+    def literal(self, value: Any) -> str:
+        if isinstance(value, _Ids):
+            value = value.users
+        return self.tx.as_literal(value).decode()
+
+    def _queued(self, sql: str, params: dict[str, Any]) -> tuple[str, str, str, _Rows]:
+        name, prepare, names = _prepared(sql)
+        args = ", ".join(self.literal(params[n]) for n in names)
+        return name, prepare, f"EXECUTE {name}({args})" if names else f"EXECUTE {name}", _Rows(self)
+
+    def send(self, sql: str, params: dict[str, Any]) -> _Rows:
+        self.queue.append(self._queued(sql, params))
+        return self.queue[-1][3]
+
+    def flush(self) -> None:
+        """Send the queued reads (after the call's settings, and the PREPARE of the statements
+        the session lacks) as one query, and give each its rows. A session that lost a statement
+        (``DEALLOCATE``, a pooler's other server) is sent the round trip again, preparing all."""
+        queue, self.queue = self.queue, []
+        for attempt in (1, 2):
+            known = _prepared_in(self.session)
+            prepares = {name: prep for name, prep, _, _ in (self.config, *queue) if name not in known}
+            # the settings first (a PREPARE resolves its tables by the search_path they set)
+            first = [*filter(None, [prepares.pop(self.config[0], None)]), self.config[2]]
+            cur = self.session.cursor(row_factory=tuple_row)
+            try:
+                # no parameters: psycopg sends the text as it is, in one simple query
+                cur.execute(";".join([*first, *prepares.values(), *(ex for _, _, ex, _ in queue)]), prepare=False)
+            except psycopg.errors.InvalidSqlStatementName:
+                _PREPARED_IN.pop(self.session, None)
+                if attempt == 2:
+                    raise
+                continue
+            except psycopg.Error:
+                _PREPARED_IN.pop(self.session, None)  # which of its PREPAREs took is not known
+                raise
+            known.update(name for name, _, _, _ in (self.config, *queue))
+            for _ in range(len(first) + len(prepares)):  # the settings' row and the PREPAREs' statuses
+                cur.nextset()
+            for *_, rows in queue:
+                rows.rows = cur.fetchall()
+                cur.nextset()
+            return
+
+
+_TRIPS: contextvars.ContextVar[_Trips | None] = contextvars.ContextVar("growth_metrics_trips", default=None)
+
+
+@contextmanager
+def _one_trip(session: psycopg.Connection, config: dict[str, str]) -> Iterator[None]:
+    """The block of a call's reads on an idle session (``_Trips``): each round trip its own
+    implicit transaction with the call's settings. A session without autocommit is switched
+    to it for the block (psycopg would send a BEGIN of its own), idle before and after."""
+    toggle = not session.autocommit
+    if toggle:
+        session.autocommit = True
+    token = _TRIPS.set(_Trips(session, config))
+    try:
+        yield
+    finally:
+        _TRIPS.reset(token)
+        if toggle and not session.closed:
+            session.autocommit = False
 
 
 @functools.lru_cache(maxsize=64)
@@ -347,13 +493,16 @@ _CALL_CONFIG = ("SELECT set_config('statement_timeout', %(statement_timeout)s, t
 def _send_latest_runs(session: psycopg.Connection, schema: str, config: dict[str, str]) -> psycopg.Cursor:
     """The latest passed run and (run_id, status) of the latest run of any status
     (``_read_latest_runs``), read in the statement that sets the call's ``config``
-    (``_CALL_CONFIG``: in force from the next statement on), so the two cost one round trip.
+    (``_CALL_CONFIG``: in force from the next statement on), so the two cost one round trip;
+    in a call's one-trip block, whose every round trip begins with them (``_Trips``), without.
     Its tables are named with their schema: the search_path it sets is not in force for the
     statement itself."""
     q = f'"{schema}"'  # a checked identifier (settings.check_schema)
+    trips = _TRIPS.get()
+    cfg = "" if trips is not None and trips.session is session else f"({_CALL_CONFIG}) cfg CROSS JOIN "
     return _execute(
         session, f"""
-        SELECT r.* FROM ({_CALL_CONFIG}) cfg CROSS JOIN (
+        SELECT r.* FROM {cfg}(
         (SELECT 'passed' AS which, run_id, engine, status, horizon_week, window_start,
                 score_source, posterior_summary, window_end,
                 (SELECT d.xmin::text FROM {q}.growth_population_draws d WHERE d.run_id = m.run_id)
@@ -604,8 +753,8 @@ def _run_draws(session: psycopg.Connection, run: _Run, where: tuple) -> tuple[di
     hit = _DRAWS_CACHE.get(key)
     if hit is not None:
         return hit
-    row = session.cursor(row_factory=tuple_row).execute(  # whatever the session's row factory
-        f"SELECT xmin::text, {DRAW_COLUMNS} FROM growth_population_draws WHERE run_id = %s", (run.run_id,)).fetchone()
+    row = _execute(session, f"SELECT xmin::text, {DRAW_COLUMNS} FROM growth_population_draws"
+                   " WHERE run_id = %(run_id)s", {"run_id": run.run_id}).fetchone()
     if row is None:
         return None
     draws = {p: np.asarray(v, dtype=np.float64) for p, v in zip(POPULATION_PARAMS, row[1:], strict=True)}
@@ -1045,12 +1194,13 @@ def _answers(
     kpi_week: date | None = None,
     horizon: date | None = None,
 ) -> dict[str, GoalAnswer]:
-    """The chain for many users, in one transaction of the session (a savepoint if the
-    caller has one open) with the settings' statement and lock timeouts: a stuck or locked
-    database is an error within them, and the session is not left idle in a transaction.
-    The project's schema goes first on the search_path for that transaction (set in the
-    run's query, no round trip of its own): a session another service opened, on ``public``,
-    finds the project's tables without knowing where they are."""
+    """The chain for many users, its reads in transactions of the session (a savepoint if
+    the caller has one open; on an idle session a call of a few users has one per round trip,
+    ``_one_trip``) with the settings' statement and lock timeouts: a stuck or locked database
+    is an error within them, and the session is not left idle in a transaction. The project's
+    schema goes first on the search_path for those transactions (set with the reads, no round
+    trip of its own): a session another service opened, on ``public``, finds the project's
+    tables without knowing where they are."""
     users = list(dict.fromkeys(user_ids))
     if not users:
         return {}
@@ -1065,6 +1215,10 @@ def _answers(
     # alone (a second connection would not see what the caller has not committed)
     two_readers = (batch and len(users) > BATCH_CHUNK_USERS
                    and session.info.transaction_status == TransactionStatus.IDLE)
+    if len(users) <= PREFETCH_THETA_MAX_USERS and session.info.transaction_status == TransactionStatus.IDLE:
+        with _one_trip(session, config):
+            known = _start(session, users, use_bayesian, score_range, kpi_week, horizon, settings.db_schema, config)
+            return _chain(users, target, use_bayesian, kpi_week, known, settings.score_source)
     with _collector_paused(len(users)), _reading(session, snapshot=two_readers):
         if not batch:
             known = _start(session, users, use_bayesian, score_range, kpi_week, horizon, settings.db_schema, config)
@@ -1102,10 +1256,11 @@ def _reading(session: psycopg.Connection, snapshot: bool = False) -> Iterator[No
         begin = ("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",)
         end, toggle = ("ROLLBACK",), not session.autocommit
     elif status == TransactionStatus.IDLE:
-        # no BEGIN nor ROLLBACK: the statements a pipeline sends before its sync are one
-        # (implicit) transaction, which fetching their rows does not end (psycopg flushes, it does
-        # not sync); the pipeline's end syncs it. Only read, it ends as a rollback would, and the
-        # call's settings with it. Two statements fewer: ~0.15 ms of a ~1 ms call.
+        # (a batch of one chunk; a call of fewer users goes by ``_one_trip``) no BEGIN nor
+        # ROLLBACK: the statements a pipeline sends before its sync are one (implicit)
+        # transaction, which fetching their rows does not end (psycopg flushes, it does not
+        # sync); the pipeline's end syncs it. Only read, it ends as a rollback would, and the
+        # call's settings with it.
         begin, end, toggle = (), (), not session.autocommit
     else:
         with session.transaction():

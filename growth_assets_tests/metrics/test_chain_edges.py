@@ -221,3 +221,30 @@ def test_kpi_week_must_be_a_date_not_a_datetime(db_url):
         assert batch(c, ["s00000"], target=0.0, kpi_week=date(2026, 11, 23))["s00000"].path == "stored"
         with pytest.raises(ContractError, match="kpi_week"):
             batch(c, ["s00000"], target=0.0, kpi_week=datetime(2026, 11, 23, 10))
+
+
+def test_ids_that_need_quoting_get_the_answers_of_a_callers_transaction(db_url):
+    """A call on an idle session writes its parameters into one simple query as literals
+    (``_Trips``, psycopg's quoting); inside a caller's transaction they go as bound
+    parameters. Ids with quotes, backslashes, braces, a placeholder's percent and SQL of
+    their own get the same answers both ways, alone and together, and the SQL stays a value."""
+    odd = ["o'brien", "50%s off %(users)s", "back\\slash", '{brace},"q"', "x'); DROP TABLE weekly_kpi; --"]
+    with connect(db_url) as c:
+        store_with_draws(c, sums={u: SUMS[k] for u, k in zip(odd, ("s00000", "s00001", "s00002", "s00000", "s00001"))})
+        for i, u in enumerate(odd):
+            add_theta(c, u, 0.1 * i, 0.2, at(13))  # a score since the window: path update
+        add_theta(c, "theta only '%", 0.3, 0.2, at(-2))  # no score in the window nor since: path normal
+        users = [*odd, "theta only '%"]
+        c.execute("SELECT 1")  # the caller's transaction: the reads go bound, in a pipeline
+        bound = {u: explain(c, u, target=0.0) for u in users}
+        bound_all = batch(c, users, target=0.0)
+        c.rollback()
+        alone = {u: explain(c, u, target=0.0) for u in users}  # an idle session: literals
+        together = batch(c, users, target=0.0)
+        assert c.execute("SELECT count(*) FROM weekly_kpi").fetchone() is not None
+    assert {u: a.path for u, a in bound.items()} == {**{u: "update" for u in odd}, "theta only '%": "normal"}
+    for u in users:
+        assert (alone[u].path, alone[u].P, alone[u].n_new) == (bound[u].path, bound[u].P, bound[u].n_new), u
+        assert (together[u].path, together[u].P) == (bound_all[u].path, bound_all[u].P)
+        # one user's arithmetic and several users' (``_predict_one``, ``_predict_few``) agree to rounding
+        assert together[u].path == bound[u].path and together[u].P == pytest.approx(bound[u].P, abs=1e-12)

@@ -114,15 +114,55 @@ def test_a_call_that_fails_leaves_the_session_usable(db_url, autocommit):
         session.rollback()
 
 
-SUMS_TYPES = {"window_start": "date", "window_end_run": "date", "window_end": "date", "now": "timestamptz",
-              "users": "text[]", "score_lo": "float8", "score_hi": "float8", "run_id": "text", "lookback": "int",
-              "kept": "boolean"}
+def our_statements(session) -> set[str]:
+    rows = session.execute("SELECT name FROM pg_prepared_statements WHERE starts_with(name, %s)",
+                           (metrics.PREPARED_PREFIX,)).fetchall()
+    if not session.autocommit:
+        session.rollback()
+    return {r[0] for r in rows}
+
+
+@pytest.mark.parametrize("autocommit", [False, True])
+def test_a_session_that_lost_the_calls_statements_is_answered_again(db_url, autocommit):
+    """A call on an idle session runs its reads as statements it prepared in the session
+    (``_Trips``). A caller (or a pooler's reset) that deallocates them does not break the
+    next call: its round trip is sent again with the statements prepared anew."""
+    with connect(db_url) as setup:
+        store_run(setup)
+    with psycopg.connect(db_url, autocommit=autocommit) as session:
+        first = metrics.explain_goal_attainment_probability(session, "s00000", target=0.0)
+        held = our_statements(session)
+        assert held, "the call prepared no statement of its own"
+        session.execute("DEALLOCATE ALL")
+        if not autocommit:
+            session.commit()
+        again = metrics.explain_goal_attainment_probability(session, "s00000", target=0.0)
+        assert (again.path, again.P, again.run_id) == (first.path, first.P, first.run_id)
+        assert our_statements(session) == held
+        assert session.info.transaction_status == TransactionStatus.IDLE
+
+
+def test_a_round_trip_that_failed_forgets_what_it_prepared(db_url, monkeypatch):
+    """A PREPARE outlives the round trip whose read then failed (here on a lock): the session
+    holds the statement although the trip did not succeed, so the next call must not prepare it
+    again blindly (PostgreSQL refuses a second PREPARE of a name), nor assume it is there."""
+    monkeypatch.setenv("DATABASE_LOCK_TIMEOUT_MS", "200")
+    with connect(db_url) as setup:
+        store_run(setup)
+    with psycopg.connect(db_url, autocommit=True) as session, connect(db_url) as locker:
+        locker.execute("LOCK TABLE weekly_kpi IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            compute(session, "s00000", target=0.0)
+        locker.rollback()
+        assert our_statements(session), "the failed trip prepared nothing: the test shows nothing"
+        assert compute(session, "s00000", target=0.0) is not None
+        assert session.info.transaction_status == TransactionStatus.IDLE
 
 
 def generic_plan(session, sql: str) -> str:
     """The plan PostgreSQL makes of ``sql`` as a prepared statement with its parameters unknown."""
     text, names = metrics._numbered(sql)
-    session.execute(f"PREPARE q ({', '.join(SUMS_TYPES[n] for n in names)}) AS {text}")
+    session.execute(f"PREPARE q ({', '.join(metrics._PARAM_TYPES[n] for n in names)}) AS {text}")
     try:
         session.execute("SET plan_cache_mode = force_generic_plan")
         return "\n".join(r[0] for r in session.execute(f"EXPLAIN EXECUTE q ({', '.join(['NULL'] * len(names))})"))
