@@ -406,7 +406,8 @@ class _Trips:
     def flush(self) -> None:
         """Send the queued reads (after the call's settings, and the PREPARE of the statements
         the session lacks) as one query, and give each its rows. A session that lost a statement
-        (``DEALLOCATE``, a pooler's other server) is sent the round trip again, preparing all."""
+        (``DEALLOCATE``, a pooler's other server), or holds one this process did not know of, is
+        sent the round trip again, as ``pg_prepared_statements`` then says."""
         queue, self.queue = self.queue, []
         for attempt in (1, 2):
             known = _prepared_in(self.session)
@@ -417,7 +418,9 @@ class _Trips:
             try:
                 # no parameters: psycopg sends the text as it is, in one simple query
                 cur.execute(";".join([*first, *prepares.values(), *(ex for _, _, ex, _ in queue)]), prepare=False)
-            except psycopg.errors.InvalidSqlStatementName:
+            except (psycopg.errors.InvalidSqlStatementName, psycopg.errors.DuplicatePreparedStatement):
+                # what this process knew of the session was wrong (another thread's call on it,
+                # a DEALLOCATE): read again what it holds, and send the trip again
                 _PREPARED_IN.pop(self.session, None)
                 if attempt == 2:
                     raise

@@ -19,7 +19,6 @@ from growth_assets.metrics import (
 from growth_assets.model.contract import ContractError
 from growth_assets.model.panel import WindowSums
 from growth_assets_tests.metrics.helpers import WINDOW_START, add_theta, store_fit
-from growth_assets_tests.support.per_draw import per_draw_phi
 from growth_assets_tests.support.results import make_result
 
 RUN = "native-20261123-043000"

@@ -142,6 +142,21 @@ def test_a_session_that_lost_the_calls_statements_is_answered_again(db_url, auto
         assert session.info.transaction_status == TransactionStatus.IDLE
 
 
+def test_a_session_holding_statements_the_process_did_not_know_of_is_answered(db_url):
+    """Another thread's call on the same session can prepare a statement between this
+    call's look at what the session holds and its round trip; PostgreSQL then refuses the
+    second PREPARE of the name. The call reads what the session holds and sends the trip again."""
+    with connect(db_url) as setup:
+        store_run(setup)
+    with psycopg.connect(db_url, autocommit=True) as session:
+        first = metrics.explain_goal_attainment_probability(session, "s00000", target=0.0)
+        held = our_statements(session)
+        metrics._PREPARED_IN[session] = set()  # what the other thread's call prepared, unknown here
+        again = metrics.explain_goal_attainment_probability(session, "s00000", target=0.0)
+        assert (again.path, again.P) == (first.path, first.P)
+        assert our_statements(session) == held == metrics._PREPARED_IN[session]
+
+
 def test_a_round_trip_that_failed_forgets_what_it_prepared(db_url, monkeypatch):
     """A PREPARE outlives the round trip whose read then failed (here on a lock): the session
     holds the statement although the trip did not succeed, so the next call must not prepare it
