@@ -200,10 +200,11 @@ def test_one_users_generic_plan_looks_her_up_by_id_not_by_date(conn):
     conn.autocommit = True
     conn.execute("ANALYZE weekly_kpi")
     conn.execute("ANALYZE mirt_ability")
-    many = metrics._run_reads_sql("theta")  # the single call's own statement: sums and theta
-    one = metrics._one_user_sql(many)
-    assert "ANY" not in one and "[1]" in one
-    assert "weekly_kpi_week_start" in generic_plan(conn, many)  # the trap, present in this database
-    plan = generic_plan(conn, one)
-    assert "weekly_kpi_week_start" not in plan and "mirt_ability_fitted_at" not in plan, plan
-    assert "weekly_kpi_pkey" in plan and "mirt_ability_user_latest" in plan, plan
+    for few in (True, False):  # the single call's own statement (sums and theta), and a batch's
+        many = metrics._run_reads_sql("theta", few)
+        one = metrics._one_user_sql(many)
+        assert "ANY" not in one and "[1]" in one
+        assert "weekly_kpi_week_start" in generic_plan(conn, many)  # the trap, present in this database
+        plan = generic_plan(conn, one)
+        assert "weekly_kpi_week_start" not in plan and "mirt_ability_fitted_at" not in plan, plan
+        assert "weekly_kpi_pkey" in plan and "mirt_ability_user_latest" in plan, plan
