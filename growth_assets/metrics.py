@@ -281,6 +281,10 @@ def _ids(session: psycopg.Connection, users: Sequence[str] | _Ids) -> _Ids:
     return users if isinstance(users, _Ids) else _Ids(session, users)
 
 
+def _count(users: Sequence[str] | _Ids) -> int:
+    return users.n if isinstance(users, _Ids) else len(users)
+
+
 @functools.lru_cache(maxsize=64)
 def _numbered(sql: str) -> tuple[str, tuple[str, ...]]:
     """``sql`` with PostgreSQL's own placeholders: each ``%(name)s`` as ``$n`` (one number per
@@ -311,7 +315,7 @@ def _execute(session: psycopg.Connection, sql: str, params: dict[str, Any]) -> p
         return trips.send(sql, params)
     text, names = _numbered(sql)
     users = params.get("users")
-    binary = users is not None and (users.n if isinstance(users, _Ids) else len(users)) > PREFETCH_THETA_MAX_USERS
+    binary = users is not None and _count(users) > PREFETCH_THETA_MAX_USERS
     return psycopg.RawCursor(session, row_factory=tuple_row).execute(text, [params[n] for n in names], binary=binary)
 
 
@@ -478,8 +482,7 @@ def _one_user_sql(sql: str) -> str:
 
 def _for(sql: str, users: Sequence[str] | _Ids) -> str:
     """``sql`` as it is sent for these users (``_one_user_sql`` for one)."""
-    n = users.n if isinstance(users, _Ids) else len(users)
-    return _one_user_sql(sql) if n == 1 else sql
+    return _one_user_sql(sql) if _count(users) == 1 else sql
 
 
 # The settings of a call, local to its read-only block (``_reading``): its timeouts, the
@@ -662,7 +665,7 @@ def _send_run_reads(session: psycopg.Connection, run: _Run, users: list[str] | _
     user's sums since the window's start and the latest theta of those who have none (path
     3's read, before it is known to be needed: a statement less)."""
     params = _sums_params(session, run, users, score_range, as_of)
-    few = (users.n if isinstance(users, _Ids) else len(users)) <= PREFETCH_THETA_MAX_USERS
+    few = _count(users) <= PREFETCH_THETA_MAX_USERS
     return _execute(session, _for(_run_reads_sql(run.score_source or "theta", few), users), params), True
 
 
