@@ -190,14 +190,18 @@ def population_from_q(q: np.ndarray, wbar: float, kappa: float) -> dict[str, np.
     x = q[..., 3]
     lu, _ = _cor_unscale(np, x, q[..., 4], kappa)
     b_week = q[..., 1]
+    # a chain that ran off gives an infinite sd here, which the fit's check names (FitResultError):
+    # numpy's overflow warning would only repeat it, unnamed, in the run's log
+    with np.errstate(over="ignore"):
+        tau0, sigma = np.exp(q[..., 2]), np.exp(q[..., 5])
     return {
         "intercept_c": q[..., 0],
         "beta1": b_week,
         "beta0": q[..., 0] - b_week * wbar,
-        "tau0": np.exp(q[..., 2]),
+        "tau0": tau0,
         "tau1": np.abs(x),
         "rho": np.tanh(0.5 * lu) * np.where(x < 0, -1.0, 1.0),  # (2 sigmoid - 1), mirrored
-        "sigma": np.exp(q[..., 5]),
+        "sigma": sigma,
     }
 
 
