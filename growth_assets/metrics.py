@@ -133,6 +133,7 @@ import contextvars
 import functools
 import gc
 import hashlib
+import json
 import logging
 import math
 import re
@@ -201,9 +202,14 @@ class _Run:
     horizon_week: int | None
     window_start: date | None
     score_source: str | None
-    summary: dict[str, Any] | None
+    summary_text: str | None  # its posterior_summary as JSON text, parsed when a path needs it
     window_end: date | None = None
     draws_version: str | None = None  # xmin of its growth_population_draws row; None: no draws
+
+    @functools.cached_property
+    def summary(self) -> dict[str, Any] | None:
+        """posterior_summary (the plug-in path's; a call answered from the draws never parses it)."""
+        return None if self.summary_text is None else json.loads(self.summary_text)
 
     @property
     def lookback_weeks(self) -> int | None:
@@ -255,18 +261,24 @@ def _is_number(v: Any) -> bool:
 
 class _Ids:
     """A call's user ids as one binary ``text[]`` parameter, encoded once however many
-    statements send it: psycopg's own binary list dumper makes the bytes (through the
-    session's adapters), and this holds them (dumping the list again in every statement
-    costs ~0.06 s per statement at 100,000 ids)."""
+    statements send it, when the first does: psycopg's own binary list dumper makes the bytes
+    (through the session's adapters), and this holds them (dumping the list again in every
+    statement costs ~0.06 s per statement at 100,000 ids). A call whose reads go as literals
+    (``_Trips``) never encodes them."""
 
-    __slots__ = ("data", "n", "users")
+    __slots__ = ("_data", "_session", "n", "users")
 
     def __init__(self, session: psycopg.Connection, users: Sequence[str]) -> None:
         users = list(users)
-        self.n, self.users = len(users), users
-        # the dumper of a non-empty list of str: an empty list alone gets the text dumper
-        dumper = Transformer.from_context(session).get_dumper(users or [""], PyFormat.BINARY)
-        self.data = bytes(dumper.dump(users))
+        self.n, self.users, self._session, self._data = len(users), users, session, None
+
+    @property
+    def data(self) -> bytes:
+        if self._data is None:
+            # the dumper of a non-empty list of str: an empty list alone gets the text dumper
+            dumper = Transformer.from_context(self._session).get_dumper(self.users or [""], PyFormat.BINARY)
+            self._data = bytes(dumper.dump(self.users))
+        return self._data
 
 
 class _IdsDumper(Dumper):
@@ -510,7 +522,7 @@ def _send_latest_runs(session: psycopg.Connection, schema: str, config: dict[str
         session, f"""
         SELECT r.* FROM {cfg}(
         (SELECT 'passed' AS which, run_id, engine, status, horizon_week, window_start,
-                score_source, posterior_summary, window_end,
+                score_source, posterior_summary::text, window_end,
                 (SELECT d.xmin::text FROM {q}.growth_population_draws d WHERE d.run_id = m.run_id)
          FROM {q}.growth_brms_meta m WHERE status = 'passed'
          ORDER BY window_end DESC NULLS LAST, fitted_at DESC NULLS LAST, run_id DESC LIMIT 1)

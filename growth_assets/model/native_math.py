@@ -339,6 +339,17 @@ def cheap_p(z_mean: np.ndarray, z_var: np.ndarray, z_m4: np.ndarray) -> tuple[np
     return np.where(use2, p2, p1), np.where(use2, second, first)
 
 
+def cheap_p_one(z_mean: np.float64, z_var: np.float64, z_m4: np.float64) -> tuple[np.float64, np.float64]:
+    """``cheap_p`` of one student, on scalars: the same operations in the same order (the
+    same bits), without building arrays for one number each (~60 us of a ~100 us call)."""
+    first = P_BOUND_COEF * z_var
+    second = P_BOUND2_COEF * z_m4 ** 0.75
+    p1 = ndtr(z_mean)
+    if second < first:
+        return p1 - 0.5 * z_mean * np.exp(-0.5 * z_mean * z_mean) / math.sqrt(2.0 * math.pi) * z_var, second
+    return p1, first
+
+
 def exact_p(draws, n, sw, sww, g: np.ndarray, h: float, t: float, chunk: int = 2_000_000):
     """mean over draws of Phi(z_d) for students (all with the same group: scalars n, sw, sww).
 
@@ -476,13 +487,19 @@ def _predict_one(std, ybar: float, s: float, n: float, sw: float, sww: float, sy
         v = vn * s2 / den
     t = (target - ybar) / s
     z = (m - t) / np.sqrt(np.maximum(v, 1e-300))
-    mu_std, var_std = m.mean(), v.mean() + m.var()
-    z_mean = z.mean()
+    # means as numpy's mean and var compute them (a pairwise sum, then one division), without
+    # their Python overhead: ~10-20 us each, most of this function's time, for 1000 draws
+    D, add = m.size, np.add.reduce
+    mu_std = add(m) / D
+    dm = m - mu_std
+    var_std = add(v) / D + add(dm * dm) / D
+    z_mean = add(z) / D
     dz2 = (z - z_mean) ** 2
-    p, bound = cheap_p(np.array([z_mean]), np.array([dz2.mean()]), np.array([(dz2 * dz2).mean()]))
-    if bound[0] > p_tolerance:
-        p = np.array([ndtr(z).mean()])
-    return (np.array([ybar + s * mu_std]), np.array([s * math.sqrt(max(var_std, 0.0))]), np.clip(p, 0.0, 1.0))
+    p, bound = cheap_p_one(z_mean, add(dz2) / D, add(dz2 * dz2) / D)
+    if bound > p_tolerance:
+        p = add(ndtr(z)) / D
+    return (np.array([ybar + s * mu_std]), np.array([s * math.sqrt(max(var_std, 0.0))]),
+            np.array([min(max(p, 0.0), 1.0)]))
 
 
 def _predict_few(std, ybar: float, s: float, n, sw, sww, sy, swy, h: float, target: float,

@@ -217,6 +217,19 @@ def test_cheap_p_stays_within_its_proven_bound():
             assert info["n_p_exact"] > 0  # and so is the fallback
 
 
+
+def test_one_students_cheap_p_is_the_vectorised_one_bit_for_bit():
+    """The single call's scalar form (``cheap_p_one``) and the batch's (``cheap_p``) are one
+    rule: the same P and bound to the last bit, in both of its branches."""
+    rng = np.random.default_rng(11)
+    z_mean, z_var = rng.normal(0, 2, 2000), rng.uniform(0, 0.2, 2000)
+    z_m4 = z_var ** 2 * rng.uniform(1, 30, 2000)
+    p, bound = native_math.cheap_p(z_mean, z_var, z_m4)
+    one = [native_math.cheap_p_one(*x) for x in zip(z_mean, z_var, z_m4)]
+    assert np.array_equal([o[0] for o in one], p) and np.array_equal([o[1] for o in one], bound)
+    second = native_math.P_BOUND2_COEF * z_m4 ** 0.75 < native_math.P_BOUND_COEF * z_var
+    assert second.any() and (~second).any()  # both forms met
+
 @pytest.mark.parametrize("tolerance", [0.0, 1e-3])
 def test_a_few_students_get_the_grouped_answer_draw_by_draw(tolerance):
     """predict_from_sums for up to FEW_STUDENTS students (the real-time single call) works
