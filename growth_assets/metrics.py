@@ -1266,7 +1266,11 @@ def _answers(
     # alone (a second connection would not see what the caller has not committed)
     two_readers = (batch and len(users) > BATCH_CHUNK_USERS
                    and session.info.transaction_status == TransactionStatus.IDLE)
-    if len(users) <= PREFETCH_THETA_MAX_USERS and session.info.transaction_status == TransactionStatus.IDLE:
+    # a session whose caller turned psycopg's prepared statements off (``prepare_threshold =
+    # None``: what a pooler in transaction mode needs, whose server connections change between
+    # transactions) gets no prepared statement of this module either
+    if (len(users) <= PREFETCH_THETA_MAX_USERS and session.info.transaction_status == TransactionStatus.IDLE
+            and session.prepare_threshold is not None):
         with _one_trip(session, config):
             known = _start(session, users, use_bayesian, score_range, kpi_week, horizon, settings.db_schema, config)
             return _chain(users, target, use_bayesian, kpi_week, known, settings.score_source)

@@ -157,6 +157,21 @@ def test_a_session_holding_statements_the_process_did_not_know_of_is_answered(db
         assert our_statements(session) == held == metrics._PREPARED_IN[session]
 
 
+def test_a_session_without_prepared_statements_gets_none_of_the_calls(db_url):
+    """A caller behind a pooler in transaction mode turns psycopg's prepared statements off
+    (``prepare_threshold = None``): its server connection may change between transactions.
+    The call then prepares nothing in the session either, and answers the same."""
+    with connect(db_url) as setup:
+        store_run(setup)
+    with psycopg.connect(db_url, autocommit=True) as prepared, psycopg.connect(db_url, autocommit=True) as plain:
+        plain.prepare_threshold = None
+        want = metrics.explain_goal_attainment_probability(prepared, "s00000", target=0.0)
+        got = metrics.explain_goal_attainment_probability(plain, "s00000", target=0.0)
+        assert (got.path, got.P) == (want.path, want.P)
+        assert our_statements(prepared) and not our_statements(plain)
+        assert plain.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)
+
+
 def test_a_round_trip_that_failed_forgets_what_it_prepared(db_url, monkeypatch):
     """A PREPARE outlives the round trip whose read then failed (here on a lock): the session
     holds the statement although the trip did not succeed, so the next call must not prepare it
