@@ -149,7 +149,7 @@ from typing import Any
 import numpy as np
 import psycopg
 from psycopg.adapt import Dumper, PyFormat, Transformer
-from psycopg.pq import Format, TransactionStatus
+from psycopg.pq import Format, PipelineStatus, TransactionStatus
 from psycopg.rows import tuple_row
 
 from .db.connection import EXPORT_SNAPSHOT, SCHEMA_FIRST, in_snapshot
@@ -369,9 +369,10 @@ _PREPARED_IN: weakref.WeakKeyDictionary[psycopg.Connection, set[str]] = weakref.
 
 def _prepared_in(session: psycopg.Connection) -> set[str]:
     known = _PREPARED_IN.get(session)
-    if known is None:
-        rows = session.execute("SELECT name FROM pg_prepared_statements WHERE starts_with(name, %s)",
-                               (PREPARED_PREFIX,), prepare=False).fetchall()
+    if known is None:  # tuples and $1 whatever the session's row and cursor factories
+        rows = psycopg.RawCursor(session, row_factory=tuple_row).execute(
+            "SELECT name FROM pg_prepared_statements WHERE starts_with(name, $1)", (PREPARED_PREFIX,),
+            prepare=False).fetchall()
         known = _PREPARED_IN[session] = {r[0] for r in rows}
     return known
 
@@ -401,14 +402,14 @@ class _Trips:
 
     def __init__(self, session: psycopg.Connection, config: dict[str, str]) -> None:
         self.session = session
-        self.tx = Transformer.from_context(session)
+        self.tx, self.encoding = Transformer.from_context(session), session.info.encoding
         self.queue: list[tuple[str, str, str, _Rows]] = []
         self.config = self._queued(_CALL_CONFIG, config)
 
     def literal(self, value: Any) -> str:
         if isinstance(value, _Ids):
             value = value.users
-        return self.tx.as_literal(value).decode()
+        return self.tx.as_literal(value).decode(self.encoding)  # the session's client encoding
 
     def _queued(self, sql: str, params: dict[str, Any]) -> tuple[str, str, str, _Rows]:
         name, prepare, names = _prepared(sql)
@@ -430,7 +431,7 @@ class _Trips:
             prepares = {name: prep for name, prep, _, _ in (self.config, *queue) if name not in known}
             # the settings first (a PREPARE resolves its tables by the search_path they set)
             first = [*filter(None, [prepares.pop(self.config[0], None)]), self.config[2]]
-            cur = self.session.cursor(row_factory=tuple_row)
+            cur = psycopg.Cursor(self.session, row_factory=tuple_row)  # whatever the session's cursor factory
             try:
                 # no parameters: psycopg sends the text as it is, in one simple query
                 cur.execute(";".join([*first, *prepares.values(), *(ex for _, _, ex, _ in queue)]), prepare=False)
@@ -1268,9 +1269,10 @@ def _answers(
                    and session.info.transaction_status == TransactionStatus.IDLE)
     # a session whose caller turned psycopg's prepared statements off (``prepare_threshold =
     # None``: what a pooler in transaction mode needs, whose server connections change between
-    # transactions) gets no prepared statement of this module either
+    # transactions) gets no prepared statement of this module either; nor does a session in
+    # its caller's own pipeline (idle, yet no simple query can be sent in it)
     if (len(users) <= PREFETCH_THETA_MAX_USERS and session.info.transaction_status == TransactionStatus.IDLE
-            and session.prepare_threshold is not None):
+            and session.prepare_threshold is not None and session.pgconn.pipeline_status == PipelineStatus.OFF):
         with _one_trip(session, config):
             known = _start(session, users, use_bayesian, score_range, kpi_week, horizon, settings.db_schema, config)
             return _chain(users, target, use_bayesian, kpi_week, known, settings.score_source)

@@ -172,6 +172,52 @@ def test_a_session_without_prepared_statements_gets_none_of_the_calls(db_url):
         assert plain.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)
 
 
+def test_a_session_of_other_factories_and_encoding_is_answered_alike(db_url, monkeypatch):
+    """The call's look at what a session holds, its literals and its round trip are its own
+    (found by review): on a dict_row session its look failed (KeyError: 0) at every call after
+    one error; on a RawCursor session it failed at once (its %s is not $1); on a LATIN1
+    session a non-ASCII id failed to decode (the literal is in the session's encoding)."""
+    from psycopg.rows import dict_row
+
+    monkeypatch.setenv("DATABASE_LOCK_TIMEOUT_MS", "200")
+    with connect(db_url) as setup:
+        store_run(setup)
+        want = metrics.explain_goal_attainment_probability(setup, "s00000", target=0.0)
+        setup.rollback()
+    kinds = {"dict_row": {"row_factory": dict_row}, "raw": {"cursor_factory": psycopg.RawCursor},
+             "client": {"cursor_factory": psycopg.ClientCursor}}
+    for kind, kw in kinds.items():
+        with psycopg.connect(db_url, autocommit=True, **kw) as session, connect(db_url) as locker:
+            got = metrics.explain_goal_attainment_probability(session, "s00000", target=0.0)
+            assert (got.path, got.P) == (want.path, want.P), kind
+            locker.execute("LOCK TABLE weekly_kpi IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(psycopg.errors.LockNotAvailable):  # forgets what the session holds
+                metrics.explain_goal_attainment_probability(session, "s00000", target=0.0)
+            locker.rollback()
+            got = metrics.explain_goal_attainment_probability(session, "s00000", target=0.0)
+            assert (got.path, got.P) == (want.path, want.P), kind
+    with psycopg.connect(db_url, autocommit=True) as session:
+        session.execute("SET client_encoding = 'LATIN1'")
+        got = metrics.explain_goal_attainment_probability(session, "jos\u00e9", target=0.0)
+        assert (got.path, got.P) == ("none", None)
+        assert session.info.transaction_status == TransactionStatus.IDLE
+
+
+def test_a_call_inside_the_callers_own_pipeline_is_answered(db_url):
+    """A caller with its own psycopg pipeline open is idle, yet no simple query can be sent
+    in it (found by review: 'cannot insert multiple commands into a prepared statement'). The
+    call's reads then go in that pipeline, as they did before."""
+    with connect(db_url) as setup:
+        store_run(setup)
+        want = metrics.explain_goal_attainment_probability(setup, "s00000", target=0.0)
+        setup.rollback()
+    with psycopg.connect(db_url, autocommit=True) as session:
+        with session.pipeline():
+            got = metrics.explain_goal_attainment_probability(session, "s00000", target=0.0)
+        assert (got.path, got.P) == (want.path, want.P)
+        assert session.info.transaction_status == TransactionStatus.IDLE
+
+
 def test_a_round_trip_that_failed_forgets_what_it_prepared(db_url, monkeypatch):
     """A PREPARE outlives the round trip whose read then failed (here on a lock): the session
     holds the statement although the trip did not succeed, so the next call must not prepare it

@@ -481,3 +481,102 @@ def test_an_update_for_a_week_that_is_over_folds_in_only_that_weeks_scores(db_ur
         "update", 1, "update", 1, "update", 2)
     assert (again.P, again.mu) == (in_week.P, in_week.mu) and today.mu > in_week.mu + 0.3
     assert 0.05 < in_week.P < 0.95 and today.P > in_week.P + 0.3
+
+
+# --- a call of a few users on an idle session: one simple query per round trip (``_Trips``) ---
+
+@pytest.fixture
+def more_scores(fitted):
+    """Scores since the window for 20 of the run's students, a newcomer with one in the window
+    and one since, a user with only an old theta; removed again after the test (the module's
+    database is shared)."""
+    ids = fitted["res"].students.student_id.tolist()
+    start = fitted["window"].start
+    rows = [(u, 0.3 + 0.01 * k, start + timedelta(weeks=12 + k % 2, days=1)) for k, u in enumerate(ids[:20])]
+    rows += [("newcomer", 0.2, start + timedelta(weeks=11, days=3)), ("newcomer", 0.4, start + timedelta(weeks=12, days=3)),
+             ("only-old-theta", 0.1, start - timedelta(weeks=3))]
+    rows = [(u, y, datetime.combine(d, datetime.min.time(), timezone.utc)) for u, y, d in rows]
+    with connect(fitted["url"]) as c:
+        for row in rows:
+            c.execute("INSERT INTO mirt_ability (user_id, theta, se, model, version, fitted_at)"
+                      " VALUES (%s, %s, 0.2, 'm', 'review', %s)", row)
+        c.commit()
+    yield ids[:40] + ["newcomer", "only-old-theta", "nobody-at-all"]
+    with connect(fitted["url"]) as c:
+        c.execute("DELETE FROM mirt_ability WHERE version = 'review'")
+        c.commit()
+
+
+def _answer_key(a):
+    return (a.path, a.P, a.mu, a.sigma, a.n_obs, a.n_new, a.reasons, a.run_id, a.kpi_week)
+
+
+@pytest.mark.parametrize("kpi", [False, True])
+def test_a_call_on_an_idle_session_answers_as_one_in_a_pipeline(fitted, more_scores, kpi):
+    """Calls of 1, 2 and 64 users on an idle session (one simple query a round trip) and on a
+    session with prepared statements off (its reads in a pipeline, bound): the same answers,
+    every field, on every path, for the latest week and for a week's kpi row."""
+    week = fitted["window"].week_start if kpi else None
+    with psycopg.connect(fitted["url"], autocommit=True) as one, psycopg.connect(fitted["url"], autocommit=True) as piped:
+        piped.prepare_threshold = None
+        for n in (1, 2, 64):
+            for i in range(0, len(more_scores), n):
+                part = more_scores[i:i + n]
+                got, want = batch(one, part, TARGET, kpi_week=week), batch(piped, part, TARGET, kpi_week=week)
+                assert {u: _answer_key(a) for u, a in got.items()} == {u: _answer_key(a) for u, a in want.items()}
+        assert {a.path for a in batch(one, more_scores, TARGET).values()} == {"stored", "update", "normal", "none"}
+
+
+def test_the_statement_timeout_bounds_a_calls_reads(fitted, monkeypatch):
+    """DATABASE_STATEMENT_TIMEOUT_MS bounds each read of a call (the settings are the round
+    trip's first statement), here one waiting on a lock under a long lock timeout, whether the
+    statements are prepared already or prepared in that trip; the session's own setting is
+    left as it was."""
+    import threading
+    import time
+
+    from growth_assets import metrics
+
+    monkeypatch.setenv("DATABASE_STATEMENT_TIMEOUT_MS", "300")
+    monkeypatch.setenv("DATABASE_LOCK_TIMEOUT_MS", "60000")
+    u = fitted["res"].students.student_id[0]
+    with psycopg.connect(fitted["url"], autocommit=True) as one, connect(fitted["url"]) as locker:
+        batch(one, [u], TARGET)  # its statements prepared
+        for _ in range(2):  # then not: prepared in the trip that waits
+            locker.execute("LOCK TABLE weekly_kpi IN ACCESS EXCLUSIVE MODE")
+            timer = threading.Timer(8, locker.cancel)  # the test's own bound
+            timer.start()
+            t0 = time.monotonic()
+            try:
+                with pytest.raises(psycopg.errors.QueryCanceled):
+                    batch(one, [u], TARGET)
+            finally:
+                timer.cancel()
+            assert time.monotonic() - t0 < 4
+            locker.rollback()
+            one.execute("DEALLOCATE ALL")
+        assert one.execute("SHOW statement_timeout").fetchone()[0] == "0"
+
+
+@pytest.mark.parametrize("as_of", [None, "week_end", "in_window"])
+def test_a_few_users_sums_read_in_one_pass_are_a_batchs(fitted, more_scores, as_of):
+    """``_run_reads_sql``'s one pass (a call of a few users) and a batch's reads give the same
+    rows: every user's sums and the thetas of those with no score, as of now, of a week's end,
+    and of an instant inside the window (the run's kept sums then not used)."""
+    from growth_assets import metrics
+
+    w = fitted["window"]
+    at = {None: None, "week_end": metrics._week_end(w.week_start),
+          "in_window": datetime.combine(w.start + timedelta(weeks=8), datetime.min.time(), timezone.utc)}[as_of]
+    with connect(fitted["url"]) as c:
+        c.adapters.register_dumper(metrics._Ids, metrics._IdsDumper)
+        run, _ = metrics._read_latest_runs(metrics._send_latest_runs(c, "growth", {
+            "statement_timeout": "0", "lock_timeout": "0", "schema": '"growth"', "plan_mode": "auto"}))
+        params = metrics._sums_params(c, run, more_scores, (-10.0, 10.0), at)
+        rows = {few: metrics._run_reads_rows(metrics._execute(c, metrics._run_reads_sql("theta", few), params).fetchall(),
+                                             True) for few in (True, False)}
+        c.rollback()
+    (a, theta_a), (b, theta_b) = rows[True], rows[False]
+    assert a.keys() == b.keys() and len(a) >= 40 and theta_a == theta_b and theta_a
+    for u in a:
+        assert a[u] == pytest.approx(b[u], rel=1e-12), u
