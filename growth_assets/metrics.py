@@ -144,7 +144,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from operator import attrgetter
 from datetime import date, datetime, time, timedelta, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import psycopg
@@ -396,6 +396,15 @@ class _Rows:
         return rows[0] if rows else None
 
 
+class _Queued(NamedTuple):
+    """A read of a call as its round trip sends it (``_Trips``)."""
+
+    name: str  # of the statement prepared in the session (``_prepared``)
+    prepare: str  # its PREPARE, sent if the session lacks it
+    execute: str  # its EXECUTE, with the read's parameters as literals
+    rows: _Rows
+
+
 class _Trips:
     """The reads of a call queued for its next round trip (``_execute`` while ``_one_trip``
     is open on the session)."""
@@ -403,7 +412,7 @@ class _Trips:
     def __init__(self, session: psycopg.Connection, config: dict[str, str]) -> None:
         self.session = session
         self.tx, self.encoding = Transformer.from_context(session), session.info.encoding
-        self.queue: list[tuple[str, str, str, _Rows]] = []
+        self.queue: list[_Queued] = []
         self.config = self._queued(_CALL_CONFIG, config)
 
     def literal(self, value: Any) -> str:
@@ -411,14 +420,14 @@ class _Trips:
             value = value.users
         return self.tx.as_literal(value).decode(self.encoding)  # the session's client encoding
 
-    def _queued(self, sql: str, params: dict[str, Any]) -> tuple[str, str, str, _Rows]:
+    def _queued(self, sql: str, params: dict[str, Any]) -> _Queued:
         name, prepare, names = _prepared(sql)
         args = ", ".join(self.literal(params[n]) for n in names)
-        return name, prepare, f"EXECUTE {name}({args})" if names else f"EXECUTE {name}", _Rows(self)
+        return _Queued(name, prepare, f"EXECUTE {name}({args})" if names else f"EXECUTE {name}", _Rows(self))
 
     def send(self, sql: str, params: dict[str, Any]) -> _Rows:
         self.queue.append(self._queued(sql, params))
-        return self.queue[-1][3]
+        return self.queue[-1].rows
 
     def flush(self) -> None:
         """Send the queued reads (after the call's settings, and the PREPARE of the statements
@@ -428,13 +437,13 @@ class _Trips:
         queue, self.queue = self.queue, []
         for attempt in (1, 2):
             known = _prepared_in(self.session)
-            prepares = {name: prep for name, prep, _, _ in (self.config, *queue) if name not in known}
+            prepares = {q.name: q.prepare for q in (self.config, *queue) if q.name not in known}
             # the settings first (a PREPARE resolves its tables by the search_path they set)
-            first = [*filter(None, [prepares.pop(self.config[0], None)]), self.config[2]]
+            first = ([prepares.pop(self.config.name)] if self.config.name in prepares else []) + [self.config.execute]
             cur = psycopg.Cursor(self.session, row_factory=tuple_row)  # whatever the session's cursor factory
             try:
                 # no parameters: psycopg sends the text as it is, in one simple query
-                cur.execute(";".join([*first, *prepares.values(), *(ex for _, _, ex, _ in queue)]), prepare=False)
+                cur.execute(";".join([*first, *prepares.values(), *(q.execute for q in queue)]), prepare=False)
             except (psycopg.errors.InvalidSqlStatementName, psycopg.errors.DuplicatePreparedStatement):
                 # what this process knew of the session was wrong (another thread's call on it,
                 # a DEALLOCATE): read again what it holds, and send the trip again
@@ -445,11 +454,11 @@ class _Trips:
             except psycopg.Error:
                 _PREPARED_IN.pop(self.session, None)  # which of its PREPAREs took is not known
                 raise
-            known.update(name for name, _, _, _ in (self.config, *queue))
+            known.update(q.name for q in (self.config, *queue))
             for _ in range(len(first) + len(prepares)):  # the settings' row and the PREPAREs' statuses
                 cur.nextset()
-            for *_, rows in queue:
-                rows.rows = cur.fetchall()
+            for q in queue:
+                q.rows.rows = cur.fetchall()
                 cur.nextset()
             return
 
