@@ -322,8 +322,8 @@ def _execute(session: psycopg.Connection, sql: str, params: dict[str, Any]) -> p
     more than PREFETCH_THETA_MAX_USERS) come in binary: 200,000 rows for 100,000 users, no
     number parsed from its digits, ~0.1 s less of this process's time; a call of a few users
     reads text (binary cost it 5-20% more of this process's time, measured)."""
-    trips = _TRIPS.get()
-    if trips is not None and trips.session is session:
+    trips = _trips_of(session)
+    if trips is not None:
         return trips.send(sql, params)
     text, names = _numbered(sql)
     users = params.get("users")
@@ -466,6 +466,12 @@ class _Trips:
 _TRIPS: contextvars.ContextVar[_Trips | None] = contextvars.ContextVar("growth_metrics_trips", default=None)
 
 
+def _trips_of(session: psycopg.Connection) -> _Trips | None:
+    """The one-trip block open on ``session`` (``_one_trip``), if any."""
+    trips = _TRIPS.get()
+    return trips if trips is not None and trips.session is session else None
+
+
 @contextmanager
 def _one_trip(session: psycopg.Connection, config: dict[str, str]) -> Iterator[None]:
     """The block of a call's reads on an idle session (``_Trips``): each round trip its own
@@ -526,8 +532,7 @@ def _send_latest_runs(session: psycopg.Connection, schema: str, config: dict[str
     Its tables are named with their schema: the search_path it sets is not in force for the
     statement itself."""
     q = f'"{schema}"'  # a checked identifier (settings.check_schema)
-    trips = _TRIPS.get()
-    cfg = "" if trips is not None and trips.session is session else f"({_CALL_CONFIG}) cfg CROSS JOIN "
+    cfg = "" if _trips_of(session) is not None else f"({_CALL_CONFIG}) cfg CROSS JOIN "
     return _execute(
         session, f"""
         SELECT r.* FROM {cfg}(
@@ -957,7 +962,8 @@ def _start(session: psycopg.Connection, users: list[str], use_bayesian: bool, sc
     reads = _Reads(session, users, score_range, as_of)
     known = _Known(reads)
     if not use_bayesian:
-        _execute(session, _CALL_CONFIG, config)
+        if _trips_of(session) is None:  # a one-trip block sends the settings itself
+            _execute(session, _CALL_CONFIG, config)
         return known
     if not users:
         return known
