@@ -453,9 +453,9 @@ FEW_STUDENTS = 16
 def _predict_one(std, ybar: float, s: float, n: float, sw: float, sww: float, sy: float, swy: float,
                  h: float, target: float, p_tolerance: float):
     """``_predict_few`` for one student, with her sums as scalars (the real-time single call:
-    ~55 us instead of ~170 here): the same quantities by the same rules, in fewer array
-    passes. Per draw, with u = g - A beta (``lines.conditional_terms``' c + K g written as
-    beta + K u), the line at h is Normal(m, v) with
+    ~115 us for 1000 draws, measured 2026-12-08; ~275 with numpy's mean and var): the same
+    quantities by the same rules, in fewer array passes. Per draw, with u = g - A beta
+    (``lines.conditional_terms``' c + K g written as beta + K u), the line at h is Normal(m, v) with
     m = b0 + h b1 + ((M00 + h M01) u0 + (M01 + h M11) u1) / sigma^2 and
     v = M00 + 2 h M01 + h^2 M11; a student with one row takes the bounded Sherman-Morrison
     form of ``conditional_terms`` (K there grows like 1 / sigma^2)."""
