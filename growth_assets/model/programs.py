@@ -19,6 +19,7 @@ one runs no Python code.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import hashlib
 import json
@@ -143,17 +144,37 @@ def program(name: str, make: Callable[[], Callable], args: Any, *, static: dict[
 
 
 _pool = None
+# glibc's malloc_trim (None elsewhere: musl, macOS)
+_malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None) if os.name == "posix" else None
+
+
+def give_back_memory() -> None:
+    """Return the heap's free memory to the system. XLA compiling a program frees ~400 MB when
+    it ends, and glibc kept it in the compiling thread's arena, where the fit's later arrays
+    (allocated by another thread) never reuse it: a process whose programs were compiled
+    afresh peaked ~400 MB higher than one that loaded them (a million students: 1612-1722 MB
+    against 1249 MB)."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+def _then_give_back(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    finally:
+        give_back_memory()
 
 
 def ahead(fn: Callable[[], Any]):
     """Run ``fn`` (loading and compiling a program: XLA works without the GIL) in a
-    background thread; returns its Future. The fit overlaps it with the Laplace step."""
+    background thread, and give the memory it freed back (``give_back_memory``); returns its
+    Future. The fit overlaps it with the Laplace step."""
     global _pool
     if _pool is None:
         from concurrent.futures import ThreadPoolExecutor
 
         _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="growth-programs")
-    return _pool.submit(fn)
+    return _pool.submit(_then_give_back, fn)
 
 
 def forget() -> None:
