@@ -118,6 +118,8 @@ def _seed(n: int, env: dict, truth: Path) -> tuple[float, float]:
 def _job(src: Path, url: str, args) -> dict:
 
     env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(src)}
+    if getattr(args, "cold", False):  # a machine whose programs are compiled afresh: an empty cache
+        env["GROWTH_JAX_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-jax-")
     # every code starts from the same state: the seeded source tables, analysed, and nothing
     # an earlier code's run wrote (its panel, fits, runs, weekly_kpi rows)
     with connect(url, autocommit=True) as c:
@@ -182,7 +184,8 @@ def bench_size(codes: list[tuple[str, Path]], admin_url: str, n: int, args) -> l
 def markdown(rows: list[dict], meta: dict) -> str:
     steps = ["weekly_scores", "brms_posterior", "growth_brms_meta", "weekly_kpi_P"]
     lines = [f"# Weekly job per step ({meta['when']}, {meta['machine']})", "",
-             f"native engine, {meta['chains']} chains x {meta['samples']} iterations; seconds "
+             f"native engine, {meta['chains']} chains x {meta['samples']} iterations, "
+             f"{meta.get('jax_cache', 'the shared JAX cache')}; seconds "
              "(peak RSS MB of the job process during the step)", "",
              "| code | students | seed-demo s (MB) | " + " | ".join(steps) + " | whole job s | job peak MB |",
              "|---|---:|---:|" + "---:|" * len(steps) + "---:|---:|"]
@@ -216,11 +219,15 @@ def main() -> int:
     ap.add_argument("--baseline", help="another checkout of the project, run side by side")
     ap.add_argument("--warm", default="", help="comma-separated labels (baseline,current) whose job runs "
                     "once, unreported, before the measured run (fills the JAX caches for the sizes' shapes)")
+    ap.add_argument("--cold", action="store_true", help="each measured job with an empty JAX cache of its own"
+                    " (its programs traced and compiled in the job, as on a new machine)")
     ap.add_argument("--chains", type=int, default=4)
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--out", help="folder for weekly.json / weekly.md (default: a temporary folder)")
     args = ap.parse_args()
     args.warm = {x for x in args.warm.split(",") if x}
+    if args.cold and args.warm:
+        ap.error("--cold and --warm contradict each other")
     sys.path.insert(0, str(REPO))
     from growth_assets.db import localpg
 
@@ -238,7 +245,8 @@ def main() -> int:
         cluster.stop()
     meta = {"when": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine":
             f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
-            "chains": args.chains, "samples": args.samples}
+            "chains": args.chains, "samples": args.samples,
+            "jax_cache": "an empty JAX cache per job (--cold)" if args.cold else "the shared JAX cache"}
     (out_dir / "weekly.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     (out_dir / "weekly.md").write_text(markdown(rows, meta))
     print(markdown(rows, meta))
