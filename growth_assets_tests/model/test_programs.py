@@ -14,14 +14,18 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 
-_CHILD = """
-import hashlib, json, sys
+# a child process's fit of a small panel with its own program cache (``cache``)
+_FIT = """
+import hashlib, json, os, sys
 sys.path.insert(0, {here!r})
 from test_native import synthetic, SMALL
 from growth_assets.model.native import NativeEngine
 from growth_assets.model.panel import Panel
 from growth_assets.model.result import fit_panel
 from growth_assets.settings import NativeRuntime
+"""
+
+_CHILD = _FIT + """
 r = fit_panel(NativeEngine(NativeRuntime(cache_dir={cache!r})), Panel.from_frame(synthetic(60, seed=8)), SMALL)
 j = r.to_json()
 keep = {{k: j[k] for k in ("posterior_summary", "predictions")}}
@@ -66,18 +70,10 @@ def test_a_file_that_is_not_a_program_is_refused_without_running_anything(tmp_pa
         programs._read(good_magic)
 
 
-_MEMORY_CHILD = """
-import sys
-sys.path.insert(0, {here!r})
-from test_native import synthetic, SMALL
-from growth_assets.model.native import NativeEngine
-from growth_assets.model.panel import Panel
-from growth_assets.model.result import fit_panel
-from growth_assets.settings import NativeRuntime
-
+_MEMORY_CHILD = _FIT + """
 def rss_mb():
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 panel = Panel.from_frame(synthetic(60, seed=8))
 engine = NativeEngine(NativeRuntime(cache_dir={cache!r}))
