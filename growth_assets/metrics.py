@@ -328,7 +328,8 @@ def _execute(session: psycopg.Connection, sql: str, params: dict[str, Any]) -> p
     text, names = _numbered(sql)
     users = params.get("users")
     binary = users is not None and _count(users) > PREFETCH_THETA_MAX_USERS
-    return psycopg.RawCursor(session, row_factory=tuple_row).execute(text, [params[n] for n in names], binary=binary)
+    return psycopg.RawCursor(session, row_factory=tuple_row).execute(text, [params[n] for n in names], binary=binary,
+                                                                     prepare=_prepare(session))
 
 
 # --- a single call's reads: one simple query per round trip ----------------------------------
@@ -365,6 +366,20 @@ def _prepared(sql: str) -> tuple[str, str, tuple[str, ...]]:
 # per session: the names of this module's statements it holds (absent: not known, read from
 # pg_prepared_statements at the next call; an error in a round trip forgets them)
 _PREPARED_IN: weakref.WeakKeyDictionary[psycopg.Connection, set[str]] = weakref.WeakKeyDictionary()
+# sessions whose prepared statements did not stay from one round trip to the next (a pooler in
+# transaction mode hands each transaction to any of its server connections): their calls send
+# their reads in a pipeline, and nothing of theirs is prepared, by SQL or by psycopg
+_UNPREPARED: weakref.WeakSet[psycopg.Connection] = weakref.WeakSet()
+
+
+class _NotKept(Exception):
+    """A round trip's prepared statements were not on the server it ran on, twice (``_UNPREPARED``)."""
+
+
+def _prepare(session: psycopg.Connection) -> bool | None:
+    """The ``prepare`` of psycopg's ``execute`` for this session's reads: never for a session
+    whose prepared statements do not stay, else psycopg's own rule (``prepare_threshold``)."""
+    return False if session in _UNPREPARED else None
 
 
 def _prepared_in(session: psycopg.Connection) -> set[str]:
@@ -444,12 +459,16 @@ class _Trips:
             try:
                 # no parameters: psycopg sends the text as it is, in one simple query
                 cur.execute(";".join([*first, *prepares.values(), *(q.execute for q in queue)]), prepare=False)
-            except (psycopg.errors.InvalidSqlStatementName, psycopg.errors.DuplicatePreparedStatement):
+            except (psycopg.errors.InvalidSqlStatementName, psycopg.errors.DuplicatePreparedStatement) as exc:
                 # what this process knew of the session was wrong (another thread's call on it,
                 # a DEALLOCATE): read again what it holds, and send the trip again
                 _PREPARED_IN.pop(self.session, None)
-                if attempt == 2:
-                    raise
+                if attempt == 2:  # wrong again: the server changed under the session
+                    _UNPREPARED.add(self.session)
+                    log.warning("the session's prepared statements do not stay from one round trip to the next"
+                                " (%s): a connection pooler in transaction mode? Its calls now send their reads"
+                                " unprepared, in a pipeline; set prepare_threshold = None on such a session", exc)
+                    raise _NotKept from exc
                 continue
             except psycopg.Error:
                 _PREPARED_IN.pop(self.session, None)  # which of its PREPAREs took is not known
@@ -1287,10 +1306,15 @@ def _answers(
     # transactions) gets no prepared statement of this module either; nor does a session in
     # its caller's own pipeline (idle, yet no simple query can be sent in it)
     if (len(users) <= PREFETCH_THETA_MAX_USERS and session.info.transaction_status == TransactionStatus.IDLE
-            and session.prepare_threshold is not None and session.pgconn.pipeline_status == PipelineStatus.OFF):
-        with _one_trip(session, config):
-            known = _start(session, users, use_bayesian, score_range, kpi_week, horizon, settings.db_schema, config)
-            return _chain(users, target, use_bayesian, kpi_week, known, settings.score_source)
+            and session.prepare_threshold is not None and session.pgconn.pipeline_status == PipelineStatus.OFF
+            and session not in _UNPREPARED):
+        try:
+            with _one_trip(session, config):
+                known = _start(session, users, use_bayesian, score_range, kpi_week, horizon, settings.db_schema,
+                               config)
+                return _chain(users, target, use_bayesian, kpi_week, known, settings.score_source)
+        except _NotKept:
+            pass  # the call again, in a pipeline: its failed round trips only read
     with _collector_paused(len(users)), _reading(session, snapshot=two_readers):
         if not batch:
             known = _start(session, users, use_bayesian, score_range, kpi_week, horizon, settings.db_schema, config)
@@ -1343,10 +1367,10 @@ def _reading(session: psycopg.Connection, snapshot: bool = False) -> Iterator[No
     try:
         with session.pipeline():
             for q in begin:
-                session.execute(q)
+                session.execute(q, prepare=_prepare(session))
             yield
             for q in end:
-                session.execute(q)
+                session.execute(q, prepare=_prepare(session))
     except BaseException:
         # the block is still open unless the error came before its BEGIN took (a session
         # idle again) or ended the caller's transaction too: end it, then raise the error
@@ -1355,7 +1379,7 @@ def _reading(session: psycopg.Connection, snapshot: bool = False) -> Iterator[No
                                    else now in (TransactionStatus.INTRANS, TransactionStatus.INERROR)):
             try:
                 for q in end:
-                    session.execute(q)
+                    session.execute(q, prepare=_prepare(session))
             except psycopg.Error as exc:  # the error that brought us here is the one to raise
                 log.warning("could not end the call's transaction after an error: %s", exc)
         raise

@@ -25,6 +25,14 @@ if [ "${GROWTH_SKIP_PG:-0}" != "1" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends postgresql >/dev/null
 fi
+# PgBouncer for the tests (a service's session through a pooler in transaction mode)
+if [ "${GROWTH_SKIP_PG:-0}" != "1" ] && [[ ",$extras," == *",test,"* ]] \
+   && ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
+  echo "bootstrap: installing PgBouncer (Debian package pgbouncer, for the tests)"
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends pgbouncer >/dev/null
+fi
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$venv/bin/python" -c "import growth_assets" 2>/dev/null; then
   echo "bootstrap: $venv is up to date"

@@ -580,3 +580,37 @@ def test_a_few_users_sums_read_in_one_pass_are_a_batchs(fitted, more_scores, as_
     assert a.keys() == b.keys() and len(a) >= 40 and theta_a == theta_b and theta_a
     for u in a:
         assert a[u] == pytest.approx(b[u], rel=1e-12), u
+
+
+@pytest.mark.parametrize("prepare_threshold", [5, None])
+def test_a_session_through_a_pooler_in_transaction_mode_gets_the_direct_answers(fitted, more_scores, monkeypatch,
+                                                                                caplog, prepare_threshold):
+    """A service's session through PgBouncer in transaction mode, whose every transaction may run
+    on another server connection (here two, in turn). With psycopg's prepared statements on (its
+    default), a call's PREPAREd statements were on the other server at its next round trip, and
+    again after it read what its server held: every call failed ("prepared statement ... does
+    not exist"). Such a session now gets its reads in a pipeline with nothing prepared, told once
+    in the log; with them off (``prepare_threshold = None``) it always did. Calls of 1, 2 and 64
+    users and a batch on two connections answer as on a direct connection, every field."""
+    import logging
+
+    from growth_assets import metrics
+    from growth_assets_tests.support.pooler import pgbouncer
+
+    monkeypatch.setattr(metrics, "BATCH_CHUNK_USERS", 100)
+    many = fitted["res"].students.student_id[:300].tolist() + more_scores
+    with psycopg.connect(fitted["url"], autocommit=True) as direct:
+        want = {n: [batch(direct, more_scores[i:i + n], TARGET) for i in range(0, len(more_scores), n)]
+                for n in (1, 2, 64)}
+        want_batch = batch(direct, many, TARGET)
+    with pgbouncer(fitted["url"]) as url, psycopg.connect(url, autocommit=True) as pooled, \
+            caplog.at_level(logging.WARNING, logger="growth_assets.metrics"):
+        pooled.prepare_threshold = prepare_threshold
+        for n in (1, 2, 64):
+            for i, part in zip(range(0, len(more_scores), n), want[n]):
+                got = batch(pooled, more_scores[i:i + n], TARGET)
+                assert {u: _answer_key(a) for u, a in got.items()} == {u: _answer_key(a) for u, a in part.items()}
+        got = batch(pooled, many, TARGET)
+        assert {u: _answer_key(a) for u, a in got.items()} == {u: _answer_key(a) for u, a in want_batch.items()}
+    told = [r.getMessage() for r in caplog.records if "prepared statements do not stay" in r.getMessage()]
+    assert len(told) == (1 if prepare_threshold is not None else 0), told
