@@ -376,6 +376,14 @@ class _NotKept(Exception):
     """A round trip's prepared statements were not on the server it ran on, twice (``_UNPREPARED``)."""
 
 
+def _not_kept(session: psycopg.Connection, exc: psycopg.Error) -> None:
+    """Mark ``session`` as one whose prepared statements do not stay (``_UNPREPARED``), and say so."""
+    _UNPREPARED.add(session)
+    log.warning("the session's prepared statements do not stay from one round trip to the next (%s): a connection"
+                " pooler in transaction mode? Its calls now send their reads unprepared, in a pipeline; set"
+                " prepare_threshold = None on such a session", exc)
+
+
 def _prepare(session: psycopg.Connection) -> bool | None:
     """The ``prepare`` of psycopg's ``execute`` for this session's reads: never for a session
     whose prepared statements do not stay, else psycopg's own rule (``prepare_threshold``)."""
@@ -464,10 +472,7 @@ class _Trips:
                 # a DEALLOCATE): read again what it holds, and send the trip again
                 _PREPARED_IN.pop(self.session, None)
                 if attempt == 2:  # wrong again: the server changed under the session
-                    _UNPREPARED.add(self.session)
-                    log.warning("the session's prepared statements do not stay from one round trip to the next"
-                                " (%s): a connection pooler in transaction mode? Its calls now send their reads"
-                                " unprepared, in a pipeline; set prepare_threshold = None on such a session", exc)
+                    _not_kept(self.session, exc)
                     raise _NotKept from exc
                 continue
             except psycopg.Error:
@@ -1315,15 +1320,24 @@ def _answers(
                 return _chain(users, target, use_bayesian, kpi_week, known, settings.score_source)
         except _NotKept:
             pass  # the call again, in a pipeline: its failed round trips only read
-    with _collector_paused(len(users)), _reading(session, snapshot=two_readers):
-        if not batch:
-            known = _start(session, users, use_bayesian, score_range, kpi_week, horizon, settings.db_schema, config)
-            return _chain(users, target, use_bayesian, kpi_week, known, settings.score_source)
-        out: dict[str, GoalAnswer] = {}
-        for chunk, known in _start_batch(session, users, score_range, kpi_week, horizon, settings.db_schema, config,
-                                         two_readers):
-            out.update(_chain(chunk, target, use_bayesian, kpi_week, known, settings.score_source))
-        return out
+    while True:
+        try:
+            with _collector_paused(len(users)), _reading(session, snapshot=two_readers):
+                if not batch:
+                    known = _start(session, users, use_bayesian, score_range, kpi_week, horizon, settings.db_schema,
+                                   config)
+                    return _chain(users, target, use_bayesian, kpi_week, known, settings.score_source)
+                out: dict[str, GoalAnswer] = {}
+                for chunk, known in _start_batch(session, users, score_range, kpi_week, horizon, settings.db_schema,
+                                                 config, two_readers):
+                    out.update(_chain(chunk, target, use_bayesian, kpi_week, known, settings.score_source))
+                return out
+        except psycopg.errors.InvalidSqlStatementName as exc:
+            # a statement psycopg prepared in an earlier transaction was not on the server this
+            # one ran on (a pooler in transaction mode): read again, nothing prepared
+            if session in _UNPREPARED:
+                raise
+            _not_kept(session, exc)
 
 
 _SAVEPOINT = "growth_metrics_call"

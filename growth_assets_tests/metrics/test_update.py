@@ -614,3 +614,26 @@ def test_a_session_through_a_pooler_in_transaction_mode_gets_the_direct_answers(
         assert {u: _answer_key(a) for u, a in got.items()} == {u: _answer_key(a) for u, a in want_batch.items()}
     told = [r.getMessage() for r in caplog.records if "prepared statements do not stay" in r.getMessage()]
     assert len(told) == (1 if prepare_threshold is not None else 0), told
+
+
+def test_batches_through_a_pooler_in_transaction_mode_get_the_direct_answers(fitted, monkeypatch, caplog):
+    """Batches on a session through PgBouncer in transaction mode with psycopg's prepared
+    statements on: after a few batches psycopg prepared their statements (``_pg3_0``) on one
+    server connection and executed them on another, and every other batch failed ("prepared
+    statement "_pg3_0" does not exist"). That batch is now read again with nothing prepared, and
+    so is everything later on that session, told once in the log."""
+    import logging
+
+    from growth_assets import metrics
+    from growth_assets_tests.support.pooler import pgbouncer
+
+    monkeypatch.setattr(metrics, "BATCH_CHUNK_USERS", 100)
+    users = fitted["res"].students.student_id[:400].tolist()
+    with psycopg.connect(fitted["url"], autocommit=True) as direct:
+        want = {u: _answer_key(a) for u, a in batch(direct, users, TARGET).items()}
+    with pgbouncer(fitted["url"]) as url, psycopg.connect(url, autocommit=True) as pooled, \
+            caplog.at_level(logging.WARNING, logger="growth_assets.metrics"):
+        for _ in range(8):
+            assert {u: _answer_key(a) for u, a in batch(pooled, users, TARGET).items()} == want
+    told = [r.getMessage() for r in caplog.records if "prepared statements do not stay" in r.getMessage()]
+    assert len(told) == 1, told
