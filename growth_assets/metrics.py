@@ -123,7 +123,10 @@ trip. Inside a caller's transaction they go in one pipeline, in a savepoint (``_
 of ``BATCH_CHUNK_USERS``, each chunk's reads sent before the chunk ahead of it is answered,
 so that the server and this process work at once (``_start_batch``); a batch of several
 chunks on a session with nothing of its caller's open reads them on two connections that share
-one snapshot, so that two server processes read while this one answers.
+one snapshot, so that two server processes read while this one answers. A session whose
+prepared statements do not stay from one transaction to the next (a pooler in transaction
+mode) is read in a pipeline with nothing prepared, from the call that showed it on
+(``_UNPREPARED``).
 """
 
 from __future__ import annotations
@@ -1309,7 +1312,8 @@ def _answers(
     # a session whose caller turned psycopg's prepared statements off (``prepare_threshold =
     # None``: what a pooler in transaction mode needs, whose server connections change between
     # transactions) gets no prepared statement of this module either; nor does a session in
-    # its caller's own pipeline (idle, yet no simple query can be sent in it)
+    # its caller's own pipeline (idle, yet no simple query can be sent in it), nor one whose
+    # prepared statements did not stay (``_UNPREPARED``)
     if (len(users) <= PREFETCH_THETA_MAX_USERS and session.info.transaction_status == TransactionStatus.IDLE
             and session.prepare_threshold is not None and session.pgconn.pipeline_status == PipelineStatus.OFF
             and session not in _UNPREPARED):
