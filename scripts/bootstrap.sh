@@ -4,7 +4,7 @@
 # unchanged pyproject.toml and lock does nothing.
 #   GROWTH_VENV=DIR      where the venv goes (default .venv)
 #   GROWTH_EXTRAS=LIST   pip extras (default "test"; "" for the runtime only, as in the image)
-#   GROWTH_SKIP_PG=1     do not install PostgreSQL's server (an image that never runs one)
+#   GROWTH_SKIP_PG=1     do not install PostgreSQL's server, nor PgBouncer (an image that never runs one)
 #   GROWTH_DEPS_ONLY=1   only the locked dependencies, not the package (an image's cached layer)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
