@@ -118,7 +118,7 @@ def _seed(n: int, env: dict, truth: Path) -> tuple[float, float]:
 def _job(src: Path, url: str, args) -> dict:
 
     env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(src)}
-    if getattr(args, "cold", False):  # a machine whose programs are compiled afresh: an empty cache
+    if args.cold:  # a machine whose programs are compiled afresh: an empty cache
         env["GROWTH_JAX_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-jax-")
     # every code starts from the same state: the seeded source tables, analysed, and nothing
     # an earlier code's run wrote (its panel, fits, runs, weekly_kpi rows)

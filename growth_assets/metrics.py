@@ -1314,23 +1314,23 @@ def _answers(
     # transactions) gets no prepared statement of this module either; nor does a session in
     # its caller's own pipeline (idle, yet no simple query can be sent in it), nor one whose
     # prepared statements did not stay (``_UNPREPARED``)
+    def few() -> dict[str, GoalAnswer]:  # not a batch: the users' reads at once, then their chain
+        known = _start(session, users, use_bayesian, score_range, kpi_week, horizon, settings.db_schema, config)
+        return _chain(users, target, use_bayesian, kpi_week, known, settings.score_source)
+
     if (len(users) <= PREFETCH_THETA_MAX_USERS and session.info.transaction_status == TransactionStatus.IDLE
             and session.prepare_threshold is not None and session.pgconn.pipeline_status == PipelineStatus.OFF
             and session not in _UNPREPARED):
         try:
             with _one_trip(session, config):
-                known = _start(session, users, use_bayesian, score_range, kpi_week, horizon, settings.db_schema,
-                               config)
-                return _chain(users, target, use_bayesian, kpi_week, known, settings.score_source)
+                return few()
         except _NotKept:
             pass  # the call again, in a pipeline: its failed round trips only read
     while True:
         try:
             with _collector_paused(len(users)), _reading(session, snapshot=two_readers):
                 if not batch:
-                    known = _start(session, users, use_bayesian, score_range, kpi_week, horizon, settings.db_schema,
-                                   config)
-                    return _chain(users, target, use_bayesian, kpi_week, known, settings.score_source)
+                    return few()
                 out: dict[str, GoalAnswer] = {}
                 for chunk, known in _start_batch(session, users, score_range, kpi_week, horizon, settings.db_schema,
                                                  config, two_readers):

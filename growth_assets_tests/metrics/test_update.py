@@ -511,6 +511,16 @@ def _answer_key(a):
     return (a.path, a.P, a.mu, a.sigma, a.n_obs, a.n_new, a.reasons, a.run_id, a.kpi_week)
 
 
+def _keyed(answers: dict) -> dict:
+    """Every field of each user's answer (``_answer_key``)."""
+    return {u: _answer_key(a) for u, a in answers.items()}
+
+
+def _told_unprepared(caplog) -> list[str]:
+    """The log's word that a session's prepared statements do not stay (``metrics._not_kept``)."""
+    return [r.getMessage() for r in caplog.records if "prepared statements do not stay" in r.getMessage()]
+
+
 @pytest.mark.parametrize("kpi", [False, True])
 def test_a_call_on_an_idle_session_answers_as_one_in_a_pipeline(fitted, more_scores, kpi):
     """Calls of 1, 2 and 64 users on an idle session (one simple query a round trip) and on a
@@ -523,7 +533,7 @@ def test_a_call_on_an_idle_session_answers_as_one_in_a_pipeline(fitted, more_sco
             for i in range(0, len(more_scores), n):
                 part = more_scores[i:i + n]
                 got, want = batch(one, part, TARGET, kpi_week=week), batch(piped, part, TARGET, kpi_week=week)
-                assert {u: _answer_key(a) for u, a in got.items()} == {u: _answer_key(a) for u, a in want.items()}
+                assert _keyed(got) == _keyed(want)
         assert {a.path for a in batch(one, more_scores, TARGET).values()} == {"stored", "update", "normal", "none"}
 
 
@@ -534,8 +544,6 @@ def test_the_statement_timeout_bounds_a_calls_reads(fitted, monkeypatch):
     left as it was."""
     import threading
     import time
-
-    from growth_assets import metrics
 
     monkeypatch.setenv("DATABASE_STATEMENT_TIMEOUT_MS", "300")
     monkeypatch.setenv("DATABASE_LOCK_TIMEOUT_MS", "60000")
@@ -609,10 +617,10 @@ def test_a_session_through_a_pooler_in_transaction_mode_gets_the_direct_answers(
         for n in (1, 2, 64):
             for i, part in zip(range(0, len(more_scores), n), want[n]):
                 got = batch(pooled, more_scores[i:i + n], TARGET)
-                assert {u: _answer_key(a) for u, a in got.items()} == {u: _answer_key(a) for u, a in part.items()}
+                assert _keyed(got) == _keyed(part)
         got = batch(pooled, many, TARGET)
-        assert {u: _answer_key(a) for u, a in got.items()} == {u: _answer_key(a) for u, a in want_batch.items()}
-    told = [r.getMessage() for r in caplog.records if "prepared statements do not stay" in r.getMessage()]
+        assert _keyed(got) == _keyed(want_batch)
+    told = _told_unprepared(caplog)
     assert len(told) == (1 if prepare_threshold is not None else 0), told
 
 
@@ -630,10 +638,10 @@ def test_batches_through_a_pooler_in_transaction_mode_get_the_direct_answers(fit
     monkeypatch.setattr(metrics, "BATCH_CHUNK_USERS", 100)
     users = fitted["res"].students.student_id[:400].tolist()
     with psycopg.connect(fitted["url"], autocommit=True) as direct:
-        want = {u: _answer_key(a) for u, a in batch(direct, users, TARGET).items()}
+        want = _keyed(batch(direct, users, TARGET))
     with pgbouncer(fitted["url"]) as url, psycopg.connect(url, autocommit=True) as pooled, \
             caplog.at_level(logging.WARNING, logger="growth_assets.metrics"):
         for _ in range(8):
-            assert {u: _answer_key(a) for u, a in batch(pooled, users, TARGET).items()} == want
-    told = [r.getMessage() for r in caplog.records if "prepared statements do not stay" in r.getMessage()]
+            assert _keyed(batch(pooled, users, TARGET)) == want
+    told = _told_unprepared(caplog)
     assert len(told) == 1, told
